@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# One command for the whole test suite on a fresh Debian machine (as root): Debian packages, npm
+# dependencies, build, the integration lab, then every test (unit + integration).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash scripts/lab/install-packages.sh
+npm ci --no-audit --no-fund
+npm run build
+npm run typecheck
+eval "$(bash scripts/lab/up.sh)"
+export VS_LAB_ENV="$VS_LAB_DIR/lab.env"
+npx vitest run "$@"

@@ -1,0 +1,101 @@
+import { spawn as spawnChild } from 'node:child_process';
+import { finished } from 'node:stream/promises';
+import { AbortedError, InvalidArgumentError, RemoteCommandError } from '../errors.js';
+import type {
+  CommandArg,
+  CommandExit,
+  CommandProcess,
+  CommandRunner,
+  RunOptions,
+  RunResult,
+  SpawnOptions,
+} from './command-runner.js';
+import { collectProcess, describeArgv, TailBuffer, validateEnv } from './process-helpers.js';
+
+/** Options for {@link LocalRunner}. */
+export interface LocalRunnerOptions {
+  /** Working directory for commands. */
+  cwd?: string;
+  /** Grace period between SIGTERM and SIGKILL on kill/abort, ms. @defaultValue 2000 */
+  killGraceMs?: number;
+}
+
+/**
+ * Runs commands on this machine with `child_process.spawn` (no shell). Use it when the SDK runs on
+ * the hypervisor itself, and in tests.
+ */
+export class LocalRunner implements CommandRunner {
+  readonly host = 'local';
+  readonly #options: Readonly<LocalRunnerOptions>;
+
+  constructor(options: LocalRunnerOptions = {}) {
+    this.#options = Object.freeze({ ...options });
+  }
+
+  spawn(argv: readonly CommandArg[], options: SpawnOptions = {}): CommandProcess {
+    if (argv.length === 0) throw new InvalidArgumentError('empty argv');
+    validateEnv(options.env);
+    const args = argv.map((a) => {
+      if (typeof a === 'string') return a;
+      const s = Buffer.from(a).toString('utf8');
+      if (!Buffer.from(s, 'utf8').equals(Buffer.from(a))) {
+        throw new InvalidArgumentError('LocalRunner cannot pass non-UTF-8 arguments; use the SSH runner or rename the file');
+      }
+      return s;
+    });
+    if (args.some((a) => a.includes('\0'))) throw new InvalidArgumentError('argument contains a NUL byte');
+    const command = describeArgv(argv);
+    const ok = options.okExitCodes ?? [0];
+    const tail = new TailBuffer(options.stderrTailBytes ?? 8192);
+    const child = spawnChild(args[0]!, args.slice(1), {
+      cwd: this.#options.cwd,
+      env: options.env ? { ...process.env, ...options.env } : process.env,
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    child.stderr.on('data', (c: Buffer) => tail.push(c));
+    let killed = false;
+    const graceMs = this.#options.killGraceMs ?? 2000;
+    const kill = (): void => {
+      if (killed || child.exitCode !== null || child.signalCode !== null) return;
+      killed = true;
+      child.kill('SIGTERM');
+      const t = setTimeout(() => child.kill('SIGKILL'), graceMs);
+      t.unref();
+      child.once('exit', () => clearTimeout(t));
+    };
+    const onAbort = (): void => kill();
+    options.signal?.addEventListener('abort', onAbort, { once: true });
+    if (options.signal?.aborted) kill();
+
+    const exited = new Promise<CommandExit>((resolve, reject) => {
+      child.once('error', (err: NodeJS.ErrnoException) => {
+        if (err.code === 'ENOENT') {
+          reject(new RemoteCommandError({ command, host: this.host, exitCode: 127, signal: null, stderrTail: `${args[0]}: not found` }, { cause: err }));
+        } else reject(err);
+      });
+      child.once('close', (code, signal) => resolve({ exitCode: code, signal, stderrTail: tail.toString() }));
+    });
+    const done = (async (): Promise<CommandExit> => {
+      try {
+        const exit = await exited;
+        await finished(child.stdout).catch(() => undefined);
+        if (options.signal?.aborted) throw new AbortedError(options.signal.reason);
+        if (exit.exitCode !== null && ok.includes(exit.exitCode)) return exit;
+        throw new RemoteCommandError({ command, host: this.host, ...exit });
+      } finally {
+        options.signal?.removeEventListener('abort', onAbort);
+      }
+    })();
+    done.catch(() => undefined);
+    child.stdin.on('error', () => undefined);
+    return { stdout: child.stdout, stdin: child.stdin, done, kill };
+  }
+
+  run(argv: readonly CommandArg[], options: RunOptions = {}): Promise<RunResult> {
+    return collectProcess(this.spawn(argv, options), options);
+  }
+
+  async close(): Promise<void> {
+    // nothing owned
+  }
+}

@@ -1,0 +1,12 @@
+export * from './errors.js';
+export * from './abort.js';
+export * from './cleanup-stack.js';
+export * from './logger.js';
+export * from './progress.js';
+export * from './retry.js';
+export * from './waiter.js';
+export * from './model.js';
+export * from './strategy.js';
+export * from './target.js';
+export * from './exec/command-runner.js';
+export { LocalRunner, type LocalRunnerOptions } from './exec/local-runner.js';
