@@ -28,4 +28,9 @@ export type ExtentChunk =
 export interface ExtentStream extends AsyncIterable<ExtentChunk> {
   /** Guest-visible size in bytes. */
   readonly size: number;
+  /**
+   * The allocation map, known before any data flows, when the source can tell it (imageio extents,
+   * QCOW2 L2 walk, `rbd diff`). Sinks that lay out metadata first (the QCOW2 writer) require it.
+   */
+  readonly map?: readonly Extent[];
 }

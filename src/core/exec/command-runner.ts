@@ -15,6 +15,12 @@ export interface SpawnOptions {
   okExitCodes?: readonly number[];
   /** How many bytes of stderr to keep for errors and `stderrTail`. @defaultValue 8192 */
   stderrTailBytes?: number;
+  /**
+   * Which side carries bulk data, for runners with a separate data channel (netcat): `stdout` for
+   * reading commands (`cat`, `rbd export`), `stdin` for writing ones. Other runners ignore it.
+   * @defaultValue 'stdout'
+   */
+  bulk?: 'stdout' | 'stdin';
 }
 
 /** How a command ended. */

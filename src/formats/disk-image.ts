@@ -1,0 +1,25 @@
+import type { Extent, ExtentStream } from './extent.js';
+
+/** Options for reading a {@link DiskImage}. */
+export interface ImageReadOptions {
+  signal?: AbortSignal;
+  /** Only this layer: unallocated ranges are `hole` instead of falling through to the backing file. */
+  shallow?: boolean;
+}
+
+/**
+ * Random-access, read-only view of a disk image file (raw or QCOW2 with its backing chain) as
+ * guest bytes. Implemented by `RawImage` and `Qcow2Image` (src/formats); `openDiskImage()` picks one.
+ */
+export interface DiskImage extends AsyncDisposable {
+  readonly format: 'raw' | 'qcow2';
+  /** Guest-visible size in bytes. */
+  readonly virtualSize: number;
+  /** Allocation map covering `[0, virtualSize)` in order, adjacent ranges of one kind merged. */
+  map(options?: ImageReadOptions): Promise<Extent[]>;
+  /** Guest bytes of `[offset, offset + length)`; `length` is bounded by the caller (a few MiB). */
+  read(offset: number, length: number, options?: ImageReadOptions): Promise<Buffer>;
+  /** The whole image (or one layer with `shallow`) as an extent stream with `map` set. */
+  extents(options?: ImageReadOptions & { chunkSize?: number }): ExtentStream;
+  close(): Promise<void>;
+}
