@@ -6,6 +6,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/lab/install-packages.sh
 npm ci --no-audit --no-fund
 npm run build
+node scripts/check-package.mjs
 npm run typecheck
 eval "$(bash scripts/lab/up.sh)"
 export VS_LAB_ENV="$VS_LAB_DIR/lab.env"
