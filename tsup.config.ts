@@ -5,6 +5,7 @@ export default defineConfig({
     index: 'src/index.ts',
     rhv: 'src/entries/rhv.ts',
     libvirt: 'src/entries/libvirt.ts',
+    ssh: 'src/entries/ssh.ts',
     testing: 'src/entries/testing.ts',
     cli: 'src/cli/main.ts',
   },

@@ -9,3 +9,16 @@
  */
 export * from './core/index.js';
 export * from './formats/extent.js';
+export * from './retention/plan-prune.js';
+export type { DiskImage, ImageReadOptions } from './formats/disk-image.js';
+export { openDiskImage, type OpenDiskImageOptions } from './formats/open-disk-image.js';
+export { RawImage, type RawImageOptions, type RawMapMode } from './formats/raw-image.js';
+export { Qcow2Image, probeFormat, type Qcow2ImageOptions } from './formats/qcow2/qcow2-image.js';
+export type { Qcow2Header, Qcow2BitmapInfo } from './formats/qcow2/qcow2-header.js';
+export { coalesceExtents, sliceExtents, countExtentBytes } from './formats/extent-map.js';
+export { imageExtentStream, DEFAULT_CHUNK_SIZE, type RangeReader } from './formats/image-extent-stream.js';
+export * from './formats/manifest.js';
+export * from './targets/index.js';
+export { writeQcow2, planQcow2, type WriteQcow2Options, type Qcow2Plan } from './formats/qcow2/qcow2-writer.js';
+export { extentsToRawStream, orderedChunks } from './formats/extents-to-raw-stream.js';
+export { writeExtentsToFile, type WriteExtentsResult } from './formats/write-extents-to-file.js';

@@ -1,4 +1,32 @@
 #!/usr/bin/env node
 // The `virtstream` command; see docs/guides/cli.md.
-console.error('virtstream CLI: not built yet');
-process.exitCode = 1;
+import { AbortedError } from '../index.js';
+import { EXIT } from './exit-codes.js';
+import { runCli } from './run-cli.js';
+
+const controller = new AbortController();
+let signals = 0;
+const onSignal = (signal: NodeJS.Signals): void => {
+  signals++;
+  if (signals === 1) {
+    process.stderr.write(`\n${signal}: aborting, cleaning up (snapshots, transfers, partial backups). Press Ctrl-C again to force.\n`);
+    controller.abort(new AbortedError(signal));
+    return;
+  }
+  process.stderr.write(`${signal} again: exiting now without cleanup.\n`);
+  process.exit(EXIT.ABORTED);
+};
+process.on('SIGINT', onSignal);
+process.on('SIGTERM', onSignal);
+
+// no top-level await: tsup also emits this entry as CommonJS
+void runCli(process.argv.slice(2), {
+  stdout: process.stdout,
+  stderr: process.stderr,
+  env: process.env,
+  signal: controller.signal,
+}).then((code) => {
+  process.off('SIGINT', onSignal);
+  process.off('SIGTERM', onSignal);
+  process.exitCode = controller.signal.aborted ? EXIT.ABORTED : code;
+});

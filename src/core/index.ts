@@ -10,3 +10,7 @@ export * from './strategy.js';
 export * from './target.js';
 export * from './exec/command-runner.js';
 export { LocalRunner, type LocalRunnerOptions } from './exec/local-runner.js';
+export { quoteArg, quoteArgBytes, toShellCommand, type ShellCommandOptions } from './exec/shell-quote.js';
+export * from './streams.js';
+export * from './repository-error.js';
+export * from './tls-error.js';

@@ -4,4 +4,17 @@
  *
  * @module virtstream/rhv
  */
-export {};
+export { ImageioClient } from '../rhv/imageio/imageio-client.js';
+export { ImageioError } from '../rhv/imageio/imageio-error.js';
+export type { ImageioErrorOptions, ImageioRange } from '../rhv/imageio/imageio-error.js';
+export type {
+  ImageioClientOptions,
+  ImageioDownloadOptions,
+  ImageioExtent,
+  ImageioExtentContext,
+  ImageioRequestOptions,
+  ImageioServerInfo,
+  ImageioUploadOptions,
+  ImageioWriteOptions,
+  UploadResult,
+} from '../rhv/imageio/types.js';

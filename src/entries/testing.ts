@@ -4,4 +4,12 @@
  *
  * @module virtstream/testing
  */
-export {};
+export { ImageioServer } from '../testing/imageio-server/imageio-server.js';
+export type {
+  ImageioFault,
+  ImageioFaultMatch,
+  ImageioRequestRecord,
+  ImageioServerOptions,
+  ImageioTicket,
+  ImageioTicketStatus,
+} from '../testing/imageio-server/types.js';

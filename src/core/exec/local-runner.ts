@@ -12,6 +12,42 @@ import type {
 } from './command-runner.js';
 import { collectProcess, describeArgv, TailBuffer, validateEnv } from './process-helpers.js';
 
+/** True when `bytes` survive a UTF-8 round trip (so they can be a JS string argument). */
+function isUtf8(bytes: Uint8Array): boolean {
+  const b = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  return Buffer.from(b.toString('utf8'), 'utf8').equals(b);
+}
+
+/**
+ * Node passes arguments as UTF-8 strings. An argv holding non-UTF-8 bytes runs through `/bin/sh`
+ * instead: each such argument is rebuilt byte-exact with `printf` octal escapes (the script is ASCII).
+ */
+function toLocalArgv(argv: readonly CommandArg[]): string[] {
+  for (const a of argv) {
+    if (typeof a !== 'string' && Buffer.from(a.buffer, a.byteOffset, a.byteLength).includes(0)) {
+      throw new InvalidArgumentError('argument contains a NUL byte');
+    }
+  }
+  if (argv.every((a) => typeof a === 'string' || isUtf8(a))) {
+    return argv.map((a) => (typeof a === 'string' ? a : Buffer.from(a.buffer, a.byteOffset, a.byteLength).toString('utf8')));
+  }
+  const lines: string[] = [];
+  const refs: string[] = [];
+  const plain: string[] = [];
+  argv.forEach((a, i) => {
+    if (typeof a === 'string' || isUtf8(a)) {
+      plain.push(typeof a === 'string' ? a : Buffer.from(a.buffer, a.byteOffset, a.byteLength).toString('utf8'));
+      refs.push(`"\${${plain.length}}"`);
+      return;
+    }
+    const octal = Array.from(a, (byte) => `\\${byte.toString(8).padStart(3, '0')}`).join('');
+    // the trailing x protects trailing newlines from command substitution
+    lines.push(`b${i}=$(printf '${octal}x'); b${i}=\${b${i}%x}`);
+    refs.push(`"$b${i}"`);
+  });
+  return ['/bin/sh', '-c', `${lines.join('\n')}\nexec ${refs.join(' ')}`, 'virtstream', ...plain];
+}
+
 /** Options for {@link LocalRunner}. */
 export interface LocalRunnerOptions {
   /** Working directory for commands. */
@@ -35,14 +71,7 @@ export class LocalRunner implements CommandRunner {
   spawn(argv: readonly CommandArg[], options: SpawnOptions = {}): CommandProcess {
     if (argv.length === 0) throw new InvalidArgumentError('empty argv');
     validateEnv(options.env);
-    const args = argv.map((a) => {
-      if (typeof a === 'string') return a;
-      const s = Buffer.from(a).toString('utf8');
-      if (!Buffer.from(s, 'utf8').equals(Buffer.from(a))) {
-        throw new InvalidArgumentError('LocalRunner cannot pass non-UTF-8 arguments; use the SSH runner or rename the file');
-      }
-      return s;
-    });
+    const args = toLocalArgv(argv);
     if (args.some((a) => a.includes('\0'))) throw new InvalidArgumentError('argument contains a NUL byte');
     const command = describeArgv(argv);
     const ok = options.okExitCodes ?? [0];

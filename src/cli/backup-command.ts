@@ -1,0 +1,129 @@
+import { isVirtstreamError } from '../index.js';
+import type { BackupKind, BackupRecord } from '../index.js';
+import type { CliConfig } from './config.js';
+import { ConfigError } from './config-error.js';
+import { EXIT, exitCodeFor, UsageError } from './exit-codes.js';
+import { formatBytes, formatDuration, printable } from './format.js';
+import type { CommandContext } from './run-cli.js';
+import { openRepository } from './setup.js';
+import type { Source } from './sources.js';
+import { openSource, ruleFor } from './sources.js';
+
+/** Opens each manager/host once per command and closes them all at the end. */
+export class SourcePool implements AsyncDisposable {
+  readonly #config: CliConfig;
+  readonly #ctx: CommandContext;
+  readonly #open = new Map<string, Promise<Source>>();
+
+  constructor(config: CliConfig, ctx: CommandContext) {
+    this.#config = config;
+    this.#ctx = ctx;
+  }
+
+  get(name: string): Promise<Source> {
+    let s = this.#open.get(name);
+    if (!s) {
+      s = openSource(this.#config, name, this.#ctx.io.env, this.#ctx.logger);
+      s.catch(() => undefined);
+      this.#open.set(name, s);
+    }
+    return s;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    for (const s of this.#open.values()) {
+      try {
+        await (await s).close();
+      } catch {
+        // opening failed (already reported) or closing failed: nothing more to do
+      }
+    }
+  }
+}
+
+function labelsOf(ctx: CommandContext): Record<string, string> {
+  const out: Record<string, string> = {};
+  const raw = ctx.args.values.label;
+  for (const item of Array.isArray(raw) ? raw : []) {
+    const i = item.indexOf('=');
+    if (i <= 0) throw new ConfigError('--label', `expected KEY=VALUE, got ${JSON.stringify(item)}`);
+    out[item.slice(0, i)] = item.slice(i + 1);
+  }
+  return out;
+}
+
+/** Every VM the config rules select (`--all`): names directly, regex and tag rules by listing sources. */
+async function allVms(config: CliConfig, pool: SourcePool, signal: AbortSignal): Promise<string[]> {
+  const names = new Set<string>();
+  for (const rule of config.vms) {
+    const m = rule.match;
+    if ('name' in m) names.add(m.name);
+    else {
+      const source = await pool.get(rule.from);
+      const vms = await source.listVms({ ...('tag' in m ? { tag: m.tag } : {}), signal });
+      for (const vm of vms) if (!('regex' in m) || new RegExp(m.regex, 'u').test(vm.name)) names.add(vm.name);
+    }
+  }
+  return [...names];
+}
+
+/** `virtstream backup`: one backup per VM, one after the other, each cancelled cleanly on Ctrl-C. */
+export async function backupCommand(ctx: CommandContext): Promise<number> {
+  const { config, repo } = await openRepository(ctx);
+  const v = ctx.args.values;
+  if (v.full === true && v.incremental === true) throw new UsageError('--full and --incremental exclude each other', 'backup');
+  if (v.all === true && ctx.args.positionals.length > 0) throw new UsageError('give VM names or --all, not both', 'backup');
+  const labels = labelsOf(ctx);
+  const exclude = Array.isArray(v['exclude-disk']) ? v['exclude-disk'] : [];
+  const flags = { ...(typeof v.from === 'string' ? { from: v.from } : {}), ...(typeof v.strategy === 'string' ? { strategy: v.strategy } : {}) };
+  await using pool = new SourcePool(config, ctx);
+  const vms = v.all === true ? await allVms(config, pool, ctx.signal) : ctx.args.positionals;
+  if (vms.length === 0) throw new UsageError(v.all === true ? 'the config rules select no VM' : 'name at least one VM, or pass --all', 'backup');
+
+  const failures: unknown[] = [];
+  for (const vm of vms) {
+    const started = performance.now();
+    try {
+      const rule = ruleFor(config, { name: vm }, flags);
+      const source = await pool.get(rule.from);
+      const strategy = await source.strategy(rule.strategy, rule.options ?? {});
+      const previous: BackupRecord | undefined = (await repo.list(vm, { signal: ctx.signal })).filter((r) => r.strategy === strategy.id).at(-1);
+      let kind: BackupKind = 'full';
+      if (v.incremental === true) {
+        if (!strategy.capabilities.incremental) throw new ConfigError('--incremental', `strategy ${strategy.id} makes full backups only`);
+        if (!previous) throw new ConfigError('--incremental', `VM ${JSON.stringify(vm)} has no previous ${strategy.id} backup to build on`);
+        kind = 'incremental';
+      } else if (v.full !== true && previous && strategy.capabilities.incremental) kind = 'incremental';
+      ctx.reporter.info(`${vm}: ${kind} backup with ${strategy.id} from ${rule.from}`, { vm, kind, strategy: strategy.id });
+      const result = await strategy.backup({ name: vm }, repo, {
+        kind,
+        ...(kind === 'incremental' && previous ? { parent: previous } : {}),
+        signal: ctx.signal,
+        onProgress: (e) => ctx.reporter.progress(vm, e),
+        logger: ctx.logger,
+        labels,
+        excludeDisks: exclude,
+      });
+      ctx.reporter.endProgress();
+      for (const w of result.warnings) ctx.reporter.warn(`${vm}: ${w}`, { vm });
+      const bytes = result.disks.reduce((n, d) => n + d.bytes, 0);
+      const ms = performance.now() - started;
+      ctx.reporter.result(
+        'backup',
+        { vm, backupId: result.record.id, kind: result.record.kind, strategy: strategy.id, bytes, seconds: ms / 1000, disks: result.disks, warnings: result.warnings },
+        [
+          `${printable(vm)}: ${result.record.kind} backup ${result.record.id} done, ${formatBytes(bytes)} in ${formatDuration(ms)}`,
+          ...result.disks.filter((d) => d.fallbackReason).map((d) => `  ${printable(d.diskId)}: full instead of incremental (${printable(d.fallbackReason!)})`),
+        ],
+      );
+    } catch (err) {
+      ctx.reporter.endProgress();
+      if (ctx.signal.aborted || isVirtstreamError(err, 'ERR_ABORTED')) throw err;
+      if (vms.length === 1) throw err;
+      ctx.reporter.error(err, { vm });
+      failures.push(err);
+    }
+  }
+  if (failures.length === 0) return EXIT.OK;
+  return failures.length === vms.length ? exitCodeFor(failures[0]) : EXIT.PARTIAL;
+}

@@ -1,0 +1,125 @@
+import { UnsupportedError } from '../index.js';
+import type { BackupStrategy, Logger } from '../index.js';
+import type { CliConfig, HostConfig, ManagerConfig, VmListing, VmRule } from './config.js';
+import { resolveSecret } from './config.js';
+import { ConfigError } from './config-error.js';
+
+/** A connected manager or host: makes strategies and lists VMs for rule matching. */
+export interface Source {
+  readonly name: string;
+  readonly platform: 'rhv' | 'libvirt';
+  /** Builds the strategy `id` with the rule's options. */
+  strategy(id: string, options: Readonly<Record<string, unknown>>): Promise<BackupStrategy>;
+  /** VMs on the source; `tag` narrows to VMs carrying the tag (oVirt search). */
+  listVms(options: { tag?: string; signal?: AbortSignal }): Promise<VmListing[]>;
+  close(): Promise<void>;
+}
+
+type Ctor = new (...args: unknown[]) => BackupStrategy;
+
+/** Class names of the strategies in the public entry points. */
+const CLASS_OF: Readonly<Record<string, string>> = Object.freeze({
+  'image-transfer': 'ImageTransferStrategy',
+  'disk-attach': 'DiskAttachStrategy',
+  'ssh-transfer': 'SshTransferStrategy',
+  'export-domain': 'ExportDomainStrategy',
+  virsh: 'VirshStrategy',
+  lvm: 'LvmSnapshotStrategy',
+  rbd: 'RbdSnapshotStrategy',
+});
+
+function strategyClass(mod: Record<string, unknown>, id: string, entry: string): Ctor {
+  const name = CLASS_OF[id];
+  const cls = name === undefined ? undefined : mod[name];
+  if (typeof cls !== 'function') throw new UnsupportedError(`strategy ${JSON.stringify(id)} is not available in ${entry} of this build`);
+  return cls as Ctor;
+}
+
+const TAG = /^[\w.-]+$/u;
+
+async function rhvSource(name: string, m: ManagerConfig, env: NodeJS.ProcessEnv, logger: Logger): Promise<Source> {
+  const password = await resolveSecret(`managers.${name}.password`, m.password, env);
+  const mod = (await import('../entries/rhv.js')) as Record<string, unknown>;
+  const RhvClient = mod.RhvClient as new (o: Record<string, unknown>) => {
+    vms: { list(o: { search?: string; signal?: AbortSignal }): Promise<{ id: string; name: string }[]> };
+    close(): Promise<void>;
+  };
+  const client = new RhvClient({
+    url: m.url,
+    username: m.username,
+    password,
+    ...(m.caFile !== undefined ? { caFile: m.caFile } : {}),
+    ...(m.insecure ? { insecure: true } : {}),
+    logger,
+  });
+  return {
+    name,
+    platform: 'rhv',
+    async strategy(id, options) {
+      // RHV strategies take the client first, then their options
+      const Cls = strategyClass(mod, id, 'virtstream/rhv');
+      return new Cls(client, { ...options });
+    },
+    async listVms({ tag, signal }) {
+      if (tag !== undefined && !TAG.test(tag)) throw new ConfigError('match.tag', 'tags use letters, digits, ".", "_" and "-"');
+      const vms = await client.vms.list({ ...(tag !== undefined ? { search: `tag=${tag}` } : {}), ...(signal ? { signal } : {}) });
+      return vms.map((v) => ({ name: v.name, id: v.id, ...(tag !== undefined ? { tags: [tag] } : {}) }));
+    },
+    close: () => client.close(),
+  };
+}
+
+async function libvirtSource(name: string, h: HostConfig, env: NodeJS.ProcessEnv, logger: Logger): Promise<Source> {
+  const privateKey = h.privateKey ? await resolveSecret(`hosts.${name}.privateKey`, h.privateKey, env) : undefined;
+  const password = h.password ? await resolveSecret(`hosts.${name}.password`, h.password, env) : undefined;
+  const mod = await import('../entries/libvirt.js');
+  const runner = new mod.SshRunner({
+    host: h.host,
+    port: h.port ?? 22,
+    username: h.username ?? 'root',
+    ...(privateKey !== undefined ? { privateKey } : {}),
+    ...(password !== undefined ? { password } : {}),
+    ...(h.knownHosts !== undefined ? { knownHostsPath: h.knownHosts } : {}),
+    logger,
+  });
+  const host = new mod.LibvirtHost(runner, { ...(h.uri !== undefined ? { uri: h.uri } : {}), logger });
+  return {
+    name,
+    platform: 'libvirt',
+    async strategy(id, options) {
+      const Cls = strategyClass(mod as unknown as Record<string, unknown>, id, 'virtstream/libvirt');
+      // libvirt strategies take one options object holding the host
+      return new Cls({ ...options, host, logger });
+    },
+    async listVms({ tag, signal }) {
+      if (tag !== undefined) throw new ConfigError('match.tag', 'tag rules need an oVirt/RHV manager; libvirt hosts have no tags');
+      const domains = await host.listDomains(signal ? { signal } : {});
+      return domains.map((d) => ({ name: d.name }));
+    },
+    close: () => runner.close(),
+  };
+}
+
+/** Opens the manager or host called `name` in the config. Secrets are read here, at use. */
+export async function openSource(config: CliConfig, name: string, env: NodeJS.ProcessEnv, logger: Logger): Promise<Source> {
+  const m = config.managers[name];
+  if (m) return rhvSource(name, m, env, logger);
+  const h = config.hosts[name];
+  if (h) return libvirtSource(name, h, env, logger);
+  throw new ConfigError('--from', `no manager or host called ${JSON.stringify(name)} in the config file`);
+}
+
+/** The rule for a VM: the `--from`/`--strategy` flags when given, else the first matching config rule. */
+export function ruleFor(config: CliConfig, vm: VmListing, flags: { from?: string; strategy?: string }): VmRule {
+  const matched = config.vms.find((rule) => {
+    const m = rule.match;
+    if ('name' in m) return m.name === vm.name;
+    if ('regex' in m) return new RegExp(m.regex, 'u').test(vm.name);
+    return vm.tags?.includes(m.tag) ?? false;
+  });
+  const from = flags.from ?? matched?.from;
+  const strategy = flags.strategy ?? (flags.from === undefined || flags.from === matched?.from ? matched?.strategy : undefined);
+  if (from === undefined) throw new ConfigError('vms', `no rule in the config file selects VM ${JSON.stringify(vm.name)}; add one or pass --from and --strategy`);
+  if (strategy === undefined) throw new ConfigError('--strategy', `no strategy for VM ${JSON.stringify(vm.name)} on ${from}; pass --strategy`);
+  return { match: { name: vm.name }, from, strategy, ...(matched?.options && matched.from === from ? { options: matched.options } : {}) };
+}

@@ -1,0 +1,519 @@
+import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import type { Duplex } from 'node:stream';
+import { Readable, Writable } from 'node:stream';
+import { finished } from 'node:stream/promises';
+import { raceAbort, throwIfAborted } from '../abort.js';
+import { AbortedError, HostKeyMismatchError, InvalidArgumentError, isRetryable, isVirtstreamError, RemoteCommandError, UnknownHostError } from '../errors.js';
+import type { VirtstreamError } from '../errors.js';
+import type { CommandArg, CommandExit, CommandProcess, CommandRunner, RunOptions, RunResult, SpawnOptions } from '../exec/command-runner.js';
+import { collectProcess, describeArgv, TailBuffer } from '../exec/process-helpers.js';
+import { toShellCommand } from '../exec/shell-quote.js';
+import type { Logger } from '../logger.js';
+import { redactingLogger, silentLogger } from '../logger.js';
+import { fingerprintKey, knownHostsName, knownKeyTypes, parseKnownHosts, verifyHostKey } from './known-hosts.js';
+import { SshError } from './ssh-error.js';
+
+/** The part of an ssh2 `ClientChannel` the runner uses. */
+export interface SshChannel extends Duplex {
+  readonly stderr: NodeJS.ReadableStream;
+  signal(signalName: string): unknown;
+  close(): unknown;
+}
+
+/**
+ * The part of an ssh2 `Client` the runner uses (a connected `Client` can be passed as
+ * {@link SshRunnerOptions.client}). `exec` receives the command as a Buffer so that non-UTF-8 bytes
+ * reach the server unchanged (ssh2 writes Buffers as-is).
+ */
+export interface SshConnection {
+  exec(command: string | Buffer, callback: (err: Error | undefined, channel: SshChannel) => void): unknown;
+  end(): unknown;
+  on(event: 'error', listener: (err: Error) => void): unknown;
+  on(event: 'close', listener: () => void): unknown;
+}
+
+/** Options for {@link SshRunner}. Authentication: a key (inline or file), a password, and/or an agent. */
+export interface SshRunnerOptions {
+  host: string;
+  /** @defaultValue 22 */
+  port?: number;
+  username: string;
+  /** Private key in OpenSSH or PEM format. */
+  privateKey?: string | Buffer;
+  /** Path of a private key file, read at connect time. */
+  privateKeyPath?: string;
+  /** Passphrase of an encrypted private key. */
+  passphrase?: string;
+  password?: string;
+  /** Path of an ssh-agent socket (e.g. `process.env.SSH_AUTH_SOCK`). */
+  agent?: string;
+  /** known_hosts file to verify the server against. @defaultValue `~/.ssh/known_hosts` when neither this nor `knownHosts` is given */
+  knownHostsPath?: string;
+  /** known_hosts content (takes precedence over `knownHostsPath`). */
+  knownHosts?: string;
+  /**
+   * Accept a host that has no known_hosts entry (its fingerprint is logged at `warn`). A host whose
+   * recorded key differs is refused even then. @defaultValue false
+   */
+  acceptUnknownHosts?: boolean;
+  /**
+   * Host key algorithms to offer, e.g. `['ssh-ed25519']` or `['ssh-rsa']` for old hosts.
+   * @defaultValue the key types known_hosts holds for this host, else ssh2's defaults
+   */
+  hostKeyAlgorithms?: string[];
+  /** Ciphers to offer, e.g. `['aes128-gcm@openssh.com']`. @defaultValue ssh2's defaults */
+  ciphers?: string[];
+  /** Interval of SSH keepalive probes, ms; 0 disables. @defaultValue 15000 */
+  keepaliveIntervalMs?: number;
+  /** Unanswered keepalives before the connection counts as dead. @defaultValue 3 */
+  keepaliveCountMax?: number;
+  /** Time allowed for the TCP + SSH handshake and authentication, ms. @defaultValue 20000 */
+  readyTimeoutMs?: number;
+  /** Channels (commands) open at once on the connection; further spawns wait. Keep below sshd's `MaxSessions` (10). @defaultValue 8 */
+  maxChannels?: number;
+  /** A connected ssh2 `Client` to use instead of connecting. It is not closed by {@link SshRunner.close}. */
+  client?: SshConnection;
+  logger?: Logger;
+}
+
+/** Counting semaphore with abortable waits. */
+class Slots {
+  #free: number;
+  readonly #waiters: (() => void)[] = [];
+  constructor(n: number) {
+    this.#free = n;
+  }
+  async acquire(signal: AbortSignal | undefined): Promise<() => void> {
+    throwIfAborted(signal);
+    if (this.#free > 0) this.#free--;
+    else {
+      await new Promise<void>((resolve, reject) => {
+        const waiter = (): void => {
+          signal?.removeEventListener('abort', onAbort);
+          resolve();
+        };
+        const onAbort = (): void => {
+          const i = this.#waiters.indexOf(waiter);
+          if (i >= 0) this.#waiters.splice(i, 1);
+          reject(new AbortedError(signal?.reason));
+        };
+        signal?.addEventListener('abort', onAbort, { once: true });
+        this.#waiters.push(waiter);
+      });
+    }
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const next = this.#waiters.shift();
+      if (next) next();
+      else this.#free++;
+    };
+  }
+}
+
+/** Shell prelude: report the session's pid on stderr as `\x01vs-pid N\n` (stripped again by the runner). */
+const PID_PRELUDE = Buffer.from("printf '\\001vs-pid %s\\n' \"$$\" >&2; ", 'latin1');
+
+/** Signal names from SSH (`KILL`) in Node's form (`SIGKILL`). */
+function signalName(sig: unknown): string | null {
+  return typeof sig === 'string' && sig.length > 0 ? (sig.startsWith('SIG') ? sig : `SIG${sig}`) : null;
+}
+
+/**
+ * Runs commands on a remote host over one SSH connection (ssh2), many channels at once.
+ *
+ * - Arguments are quoted by `toShellCommand` (also non-UTF-8 bytes); the login shell must be POSIX.
+ * - The server's host key is checked against known_hosts: an unknown host fails with
+ *   `ERR_SSH_UNKNOWN_HOST` unless `acceptUnknownHosts`, a different key with `ERR_SSH_HOST_KEY_MISMATCH`.
+ * - Connects lazily on first use (or through {@link SshRunner.connect}); ssh2 is loaded only then.
+ * - Aborting a command sends `KILL` to its process group and closes the channel.
+ *
+ * @example
+ * ```ts
+ * await using ssh = new SshRunner({ host: '10.0.0.5', username: 'root', privateKeyPath: '/root/.ssh/id_ed25519' });
+ * const { stdout } = await ssh.run(['virsh', 'list', '--all', '--name']);
+ * ```
+ */
+export class SshRunner implements CommandRunner, AsyncDisposable {
+  /** `user@host:port`, for messages and logs. */
+  readonly host: string;
+  readonly #options: Readonly<SshRunnerOptions>;
+  readonly #logger: Logger;
+  readonly #slots: Slots;
+  readonly #owns: boolean;
+  #conn: SshConnection | undefined;
+  #connecting: Promise<SshConnection> | undefined;
+  #closed = false;
+
+  constructor(options: SshRunnerOptions) {
+    if (!options.host) throw new InvalidArgumentError('SshRunner: host is required');
+    if (!options.username) throw new InvalidArgumentError('SshRunner: username is required');
+    const port = options.port ?? 22;
+    if (!Number.isInteger(port) || port < 1 || port > 65535) throw new InvalidArgumentError(`SshRunner: invalid port ${port}`);
+    const maxChannels = options.maxChannels ?? 8;
+    if (!Number.isInteger(maxChannels) || maxChannels < 1) throw new InvalidArgumentError(`SshRunner: invalid maxChannels ${maxChannels}`);
+    this.#options = Object.freeze({ ...options, port });
+    this.host = `${options.username}@${options.host}:${port}`;
+    this.#logger = redactingLogger(options.logger ?? silentLogger);
+    this.#slots = new Slots(maxChannels);
+    this.#owns = options.client === undefined;
+    this.#conn = options.client;
+    this.#conn?.on('error', (err) => this.#logger.warn({ host: this.host, err }, 'ssh connection error'));
+  }
+
+  /**
+   * Connects and authenticates now (otherwise the first command does). Concurrent callers share one attempt.
+   *
+   * @throws `ERR_SSH_CONNECT`, `ERR_SSH_AUTH`, `ERR_SSH_UNKNOWN_HOST`, `ERR_SSH_HOST_KEY_MISMATCH`, `ERR_ABORTED`
+   */
+  async connect(options: { signal?: AbortSignal } = {}): Promise<void> {
+    await this.#connection(options.signal);
+  }
+
+  #connection(signal: AbortSignal | undefined): Promise<SshConnection> {
+    throwIfAborted(signal);
+    if (this.#closed) return Promise.reject(new SshError('ERR_SSH_CHANNEL', this.host, 'runner is closed'));
+    if (this.#conn) return Promise.resolve(this.#conn);
+    if (!this.#owns) return Promise.reject(new SshError('ERR_SSH_CONNECT', this.host, 'the injected ssh2 client is closed'));
+    this.#connecting ??= this.#open().finally(() => {
+      this.#connecting = undefined;
+    });
+    return raceAbort(this.#connecting, signal);
+  }
+
+  async #open(): Promise<SshConnection> {
+    const o = this.#options;
+    const port = o.port ?? 22;
+    const mod = (await import('ssh2')) as unknown as { Client?: new () => Ssh2Client; default?: { Client: new () => Ssh2Client } };
+    const Client = mod.Client ?? mod.default?.Client;
+    if (!Client) throw new SshError('ERR_SSH_CONNECT', this.host, 'ssh2 has no Client export');
+    const privateKey = o.privateKey ?? (o.privateKeyPath ? await readKeyFile(o.privateKeyPath, this.host) : undefined);
+    const knownHostsText = await this.#knownHostsText();
+    const entries = parseKnownHosts(knownHostsText);
+    const name = knownHostsName(o.host, port);
+    let rejection: VirtstreamError | undefined;
+    const hostVerifier = (key: Buffer): boolean => {
+      const fp = fingerprintKey(key);
+      const verdict = verifyHostKey(entries, o.host, port, key);
+      if (verdict === 'ok') {
+        this.#logger.debug({ host: this.host, fingerprint: fp }, 'ssh host key verified');
+        return true;
+      }
+      if (verdict === 'unknown' && o.acceptUnknownHosts) {
+        this.#logger.warn({ host: this.host, fingerprint: fp }, 'ssh host not in known_hosts, accepted (acceptUnknownHosts)');
+        return true;
+      }
+      rejection = verdict === 'unknown' ? new UnknownHostError(name, fp) : new HostKeyMismatchError(name, fp);
+      return false;
+    };
+    let serverHostKey = o.hostKeyAlgorithms;
+    if (!serverHostKey) {
+      const types = knownKeyTypes(entries, o.host, port);
+      if (types.length > 0) {
+        serverHostKey = types.flatMap((t) => (t === 'ssh-rsa' ? ['rsa-sha2-512', 'rsa-sha2-256', 'ssh-rsa'] : [t]));
+      }
+    }
+    const config: Record<string, unknown> = {
+      host: o.host,
+      port,
+      username: o.username,
+      hostVerifier,
+      readyTimeout: o.readyTimeoutMs ?? 20_000,
+      keepaliveInterval: o.keepaliveIntervalMs ?? 15_000,
+      keepaliveCountMax: o.keepaliveCountMax ?? 3,
+      ...(privateKey !== undefined ? { privateKey } : {}),
+      ...(o.passphrase !== undefined ? { passphrase: o.passphrase } : {}),
+      ...(o.password !== undefined ? { password: o.password } : {}),
+      ...(o.agent !== undefined ? { agent: o.agent } : {}),
+      algorithms: {
+        ...(serverHostKey ? { serverHostKey } : {}),
+        ...(o.ciphers ? { cipher: o.ciphers } : {}),
+      },
+    };
+    const client = new Client();
+    this.#logger.debug({ host: this.host }, 'ssh connecting');
+    return new Promise<SshConnection>((resolve, reject) => {
+      let ready = false;
+      client.on('error', (err: Error & { level?: string }) => {
+        if (ready) {
+          this.#logger.warn({ host: this.host, err }, 'ssh connection error');
+          return;
+        }
+        client.end();
+        if (rejection) reject(rejection);
+        else if (err.level === 'client-authentication') {
+          reject(new SshError('ERR_SSH_AUTH', this.host, `authentication failed (${err.message})`, { cause: err }));
+        } else if (err.level === 'client-timeout') {
+          reject(new SshError('ERR_SSH_CONNECT', this.host, `handshake timed out: ${err.message}`, { cause: err, retryable: true }));
+        } else {
+          reject(new SshError('ERR_SSH_CONNECT', this.host, `cannot connect: ${err.message}`, { cause: err, retryable: isRetryable(err) }));
+        }
+      });
+      client.on('ready', () => {
+        ready = true;
+        this.#logger.debug({ host: this.host }, 'ssh connected');
+        if (this.#closed) {
+          client.end();
+          reject(new SshError('ERR_SSH_CHANNEL', this.host, 'runner is closed'));
+          return;
+        }
+        this.#conn = client;
+        resolve(client);
+      });
+      client.on('close', () => {
+        if (this.#conn === client) this.#conn = undefined;
+        if (!ready) reject(rejection ?? new SshError('ERR_SSH_CONNECT', this.host, 'connection closed during handshake', { retryable: true }));
+      });
+      try {
+        client.connect(config);
+      } catch (err) {
+        reject(new InvalidArgumentError(`SshRunner: ${(err as Error).message}`, { cause: err }));
+      }
+    });
+  }
+
+  async #knownHostsText(): Promise<string> {
+    const o = this.#options;
+    if (o.knownHosts !== undefined) return o.knownHosts;
+    const path = o.knownHostsPath ?? join(homedir(), '.ssh', 'known_hosts');
+    if (o.knownHostsPath === undefined && !existsSync(path)) return '';
+    try {
+      return await readFile(path, 'utf8');
+    } catch (err) {
+      throw new InvalidArgumentError(`cannot read known_hosts ${path}: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  /**
+   * Starts `argv` on the remote host. The channel opens asynchronously (waiting for a free slot when
+   * `maxChannels` are busy); connection errors arrive through `done` and as an error on `stdout`.
+   *
+   * @throws `ERR_INVALID_ARGUMENT` synchronously for an empty argv, NUL bytes or invalid env names.
+   */
+  spawn(argv: readonly CommandArg[], options: SpawnOptions = {}): CommandProcess {
+    // The prelude reports the shell's pid (= the session's process group, sshd calls setsid) on stderr,
+    // so that kill/abort can end the whole group: OpenSSH refuses `signal` requests for root sessions.
+    const command = Buffer.concat([PID_PRELUDE, toShellCommand(argv, { exec: true, ...(options.env ? { env: options.env } : {}) })]);
+    const display = describeArgv(argv);
+    const { signal } = options;
+    const ok = options.okExitCodes ?? [0];
+    const tail = new TailBuffer(options.stderrTailBytes ?? 8192);
+    const logger = this.#logger;
+    let channel: SshChannel | undefined;
+    let channelClosed = false;
+    let killed = false;
+    let stdoutEnded = false;
+
+    let resolvePid: (pid: number | null) => void = () => undefined;
+    const remotePid = new Promise<number | null>((resolve) => {
+      resolvePid = resolve;
+    });
+    const kill = (): void => {
+      if (killed) return;
+      killed = true;
+      if (channel && !channelClosed) {
+        void remotePid.then((pid) => {
+          if (pid !== null && !channelClosed) this.#killGroup(pid);
+        });
+        channel.close();
+      }
+    };
+
+    const stdout = new Readable({
+      highWaterMark: 256 * 1024,
+      read: () => {
+        channel?.resume();
+      },
+      destroy: (err, cb) => {
+        if (!stdoutEnded) kill(); // nobody reads any more: do not leave the remote command stalled
+        cb(err);
+      },
+    });
+
+    const opened = (async (): Promise<SshChannel> => {
+      const conn = await this.#connection(signal);
+      const release = await this.#slots.acquire(signal);
+      let ch: SshChannel;
+      try {
+        throwIfAborted(signal);
+        if (killed) throw new SshError('ERR_SSH_CHANNEL', this.host, `${display}: killed before start`);
+        ch = await new Promise<SshChannel>((resolve, reject) => {
+          conn.exec(command, (err, c) => {
+            if (err) reject(new SshError('ERR_SSH_CHANNEL', this.host, `cannot open a channel for ${display}: ${err.message}`, { cause: err, retryable: true }));
+            else resolve(c);
+          });
+        });
+      } catch (err) {
+        release();
+        throw err;
+      }
+      ch.once('close', release);
+      logger.debug({ host: this.host, command: display }, 'ssh exec');
+      return ch;
+    })();
+
+    let exitCode: number | null = null;
+    let exitSignal: string | null = null;
+    const closed = opened.then(
+      (ch) =>
+        new Promise<void>((resolve) => {
+          channel = ch;
+          ch.on('data', (c: Buffer) => {
+            if (!stdout.push(c)) ch.pause();
+          });
+          ch.once('end', () => {
+            stdoutEnded = true;
+            stdout.push(null);
+          });
+          let head: Buffer | undefined = Buffer.alloc(0);
+          ch.stderr.on('data', (c: Buffer) => {
+            if (head === undefined) {
+              tail.push(c);
+              return;
+            }
+            head = Buffer.concat([head, c]);
+            const nl = head.indexOf(0x0a);
+            if (nl === -1 && head.length < 64) return;
+            const m = /^\x01vs-pid (\d+)$/.exec(head.subarray(0, Math.max(nl, 0)).toString('latin1'));
+            resolvePid(m ? Number(m[1]) : null);
+            const rest = m ? head.subarray(nl + 1) : head;
+            head = undefined;
+            if (rest.length > 0) tail.push(rest);
+          });
+          ch.on('exit', (code: unknown, sig: unknown) => {
+            exitCode = typeof code === 'number' ? code : null;
+            exitSignal = signalName(sig);
+          });
+          ch.once('close', () => {
+            channelClosed = true;
+            resolvePid(null);
+            resolve();
+          });
+          ch.on('error', (err: Error) => logger.debug({ host: this.host, err }, 'ssh channel error'));
+          if (killed || signal?.aborted) {
+            killed = false;
+            kill();
+          }
+        }),
+    );
+    closed.catch(() => undefined);
+
+    const onAbort = (): void => kill();
+    signal?.addEventListener('abort', onAbort, { once: true });
+
+    const stdin = new Writable({
+      highWaterMark: 256 * 1024,
+      write: (chunk: Buffer, _enc, cb) => {
+        opened.then((ch) => {
+          if (channelClosed || killed) {
+            cb(new SshError('ERR_SSH_CHANNEL', this.host, `${display}: stdin closed`));
+            return;
+          }
+          if (ch.write(chunk)) cb();
+          else {
+            const onDrain = (): void => {
+              ch.off('close', onClose);
+              cb();
+            };
+            const onClose = (): void => {
+              ch.off('drain', onDrain);
+              cb(new SshError('ERR_SSH_CHANNEL', this.host, `${display}: channel closed while writing`));
+            };
+            ch.once('drain', onDrain);
+            ch.once('close', onClose);
+          }
+        }, cb);
+      },
+      final: (cb) => {
+        opened.then((ch) => {
+          if (!channelClosed) ch.end();
+          cb();
+        }, cb);
+      },
+    });
+    stdin.on('error', () => undefined);
+
+    const done = (async (): Promise<CommandExit> => {
+      try {
+        await opened;
+        await closed;
+        if (signal?.aborted) throw new AbortedError(signal.reason);
+        if (killed && exitSignal === null && exitCode === null) exitSignal = 'SIGKILL';
+        const exit: CommandExit = { exitCode, signal: exitSignal, stderrTail: tail.toString() };
+        if (!stdoutEnded) stdout.push(null);
+        await finished(stdout).catch(() => undefined);
+        if (exit.exitCode !== null && ok.includes(exit.exitCode)) return exit;
+        throw new RemoteCommandError({ command: display, host: this.host, ...exit });
+      } catch (err) {
+        const e = signal?.aborted && !isVirtstreamError(err, 'ERR_ABORTED') ? new AbortedError(signal.reason) : err;
+        if (!stdout.destroyed && !stdout.readableEnded) stdout.destroy(e as Error);
+        throw e;
+      } finally {
+        signal?.removeEventListener('abort', onAbort);
+      }
+    })();
+    done.catch(() => undefined);
+    return { stdout, stdin, done, kill };
+  }
+
+  /** Kills a remote process group through a separate channel (outside the channel limit). */
+  #killGroup(pid: number): void {
+    const conn = this.#conn;
+    if (!conn || !Number.isInteger(pid) || pid <= 1) return;
+    conn.exec(toShellCommand(['kill', '-KILL', '--', `-${pid}`]), (err, ch) => {
+      if (err) {
+        this.#logger.warn({ host: this.host, err }, 'cannot open a channel to kill a remote command');
+        return;
+      }
+      ch.on('error', () => undefined);
+      ch.stderr.on('data', () => undefined);
+      ch.resume();
+      ch.end();
+    });
+  }
+
+  /** Runs `argv` to completion and collects its stdout (bounded by `maxOutputBytes`). */
+  run(argv: readonly CommandArg[], options: RunOptions = {}): Promise<RunResult> {
+    return collectProcess(this.spawn(argv, options), options);
+  }
+
+  /** Closes the connection (unless it was injected). Running commands end. Safe to call twice. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    const pending = this.#connecting;
+    if (pending) await pending.catch(() => undefined);
+    const conn = this.#conn;
+    this.#conn = undefined;
+    if (conn && this.#owns) {
+      await new Promise<void>((resolve) => {
+        conn.on('close', resolve);
+        conn.end();
+      });
+    }
+  }
+
+  /** Same as {@link SshRunner.close}. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
+
+/** The constructor side of ssh2's `Client` as the runner uses it. */
+interface Ssh2Client extends SshConnection {
+  connect(config: Record<string, unknown>): unknown;
+  on(event: 'error', listener: (err: Error & { level?: string }) => void): unknown;
+  on(event: 'close' | 'ready', listener: () => void): unknown;
+}
+
+async function readKeyFile(path: string, host: string): Promise<Buffer> {
+  try {
+    return await readFile(path);
+  } catch (err) {
+    throw new SshError('ERR_SSH_AUTH', host, `cannot read private key ${path}: ${(err as Error).message}`, { cause: err });
+  }
+}

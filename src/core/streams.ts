@@ -1,0 +1,232 @@
+/**
+ * Small, fast stream helpers every data path uses: a hashing/counting pass-through, an exact-size
+ * check, a stall (idle) guard and a converter to a Node `Readable`. None of them copies or inspects
+ * bytes in JavaScript loops; memory stays bounded by the streams' high-water marks.
+ *
+ * @module
+ */
+import { createHash } from 'node:crypto';
+import { Readable, Transform } from 'node:stream';
+import type { TransformCallback } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type { ReadableStream as WebReadableStream } from 'node:stream/web';
+import { normalizeAbort, throwIfAborted } from './abort.js';
+import { InvalidArgumentError, SizeMismatchError, VirtstreamError } from './errors.js';
+
+/** Any byte source the library accepts: an async iterable of chunks, a Node stream or a web stream. */
+export type ByteSource = AsyncIterable<Uint8Array> | NodeJS.ReadableStream | WebReadableStream<Uint8Array>;
+
+/** Options for {@link DigestStream}. */
+export interface DigestStreamOptions {
+  /** Called after every chunk with the running byte count. Exceptions it throws are swallowed. */
+  onBytes?: (bytes: number) => void;
+}
+
+/**
+ * A pass-through that counts bytes and computes their sha256 while they flow. After the stream
+ * finished (`'end'`/`'finish'`, or the pipeline settled), {@link DigestStream.sha256} holds the hex digest.
+ *
+ * @example
+ * ```ts
+ * const digest = new DigestStream();
+ * await pipeline(source, digest, createWriteStream('/tmp/disk.raw'));
+ * console.log(digest.bytes, digest.sha256);
+ * ```
+ */
+export class DigestStream extends Transform {
+  readonly #hash = createHash('sha256');
+  readonly #onBytes: ((bytes: number) => void) | undefined;
+  #bytes = 0;
+  #digest: string | undefined;
+
+  constructor(options: DigestStreamOptions = {}) {
+    super();
+    this.#onBytes = options.onBytes;
+  }
+
+  /** Bytes seen so far. */
+  get bytes(): number {
+    return this.#bytes;
+  }
+
+  /** Hex sha256 of every byte seen, set once the input ended; `undefined` before. */
+  get sha256(): string | undefined {
+    return this.#digest;
+  }
+
+  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
+    this.#hash.update(chunk);
+    this.#bytes += chunk.length;
+    if (this.#onBytes) {
+      try {
+        this.#onBytes(this.#bytes);
+      } catch {
+        // a progress callback must never break a data path
+      }
+    }
+    callback(null, chunk);
+  }
+
+  override _flush(callback: TransformCallback): void {
+    this.#digest = this.#hash.digest('hex');
+    callback();
+  }
+}
+
+/**
+ * A pass-through that fails as soon as more than `expected` bytes arrive (`ERR_SIZE_MISMATCH`) or
+ * when the input ends short (`ERR_TRUNCATED`), both as {@link SizeMismatchError}.
+ *
+ * @example
+ * ```ts
+ * await pipeline(download, new ExactSizeStream(disk.virtualSize, 'disk vda'), sink);
+ * ```
+ */
+export class ExactSizeStream extends Transform {
+  readonly #expected: number;
+  readonly #what: string;
+  #bytes = 0;
+
+  /**
+   * @param expected - the exact byte count the stream must carry
+   * @param what - names the stream in the error message
+   */
+  constructor(expected: number, what = 'stream') {
+    super();
+    if (!Number.isSafeInteger(expected) || expected < 0) {
+      throw new InvalidArgumentError(`${what}: expected size ${expected} is not a non-negative integer`);
+    }
+    this.#expected = expected;
+    this.#what = what;
+  }
+
+  /** Bytes seen so far. */
+  get bytes(): number {
+    return this.#bytes;
+  }
+
+  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
+    this.#bytes += chunk.length;
+    if (this.#bytes > this.#expected) {
+      callback(new SizeMismatchError(this.#what, this.#expected, this.#bytes));
+      return;
+    }
+    callback(null, chunk);
+  }
+
+  override _flush(callback: TransformCallback): void {
+    if (this.#bytes !== this.#expected) callback(new SizeMismatchError(this.#what, this.#expected, this.#bytes));
+    else callback();
+  }
+}
+
+/** A source delivered nothing for longer than its idle timeout. Retryable: the next attempt may get through. */
+export class StreamStalledError extends VirtstreamError {
+  /** The idle timeout that ran out, in ms. */
+  readonly idleMs: number;
+  constructor(what: string, idleMs: number, options: { cause?: unknown } = {}) {
+    super('ERR_STREAM_STALLED', `${what}: no data for ${idleMs} ms`, { ...options, retryable: true });
+    this.idleMs = idleMs;
+  }
+}
+
+/** A pipeline stage: an async generator function over chunks, as `stream.pipeline` accepts. */
+export type ChunkTransform<T = Uint8Array> = (source: AsyncIterable<T>) => AsyncGenerator<T, void, undefined>;
+
+/**
+ * A pipeline stage that fails with {@link StreamStalledError} (`ERR_STREAM_STALLED`) when the upstream
+ * delivers no chunk for `idleMs`. Time the downstream spends applying backpressure does not count:
+ * the clock only runs while the stage waits for its source.
+ *
+ * @example
+ * ```ts
+ * await pipeline(response.body, stallGuard(60_000, 'disk vda'), file, { signal });
+ * ```
+ */
+export function stallGuard<T = Uint8Array>(idleMs: number, what = 'stream'): ChunkTransform<T> {
+  return async function* guard(source) {
+    const iterator = source[Symbol.asyncIterator]();
+    let waiting = false;
+    let fire: ((err: Error) => void) | undefined;
+    const stalled = new Promise<never>((_, reject) => {
+      fire = reject;
+    });
+    stalled.catch(() => undefined);
+    const timer = setTimeout(() => {
+      if (waiting) fire?.(new StreamStalledError(what, idleMs));
+    }, idleMs);
+    try {
+      for (;;) {
+        waiting = true;
+        timer.refresh();
+        const next = await Promise.race([iterator.next(), stalled]);
+        waiting = false;
+        if (next.done) return;
+        yield next.value;
+      }
+    } catch (err) {
+      // the source may still hold a pending read: close it so it releases its resources
+      void Promise.resolve(iterator.return?.()).catch(() => undefined);
+      throw err;
+    } finally {
+      clearTimeout(timer);
+    }
+  };
+}
+
+function isWebReadable(source: unknown): source is WebReadableStream<Uint8Array> {
+  return typeof (source as { getReader?: unknown }).getReader === 'function' && !(source instanceof Readable);
+}
+
+/**
+ * Turns any {@link ByteSource} into a Node `Readable` (returned as is when it already is one).
+ *
+ * @example
+ * ```ts
+ * const readable = toReadable((await fetch(url)).body!);
+ * ```
+ */
+export function toReadable(source: ByteSource): Readable {
+  if (source instanceof Readable) return source;
+  if (isWebReadable(source)) return Readable.fromWeb(source);
+  if (Symbol.asyncIterator in source) return Readable.from(source as AsyncIterable<Uint8Array>, { objectMode: false });
+  return new Readable().wrap(source);
+}
+
+/** What {@link measureStream} returns. */
+export interface StreamDigest {
+  /** Bytes read. */
+  bytes: number;
+  /** Hex sha256 of the bytes. */
+  sha256: string;
+}
+
+/**
+ * Consumes `source` to its end and returns its length and sha256, without holding it in memory.
+ *
+ * @throws `ERR_ABORTED` when `signal` fires.
+ * @example
+ * ```ts
+ * const { bytes, sha256 } = await measureStream(createReadStream(path), { signal });
+ * ```
+ */
+export async function measureStream(source: ByteSource, options: { signal?: AbortSignal } = {}): Promise<StreamDigest> {
+  throwIfAborted(options.signal);
+  const hash = createHash('sha256');
+  let bytes = 0;
+  try {
+    await pipeline(
+      toReadable(source),
+      async (chunks: AsyncIterable<Buffer>) => {
+        for await (const chunk of chunks) {
+          hash.update(chunk);
+          bytes += chunk.length;
+        }
+      },
+      options.signal ? { signal: options.signal } : {},
+    );
+  } catch (err) {
+    throw normalizeAbort(err, options.signal);
+  }
+  return { bytes, sha256: hash.digest('hex') };
+}

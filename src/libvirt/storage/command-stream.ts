@@ -1,0 +1,81 @@
+/**
+ * Streaming helpers shared by the LVM and RBD storage layers: a command whose stdout is the data
+ * (`rbd export`, `dd if=/dev/vg/lv`), and a command fed from a stream (`rbd import`, `dd of=…`),
+ * both with typed errors.
+ *
+ * @module
+ */
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { normalizeAbort, throwIfAborted } from '../../core/abort.js';
+import type { CommandArg, CommandRunner } from '../../core/exec/command-runner.js';
+
+/** A running command whose stdout carries data: read `stream`, then await `done`. */
+export interface CommandReadStream {
+  /** The command's stdout. */
+  readonly stream: Readable;
+  /** Resolves when the command succeeded; rejects with a typed error (`ERR_ABORTED`, the layer's code, …). */
+  readonly done: Promise<void>;
+  /** Ends the command now. Idempotent. */
+  kill(): void;
+}
+
+/** Maps a raw runner error to the storage layer's typed error. */
+export type CommandErrorMapper = (err: unknown) => unknown;
+
+/**
+ * Starts `argv` with stdin closed and stdout as the data stream.
+ *
+ * @throws `ERR_ABORTED` when `signal` is already aborted.
+ */
+export function openCommandRead(
+  runner: CommandRunner,
+  argv: readonly CommandArg[],
+  mapError: CommandErrorMapper,
+  options: { signal?: AbortSignal; env?: Readonly<Record<string, string>> } = {},
+): CommandReadStream {
+  throwIfAborted(options.signal);
+  const proc = runner.spawn(argv, {
+    ...(options.signal ? { signal: options.signal } : {}),
+    ...(options.env ? { env: options.env } : {}),
+    bulk: 'stdout',
+  });
+  proc.stdin.on('error', () => undefined);
+  proc.stdin.end();
+  const done = proc.done.then(
+    () => undefined,
+    (err: unknown) => {
+      throw mapError(err);
+    },
+  );
+  done.catch(() => undefined);
+  return { stream: proc.stdout, done, kill: () => proc.kill() };
+}
+
+/**
+ * Runs `argv` with `source` piped into its stdin (with backpressure) and waits for both to finish.
+ * A failed command wins over the broken pipe it causes.
+ *
+ * @throws the mapped command error, or `ERR_ABORTED`, or the source's own error.
+ */
+export async function runCommandWithInput(
+  runner: CommandRunner,
+  argv: readonly CommandArg[],
+  source: Readable | AsyncIterable<Uint8Array>,
+  mapError: CommandErrorMapper,
+  options: { signal?: AbortSignal; env?: Readonly<Record<string, string>> } = {},
+): Promise<void> {
+  throwIfAborted(options.signal);
+  const proc = runner.spawn(argv, {
+    ...(options.signal ? { signal: options.signal } : {}),
+    ...(options.env ? { env: options.env } : {}),
+    bulk: 'stdin',
+  });
+  proc.stdout.resume();
+  proc.stdin.on('error', () => undefined);
+  const feeding = pipeline(source, proc.stdin, options.signal ? { signal: options.signal } : {});
+  feeding.catch(() => proc.kill());
+  const [fed, exited] = await Promise.allSettled([feeding, proc.done]);
+  if (exited.status === 'rejected') throw mapError(exited.reason);
+  if (fed.status === 'rejected') throw normalizeAbort(fed.reason, options.signal);
+}

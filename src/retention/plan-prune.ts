@@ -1,0 +1,314 @@
+import { InvalidArgumentError } from '../core/errors.js';
+import type { BackupKind } from '../core/model.js';
+
+/**
+ * Which backups to keep. Rules add up: a backup is wanted when any rule selects it. At least one
+ * rule must be set, so that an empty policy can never delete everything.
+ *
+ * Day, week and month buckets are computed in UTC; weeks are ISO weeks (Monday first).
+ */
+export interface RetentionRules {
+  /** Keep the newest N backups. */
+  keepLast?: number;
+  /** For each of the last N days that have a backup, keep the newest backup of that day. */
+  keepDaily?: number;
+  /** For each of the last N ISO weeks that have a backup, keep the newest backup of that week. */
+  keepWeekly?: number;
+  /** For each of the last N months that have a backup, keep the newest backup of that month. */
+  keepMonthly?: number;
+}
+
+/**
+ * What {@link planPrune} needs to know about a backup: a subset of `BackupRecord`, so records from
+ * `FileRepository.list()` fit directly.
+ */
+export interface RetentionRecord {
+  id: string;
+  vm: { name: string };
+  kind: BackupKind;
+  /** The backup this one builds on (incrementals). */
+  parentId?: string;
+  /** ISO 8601 completion time; retention buckets use it. */
+  completedAt: string;
+  /** Per-disk parents: an incremental disk may build on a different backup than the record's `parentId`. */
+  disks?: readonly { parentBackupId?: string }[];
+}
+
+/** Options for {@link planPrune}. */
+export interface PlanPruneOptions {
+  /**
+   * `chains` keeps every ancestor a kept incremental needs. `synthesize` instead turns each wanted
+   * incremental whose chain contains an unwanted backup into a full, in place (same id), so that the
+   * unwanted ancestors can go.
+   * @defaultValue 'chains'
+   */
+  mode?: 'chains' | 'synthesize';
+}
+
+/** One backup in a {@link PrunePlan}, with why it stays or goes. */
+export interface PruneDecision {
+  vm: string;
+  id: string;
+  kind: BackupKind;
+  completedAt: string;
+  /** Human-readable reasons, e.g. `last 1`, `daily 2026-11-20`, `parent of 20261121-…`. Empty for removals. */
+  reasons: string[];
+}
+
+/**
+ * A backup to consolidate into a full in place before the removals run: the data of `chain` (oldest
+ * first, ending with `backupId`) is flattened into `backupId`, which then has no parent.
+ */
+export interface SynthesizeStep {
+  vm: string;
+  backupId: string;
+  /** The chain to flatten, oldest (a full) first, ending with `backupId`. */
+  chain: string[];
+}
+
+/** The result of {@link planPrune}. Run `synthesize` first, then `remove` in order. */
+export interface PrunePlan {
+  /** Backups that stay, newest first. */
+  keep: PruneDecision[];
+  /**
+   * Backups to delete, ordered so that every backup is deleted before its parent: at no point during
+   * the removals does a remaining backup lose a parent.
+   */
+  remove: PruneDecision[];
+  /** Consolidations to run before any removal (only in `synthesize` mode). */
+  synthesize: SynthesizeStep[];
+  /** Problems found in the input that did not stop planning (a parent already missing, a cycle). */
+  warnings: string[];
+}
+
+interface Node {
+  record: RetentionRecord;
+  time: number;
+  parents: string[];
+}
+
+function validateRules(rules: RetentionRules): void {
+  let any = false;
+  for (const key of ['keepLast', 'keepDaily', 'keepWeekly', 'keepMonthly'] as const) {
+    const v = rules[key];
+    if (v === undefined) continue;
+    if (!Number.isSafeInteger(v) || v < 0) throw new InvalidArgumentError(`retention rule ${key} must be a non-negative integer, got ${String(v)}`);
+    if (v > 0) any = true;
+  }
+  if (!any) throw new InvalidArgumentError('no retention rule given: set at least one of keepLast, keepDaily, keepWeekly, keepMonthly above 0');
+}
+
+function pad(n: number, width = 2): string {
+  return String(n).padStart(width, '0');
+}
+
+/** ISO 8601 week key (`2026-W47`) of a UTC time. */
+function isoWeekKey(time: number): string {
+  const d = new Date(time);
+  const day = (d.getUTCDay() + 6) % 7; // Monday = 0
+  const thursday = Date.UTC(d.getUTCFullYear(), d.getUTCMonth(), d.getUTCDate() - day + 3);
+  const year = new Date(thursday).getUTCFullYear();
+  const week = Math.floor((thursday - Date.UTC(year, 0, 1)) / (7 * 86_400_000)) + 1;
+  return `${year}-W${pad(week)}`;
+}
+
+function dayKey(time: number): string {
+  const d = new Date(time);
+  return `${d.getUTCFullYear()}-${pad(d.getUTCMonth() + 1)}-${pad(d.getUTCDate())}`;
+}
+
+function monthKey(time: number): string {
+  const d = new Date(time);
+  return `${d.getUTCFullYear()}-${pad(d.getUTCMonth() + 1)}`;
+}
+
+function parentsOf(record: RetentionRecord): string[] {
+  const set = new Set<string>();
+  if (record.parentId !== undefined) set.add(record.parentId);
+  for (const disk of record.disks ?? []) if (disk.parentBackupId !== undefined) set.add(disk.parentBackupId);
+  set.delete(record.id);
+  return [...set];
+}
+
+/**
+ * Plans a prune of one VM's backups, or many VMs' (they are grouped by `vm.name` and planned apart).
+ * Pure: it reads nothing and deletes nothing.
+ *
+ * Guarantee (property-tested): no backup in `keep` has an ancestor in `remove`, unless that ancestor
+ * is consolidated away by a {@link SynthesizeStep} first. Backups dated after `now` are always kept.
+ *
+ * @param records - committed backups, in any order.
+ * @param rules - the retention rules; at least one must be above 0.
+ * @param now - the reference time (backups newer than it are kept, whatever the rules say).
+ * @throws `ERR_INVALID_ARGUMENT` for bad rules, duplicate ids or unparsable times.
+ *
+ * @example
+ * ```ts
+ * const plan = planPrune(await repo.list('web01'), { keepLast: 3, keepDaily: 7 }, new Date());
+ * for (const d of plan.remove) console.log('would delete', d.id);
+ * ```
+ */
+export function planPrune(
+  records: readonly RetentionRecord[],
+  rules: RetentionRules,
+  now: Date,
+  options: PlanPruneOptions = {},
+): PrunePlan {
+  validateRules(rules);
+  const nowMs = now.getTime();
+  if (!Number.isFinite(nowMs)) throw new InvalidArgumentError('planPrune: `now` is not a valid date');
+  const byVm = new Map<string, RetentionRecord[]>();
+  const seen = new Set<string>();
+  for (const r of records) {
+    const key = `${r.vm.name}\0${r.id}`;
+    if (seen.has(key)) throw new InvalidArgumentError(`duplicate backup id ${JSON.stringify(r.id)} for VM ${JSON.stringify(r.vm.name)}`);
+    seen.add(key);
+    const list = byVm.get(r.vm.name) ?? [];
+    list.push(r);
+    byVm.set(r.vm.name, list);
+  }
+  const plan: PrunePlan = { keep: [], remove: [], synthesize: [], warnings: [] };
+  for (const [vm, list] of [...byVm].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
+    planVm(vm, list, rules, nowMs, options.mode ?? 'chains', plan);
+  }
+  return plan;
+}
+
+function planVm(
+  vm: string,
+  records: readonly RetentionRecord[],
+  rules: RetentionRules,
+  nowMs: number,
+  mode: 'chains' | 'synthesize',
+  plan: PrunePlan,
+): void {
+  const nodes = new Map<string, Node>();
+  for (const record of records) {
+    const time = Date.parse(record.completedAt);
+    if (!Number.isFinite(time)) {
+      throw new InvalidArgumentError(`backup ${JSON.stringify(record.id)} of ${JSON.stringify(vm)} has an unparsable completedAt ${JSON.stringify(record.completedAt)}`);
+    }
+    nodes.set(record.id, { record, time, parents: parentsOf(record) });
+  }
+  // newest first; ties broken by id so the plan is deterministic
+  const ordered = [...nodes.values()].sort((a, b) => b.time - a.time || (a.record.id < b.record.id ? 1 : -1));
+
+  const reasons = new Map<string, string[]>();
+  const want = (id: string, reason: string): void => {
+    const list = reasons.get(id) ?? [];
+    list.push(reason);
+    reasons.set(id, list);
+  };
+
+  for (const n of ordered) if (n.time > nowMs) want(n.record.id, 'newer than now');
+  const past = ordered.filter((n) => n.time <= nowMs);
+  past.slice(0, rules.keepLast ?? 0).forEach((n, i) => want(n.record.id, `last ${i + 1}`));
+  const bucketRule = (count: number | undefined, label: string, key: (t: number) => string): void => {
+    if (!count) return;
+    let last: string | undefined;
+    let taken = 0;
+    for (const n of past) {
+      if (taken >= count) break;
+      const k = key(n.time);
+      if (k === last) continue;
+      last = k;
+      taken++;
+      want(n.record.id, `${label} ${k}`);
+    }
+  };
+  bucketRule(rules.keepDaily, 'daily', dayKey);
+  bucketRule(rules.keepWeekly, 'weekly', isoWeekKey);
+  bucketRule(rules.keepMonthly, 'monthly', monthKey);
+
+  // Ancestor walk with cycle and missing-parent detection.
+  const warned = new Set<string>();
+  const warn = (msg: string): void => {
+    if (warned.has(msg)) return;
+    warned.add(msg);
+    plan.warnings.push(msg);
+  };
+  const ancestors = (id: string, stopAt?: ReadonlySet<string>): { chain: string[]; broken: boolean } => {
+    // chain: every ancestor reachable (not walking past `stopAt` members), nearest first
+    const out: string[] = [];
+    const visited = new Set<string>([id]);
+    const stack = [...(nodes.get(id)?.parents ?? [])];
+    let broken = false;
+    while (stack.length > 0) {
+      const p = stack.shift()!;
+      if (visited.has(p)) {
+        if (p === id) {
+          warn(`backup ${id} of ${vm} is part of a parent cycle; its chain is kept as is`);
+          broken = true;
+        }
+        continue;
+      }
+      visited.add(p);
+      const node = nodes.get(p);
+      if (!node) {
+        warn(`backup ${id} of ${vm} needs parent ${p}, which is missing (chain already broken)`);
+        broken = true;
+        continue;
+      }
+      out.push(p);
+      if (!stopAt?.has(p)) stack.push(...node.parents);
+    }
+    return { chain: out, broken };
+  };
+
+  const wanted = new Set(reasons.keys());
+  const roots = new Set<string>(); // wanted backups consolidated in place: their ancestors are not needed
+  if (mode === 'synthesize') {
+    for (const n of [...ordered].reverse()) {
+      const id = n.record.id;
+      if (!wanted.has(id) || n.parents.length === 0) continue;
+      const { chain, broken } = ancestors(id);
+      if (broken) continue; // cannot flatten a broken chain: keep what exists
+      // ancestors up to the nearest consolidated ones: all wanted means nothing to free
+      if (ancestors(id, roots).chain.every((a) => wanted.has(a))) continue;
+      roots.add(id);
+      const order = [...chain].sort((a, b) => nodes.get(a)!.time - nodes.get(b)!.time || (a < b ? -1 : 1));
+      plan.synthesize.push({ vm, backupId: id, chain: [...order, id] });
+      want(id, 'consolidated into a full');
+    }
+  }
+
+  // Closure: everything a kept backup needs, stopping at consolidated roots.
+  const keep = new Set<string>();
+  const visit = (id: string, child: string | undefined): void => {
+    if (child !== undefined) want(id, `parent of ${child}`);
+    if (keep.has(id)) return;
+    keep.add(id);
+    if (roots.has(id)) return;
+    for (const p of nodes.get(id)?.parents ?? []) if (nodes.has(p)) visit(p, id);
+  };
+  for (const id of wanted) visit(id, undefined);
+  // A cycle member can never be removed safely: keep the whole cycle when any member is kept.
+  for (const id of [...keep]) if (ancestors(id).broken) for (const a of ancestors(id).chain) visit(a, id);
+
+  const decision = (n: Node, why: string[]): PruneDecision => ({
+    vm,
+    id: n.record.id,
+    kind: n.record.kind,
+    completedAt: n.record.completedAt,
+    reasons: why,
+  });
+  const removals: Node[] = [];
+  for (const n of ordered) {
+    if (keep.has(n.record.id)) plan.keep.push(decision(n, reasons.get(n.record.id) ?? []));
+    else removals.push(n);
+  }
+  // Children before parents: depth from the root, deepest first, then newest first.
+  const depth = new Map<string, number>();
+  const depthOf = (id: string, guard: Set<string>): number => {
+    const known = depth.get(id);
+    if (known !== undefined) return known;
+    if (guard.has(id)) return 0;
+    guard.add(id);
+    let d = 0;
+    for (const p of nodes.get(id)?.parents ?? []) if (nodes.has(p)) d = Math.max(d, depthOf(p, guard) + 1);
+    depth.set(id, d);
+    return d;
+  };
+  removals.sort((a, b) => depthOf(b.record.id, new Set()) - depthOf(a.record.id, new Set()) || b.time - a.time);
+  for (const n of removals) plan.remove.push(decision(n, []));
+}

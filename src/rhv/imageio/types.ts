@@ -1,0 +1,134 @@
+import type { Dispatcher } from 'undici';
+import type { Logger } from '../../core/logger.js';
+import type { ProgressListener } from '../../core/progress.js';
+
+/** Options for `new ImageioClient()`. */
+export interface ImageioClientOptions {
+  /** The transfer's `transfer_url` (daemon, port 54322): `https://host:54322/images/<ticket>`. */
+  transferUrl: string;
+  /**
+   * The transfer's `proxy_url` (engine proxy, port 54323). Used only when connecting to
+   * `transferUrl` fails at the connection level (refused, unreachable, DNS, connect timeout), as the
+   * oVirt Python client does; TLS failures and HTTP errors never switch to the proxy.
+   */
+  proxyUrl?: string;
+  /** PEM CA bundle that signed the daemon/proxy certificates (the engine CA). Default: Node's CAs. */
+  ca?: string | Buffer;
+  /** Skip TLS certificate verification. An explicit opt-out for labs; never the default. @defaultValue false */
+  insecure?: boolean;
+  /**
+   * An undici dispatcher to use for every request instead of the client's own pools. The client
+   * never closes a dispatcher it did not create. TLS options (`ca`, `insecure`) are then up to it.
+   */
+  dispatcher?: Dispatcher;
+  /** Logger; ticket URLs are redacted. @defaultValue silent */
+  logger?: Logger;
+  /** Upper bound on parallel connections to the daemon, whatever the server allows. @defaultValue 8 */
+  maxConnections?: number;
+  /**
+   * A request whose response (headers or next body bytes) does not arrive within this many ms fails
+   * with a retryable `ERR_IMAGEIO`, so a stalled daemon becomes an error. @defaultValue 60000
+   */
+  idleTimeoutMs?: number;
+  /** Attempts after the first for a failed range (5xx, connection error, stall). @defaultValue 4 */
+  retries?: number;
+  /** First retry delay in ms (doubles per attempt). @defaultValue 200 */
+  retryDelayMs?: number;
+}
+
+/** Options of every single imageio request. */
+export interface ImageioRequestOptions {
+  signal?: AbortSignal;
+}
+
+/** What `OPTIONS /images/<ticket>` reported. */
+export interface ImageioServerInfo {
+  /** Methods the ticket allows, from the `Allow` header (`OPTIONS`, `GET`, `PUT`, `PATCH`). */
+  allow: string[];
+  /** Server features: `extents`, `zero`, `flush`, `checksum`. Empty for legacy servers. */
+  features: string[];
+  /** Parallel readers the server allows (1 for legacy servers). */
+  maxReaders: number;
+  /** Parallel writers the server allows (1 for the file backend and legacy servers). */
+  maxWriters: number;
+  /** The daemon's local Unix socket, when it reports one (not used by this client). */
+  unixSocket?: string;
+  /** True when the server predates OPTIONS (405) or is an old proxy (204): GET/PUT only. */
+  legacy: boolean;
+  /** `transfer` when talking to `transferUrl`, `proxy` after falling back to `proxyUrl`. */
+  via: 'transfer' | 'proxy';
+}
+
+/** Extents context: `zero` = allocation (data/zero/hole), `dirty` = changed since the checkpoint. */
+export type ImageioExtentContext = 'zero' | 'dirty';
+
+/** One extent as imageio reports it, with `start` renamed `offset`. */
+export interface ImageioExtent {
+  offset: number;
+  length: number;
+  /** Reads as zeros. */
+  zero: boolean;
+  /** Unallocated (in this layer for shallow transfers, in the whole chain otherwise). `zero` context only. */
+  hole: boolean;
+  /** Changed since the backup's checkpoint. `dirty` context only. */
+  dirty?: boolean;
+}
+
+/** Options for `ImageioClient.write`, `zero`. */
+export interface ImageioWriteOptions extends ImageioRequestOptions {
+  /** Ask the daemon to flush before answering. Defer it (false) and call `flush()` once at the end. @defaultValue false */
+  flush?: boolean;
+}
+
+/** Options for `ImageioClient.download`. */
+export interface ImageioDownloadOptions extends ImageioRequestOptions {
+  /** Extents context to plan from. @defaultValue 'zero', or 'dirty' when `incremental` */
+  context?: ImageioExtentContext;
+  /**
+   * Incremental backup download (ticket created for a backup with `dirty: true`): only dirty
+   * extents are transferred; clean ranges are reported as holes (they read from the previous
+   * backup), dirty zero ranges as zeros. @defaultValue false
+   */
+  incremental?: boolean;
+  /** Expected guest size; a different size from the server fails with `ERR_SIZE_MISMATCH`/`ERR_TRUNCATED`. */
+  size?: number;
+  /** Parallel connections, further bounded by the server's `max_readers` and `maxConnections`. @defaultValue 4 */
+  concurrency?: number;
+  /** Bytes per ranged GET, and so the largest data chunk emitted. Rounded to 4 KiB. @defaultValue 8 MiB */
+  requestSize?: number;
+  /** Progress events (`bytes`, throttled, position in the disk). */
+  onProgress?: ProgressListener;
+  /** Disk label used in progress events. @defaultValue 'imageio' */
+  disk?: string;
+}
+
+/** Options for `ImageioClient.upload`. */
+export interface ImageioUploadOptions extends ImageioRequestOptions {
+  /** Parallel connections, further bounded by the server's `max_writers` and `maxConnections`. @defaultValue 4 */
+  concurrency?: number;
+  /**
+   * The target disk is known to read as zeros (a new sparse disk): zero and hole ranges are
+   * skipped instead of sent as `PATCH zero`. @defaultValue false
+   */
+  diskIsZero?: boolean;
+  /** Largest PUT; contiguous small data chunks are coalesced up to it. @defaultValue 8 MiB */
+  requestSize?: number;
+  /** Progress events (`bytes`, throttled, position in the disk). */
+  onProgress?: ProgressListener;
+  /** Disk label used in progress events. @defaultValue 'imageio' */
+  disk?: string;
+}
+
+/** What `ImageioClient.upload` did. */
+export interface UploadResult {
+  /** Guest bytes covered (the source size). */
+  size: number;
+  /** Bytes sent as data (PUT). */
+  dataBytes: number;
+  /** Bytes zeroed on the server (PATCH zero, or zeros PUT on servers without `zero`). */
+  zeroedBytes: number;
+  /** Bytes skipped because the disk was known to be zero. */
+  skippedBytes: number;
+  /** Connections used. */
+  connections: number;
+}

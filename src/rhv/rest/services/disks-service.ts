@@ -1,0 +1,87 @@
+import { RhvResponseError } from '../errors.js';
+import { mapDisk } from '../mappers.js';
+import type { RhvWaitCallOptions, ServiceContext } from '../service-context.js';
+import { isFaultStatus, orUndefined, pollUntil, seg } from '../service-context.js';
+import type { RhvDisk, RhvDiskFormat } from '../types.js';
+
+/** What {@link DisksService.add} creates (api-model `DisksService.Add`, the upload_disk.py shape). */
+export interface AddDiskOptions {
+  name: string;
+  format: RhvDiskFormat;
+  /** Guest-visible size, bytes. */
+  provisionedSize: number;
+  /** Initial allocation for cow disks on block storage, bytes. */
+  initialSize?: number;
+  /** @defaultValue true */
+  sparse?: boolean;
+  /** `incremental` enables the backup API for the disk. */
+  backup?: 'none' | 'incremental';
+  /** Storage domain id or name. */
+  storageDomain: { id?: string; name?: string };
+  signal?: AbortSignal;
+}
+
+/** `/disks`: get, add, remove, wait for a status. */
+export class DisksService {
+  readonly #ctx: ServiceContext;
+  /** Created by `RhvClient`. */
+  constructor(ctx: ServiceContext) {
+    this.#ctx = ctx;
+  }
+
+  /** Gets a disk. @throws RhvFaultError `ERR_RHV_FAULT` (404 when missing) */
+  async get(id: string, options: { signal?: AbortSignal } = {}): Promise<RhvDisk> {
+    return mapDisk(await this.#ctx.connection.get(`/disks/${seg(id)}`, 'disk', options));
+  }
+
+  /** Creates a floating disk; wait for `ok` before uploading. */
+  async add(options: AddDiskOptions): Promise<RhvDisk> {
+    const node = await this.#ctx.connection.post(
+      '/disks',
+      'disk',
+      {
+        backup: options.backup,
+        format: options.format,
+        initial_size: options.initialSize,
+        name: options.name,
+        provisioned_size: options.provisionedSize,
+        sparse: options.sparse ?? true,
+        storage_domains: {
+          storage_domain: [options.storageDomain.id ? { '@id': options.storageDomain.id } : { name: options.storageDomain.name }],
+        },
+      },
+      options.signal ? { signal: options.signal } : {},
+    );
+    return mapDisk(node);
+  }
+
+  /** Removes a disk; a missing disk is not an error. */
+  async remove(id: string, options: { signal?: AbortSignal } = {}): Promise<void> {
+    await orUndefined(() => this.#ctx.connection.delete(`/disks/${seg(id)}`, options));
+  }
+
+  /**
+   * Waits until the disk is `ok` (or another status), e.g. after a transfer or to wait out a lock.
+   *
+   * @throws RhvResponseError `ERR_RHV_RESPONSE` when the disk turns `illegal` or disappears
+   */
+  async waitForStatus(id: string, status = 'ok', options: RhvWaitCallOptions = {}): Promise<RhvDisk> {
+    return pollUntil(
+      this.#ctx,
+      `disk ${id} ${status}`,
+      async () => {
+        let disk: RhvDisk;
+        try {
+          disk = await this.get(id, options.signal ? { signal: options.signal } : {});
+        } catch (err) {
+          if (isFaultStatus(err, 404)) throw new RhvResponseError(`disk ${id} disappeared while waiting for ${status}`, { cause: err });
+          throw err;
+        }
+        if (disk.status === status) return { done: true, value: disk };
+        if (disk.status === 'illegal') throw new RhvResponseError(`disk ${id} is illegal`);
+        return { done: false, state: disk.status };
+      },
+      options,
+    );
+  }
+}

@@ -1,0 +1,99 @@
+import { NotFoundError } from '../../../core/errors.js';
+import { mapVm } from '../mappers.js';
+import type { ServiceContext, RhvWaitCallOptions } from '../service-context.js';
+import { orUndefined, pollUntil, seg } from '../service-context.js';
+import type { RhvVm } from '../types.js';
+import { children } from '../xml.js';
+
+/** What {@link VmsService.add} creates a VM from. */
+export interface AddVmOptions {
+  name: string;
+  /** Cluster id or name. */
+  cluster: { id?: string; name?: string };
+  /** An OVF to create the VM from (`initialization/configuration` type `ovf`). */
+  ovf?: string;
+  /** Template name when no OVF is given. @defaultValue 'Blank' */
+  template?: string;
+  signal?: AbortSignal;
+}
+
+/** `/vms`: search, get (with OVF), add from OVF, remove, wait for a status. */
+export class VmsService {
+  readonly #ctx: ServiceContext;
+  /** Created by `RhvClient`. */
+  constructor(ctx: ServiceContext) {
+    this.#ctx = ctx;
+  }
+
+  /** Lists VMs, optionally with an engine search expression. */
+  async list(options: { search?: string; signal?: AbortSignal } = {}): Promise<RhvVm[]> {
+    const doc = await this.#ctx.connection.get('/vms', 'vms', {
+      query: options.search === undefined ? {} : { search: options.search, case_sensitive: false },
+      ...(options.signal ? { signal: options.signal } : {}),
+    });
+    return children(doc, 'vm').map(mapVm);
+  }
+
+  /**
+   * Finds a VM by exact name (names with quotes or spaces are matched client-side, never pasted into a search).
+   *
+   * @throws NotFoundError `ERR_NOT_FOUND`
+   */
+  async findByName(name: string, options: { signal?: AbortSignal } = {}): Promise<RhvVm> {
+    const safe = /^[A-Za-z0-9._-]+$/.test(name);
+    const vms = await this.list({ ...(safe ? { search: `name=${name}` } : {}), ...options });
+    const vm = vms.find((v) => v.name === name);
+    if (!vm) throw new NotFoundError('vm', `no VM named ${JSON.stringify(name)}`);
+    return vm;
+  }
+
+  /** Gets a VM; `allContent` includes the OVF. @throws RhvFaultError `ERR_RHV_FAULT` (404 when missing) */
+  async get(id: string, options: { allContent?: boolean; signal?: AbortSignal } = {}): Promise<RhvVm> {
+    const all = options.allContent === true;
+    const node = await this.#ctx.connection.get(`/vms/${seg(id)}`, 'vm', {
+      query: all ? { all_content: true } : {},
+      headers: all ? { 'all-content': 'true' } : {},
+      ...(options.signal ? { signal: options.signal } : {}),
+    });
+    return mapVm(node);
+  }
+
+  /** Creates a VM (from an OVF when given). */
+  async add(options: AddVmOptions): Promise<RhvVm> {
+    const node = await this.#ctx.connection.post(
+      '/vms',
+      'vm',
+      {
+        name: options.name,
+        cluster: options.cluster.id ? { '@id': options.cluster.id } : { name: options.cluster.name },
+        template: { name: options.template ?? 'Blank' },
+        ...(options.ovf !== undefined ? { initialization: { configuration: { type: 'ovf', data: options.ovf } } } : {}),
+      },
+      options.signal ? { signal: options.signal } : {},
+    );
+    return mapVm(node);
+  }
+
+  /** Removes a VM (its disks stay unless `detachOnly` is false). Missing VMs are ignored. */
+  async remove(id: string, options: { detachOnly?: boolean; signal?: AbortSignal } = {}): Promise<void> {
+    await orUndefined(() =>
+      this.#ctx.connection.delete(`/vms/${seg(id)}`, {
+        query: { detach_only: options.detachOnly ?? true },
+        ...(options.signal ? { signal: options.signal } : {}),
+      }),
+    );
+  }
+
+  /** Waits until the VM reports one of `statuses`. */
+  async waitForStatus(id: string, statuses: readonly string[], options: RhvWaitCallOptions = {}): Promise<RhvVm> {
+    return pollUntil(
+      this.#ctx,
+      `VM ${id} status ${statuses.join('|')}`,
+      async () => {
+        const vm = await this.get(id, options.signal ? { signal: options.signal } : {});
+        return vm.status !== undefined && statuses.includes(vm.status) ? { done: true, value: vm } : { done: false, state: vm.status ?? 'unknown' };
+      },
+      options,
+    );
+  }
+}

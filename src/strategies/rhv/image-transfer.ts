@@ -1,0 +1,614 @@
+/**
+ * `ImageTransferStrategy`: RHV/oVirt backups through the engine's REST API and imageio, without a
+ * proxy VM. Full and incremental (snapshot chain, 4.2+; or the incremental backup API with
+ * checkpoints and dirty extents, 4.4+), restore, and cleanup of every engine-side change on failure.
+ *
+ * @module
+ */
+import { posix } from 'node:path';
+import pLimit from 'p-limit';
+import { cleanupSignal, throwIfAborted } from '../../core/abort.js';
+import { CleanupStack } from '../../core/cleanup-stack.js';
+import { InvalidArgumentError, NotFoundError, UnsupportedError } from '../../core/errors.js';
+import type { Logger } from '../../core/logger.js';
+import { childLogger, redactingLogger, silentLogger } from '../../core/logger.js';
+import type { BackupKind, VmRef } from '../../core/model.js';
+import type { ProgressListener } from '../../core/progress.js';
+import { throttleProgress } from '../../core/progress.js';
+import type {
+  BackupOptions,
+  BackupResult,
+  BackupStrategy,
+  DiskBackupResult,
+  RestoreOptions,
+  RestoreResult,
+  StrategyCapabilities,
+} from '../../core/strategy.js';
+import type { BackupRecord, BackupSession, BackupTarget, DiskArtifactInfo, RestoreSource, StoredDiskArtifact } from '../../core/target.js';
+import type { ExtentStream } from '../../formats/extent.js';
+import { extentsToRawStream } from '../../formats/extents-to-raw-stream.js';
+import { openDiskImage } from '../../formats/open-disk-image.js';
+import { writeQcow2 } from '../../formats/qcow2/qcow2-writer.js';
+import { ImageioClient } from '../../rhv/imageio/imageio-client.js';
+import type { RhvClient } from '../../rhv/rhv-client.js';
+import type { RhvPollOptions } from '../../rhv/rest/service-context.js';
+import type { RhvDisk, RhvVm } from '../../rhv/rest/types.js';
+
+/** Options for {@link ImageTransferStrategy}. */
+export interface ImageTransferStrategyOptions {
+  /** Disks transferred in parallel. @defaultValue 2 */
+  concurrency?: number;
+  /** Output format of disk artifacts; incrementals need `qcow2`. @defaultValue 'qcow2' */
+  format?: 'qcow2' | 'raw';
+  /**
+   * How incrementals are taken: `snapshot-chain` (4.2+: the new snapshot layer since the kept one,
+   * as a QCOW2 delta) or `backup-api` (4.4+: checkpoints and dirty extents). @defaultValue 'snapshot-chain'
+   */
+  incrementalMode?: 'snapshot-chain' | 'backup-api';
+  /** Keep the last backup snapshot as the base of the next incremental (snapshot-chain mode). @defaultValue true */
+  keepLastSnapshot?: boolean;
+  /** Storage domain (name or id) for restored disks. @defaultValue the first data domain */
+  storageDomain?: string;
+  /** Cluster (name or id) for restored VMs. @defaultValue the first cluster */
+  cluster?: string;
+  /** imageio data path settings. */
+  imageio?: {
+    /** Use the engine proxy URL (port 54323) instead of the daemon URL. @defaultValue false */
+    preferProxy?: boolean;
+    /** Parallel connections per disk (bounded by the server's max_readers/max_writers). @defaultValue 4 */
+    connections?: number;
+    /** Bytes per ranged request. @defaultValue 8 MiB */
+    requestSize?: number;
+  };
+  /** Overrides the client's polling for this strategy's waits. */
+  poll?: RhvPollOptions;
+}
+
+/** Stored in each disk artifact's `extra` so the next incremental can continue the chain. */
+interface ArtifactExtra {
+  rhvDiskId: string;
+  /** snapshot-chain: the VM snapshot kept as the base of the next incremental. */
+  snapshotId?: string;
+  /** backup-api: the checkpoint the next incremental starts from. */
+  checkpointId?: string;
+  mode: 'snapshot-chain' | 'backup-api';
+}
+
+interface DiskPlan {
+  disk: RhvDisk;
+  kind: BackupKind;
+  fallbackReason?: string;
+  parentArtifact?: StoredDiskArtifact;
+  /** The backup holding `parentArtifact`. */
+  parentBackupId?: string;
+}
+
+const OVF_NAME = 'vm.ovf';
+
+/**
+ * Backs up RHV/oVirt VMs through image transfers (REST API v4 + imageio) and restores them.
+ *
+ * | capability | |
+ * |---|---|
+ * | incremental | yes: snapshot chain (4.2+) or backup API with checkpoints (4.4+) |
+ * | live | yes |
+ * | sparse | yes (zero extents are never transferred) |
+ * | restore | yes (new disks, upload, VM from OVF) |
+ *
+ * @example
+ * ```ts
+ * await using rhv = new RhvClient({ url, username: 'admin@internal', password, caFile: 'ca.pem' });
+ * const strategy = new ImageTransferStrategy(rhv, { incrementalMode: 'backup-api' });
+ * const repo = new FileRepository('/backups');
+ * const full = await strategy.backup({ name: 'web01' }, repo);
+ * await strategy.backup({ name: 'web01' }, repo, { kind: 'incremental', parent: full.record });
+ * ```
+ */
+export class ImageTransferStrategy implements BackupStrategy {
+  /** Stable id written to manifests. */
+  readonly id = 'image-transfer';
+  /** What this strategy can do. */
+  readonly capabilities: StrategyCapabilities = Object.freeze({ incremental: true, live: true, sparse: true, restore: true });
+  readonly #client: RhvClient;
+  readonly #options: Readonly<ImageTransferStrategyOptions>;
+
+  /** `client` is used, never closed. */
+  constructor(client: RhvClient, options: ImageTransferStrategyOptions = {}) {
+    this.#client = client;
+    const concurrency = options.concurrency ?? 2;
+    if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 64) throw new InvalidArgumentError(`concurrency must be 1..64, got ${concurrency}`);
+    this.#options = Object.freeze({ ...options, imageio: Object.freeze({ ...(options.imageio ?? {}) }) });
+  }
+
+  #log(options: { logger?: Logger }, bindings: object): Logger {
+    const base = options.logger ? redactingLogger(options.logger) : this.#client.logger ?? silentLogger;
+    return childLogger(base, { strategy: this.id, ...bindings });
+  }
+
+  async #findVm(vm: VmRef, signal: AbortSignal | undefined): Promise<RhvVm> {
+    const opts = signal ? { signal } : {};
+    if (vm.id) return this.#client.vms.get(vm.id, opts);
+    if (vm.name) return this.#client.vms.findByName(vm.name, opts);
+    throw new InvalidArgumentError('VmRef needs an id or a name');
+  }
+
+  /**
+   * Backs up a VM: snapshot (or backup API), download of each disk through imageio as QCOW2 (or raw),
+   * the OVF, and cleanup. `kind: 'incremental'` with `parent` stores deltas; a disk without a usable
+   * base is stored full with `fallbackReason`.
+   *
+   * @throws `ERR_RHV_FAULT`, `ERR_RHV_TRANSFER`, `ERR_IMAGEIO`, `ERR_TLS`, `ERR_ABORTED`, `ERR_NOT_FOUND`, `ERR_INVALID_ARGUMENT`
+   */
+  async backup(vm: VmRef, target: BackupTarget, options: BackupOptions = {}): Promise<BackupResult> {
+    const signal = options.signal;
+    throwIfAborted(signal);
+    const progress = throttleProgress(options.onProgress);
+    const rhvVm = await this.#findVm(vm, signal);
+    const log = this.#log(options, { vm: rhvVm.name });
+    const mode = this.#options.incrementalMode ?? 'snapshot-chain';
+    const format = this.#options.format ?? 'qcow2';
+    const keep = mode === 'snapshot-chain' && (this.#options.keepLastSnapshot ?? true);
+    const kindAsked: BackupKind = options.kind ?? (options.parent ? 'incremental' : 'full');
+    if (kindAsked === 'incremental' && !options.parent) throw new InvalidArgumentError('an incremental backup needs options.parent');
+    const warnings: string[] = [];
+    progress({ type: 'phase', phase: 'prepare' });
+
+    const withOvf = await this.#client.vms.get(rhvVm.id, { allContent: true, ...(signal ? { signal } : {}) });
+    const attachments = await this.#client.diskAttachments.list(rhvVm.id, signal ? { signal } : {});
+    const excluded = new Set(options.excludeDisks ?? []);
+    const disks: RhvDisk[] = [];
+    for (const a of attachments) {
+      const d = await this.#client.disks.get(a.diskId, signal ? { signal } : {});
+      if (!excluded.has(d.id) && !excluded.has(d.name)) disks.push(d);
+    }
+    if (disks.length === 0) throw new InvalidArgumentError(`VM ${rhvVm.name} has no disks to back up`);
+
+    const plans = await this.#plan(rhvVm, disks, kindAsked === 'incremental' ? options.parent : undefined, mode, format, signal);
+    const anyIncremental = plans.some((p) => p.kind === 'incremental');
+    const parentId = anyIncremental ? options.parent?.id : undefined;
+
+    const undo = new CleanupStack({ logger: log });
+    let committed = false;
+    try {
+      const session = await target.begin({
+        vm: { id: rhvVm.id, name: rhvVm.name },
+        strategy: this.id,
+        kind: anyIncremental ? 'incremental' : 'full',
+        ...(parentId ? { parentId } : {}),
+        ...(options.labels ? { labels: options.labels } : {}),
+        ...(signal ? { signal } : {}),
+      });
+      const sessionHandle = undo.defer('abort backup session', () => session.abort(new Error('backup failed')));
+
+      const results: DiskBackupResult[] = [];
+      let previousSnapshot: string | undefined;
+      if (mode === 'snapshot-chain') {
+        progress({ type: 'phase', phase: 'snapshot' });
+        const snap = await this.#client.snapshots.create(rhvVm.id, {
+          description: `virtstream backup ${new Date().toISOString()}`,
+          diskIds: disks.map((d) => d.id),
+          persistMemoryState: false,
+          ...(signal ? { signal } : {}),
+        });
+        const snapHandle = undo.defer(`remove snapshot ${snap.id}`, (s) => this.#client.snapshots.remove(rhvVm.id, snap.id, { ...this.#poll(), signal: s }));
+        log.info({ snapshotId: snap.id }, 'snapshot created');
+        await this.#client.snapshots.waitUntilOk(rhvVm.id, snap.id, { ...this.#poll(), ...(signal ? { signal } : {}) });
+        const images = new Map((await this.#client.snapshots.disks(rhvVm.id, snap.id, signal ? { signal } : {})).map((d) => [d.diskId, d.imageId]));
+        for (const p of plans) {
+          if (p.kind !== 'incremental') continue;
+          const reason = await this.#checkLayerParent(p, images.get(p.disk.id), signal);
+          if (reason) {
+            p.kind = 'full';
+            p.fallbackReason = reason;
+            delete p.parentArtifact;
+          }
+        }
+        await this.#forEachDisk(plans, signal, async (p, s) => {
+          const imageId = images.get(p.disk.id);
+          if (!imageId) throw new NotFoundError('disk snapshot', `snapshot ${snap.id} holds no image of disk ${p.disk.id}`);
+          const extra: ArtifactExtra = { rhvDiskId: p.disk.id, mode, ...(keep ? { snapshotId: snap.id } : {}) };
+          results.push(await this.#transferDisk(session, undo, p, { snapshotId: imageId, shallow: p.kind === 'incremental' }, extra, format, progress, log, s));
+        });
+        await session.writeMetadata(OVF_NAME, withOvf.ovf ?? '', signal ? { signal } : {});
+        progress({ type: 'phase', phase: 'cleanup' });
+        if (keep) {
+          previousSnapshot = plans.map((p) => p.parentArtifact?.extra?.snapshotId).find((x): x is string => typeof x === 'string');
+          undo.release(snapHandle);
+          // if commit fails the new snapshot must still go
+          undo.defer(`remove snapshot ${snap.id}`, (s) => this.#client.snapshots.remove(rhvVm.id, snap.id, { ...this.#poll(), signal: s }));
+        } else {
+          await undo.runOne(snapHandle);
+        }
+      } else {
+        progress({ type: 'phase', phase: 'snapshot' });
+        const fromCheckpointId = anyIncremental ? checkpointOf(plans) : undefined;
+        const backup = await this.#client.backups.create(rhvVm.id, {
+          diskIds: disks.map((d) => d.id),
+          description: `virtstream backup ${new Date().toISOString()}`,
+          ...(fromCheckpointId ? { fromCheckpointId } : {}),
+          ...(signal ? { signal } : {}),
+        });
+        const finalizeHandle = undo.defer(`finalize backup ${backup.id}`, (s) => this.#client.backups.finalize(rhvVm.id, backup.id, { ...this.#poll(), signal: s }));
+        const ready = await this.#client.backups.waitUntilReady(rhvVm.id, backup.id, { ...this.#poll(), ...(signal ? { signal } : {}) });
+        const modes = new Map((await this.#client.backups.disks(rhvVm.id, backup.id, signal ? { signal } : {})).map((d) => [d.diskId, d.backupMode]));
+        for (const p of plans) {
+          if (p.kind === 'incremental' && modes.get(p.disk.id) !== 'incremental') {
+            p.kind = 'full';
+            p.fallbackReason = `the engine took a full backup of this disk (backup_mode=${modes.get(p.disk.id) ?? 'unknown'})`;
+            delete p.parentArtifact;
+          }
+        }
+        const checkpointId = ready.toCheckpointId ?? backup.toCheckpointId;
+        await this.#forEachDisk(plans, signal, async (p, s) => {
+          const extra: ArtifactExtra = { rhvDiskId: p.disk.id, mode, ...(checkpointId ? { checkpointId } : {}) };
+          results.push(await this.#transferDisk(session, undo, p, { diskId: p.disk.id, backupId: backup.id, dirty: p.kind === 'incremental' }, extra, format, progress, log, s));
+        });
+        await session.writeMetadata(OVF_NAME, withOvf.ovf ?? '', signal ? { signal } : {});
+        progress({ type: 'phase', phase: 'finalize' });
+        await undo.runOne(finalizeHandle);
+      }
+
+      progress({ type: 'phase', phase: 'commit' });
+      const record = await session.commit(signal ? { signal } : {});
+      undo.release(sessionHandle);
+      committed = true;
+      if (previousSnapshot) {
+        try {
+          await this.#client.snapshots.remove(rhvVm.id, previousSnapshot, { ...this.#poll(), signal: cleanupSignal() });
+        } catch (err) {
+          const message = `could not remove the previous backup snapshot ${previousSnapshot}: ${(err as Error).message}`;
+          warnings.push(message);
+          progress({ type: 'warning', message });
+          log.warn({ err, snapshotId: previousSnapshot }, 'previous snapshot removal failed');
+        }
+      }
+      for (const r of results) {
+        if (r.fallbackReason) {
+          warnings.push(`disk ${r.diskId}: full instead of incremental: ${r.fallbackReason}`);
+        }
+      }
+      log.info({ backupId: record.id, disks: results.length }, 'backup committed');
+      return { record, disks: sortLike(results, plans), warnings };
+    } finally {
+      // on failure (or abort) every engine-side change is undone, newest first, under fresh signals
+      if (!committed) {
+        progress({ type: 'phase', phase: 'cleanup' });
+        await undo.unwind();
+      }
+    }
+  }
+
+  #poll(): RhvPollOptions {
+    return this.#options.poll ?? {};
+  }
+
+  async #plan(vm: RhvVm, disks: readonly RhvDisk[], parent: BackupRecord | undefined, mode: 'snapshot-chain' | 'backup-api', format: 'qcow2' | 'raw', signal: AbortSignal | undefined): Promise<DiskPlan[]> {
+    const plans: DiskPlan[] = disks.map((disk) => ({ disk, kind: 'full' }));
+    if (!parent) return plans;
+    const opts = signal ? { signal } : {};
+    const snapshots = mode === 'snapshot-chain' ? new Set((await this.#client.snapshots.list(vm.id, opts)).filter((s) => s.status === 'ok').map((s) => s.id)) : undefined;
+    const checkpoints = mode === 'backup-api' ? new Set((await this.#client.checkpoints.list(vm.id, opts)).filter((c) => c.state !== 'invalid').map((c) => c.id)) : undefined;
+    for (const p of plans) {
+      const reason = ((): string | undefined => {
+        if (parent.strategy !== this.id) return `the parent backup was made by ${parent.strategy}`;
+        if (format !== 'qcow2') return 'raw output cannot hold a delta';
+        const art = parent.disks.find((d) => d.diskId === p.disk.id || d.extra?.rhvDiskId === p.disk.id);
+        if (!art) return 'the parent backup has no artifact of this disk';
+        if (art.format !== 'qcow2') return 'the parent artifact is not QCOW2';
+        if (art.virtualSize !== p.disk.provisionedSize) return `the disk was resized (${art.virtualSize} → ${p.disk.provisionedSize})`;
+        if (art.extra?.mode !== mode) return `the parent was taken in ${String(art.extra?.mode)} mode`;
+        if (mode === 'snapshot-chain') {
+          const sid = art.extra?.snapshotId;
+          if (typeof sid !== 'string') return 'the parent backup kept no snapshot';
+          if (!snapshots!.has(sid)) return `the base snapshot ${sid} no longer exists`;
+        } else {
+          const cid = art.extra?.checkpointId;
+          if (typeof cid !== 'string') return 'the parent backup recorded no checkpoint';
+          if (!checkpoints!.has(cid)) return `checkpoint ${cid} no longer exists`;
+          if (p.disk.format !== 'cow' || p.disk.backup !== 'incremental') return 'the disk is not enabled for incremental backup (qcow2 with backup=incremental)';
+        }
+        p.parentArtifact = art;
+        p.parentBackupId = parent.id;
+        return undefined;
+      })();
+      if (reason) p.fallbackReason = reason;
+      else p.kind = 'incremental';
+    }
+    // one checkpoint for the whole backup: disks whose parent recorded another one go full
+    if (mode === 'backup-api') {
+      const cid = checkpointOf(plans);
+      for (const p of plans) {
+        if (p.kind === 'incremental' && p.parentArtifact?.extra?.checkpointId !== cid) {
+          p.kind = 'full';
+          p.fallbackReason = 'the parent disks recorded different checkpoints';
+          delete p.parentArtifact;
+        }
+      }
+    }
+    return plans;
+  }
+
+  /** For snapshot-chain incrementals: the new layer must sit directly on the kept snapshot's volume. */
+  async #checkLayerParent(p: DiskPlan, imageId: string | undefined, signal: AbortSignal | undefined): Promise<string | undefined> {
+    if (!imageId) return 'the new snapshot holds no image of this disk';
+    const baseSnapshot = p.parentArtifact?.extra?.snapshotId;
+    const volumes = await this.#client.diskSnapshots.list(p.disk.id, { includeActive: true, ...(signal ? { signal } : {}) });
+    const layer = volumes.find((v) => v.id === imageId);
+    const base = volumes.find((v) => v.snapshotId === baseSnapshot);
+    if (!layer || !base) return 'the disk chain does not show the base snapshot volume';
+    if (layer.parentId !== base.id) return 'other snapshots were taken since the last backup: the new layer does not sit on the base';
+    return undefined;
+  }
+
+  /** Runs `fn` for every plan under the concurrency limit; the first failure aborts the others, and all settle before it is thrown. */
+  async #forEachDisk(plans: readonly DiskPlan[], signal: AbortSignal | undefined, fn: (p: DiskPlan, signal: AbortSignal) => Promise<void>): Promise<void> {
+    const inner = new AbortController();
+    const onAbort = (): void => inner.abort(signal?.reason);
+    signal?.addEventListener('abort', onAbort, { once: true });
+    const limit = pLimit(this.#options.concurrency ?? 2);
+    let first: unknown;
+    try {
+      const settled = await Promise.allSettled(
+        plans.map((p) =>
+          limit(async () => {
+            throwIfAborted(inner.signal);
+            try {
+              await fn(p, inner.signal);
+            } catch (err) {
+              first ??= err;
+              inner.abort(err);
+              throw err;
+            }
+          }),
+        ),
+      );
+      if (first !== undefined) throw first;
+      const failed = settled.find((r) => r.status === 'rejected');
+      if (failed) throw (failed as PromiseRejectedResult).reason;
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+    }
+    if (signal?.aborted) throwIfAborted(signal);
+  }
+
+  async #transferDisk(
+    session: BackupSession,
+    undo: CleanupStack,
+    plan: DiskPlan,
+    source: { snapshotId: string; shallow: boolean } | { diskId: string; backupId: string; dirty: boolean },
+    extra: ArtifactExtra,
+    format: 'qcow2' | 'raw',
+    progress: ProgressListener,
+    log: Logger,
+    signal: AbortSignal,
+  ): Promise<DiskBackupResult> {
+    const disk = plan.disk;
+    const dlog = childLogger(log, { disk: disk.name });
+    progress({ type: 'phase', phase: 'transfer', disk: disk.name });
+    const transfer = await this.#client.imageTransfers.create({
+      direction: 'download',
+      format: 'raw',
+      ...('snapshotId' in source ? { snapshotId: source.snapshotId, shallow: source.shallow } : { diskId: source.diskId, backupId: source.backupId }),
+      inactivityTimeout: 'backupId' in source ? 3600 : 120,
+      signal,
+    });
+    const cancelHandle = undo.defer(`cancel transfer ${transfer.id}`, (s) => this.#client.imageTransfers.cancel(transfer.id, { ...this.#poll(), signal: s }));
+    const ready = await this.#client.imageTransfers.waitUntilTransferring(transfer.id, { ...this.#poll(), signal });
+    const url = this.#options.imageio?.preferProxy ? (ready.proxyUrl ?? ready.transferUrl) : (ready.transferUrl ?? ready.proxyUrl);
+    const fallback = this.#options.imageio?.preferProxy ? ready.transferUrl : ready.proxyUrl;
+    const tls = this.#client.tls;
+    const io = new ImageioClient({
+      transferUrl: url!,
+      ...(fallback && fallback !== url ? { proxyUrl: fallback } : {}),
+      ...(tls.ca !== undefined ? { ca: tls.ca } : {}),
+      insecure: tls.insecure,
+      logger: dlog,
+    });
+    const incremental = plan.kind === 'incremental';
+    let written;
+    try {
+      const stream: ExtentStream = await io.download({
+        incremental: incremental && 'backupId' in source,
+        context: incremental && 'backupId' in source ? 'dirty' : 'zero',
+        size: disk.provisionedSize,
+        ...(this.#options.imageio?.connections ? { concurrency: this.#options.imageio.connections } : {}),
+        ...(this.#options.imageio?.requestSize ? { requestSize: this.#options.imageio.requestSize } : {}),
+        disk: disk.name,
+        onProgress: progress,
+        signal,
+      });
+      const body =
+        format === 'qcow2'
+          ? writeQcow2(stream, {
+              ...(incremental && plan.parentArtifact && plan.parentBackupId
+                ? { backingFile: backingPath(session.backupId, plan.parentBackupId, plan.parentArtifact), backingFormat: 'qcow2' as const }
+                : {}),
+              signal,
+            })
+          : extentsToRawStream(stream, { signal });
+      const info: DiskArtifactInfo = {
+        diskId: disk.id,
+        name: disk.name,
+        format,
+        virtualSize: disk.provisionedSize,
+        kind: plan.kind,
+        ...(incremental && plan.parentBackupId ? { parentBackupId: plan.parentBackupId } : {}),
+        ...(plan.fallbackReason ? { fallbackReason: plan.fallbackReason } : {}),
+        extra: { ...extra },
+      };
+      written = await session.writeDisk(info, body, { signal });
+    } finally {
+      await io.close();
+    }
+    progress({ type: 'phase', phase: 'finalize', disk: disk.name });
+    await this.#client.imageTransfers.finalize(transfer.id, { ...this.#poll(), diskId: disk.id, signal });
+    undo.release(cancelHandle);
+    dlog.info({ bytes: written.bytes, kind: plan.kind }, 'disk stored');
+    return { diskId: disk.id, kind: plan.kind, bytes: written.bytes, ...(plan.fallbackReason ? { fallbackReason: plan.fallbackReason } : {}) };
+  }
+
+  /**
+   * Restores a backup (the chain up to it, flattened) as a new VM: creates disks on the storage domain,
+   * uploads them through imageio (sparse, several connections), waits for `ok`, creates the VM from the
+   * stored OVF (optionally under `newName`) and attaches the disks. On failure every created disk and
+   * the VM are removed.
+   *
+   * The source must give local file access to artifacts (`diskPath`, as `FileRepository` does).
+   *
+   * @throws `ERR_UNSUPPORTED` for sources without `diskPath`; `ERR_NOT_FOUND`; `ERR_RHV_FAULT` (409 when the VM name is taken); `ERR_ABORTED`
+   */
+  async restore(vmName: string, source: RestoreSource, options: RestoreOptions = {}): Promise<RestoreResult> {
+    const signal = options.signal;
+    throwIfAborted(signal);
+    const opts = signal ? { signal } : {};
+    const progress = throttleProgress(options.onProgress);
+    const log = this.#log(options, { vm: vmName, op: 'restore' });
+    const withPath = source as RestoreSource & { diskPath?: (vm: string, backupId: string, diskId: string, o?: { signal?: AbortSignal }) => Promise<string> };
+    if (typeof withPath.diskPath !== 'function') {
+      throw new UnsupportedError('image-transfer restore reads artifacts with random access: use a FileRepository (or a source with diskPath())');
+    }
+    progress({ type: 'phase', phase: 'prepare' });
+    const records = await source.list(vmName, opts);
+    const record = options.backupId ? records.find((r) => r.id === options.backupId) : records[records.length - 1];
+    if (!record) throw new NotFoundError('backup', options.backupId ? `no backup ${options.backupId} of ${vmName}` : `no backups of ${vmName}`);
+    const ovf = (await source.readMetadata(vmName, record.id, OVF_NAME, opts)).toString('utf8');
+    const sd = this.#options.storageDomain
+      ? await this.#named(this.#client.storageDomains, this.#options.storageDomain, signal)
+      : (await this.#client.storageDomains.list(opts)).find((d) => d.type === undefined || d.type === 'data');
+    if (!sd) throw new NotFoundError('storage domain', 'no data storage domain to restore to');
+    const cluster = this.#options.cluster
+      ? await this.#named(this.#client.clusters, this.#options.cluster, signal)
+      : (await this.#client.clusters.list(opts))[0];
+    if (!cluster) throw new NotFoundError('cluster', 'no cluster to restore to');
+
+    const undo = new CleanupStack({ logger: log });
+    let done = false;
+    try {
+      const restored: { diskId: string; bytes: number; name: string; bootable: boolean; index: number }[] = [];
+      const plans = record.disks.map((art, i) => ({ art, i }));
+      const limit = pLimit(this.#options.concurrency ?? 2);
+      const inner = new AbortController();
+      const onAbort = (): void => inner.abort(signal?.reason);
+      signal?.addEventListener('abort', onAbort, { once: true });
+      let failure: unknown;
+      try {
+        await Promise.allSettled(
+          plans.map(({ art, i }) =>
+            limit(async () => {
+              try {
+                throwIfAborted(inner.signal);
+                const r = await this.#restoreDisk(withPath as Required<typeof withPath>, vmName, record, art, sd.id, undo, progress, log, inner.signal);
+                restored.push({ ...r, bootable: i === 0, index: i });
+              } catch (err) {
+                failure ??= err;
+                inner.abort(err);
+              }
+            }),
+          ),
+        );
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+    }
+    if (failure !== undefined) throw failure;
+    throwIfAborted(signal);
+    restored.sort((a, b) => a.index - b.index);
+    progress({ type: 'phase', phase: 'restore' });
+    const name = options.newName ?? vmName;
+    const vm = await this.#client.vms.add({ name, cluster: { id: cluster.id }, ovf, ...opts });
+    undo.defer(`remove VM ${vm.id}`, (s) => this.#client.vms.remove(vm.id, { signal: s }));
+    for (const d of restored) {
+      await this.#client.diskAttachments.add(vm.id, { diskId: d.diskId, bootable: d.bootable, interface: 'virtio', active: true, ...opts });
+    }
+    done = true;
+    log.info({ vmId: vm.id, disks: restored.length }, 'restore done');
+    return { vm: { id: vm.id, name }, disks: restored.map((d) => ({ diskId: d.diskId, bytes: d.bytes })), warnings: [] };
+    } finally {
+      if (!done) await undo.unwind();
+    }
+  }
+
+  async #named(svc: RhvClient['clusters'], idOrName: string, signal: AbortSignal | undefined): Promise<{ id: string }> {
+    const all = await svc.list(signal ? { signal } : {});
+    const hit = all.find((e) => e.id === idOrName || e.name === idOrName);
+    if (!hit) throw new NotFoundError('entity', `no such entity ${JSON.stringify(idOrName)}`);
+    return hit;
+  }
+
+  async #restoreDisk(
+    source: RestoreSource & { diskPath: (vm: string, backupId: string, diskId: string, o?: { signal?: AbortSignal }) => Promise<string> },
+    vmName: string,
+    record: BackupRecord,
+    art: StoredDiskArtifact,
+    storageDomainId: string,
+    undo: CleanupStack,
+    progress: ProgressListener,
+    log: Logger,
+    signal: AbortSignal,
+  ): Promise<{ diskId: string; bytes: number; name: string }> {
+    const path = await source.diskPath(vmName, record.id, art.diskId, { signal });
+    // incremental QCOW2 artifacts name their parent artifact as backing file: opening the top resolves the chain
+    await using image = await openDiskImage(path, { format: art.format === 'qcow2' ? 'qcow2' : 'raw', signal });
+    if (image.virtualSize !== art.virtualSize) throw new InvalidArgumentError(`artifact ${art.file} has size ${image.virtualSize}, manifest says ${art.virtualSize}`);
+    const dlog = childLogger(log, { disk: art.name });
+    const disk = await this.#client.disks.add({
+      name: art.name,
+      format: this.#options.format === 'raw' ? 'raw' : 'cow',
+      provisionedSize: art.virtualSize,
+      sparse: true,
+      backup: this.#options.format === 'raw' ? 'none' : 'incremental',
+      storageDomain: { id: storageDomainId },
+      signal,
+    });
+    undo.defer(`remove disk ${disk.id}`, (s) => this.#client.disks.remove(disk.id, { signal: s }));
+    await this.#client.disks.waitForStatus(disk.id, 'ok', { ...this.#poll(), signal });
+    const transfer = await this.#client.imageTransfers.create({ direction: 'upload', format: 'raw', diskId: disk.id, signal });
+    const cancelHandle = undo.defer(`cancel transfer ${transfer.id}`, (s) => this.#client.imageTransfers.cancel(transfer.id, { ...this.#poll(), signal: s }));
+    const ready = await this.#client.imageTransfers.waitUntilTransferring(transfer.id, { ...this.#poll(), signal });
+    const tls = this.#client.tls;
+    const url = ready.transferUrl ?? ready.proxyUrl;
+    const io = new ImageioClient({
+      transferUrl: url!,
+      ...(ready.proxyUrl && ready.proxyUrl !== url ? { proxyUrl: ready.proxyUrl } : {}),
+      ...(tls.ca !== undefined ? { ca: tls.ca } : {}),
+      insecure: tls.insecure,
+      logger: dlog,
+    });
+    progress({ type: 'phase', phase: 'transfer', disk: art.name });
+    let bytes: number;
+    try {
+      const result = await io.upload(image.extents({ signal }), {
+        diskIsZero: true,
+        disk: art.name,
+        onProgress: progress,
+        ...(this.#options.imageio?.connections ? { concurrency: this.#options.imageio.connections } : {}),
+        signal,
+      });
+      bytes = result.dataBytes;
+    } finally {
+      await io.close();
+    }
+    await this.#client.imageTransfers.finalize(transfer.id, { ...this.#poll(), diskId: disk.id, signal });
+    undo.release(cancelHandle);
+    await this.#client.disks.waitForStatus(disk.id, 'ok', { ...this.#poll(), signal });
+    return { diskId: disk.id, bytes, name: art.name };
+  }
+}
+
+function checkpointOf(plans: readonly DiskPlan[]): string | undefined {
+  for (const p of plans) {
+    const c = p.parentArtifact?.extra?.checkpointId;
+    if (p.kind === 'incremental' && typeof c === 'string') return c;
+  }
+  return undefined;
+}
+
+/** The parent artifact's path relative to the directory of the new artifact (same layout in every backup). */
+function backingPath(backupId: string, parentId: string, parent: StoredDiskArtifact): string {
+  const dir = posix.dirname(posix.join(backupId, parent.file));
+  return posix.relative(dir, posix.join(parentId, parent.file));
+}
+
+function sortLike(results: readonly DiskBackupResult[], plans: readonly DiskPlan[]): DiskBackupResult[] {
+  const order = new Map(plans.map((p, i) => [p.disk.id, i]));
+  return [...results].sort((a, b) => (order.get(a.diskId) ?? 0) - (order.get(b.diskId) ?? 0));
+}

@@ -1,0 +1,781 @@
+import { once } from 'node:events';
+import { createServer as createHttpServer } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import type { Socket } from 'node:net';
+import { fileURLToPath } from 'node:url';
+import { InvalidArgumentError } from '../../core/errors.js';
+import type { Extent } from '../../formats/extent.js';
+import { DiskImageBackend, RawFileBackend } from './backends.js';
+import type { ImageBackend } from './backends.js';
+import type {
+  ImageioFault,
+  ImageioRequestRecord,
+  ImageioServerOptions,
+  ImageioTicket,
+  ImageioTicketStatus,
+} from './types.js';
+
+const VERSION = '2.5.3';
+const MiB = 1024 * 1024;
+/** The daemon processes GET/PUT in buffer_size chunks (backend_*.buffer_size = 8 MiB). */
+const BUFFER = 8 * MiB;
+const FORBIDDEN = 'You are not allowed to access this resource';
+
+interface TicketState {
+  ticket: Readonly<Required<Omit<ImageioTicket, 'dirtyExtents'>>> & { dirtyExtents: readonly Extent[] };
+  path: string;
+  backend: ImageBackend;
+  sockets: Set<Socket>;
+  ongoing: number;
+  transferred: number;
+  lastActivity: number;
+  expiresAt: number;
+  canceled: boolean;
+}
+
+interface PendingFault {
+  fault: ImageioFault;
+  countdown: number;
+  times: number;
+}
+
+/** An HTTP error with the daemon's one-line text. */
+class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+    readonly headers: Record<string, string> = {},
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * A real imageio-protocol data server (HTTPS or HTTP on loopback) over image files, faithful to
+ * ovirt-imageio 2.5.3 as observed: `OPTIONS` with `Allow` and features, ranged `GET` (206 +
+ * `Content-Range`, 416 for bad ranges), `PUT` with `Content-Range` and `flush`, `PATCH` zero/flush,
+ * `extents` in the `zero` and `dirty` contexts, 403 texts, `server: imageio/2.5.3`. Raw files are
+ * readable and writable; qcow2 images (with their backing chain, or one layer with `shallow`) are
+ * served read-only as guest data, like the daemon's nbd backend. Faults (5xx on the Nth request,
+ * stalls, dropped connections, short bodies, expiry) can be injected.
+ *
+ * Deviations from the daemon: no `checksum` endpoints (not advertised), no Unix socket, no control
+ * API over HTTP (use the methods), and ticket URLs must be `file://`.
+ *
+ * @example
+ * ```ts
+ * await using server = await ImageioServer.start({ tls: { key, cert } });
+ * await server.addTicket({ uuid: 't1', size: 1 << 30, ops: ['read'], url: 'file:///var/tmp/disk.raw' });
+ * const client = new ImageioClient({ transferUrl: server.transferUrl('t1'), ca: cert });
+ * ```
+ */
+export class ImageioServer implements AsyncDisposable {
+  readonly #server: Server;
+  readonly #tls: boolean;
+  readonly #host: string;
+  readonly #tickets = new Map<string, TicketState>();
+  readonly #sockets = new Set<Socket>();
+  readonly #faults: PendingFault[] = [];
+  readonly #log: ImageioRequestRecord[] = [];
+  readonly #maxLog: number;
+  readonly #timedSockets = new WeakSet<Socket>();
+  #port = 0;
+  #closed = false;
+
+  private constructor(server: Server, tls: boolean, host: string, maxLog: number) {
+    this.#server = server;
+    this.#tls = tls;
+    this.#host = host;
+    this.#maxLog = maxLog;
+  }
+
+  /**
+   * Starts a server on `host:port` (default `127.0.0.1`, a free port).
+   *
+   * @throws `ERR_INVALID_ARGUMENT` when the port cannot be bound or the TLS material is unusable.
+   */
+  static async start(options: ImageioServerOptions = {}): Promise<ImageioServer> {
+    const host = options.host ?? '127.0.0.1';
+    let server: Server;
+    try {
+      server = options.tls ? createHttpsServer({ key: options.tls.key, cert: options.tls.cert }) : createHttpServer();
+    } catch (cause) {
+      throw new InvalidArgumentError('imageio server: unusable TLS key or certificate', { cause });
+    }
+    const s = new ImageioServer(server, options.tls !== undefined, host, options.maxRequestLog ?? 10_000);
+    server.keepAliveTimeout = 60_000;
+    server.headersTimeout = 65_000;
+    server.requestTimeout = 0;
+    server.on('connection', (sock: Socket) => {
+      s.#sockets.add(sock);
+      sock.once('close', () => s.#sockets.delete(sock));
+    });
+    server.on('tlsClientError', () => undefined);
+    server.on('clientError', (_err, sock: Socket) => sock.destroy());
+    server.on('request', (req: IncomingMessage, res: ServerResponse) => void s.#handle(req, res));
+    server.listen(options.port ?? 0, host);
+    try {
+      await Promise.race([once(server, 'listening'), once(server, 'error').then(([e]) => Promise.reject(e as Error))]);
+    } catch (cause) {
+      throw new InvalidArgumentError(`imageio server: cannot listen on ${host}:${options.port ?? 0}`, { cause });
+    }
+    const addr = server.address();
+    s.#port = typeof addr === 'object' && addr ? addr.port : 0;
+    return s;
+  }
+
+  /** Base URL, e.g. `https://127.0.0.1:40123`. */
+  get url(): string {
+    const host = this.#host.includes(':') ? `[${this.#host}]` : this.#host;
+    return `${this.#tls ? 'https' : 'http'}://${host}:${this.#port}`;
+  }
+
+  /** The bound port. */
+  get port(): number {
+    return this.#port;
+  }
+
+  /** The transfer URL of a ticket: `<url>/images/<uuid>` (the uuid percent-encoded). */
+  transferUrl(uuid: string): string {
+    return `${this.url}/images/${encodeURIComponent(uuid)}`;
+  }
+
+  /**
+   * Installs a ticket (the control API's `PUT /tickets/<uuid>`); replaces an existing one with the
+   * same uuid. The image file is opened now.
+   *
+   * @throws `ERR_INVALID_ARGUMENT` (bad uuid, size, ops, url scheme, a writable qcow2 ticket),
+   * `ERR_NOT_FOUND` (no such file), `ERR_FORMAT_CORRUPT` (unreadable qcow2).
+   */
+  async addTicket(ticket: ImageioTicket): Promise<void> {
+    if (this.#closed) throw new InvalidArgumentError('imageio server is closed');
+    const t = normalizeTicket(ticket);
+    let path: string;
+    try {
+      const u = new URL(t.url);
+      if (u.protocol !== 'file:') throw new Error(`scheme ${u.protocol}`);
+      path = fileURLToPath(u);
+    } catch (cause) {
+      throw new InvalidArgumentError(`Invalid ticket: Unsupported url: only file:///absolute/path is served here`, { cause });
+    }
+    const writable = t.ops.includes('write');
+    if (writable && t.format === 'qcow2') {
+      throw new InvalidArgumentError('imageio server: qcow2 tickets are read-only; upload into a raw file and convert it with qemu-img');
+    }
+    const backend: ImageBackend = t.format === 'qcow2' ? await DiskImageBackend.open(path, 'qcow2', t.shallow) : await RawFileBackend.open(path, writable);
+    const old = this.#tickets.get(t.uuid);
+    if (old) await this.#drop(old);
+    const now = Date.now();
+    this.#tickets.set(t.uuid, {
+      ticket: t,
+      path,
+      backend,
+      sockets: new Set(),
+      ongoing: 0,
+      transferred: 0,
+      lastActivity: now,
+      expiresAt: now + t.timeout * 1000,
+      canceled: false,
+    });
+  }
+
+  /**
+   * Removes a ticket (the control API's `DELETE /tickets/<uuid>`): requests in progress fail, its
+   * connections are closed and the file is released. Idempotent.
+   */
+  async removeTicket(uuid: string): Promise<void> {
+    const st = this.#tickets.get(uuid);
+    if (!st) return;
+    this.#tickets.delete(uuid);
+    await this.#drop(st);
+  }
+
+  /** Extends a ticket's life to now + `timeoutSeconds` (the control API's `PATCH /tickets/<uuid>`). */
+  extendTicket(uuid: string, timeoutSeconds: number): void {
+    const st = this.#tickets.get(uuid);
+    if (!st) throw new InvalidArgumentError(`No such ticket '${uuid}'`);
+    st.expiresAt = Date.now() + timeoutSeconds * 1000;
+  }
+
+  /** A ticket's live state, or `undefined` when there is no such ticket. */
+  getTicket(uuid: string): ImageioTicketStatus | undefined {
+    const st = this.#tickets.get(uuid);
+    return st ? this.#status(st) : undefined;
+  }
+
+  /** All tickets' states. */
+  tickets(): ImageioTicketStatus[] {
+    return [...this.#tickets.values()].map((st) => this.#status(st));
+  }
+
+  /** Injects a fault into a coming request (see {@link ImageioFault}). */
+  injectFault(fault: ImageioFault): void {
+    const countdown = fault.request ?? 1;
+    const times = fault.times ?? 1;
+    if (!Number.isSafeInteger(countdown) || countdown < 1 || !Number.isSafeInteger(times) || times < 1) {
+      throw new InvalidArgumentError('fault request and times must be positive integers');
+    }
+    this.#faults.push({ fault: { ...fault }, countdown, times });
+  }
+
+  /** Faults injected and not fired yet. */
+  get faults(): ImageioFault[] {
+    return this.#faults.map((f) => ({ ...f.fault }));
+  }
+
+  /** Forgets every pending fault. */
+  clearFaults(): void {
+    this.#faults.length = 0;
+  }
+
+  /** Requests served so far (bounded by `maxRequestLog`), oldest first; optionally for one ticket. */
+  requests(ticket?: string): ImageioRequestRecord[] {
+    return this.#log.filter((r) => ticket === undefined || r.ticket === ticket).map((r) => ({ ...r }));
+  }
+
+  /** Forgets the request log. */
+  clearRequests(): void {
+    this.#log.length = 0;
+  }
+
+  /** Stops listening, closes every connection and releases every ticket's file. Safe to call twice. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
+    for (const sock of this.#sockets) sock.destroy();
+    this.#server.closeAllConnections();
+    await closed;
+    const states = [...this.#tickets.values()];
+    this.#tickets.clear();
+    await Promise.allSettled(states.map((st) => this.#drop(st)));
+  }
+
+  /** Same as {@link ImageioServer.close}. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
+  // --- internals -------------------------------------------------------------------------------
+
+  async #drop(st: TicketState): Promise<void> {
+    st.canceled = true;
+    for (const sock of st.sockets) sock.destroy();
+    st.sockets.clear();
+    await st.backend.close();
+  }
+
+  #status(st: TicketState): ImageioTicketStatus {
+    const t = st.ticket;
+    let connections = 0;
+    for (const s of st.sockets) if (!s.destroyed) connections++;
+    return {
+      uuid: t.uuid,
+      size: t.size,
+      ops: [...t.ops],
+      url: t.url,
+      transferId: t.transferId,
+      active: st.ongoing > 0,
+      canceled: st.canceled,
+      connections,
+      transferred: st.transferred,
+      idleTimeMs: st.ongoing > 0 ? 0 : Date.now() - st.lastActivity,
+      expiresAt: st.expiresAt,
+      timeout: t.timeout,
+      inactivityTimeout: t.inactivityTimeout,
+      sparse: t.sparse,
+      dirty: t.dirty,
+    };
+  }
+
+  #record(r: ImageioRequestRecord): void {
+    this.#log.push(r);
+    if (this.#log.length > this.#maxLog) this.#log.splice(0, this.#log.length - this.#maxLog);
+  }
+
+  #takeFault(method: string, uuid: string): ImageioFault | undefined {
+    for (let i = 0; i < this.#faults.length; i++) {
+      const f = this.#faults[i]!;
+      const methods = f.fault.methods ?? ['GET', 'PUT'];
+      if (!(methods as string[]).includes(method)) continue;
+      if (f.fault.ticket !== undefined && f.fault.ticket !== uuid) continue;
+      if (f.countdown > 1) {
+        f.countdown--;
+        continue;
+      }
+      f.times--;
+      if (f.times <= 0) this.#faults.splice(i, 1);
+      return f.fault;
+    }
+    return undefined;
+  }
+
+  #authorize(uuid: string, op: 'read' | 'write', req: IncomingMessage): TicketState {
+    const st = this.#tickets.get(uuid);
+    const close = { connection: 'close' };
+    if (!st) throw new HttpError(403, `${FORBIDDEN}: No such ticket ${uuid}`, close);
+    if (st.canceled) throw new HttpError(403, `${FORBIDDEN}: Transfer=${st.ticket.transferId} was canceled`, close);
+    if (Date.now() > st.expiresAt) throw new HttpError(403, `${FORBIDDEN}: Transfer=${st.ticket.transferId} expired`, close);
+    if (op === 'write' && !st.ticket.ops.includes('write')) {
+      throw new HttpError(403, `${FORBIDDEN}: Transfer=${st.ticket.transferId} forbids write`, close);
+    }
+    const sock = req.socket;
+    if (!st.sockets.has(sock)) {
+      st.sockets.add(sock);
+      sock.once('close', () => st.sockets.delete(sock));
+    }
+    if (!this.#timedSockets.has(sock)) {
+      this.#timedSockets.add(sock);
+      sock.setTimeout(st.ticket.inactivityTimeout * 1000, () => sock.destroy());
+    }
+    return st;
+  }
+
+  async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    res.setHeader('server', `imageio/${VERSION}`);
+    const rec: ImageioRequestRecord = { method: req.method ?? '', target: 'other', status: 0 };
+    try {
+      const url = new URL(req.url ?? '/', 'http://imageio');
+      if (url.pathname === '/info/' || url.pathname === '/info') {
+        rec.target = 'info';
+        if (req.method !== 'GET') throw new HttpError(405, `Method not allowed: ${req.method ?? ''}`);
+        return this.#json(res, rec, { version: VERSION });
+      }
+      const m = /^\/images\/([^/]+)(\/extents)?\/?$/.exec(url.pathname);
+      if (!m) throw new HttpError(404, `No handler for ${url.pathname}`);
+      let uuid: string;
+      try {
+        uuid = decodeURIComponent(m[1]!);
+      } catch {
+        throw new HttpError(400, 'Invalid ticket id');
+      }
+      rec.ticket = uuid;
+      if (m[2]) {
+        rec.target = 'extents';
+        if (req.method !== 'GET') throw new HttpError(405, `Method not allowed: ${req.method ?? ''}`);
+        return await this.#extents(uuid, url, req, res, rec);
+      }
+      rec.target = 'image';
+      switch (req.method) {
+        case 'OPTIONS':
+          return this.#options(uuid, req, res, rec);
+        case 'GET':
+          return await this.#get(uuid, req, res, rec);
+        case 'PUT':
+          return await this.#put(uuid, url, req, res, rec);
+        case 'PATCH':
+          return await this.#patch(uuid, req, res, rec);
+        default:
+          throw new HttpError(405, `Method not allowed: ${req.method ?? ''}`);
+      }
+    } catch (err) {
+      this.#fail(res, rec, err);
+    }
+  }
+
+  #fail(res: ServerResponse, rec: ImageioRequestRecord, err: unknown): void {
+    const e = err instanceof HttpError ? err : new HttpError(500, `Server failed to perform the request: ${oneLine(err)}`);
+    rec.status = e.status;
+    this.#record(rec);
+    if (res.headersSent || res.destroyed) {
+      res.destroy();
+      return;
+    }
+    const body = `${e.message}\n`;
+    res.writeHead(e.status, {
+      'content-type': 'text/plain; charset=UTF-8',
+      'content-length': Buffer.byteLength(body),
+      ...e.headers,
+    });
+    res.end(body);
+  }
+
+  #json(res: ServerResponse, rec: ImageioRequestRecord, value: unknown, headers: Record<string, string> = {}): void {
+    const body = JSON.stringify(value);
+    rec.status = 200;
+    this.#record(rec);
+    res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), ...headers });
+    res.end(body);
+  }
+
+  #options(uuid: string, req: IncomingMessage, res: ServerResponse, rec: ImageioRequestRecord): void {
+    req.resume();
+    if (uuid === '*') {
+      return this.#json(res, rec, { features: ['extents', 'flush', 'zero'] }, { allow: 'OPTIONS,GET,PUT,PATCH' });
+    }
+    const st = this.#authorize(uuid, 'read', req);
+    const writable = st.ticket.ops.includes('write');
+    this.#touch(st);
+    this.#json(
+      res,
+      rec,
+      {
+        features: writable ? ['extents', 'flush', 'zero'] : ['extents'],
+        max_readers: 8,
+        max_writers: st.ticket.backend === 'file' ? 1 : 8,
+      },
+      { allow: writable ? 'OPTIONS,GET,PUT,PATCH' : 'OPTIONS,GET' },
+    );
+  }
+
+  #touch(st: TicketState): void {
+    const now = Date.now();
+    st.lastActivity = now;
+    st.expiresAt = Math.max(st.expiresAt, now + st.ticket.timeout * 1000);
+  }
+
+  async #extents(uuid: string, url: URL, req: IncomingMessage, res: ServerResponse, rec: ImageioRequestRecord): Promise<void> {
+    req.resume();
+    const st = this.#authorize(uuid, 'read', req);
+    const context = url.searchParams.get('context') ?? 'zero';
+    if (context !== 'zero' && context !== 'dirty') throw new HttpError(400, `Invalid value for 'context': ${context}`);
+    const t = st.ticket;
+    if (context === 'dirty' && !t.dirty) throw new HttpError(404, 'Ticket does not support dirty extents');
+    st.ongoing++;
+    try {
+      if (t.backend === 'file') {
+        // imageio's file backend: one data extent ("TODO: Use qemu-img map")
+        const whole = [{ start: 0, length: t.size, zero: false, ...(context === 'dirty' ? { dirty: true } : { hole: false }) }];
+        return this.#json(res, rec, t.size > 0 ? whole : []);
+      }
+      const map = await st.backend.map(t.size);
+      if (context === 'zero') {
+        return this.#json(
+          res,
+          rec,
+          map.map((e) => ({ start: e.offset, length: e.length, zero: e.kind !== 'data', hole: e.kind === 'hole' })),
+        );
+      }
+      this.#json(res, rec, dirtyExtents(map, t.dirtyExtents, t.size));
+    } finally {
+      st.ongoing--;
+      this.#touch(st);
+    }
+  }
+
+  async #get(uuid: string, req: IncomingMessage, res: ServerResponse, rec: ImageioRequestRecord): Promise<void> {
+    req.resume();
+    const st = this.#authorize(uuid, 'read', req);
+    const size = st.ticket.size;
+    const header = req.headers.range;
+    let start = 0;
+    let end = size - 1;
+    let partial = false;
+    if (header !== undefined) {
+      const m = /^bytes=(\d+)-(\d*)$/.exec(header.trim());
+      if (!m) throw new HttpError(416, `Cannot satisfy range '${header}', invalid range or multiple ranges`);
+      start = Number(m[1]);
+      end = m[2] ? Number(m[2]) : size - 1;
+      if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start > end) {
+        throw new HttpError(416, `Cannot satisfy range '${header}', invalid range or multiple ranges`);
+      }
+      if (end >= size) throw new HttpError(416, 'Requested range out of allowed range', { 'content-range': `bytes */${size}` });
+      partial = true;
+    }
+    let length = end - start + 1;
+    rec.offset = start;
+    rec.length = length;
+    const fault = this.#takeFault('GET', uuid);
+    if (fault) rec.fault = fault.kind;
+    if (fault?.kind === 'status') throw new HttpError(fault.status ?? 500, fault.message ?? 'Server failed to perform the request: injected fault');
+    if (fault?.kind === 'expire') {
+      st.expiresAt = 0;
+      this.#authorize(uuid, 'read', req);
+    }
+    if (fault?.kind === 'short' && length > 1) {
+      length -= 1;
+      end -= 1;
+    }
+    const headers: Record<string, string | number> = {
+      'content-type': 'application/octet-stream',
+      'content-disposition': 'attachment',
+      'content-length': length,
+    };
+    if (partial) headers['content-range'] = `bytes ${start}-${end}/${size}`;
+    rec.status = partial ? 206 : 200;
+    this.#record(rec);
+    res.writeHead(rec.status, headers);
+    if (fault?.kind === 'stall') {
+      res.flushHeaders();
+      await waitClosed(res);
+      return;
+    }
+    const dropAt = fault?.kind === 'drop' ? Math.min(length - 1, fault.afterBytes ?? Math.floor(length / 2)) : -1;
+    st.ongoing++;
+    try {
+      let sent = 0;
+      while (sent < length) {
+        if (res.destroyed) return;
+        let n = Math.min(BUFFER, length - sent);
+        if (dropAt >= 0 && sent + n > dropAt) n = dropAt - sent;
+        if (n > 0) {
+          const buf = await st.backend.read(start + sent, n);
+          st.transferred += n;
+          sent += n;
+          if (!res.write(buf)) await waitDrain(res);
+        }
+        if (dropAt >= 0 && sent >= dropAt) {
+          await new Promise<void>((resolve) => (res.writableLength === 0 ? resolve() : res.once('drain', resolve)));
+          req.socket.destroy();
+          return;
+        }
+      }
+      res.end();
+    } finally {
+      st.ongoing--;
+      this.#touch(st);
+    }
+  }
+
+  async #put(uuid: string, url: URL, req: IncomingMessage, res: ServerResponse, rec: ImageioRequestRecord): Promise<void> {
+    const st = this.#authorize(uuid, 'write', req);
+    const size = st.ticket.size;
+    const cl = req.headers['content-length'];
+    if (cl === undefined || !/^\d+$/.test(cl)) throw new HttpError(400, 'Missing or invalid Content-Length header');
+    const length = Number(cl);
+    let offset = 0;
+    const cr = req.headers['content-range'];
+    if (cr !== undefined) {
+      const m = /^bytes (\d+)-(\d+|\*)\/(\d+|\*)$/.exec(cr.trim());
+      if (!m) throw new HttpError(400, `Invalid Content-Range header: '${cr}'`);
+      offset = Number(m[1]);
+    }
+    if (!Number.isSafeInteger(offset) || offset + length > size) {
+      throw new HttpError(416, 'Requested range out of allowed range', { 'content-range': `bytes */${size}` });
+    }
+    const flush = (url.searchParams.get('flush') ?? 'y') !== 'n';
+    rec.offset = offset;
+    rec.length = length;
+    rec.flush = flush;
+    const fault = this.#takeFault('PUT', uuid);
+    if (fault) rec.fault = fault.kind;
+    if (fault?.kind === 'status') throw new HttpError(fault.status ?? 500, fault.message ?? 'Server failed to perform the request: injected fault');
+    if (fault?.kind === 'expire') {
+      st.expiresAt = 0;
+      this.#authorize(uuid, 'write', req);
+    }
+    const dropAt = fault?.kind === 'drop' ? Math.min(Math.max(0, length - 1), fault.afterBytes ?? Math.floor(length / 2)) : -1;
+    st.ongoing++;
+    try {
+      let pos = 0;
+      let pending: Buffer[] = [];
+      let pendingLen = 0;
+      const writeOut = async (): Promise<void> => {
+        if (pendingLen === 0) return;
+        const buf = pending.length === 1 ? pending[0]! : Buffer.concat(pending, pendingLen);
+        pending = [];
+        const at = offset + pos;
+        pos += buf.length;
+        pendingLen = 0;
+        await st.backend.write(at, buf);
+        st.transferred += buf.length;
+      };
+      let received = 0;
+      for await (const chunk of req) {
+        let b = chunk as Buffer;
+        if (received + b.length > length) b = b.subarray(0, length - received);
+        if (dropAt >= 0 && received + b.length > dropAt) {
+          b = b.subarray(0, dropAt - received);
+          pending.push(b);
+          pendingLen += b.length;
+          await writeOut();
+          this.#record(rec);
+          req.socket.destroy();
+          return;
+        }
+        received += b.length;
+        pending.push(b);
+        pendingLen += b.length;
+        if (pendingLen >= BUFFER) await writeOut();
+      }
+      await writeOut();
+      if (received !== length) {
+        // the client went away mid-body
+        this.#record(rec);
+        req.socket.destroy();
+        return;
+      }
+      if (fault?.kind === 'stall') {
+        this.#record(rec);
+        await waitClosed(res);
+        return;
+      }
+      if (flush) await st.backend.flush();
+      rec.status = 200;
+      this.#record(rec);
+      res.writeHead(200, { 'content-length': 0 });
+      res.end();
+    } finally {
+      st.ongoing--;
+      this.#touch(st);
+    }
+  }
+
+  async #patch(uuid: string, req: IncomingMessage, res: ServerResponse, rec: ImageioRequestRecord): Promise<void> {
+    const st = this.#authorize(uuid, 'write', req);
+    const body = await readSmallBody(req, 4096);
+    let msg: unknown;
+    try {
+      msg = JSON.parse(body);
+    } catch {
+      throw new HttpError(400, 'Invalid JSON message');
+    }
+    if (typeof msg !== 'object' || msg === null || Array.isArray(msg)) throw new HttpError(400, 'Invalid JSON message');
+    const o = msg as Record<string, unknown>;
+    const op = o.op;
+    if (op === undefined) throw new HttpError(400, "Missing required value for 'op'");
+    rec.op = String(op);
+    const fault = this.#takeFault('PATCH', uuid);
+    if (fault) rec.fault = fault.kind;
+    if (fault?.kind === 'status') throw new HttpError(fault.status ?? 500, fault.message ?? 'Server failed to perform the request: injected fault');
+    if (fault?.kind === 'expire') {
+      st.expiresAt = 0;
+      this.#authorize(uuid, 'write', req);
+    }
+    if (fault?.kind === 'stall' || fault?.kind === 'drop') {
+      this.#record(rec);
+      if (fault.kind === 'drop') req.socket.destroy();
+      else await waitClosed(res);
+      return;
+    }
+    st.ongoing++;
+    try {
+      if (op === 'zero') {
+        if (o.size === undefined) throw new HttpError(400, "Missing required value for 'size'");
+        const size = intField(o.size, 'size');
+        const offset = o.offset === undefined ? 0 : intField(o.offset, 'offset');
+        const flush = o.flush === undefined ? false : boolField(o.flush, 'flush');
+        rec.offset = offset;
+        rec.length = size;
+        rec.flush = flush;
+        if (offset + size > st.ticket.size) {
+          throw new HttpError(416, 'Requested range out of allowed range', { 'content-range': `bytes */${st.ticket.size}` });
+        }
+        await st.backend.zero(offset, size, st.ticket.sparse);
+        st.transferred += size;
+        if (flush) await st.backend.flush();
+      } else if (op === 'flush') {
+        rec.flush = true;
+        await st.backend.flush();
+      } else {
+        throw new HttpError(400, `Unsupported value '${oneLine(op)}' for 'op', expecting one of ['flush', 'zero']`);
+      }
+      rec.status = 200;
+      this.#record(rec);
+      res.writeHead(200, { 'content-length': 0 });
+      res.end();
+    } finally {
+      st.ongoing--;
+      this.#touch(st);
+    }
+  }
+}
+
+function normalizeTicket(t: ImageioTicket): TicketState['ticket'] {
+  if (typeof t !== 'object' || t === null) throw new InvalidArgumentError('Invalid ticket: not an object');
+  if (typeof t.uuid !== 'string' || t.uuid === '' || t.uuid.includes('/')) throw new InvalidArgumentError('Invalid ticket: uuid must be a non-empty string without "/"');
+  if (!Number.isSafeInteger(t.size) || t.size < 0) throw new InvalidArgumentError('Invalid ticket: size must be a non-negative integer');
+  if (!Array.isArray(t.ops) || t.ops.length === 0 || t.ops.some((op) => op !== 'read' && op !== 'write')) {
+    throw new InvalidArgumentError("Invalid ticket: ops must list 'read' and/or 'write'");
+  }
+  if (typeof t.url !== 'string') throw new InvalidArgumentError('Invalid ticket: Required ticket parameter is missing: url');
+  const seconds = (v: number | undefined, def: number, name: string): number => {
+    if (v === undefined) return def;
+    if (!Number.isSafeInteger(v) || v < 0) throw new InvalidArgumentError(`Invalid ticket: ${name} must be a non-negative integer`);
+    return v;
+  };
+  const dirtyExtents = (t.dirtyExtents ?? []).map((e) => {
+    if (!Number.isSafeInteger(e.offset) || !Number.isSafeInteger(e.length) || e.offset < 0 || e.length < 0) {
+      throw new InvalidArgumentError('Invalid ticket: dirtyExtents must hold non-negative integer ranges');
+    }
+    return { offset: e.offset, length: e.length, kind: e.kind };
+  });
+  return Object.freeze({
+    uuid: t.uuid,
+    size: t.size,
+    ops: Object.freeze([...t.ops]) as ('read' | 'write')[],
+    url: t.url,
+    format: t.format ?? 'raw',
+    backend: t.backend ?? 'nbd',
+    shallow: t.shallow ?? false,
+    sparse: t.sparse ?? false,
+    dirty: t.dirty ?? false,
+    dirtyExtents: Object.freeze(dirtyExtents),
+    timeout: seconds(t.timeout, 300, 'timeout'),
+    inactivityTimeout: seconds(t.inactivityTimeout, 60, 'inactivityTimeout') || 60,
+    transferId: t.transferId ?? `(ticket/${t.uuid.slice(0, 18)})`,
+  });
+}
+
+/** Splits the allocation map at dirty-range boundaries: `{start, length, dirty, zero}` items, merged. */
+function dirtyExtents(map: readonly Extent[], dirty: readonly Extent[], size: number): { start: number; length: number; dirty: boolean; zero: boolean }[] {
+  const cuts = new Set<number>([0, size]);
+  for (const e of map) cuts.add(e.offset);
+  const ranges = [...dirty].filter((d) => d.length > 0).sort((a, b) => a.offset - b.offset);
+  for (const d of ranges) {
+    cuts.add(Math.min(size, d.offset));
+    cuts.add(Math.min(size, d.offset + d.length));
+  }
+  const points = [...cuts].filter((p) => p >= 0 && p <= size).sort((a, b) => a - b);
+  const isDirty = (p: number): boolean => ranges.some((d) => d.offset <= p && p < d.offset + d.length);
+  const out: { start: number; length: number; dirty: boolean; zero: boolean }[] = [];
+  let mi = 0;
+  for (let i = 0; i + 1 < points.length; i++) {
+    const a = points[i]!;
+    const b = points[i + 1]!;
+    if (b <= a) continue;
+    while (mi < map.length && map[mi]!.offset + map[mi]!.length <= a) mi++;
+    const zero = map[mi] ? map[mi]!.kind !== 'data' : true;
+    const item = { start: a, length: b - a, dirty: isDirty(a), zero };
+    const last = out[out.length - 1];
+    if (last && last.dirty === item.dirty && last.zero === item.zero && last.start + last.length === a) last.length += item.length;
+    else out.push(item);
+  }
+  return out;
+}
+
+function intField(v: unknown, name: string): number {
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new HttpError(400, `Invalid value for '${name}': ${oneLine(v)}`);
+  return v;
+}
+
+function boolField(v: unknown, name: string): boolean {
+  if (typeof v !== 'boolean') throw new HttpError(400, `Invalid value for '${name}': ${oneLine(v)}`);
+  return v;
+}
+
+function oneLine(v: unknown): string {
+  const s = v instanceof Error ? v.message : typeof v === 'string' ? v : JSON.stringify(v) ?? String(v);
+  return s.replace(/[\r\n]+/g, ' ').slice(0, 200);
+}
+
+async function readSmallBody(req: IncomingMessage, limit: number): Promise<string> {
+  const parts: Buffer[] = [];
+  let n = 0;
+  for await (const chunk of req) {
+    n += (chunk as Buffer).length;
+    if (n > limit) throw new HttpError(413, 'Request body too large');
+    parts.push(chunk as Buffer);
+  }
+  return Buffer.concat(parts).toString('utf8');
+}
+
+function waitDrain(res: ServerResponse): Promise<void> {
+  return new Promise((resolve) => {
+    const done = (): void => {
+      res.off('drain', done);
+      res.off('close', done);
+      resolve();
+    };
+    res.once('drain', done);
+    res.once('close', done);
+  });
+}
+
+function waitClosed(res: ServerResponse): Promise<void> {
+  return new Promise((resolve) => {
+    if (res.destroyed || res.socket?.destroyed) resolve();
+    else res.once('close', () => resolve());
+  });
+}
