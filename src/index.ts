@@ -22,3 +22,37 @@ export * from './targets/index.js';
 export { writeQcow2, planQcow2, type WriteQcow2Options, type Qcow2Plan } from './formats/qcow2/qcow2-writer.js';
 export { extentsToRawStream, orderedChunks } from './formats/extents-to-raw-stream.js';
 export { writeExtentsToFile, type WriteExtentsResult } from './formats/write-extents-to-file.js';
+export { ByteReader } from './formats/byte-reader.js';
+export {
+  readRbdExportDiff,
+  writeRbdExportDiff,
+  RBD_DIFF_BANNER,
+  type RbdExportDiffInfo,
+  type RbdExportDiffStream,
+  type ReadRbdExportDiffOptions,
+  type WriteRbdExportDiffOptions,
+} from './formats/rbd/rbd-export-diff.js';
+export { parseRbdDiffJson } from './formats/rbd/rbd-diff-json.js';
+export { applyRbdDiff, type ApplyRbdDiffOptions, type ApplyRbdDiffResult } from './formats/rbd/apply-rbd-diff.js';
+export {
+  SnapshotChain,
+  type RestorePoint,
+  type ArtifactOpener,
+  type ChainRecordSource,
+  type DiskPathStep,
+  type FlattenedDisk,
+  type SyntheticFullPlan,
+  type SyntheticFull,
+} from './snapshot/snapshot-chain.js';
+export { ChainError, type ChainProblem, type ChainProblemKind } from './snapshot/chain-error.js';
+export {
+  mergeLayers,
+  mergeLayerMaps,
+  isRandomAccessLayer,
+  type ChainLayer,
+  type RandomAccessLayer,
+  type LayeredExtent,
+  type MergeLayersOptions,
+} from './snapshot/merge-layers.js';
+export { readRbdImageExport, type RbdImageExport, type RbdImageExportHeader } from './formats/rbd/rbd-image-export.js';
+export * from './retention/execute-prune.js';

@@ -87,7 +87,7 @@ export const COMMANDS: readonly CommandSpec[] = [
       'keep-weekly': { type: 'string', value: 'N', description: 'keep the newest backup of each of the last N ISO weeks' },
       'keep-monthly': { type: 'string', value: 'N', description: 'keep the newest backup of each of the last N months' },
       'dry-run': { type: 'boolean', description: 'print what would be deleted; change nothing' },
-      synthesize: { type: 'boolean', description: 'consolidate a kept incremental into a full instead of keeping its old chain' },
+      synthesize: { type: 'boolean', description: 'replace a kept incremental by a new full (flattened) so its old chain can go' },
     },
     notes: 'Rules given as flags replace the "retention" rules of the config file. A full that a kept incremental needs is never deleted.',
   },

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { FileRepository, LocalRunner, throwIfAborted, VirtstreamError } from '../index.js';
 import type { BackupResult, BackupStrategy, Logger, ProgressEvent } from '../index.js';
-import { RhvClient } from '../entries/rhv.js';
+import { ImageTransferStrategy, RhvClient } from '../entries/rhv.js';
 import { EngineSimulator } from '../entries/testing.js';
 
 /** Options for {@link runDemo}. */
@@ -73,14 +73,6 @@ function backupBytes(r: BackupResult): number {
   return r.disks.reduce((n, d) => n + d.bytes, 0);
 }
 
-/** Loads the image-transfer strategy from the public `virtstream/rhv` entry. */
-async function imageTransfer(client: RhvClient, logger: Logger | undefined): Promise<BackupStrategy> {
-  const mod = (await import('../entries/rhv.js')) as Record<string, unknown>;
-  const Cls = mod.ImageTransferStrategy as (new (o: Record<string, unknown>) => BackupStrategy) | undefined;
-  if (typeof Cls !== 'function') throw new VirtstreamError('ERR_UNSUPPORTED', 'this build has no ImageTransferStrategy in virtstream/rhv');
-  return new Cls({ client, ...(logger ? { logger } : {}) });
-}
-
 /**
  * The embedded demo: starts the oVirt engine simulator in-process with a VM of two disks (a qcow2
  * system disk with real data and a sparse raw data disk), makes a full backup with image-transfer
@@ -126,7 +118,7 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoReport> {
   step(`VM ${VM}: disk "system" (qcow2, ${size / MiB} MiB, 6 MiB of data) and disk "data" (raw, sparse, 2 MiB of data)`);
 
   await using client = new RhvClient({ url: sim.url, username: 'admin@internal', password: 'secret', ...(sim.caPem ? { ca: sim.caPem } : {}), ...(options.logger ? { logger: options.logger } : {}) });
-  const strategy = await imageTransfer(client, options.logger);
+  const strategy: BackupStrategy = new ImageTransferStrategy(client);
   const repo = new FileRepository(repository, options.logger ? { logger: options.logger } : {});
   const onProgress = (vm: string) => (e: ProgressEvent) => options.onProgress?.(vm, e);
 
@@ -177,9 +169,9 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoReport> {
       if (dst) {
         const a = sim.activeImage(src.id);
         const b = sim.activeImage(dst.id);
-        // exit 0: identical guest contents; 1: they differ (-s: sizes must match too)
-        const r = await runner.run(['qemu-img', 'compare', '-s', '-f', a.format, '-F', b.format, a.path, b.path], { okExitCodes: [0, 1], ...(signal ? { signal } : {}) });
-        identical = r.exitCode === 0;
+        // exit 0: identical guest contents; 1: they differ. (Not -s: allocation may differ, bytes may not.)
+        const r = await runner.run(['qemu-img', 'compare', '-f', a.format, '-F', b.format, a.path, b.path], { okExitCodes: [0, 1], ...(signal ? { signal } : {}) });
+        identical = r.exitCode === 0 && src.virtualSize === dst.virtualSize;
       }
       disks.push({ name: src.name, virtualSize: src.virtualSize, identical });
     }

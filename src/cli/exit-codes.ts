@@ -1,7 +1,7 @@
 import { isVirtstreamError } from '../index.js';
 
 /** The CLI's exit codes (documented in `docs/guides/cli.md`; scripts rely on them). */
-export const EXIT = Object.freeze({
+export const EXIT: Readonly<{ OK: 0; FAILURE: 1; USAGE: 2; CONFIG: 3; VERIFY_FAILED: 4; PARTIAL: 5; ABORTED: 130 }> = Object.freeze({
   /** Everything asked for succeeded. */
   OK: 0,
   /** The operation failed (the error line or JSON object says why). */

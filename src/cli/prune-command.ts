@@ -1,4 +1,4 @@
-import { planPrune, throwIfAborted, UnsupportedError } from '../index.js';
+import { executePrune, planPrune } from '../index.js';
 import type { BackupRecord, RetentionRules } from '../index.js';
 import { ConfigError } from './config-error.js';
 import { EXIT } from './exit-codes.js';
@@ -27,8 +27,9 @@ function rulesFor(ctx: CommandContext, fromConfig: RetentionRules | undefined): 
 }
 
 /**
- * `virtstream prune`: plans with {@link planPrune} and deletes children before parents, so a crash
- * or Ctrl-C midway never leaves a kept backup without its parent.
+ * `virtstream prune`: plans with `planPrune` and carries the plan out with `executePrune` (synthesized
+ * fulls first, then deletions children before parents), so a crash or Ctrl-C midway never leaves a
+ * kept backup without its parent.
  */
 export async function pruneCommand(ctx: CommandContext): Promise<number> {
   const { config, repo } = await openRepository(ctx);
@@ -45,26 +46,27 @@ export async function pruneCommand(ctx: CommandContext): Promise<number> {
     ctx.reporter.result('keep', { vm: d.vm, id: d.id, kind: d.kind, completedAt: d.completedAt, reasons: d.reasons }, [`keep    ${printable(d.vm)} ${d.id} ${d.kind.padEnd(11)} ${d.reasons.join(', ')}`]);
   }
   for (const s of plan.synthesize) {
-    ctx.reporter.result('synthesize', { vm: s.vm, id: s.backupId, chain: s.chain }, [`full    ${printable(s.vm)} ${s.backupId} consolidated from ${s.chain.join(' <- ')}`]);
+    ctx.reporter.result('synthesize', { vm: s.vm, id: s.backupId, chain: s.chain }, [`${dryRun ? 'would write' : 'write  '} a full of ${printable(s.vm)} ${s.backupId}, flattened from ${s.chain.join(' <- ')}`]);
   }
   for (const d of plan.remove) {
-    ctx.reporter.result(dryRun ? 'would-remove' : 'remove', { vm: d.vm, id: d.id, kind: d.kind, completedAt: d.completedAt }, [`${dryRun ? 'would delete' : 'delete '} ${printable(d.vm)} ${d.id} ${d.kind}`]);
+    ctx.reporter.result(dryRun ? 'would-remove' : 'remove', { vm: d.vm, id: d.id, kind: d.kind, completedAt: d.completedAt, reasons: d.reasons }, [
+      `${dryRun ? 'would delete' : 'delete '} ${printable(d.vm)} ${d.id} ${d.kind}${d.reasons.length > 0 ? ` (${d.reasons.join(', ')})` : ''}`,
+    ]);
   }
   if (dryRun) {
     ctx.reporter.result('prune-summary', { dryRun, kept: plan.keep.length, removed: 0, wouldRemove: plan.remove.length }, [`dry run: ${plan.remove.length} backup(s) would be deleted, ${plan.keep.length} kept`]);
     return EXIT.OK;
   }
-  if (plan.synthesize.length > 0) {
-    // Consolidating a backup in place needs a repository operation FileRepository does not have yet;
-    // refuse before deleting anything rather than delete parents a kept backup still needs.
-    throw new UnsupportedError('--synthesize: this repository cannot consolidate a backup into a full in place yet; run prune without --synthesize (whole chains are kept), or use --dry-run to see the plan');
-  }
-  let removed = 0;
-  for (const d of plan.remove) {
-    throwIfAborted(ctx.signal);
-    await repo.delete(d.vm, d.id, { signal: ctx.signal });
-    removed++;
-  }
-  ctx.reporter.result('prune-summary', { dryRun, kept: plan.keep.length, removed }, [`${removed} backup(s) deleted, ${plan.keep.length} kept`]);
+  const done = await executePrune(repo, plan, {
+    signal: ctx.signal,
+    logger: ctx.logger,
+    onStep: (e) => {
+      if (e.type === 'synthesized') ctx.reporter.info(`${e.vm}: synthesized full ${e.backupId} replaces ${e.from}`, { vm: e.vm, backupId: e.backupId, from: e.from });
+    },
+  });
+  const removed = done.removed.length;
+  ctx.reporter.result('prune-summary', { dryRun, kept: plan.keep.length, removed, synthesized: done.synthesized.map((x) => ({ vm: x.vm, from: x.from, backupId: x.record.id })) }, [
+    `${removed} backup(s) deleted, ${plan.keep.length} kept${done.synthesized.length > 0 ? `, ${done.synthesized.length} synthesized full(s) written` : ''}`,
+  ]);
   return EXIT.OK;
 }

@@ -149,7 +149,9 @@ export class Reporter {
   #drawBlock(force: boolean): void {
     if (this.mode !== 'tty' || this.#rows.size === 0) return;
     if (!force) this.#lastDraw = this.#now();
-    const width = this.#err.columns ?? 80;
+    // a fresh pseudo-terminal may report 0 columns: fall back to 80
+    const cols = this.#err.columns;
+    const width = cols !== undefined && cols >= 40 ? cols : 80;
     const lines = [...this.#rows.values()].map((r) => this.#barLine(r, width));
     this.#err.write(`${lines.join('\n')}\n`);
     this.#drawnLines = lines.length;

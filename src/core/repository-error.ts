@@ -33,7 +33,9 @@ export class RepositoryError extends VirtstreamError {
 
 /** Who holds a repository lock, as written in the lock file. */
 export interface LockHolder {
+  /** Process id of the holder. */
   pid: number;
+  /** Host name of the holder (stale detection only works for the local host). */
   host: string;
   /** ISO 8601 time the lock was taken. */
   since: string;

@@ -54,6 +54,7 @@ export class DigestStream extends Transform {
     return this.#digest;
   }
 
+  /** Stream implementation: hashes and counts `chunk`, then passes it on. */
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
     this.#hash.update(chunk);
     this.#bytes += chunk.length;
@@ -67,6 +68,7 @@ export class DigestStream extends Transform {
     callback(null, chunk);
   }
 
+  /** Stream implementation: finalizes the digest. */
   override _flush(callback: TransformCallback): void {
     this.#digest = this.#hash.digest('hex');
     callback();
@@ -105,6 +107,7 @@ export class ExactSizeStream extends Transform {
     return this.#bytes;
   }
 
+  /** Stream implementation: fails as soon as the count passes the expected size. */
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
     this.#bytes += chunk.length;
     if (this.#bytes > this.#expected) {
@@ -114,6 +117,7 @@ export class ExactSizeStream extends Transform {
     callback(null, chunk);
   }
 
+  /** Stream implementation: fails when the input ended short. */
   override _flush(callback: TransformCallback): void {
     if (this.#bytes !== this.#expected) callback(new SizeMismatchError(this.#what, this.#expected, this.#bytes));
     else callback();

@@ -18,3 +18,35 @@ export type {
   ImageioWriteOptions,
   UploadResult,
 } from '../rhv/imageio/types.js';
+export { RhvClient } from '../rhv/rhv-client.js';
+export type { RhvClientOptions } from '../rhv/rhv-client.js';
+export { RhvConnection, engineUrls, parseFault } from '../rhv/rest/rhv-connection.js';
+export type { EngineUrls, RestCallOptions, RhvConnectionOptions } from '../rhv/rest/rhv-connection.js';
+export { UndiciTransport, composeHttp, loadCa } from '../rhv/rest/http-transport.js';
+export type { HttpHandler, HttpInterceptor, HttpRequest, HttpResponse, HttpTransport, TlsOptions, UndiciTransportOptions } from '../rhv/rest/http-transport.js';
+export { HttpError, RhvAuthError, RhvFaultError, RhvResponseError, RhvTransferError } from '../rhv/rest/errors.js';
+export type { RhvFault } from '../rhv/rest/errors.js';
+export { parseXml, toXml } from '../rhv/rest/xml.js';
+export type { XmlNode, XmlObject, XmlValue } from '../rhv/rest/xml.js';
+export type { RhvPollOptions, RhvWaitCallOptions, ServiceContext } from '../rhv/rest/service-context.js';
+export type * from '../rhv/rest/types.js';
+export { VmsService } from '../rhv/rest/services/vms-service.js';
+export type { AddVmOptions } from '../rhv/rest/services/vms-service.js';
+export { DisksService } from '../rhv/rest/services/disks-service.js';
+export type { AddDiskOptions } from '../rhv/rest/services/disks-service.js';
+export { DiskAttachmentsService } from '../rhv/rest/services/disk-attachments-service.js';
+export type { AddDiskAttachmentOptions } from '../rhv/rest/services/disk-attachments-service.js';
+export { DiskSnapshotsService } from '../rhv/rest/services/disk-snapshots-service.js';
+export { SnapshotsService } from '../rhv/rest/services/snapshots-service.js';
+export type { CreateSnapshotOptions, RemoveSnapshotOptions } from '../rhv/rest/services/snapshots-service.js';
+export { ImageTransfersService } from '../rhv/rest/services/image-transfers-service.js';
+export type { CreateImageTransferOptions } from '../rhv/rest/services/image-transfers-service.js';
+export { BackupsService } from '../rhv/rest/services/backups-service.js';
+export type { CreateBackupOptions } from '../rhv/rest/services/backups-service.js';
+export { CheckpointsService } from '../rhv/rest/services/checkpoints-service.js';
+export { JobsService } from '../rhv/rest/services/jobs-service.js';
+export { NamedEntitiesService } from '../rhv/rest/services/named-entities-service.js';
+export { EventsService } from '../rhv/rest/services/events-service.js';
+export type { AddEventOptions } from '../rhv/rest/services/events-service.js';
+export { ImageTransferStrategy } from '../strategies/rhv/image-transfer.js';
+export type { ImageTransferStrategyOptions } from '../strategies/rhv/image-transfer.js';

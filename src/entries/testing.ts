@@ -13,3 +13,18 @@ export type {
   ImageioTicket,
   ImageioTicketStatus,
 } from '../testing/imageio-server/types.js';
+export { EngineSimulator } from '../testing/engine-simulator/engine-simulator.js';
+export type {
+  EngineSimulatorOptions,
+  ImageioServerFactory,
+  SimulatorDiskSpec,
+  SimulatorImageioServer,
+  SimulatorState,
+  SimulatorTicket,
+  SimulatorVmInfo,
+  SimulatorWrite,
+} from '../testing/engine-simulator/engine-simulator.js';
+export { SimulatorFaults } from '../testing/engine-simulator/simulator-faults.js';
+export type { RequestFault } from '../testing/engine-simulator/simulator-faults.js';
+export { generateTlsMaterial } from '../testing/engine-simulator/tls-material.js';
+export type { TlsMaterial } from '../testing/engine-simulator/tls-material.js';

@@ -1,5 +1,5 @@
 import { throwIfAborted } from '../core/abort.js';
-import { FormatError } from '../core/errors.js';
+import { FormatError, InvalidArgumentError } from '../core/errors.js';
 
 /**
  * Pulls exact byte counts out of a chunked byte stream (an async iterable of `Uint8Array`, such as a
@@ -28,7 +28,9 @@ export class ByteReader {
       this.#done = true;
       return false;
     }
-    const chunk = Buffer.isBuffer(r.value) ? r.value : Buffer.from(r.value.buffer, r.value.byteOffset, r.value.byteLength);
+    const v: unknown = r.value;
+    if (!(v instanceof Uint8Array)) throw new InvalidArgumentError(`${this.#format}: the source must yield bytes (Buffer/Uint8Array), got ${typeof v}`);
+    const chunk = Buffer.isBuffer(v) ? v : Buffer.from(v.buffer, v.byteOffset, v.byteLength);
     this.#buf = this.#buf.length === 0 ? chunk : Buffer.concat([this.#buf, chunk]);
     return true;
   }

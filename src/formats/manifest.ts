@@ -24,7 +24,7 @@ export const DISKS_DIR = 'disks';
 export const META_DIR = 'meta';
 
 /** Largest manifest accepted, in bytes. */
-export const MAX_MANIFEST_BYTES = 16 * 1024 * 1024;
+export const MAX_MANIFEST_BYTES: number = 16 * 1024 * 1024;
 
 /** A disk artifact as the manifest records it. `file` is `disks/<name>`, relative to the backup folder. */
 export interface ManifestDisk extends StoredDiskArtifact {
@@ -40,12 +40,15 @@ export interface ManifestMetadata extends StoredMetadata {
 
 /** Which software wrote a manifest. */
 export interface ManifestProducer {
+  /** Software name, `virtstream` for this library. */
   name: string;
+  /** Software version, when known. */
   version?: string;
 }
 
 /** The parsed content of a `manifest.json` (schema {@link MANIFEST_SCHEMA}). */
 export interface BackupManifest {
+  /** Always {@link MANIFEST_SCHEMA}; other values are refused. */
   schema: typeof MANIFEST_SCHEMA;
   /** Backup id, equal to the backup's folder name. */
   id: string;
@@ -53,6 +56,7 @@ export interface BackupManifest {
   vm: { id?: string; name: string };
   /** Id of the strategy that wrote the backup. */
   strategy: string;
+  /** `full` or `incremental`. */
   kind: BackupKind;
   /** The backup this one builds on; set exactly when `kind` is `incremental`. */
   parentId?: string;
@@ -60,9 +64,13 @@ export interface BackupManifest {
   startedAt: string;
   /** ISO 8601. */
   completedAt: string;
+  /** Free-form string labels given to `begin`. */
   labels: Record<string, string>;
+  /** Disk artifacts, sorted by `diskId`. */
   disks: ManifestDisk[];
+  /** Metadata files (OVF, domain XML, facts). */
   metadata: ManifestMetadata[];
+  /** Which software wrote the manifest. */
   producer?: ManifestProducer;
 }
 

@@ -32,14 +32,22 @@ export interface RetentionRecord {
   completedAt: string;
   /** Per-disk parents: an incremental disk may build on a different backup than the record's `parentId`. */
   disks?: readonly { parentBackupId?: string }[];
+  /** Labels; {@link POINT_IN_TIME_LABEL} overrides `completedAt` for retention. */
+  labels?: Readonly<Record<string, string>>;
 }
+
+/** Label of a synthesized full: the ISO time of the backup it replaced, used by retention instead of `completedAt`. */
+export const POINT_IN_TIME_LABEL: 'virtstream.point-in-time' = 'virtstream.point-in-time';
+
+/** Label of a synthesized full: the id of the incremental backup it replaced. */
+export const SYNTHESIZED_FROM_LABEL: 'virtstream.synthesized-from' = 'virtstream.synthesized-from';
 
 /** Options for {@link planPrune}. */
 export interface PlanPruneOptions {
   /**
-   * `chains` keeps every ancestor a kept incremental needs. `synthesize` instead turns each wanted
-   * incremental whose chain contains an unwanted backup into a full, in place (same id), so that the
-   * unwanted ancestors can go.
+   * `chains` keeps every ancestor a kept incremental needs. `synthesize` instead replaces a wanted
+   * incremental that no other kept backup builds on, and whose chain holds unwanted backups, by a new
+   * full backup of the same content (a {@link SynthesizeStep}), so that its old chain can go.
    * @defaultValue 'chains'
    */
   mode?: 'chains' | 'synthesize';
@@ -51,17 +59,24 @@ export interface PruneDecision {
   id: string;
   kind: BackupKind;
   completedAt: string;
-  /** Human-readable reasons, e.g. `last 1`, `daily 2026-11-20`, `parent of 20261121-…`. Empty for removals. */
+  /**
+   * Human-readable reasons, e.g. `last 1`, `daily 2026-11-20`, `parent of 20261121-…`. For removals,
+   * empty, or `replaced by a synthesized full`.
+   */
   reasons: string[];
 }
 
 /**
- * A backup to consolidate into a full in place before the removals run: the data of `chain` (oldest
- * first, ending with `backupId`) is flattened into `backupId`, which then has no parent.
+ * A new full backup to write before the removals run: the disks of `backupId` flattened through
+ * `chain` (with `SnapshotChain`), labelled with the original point in time. `backupId` itself is in
+ * `remove`: the new full replaces it.
  */
 export interface SynthesizeStep {
   vm: string;
+  /** The incremental backup whose content the new full holds. */
   backupId: string;
+  /** Its completion time: the point in time the new full represents. */
+  completedAt: string;
   /** The chain to flatten, oldest (a full) first, ending with `backupId`. */
   chain: string[];
 }
@@ -75,7 +90,7 @@ export interface PrunePlan {
    * the removals does a remaining backup lose a parent.
    */
   remove: PruneDecision[];
-  /** Consolidations to run before any removal (only in `synthesize` mode). */
+  /** New fulls to write before any removal (only in `synthesize` mode). */
   synthesize: SynthesizeStep[];
   /** Problems found in the input that did not stop planning (a parent already missing, a cycle). */
   warnings: string[];
@@ -134,8 +149,9 @@ function parentsOf(record: RetentionRecord): string[] {
  * Plans a prune of one VM's backups, or many VMs' (they are grouped by `vm.name` and planned apart).
  * Pure: it reads nothing and deletes nothing.
  *
- * Guarantee (property-tested): no backup in `keep` has an ancestor in `remove`, unless that ancestor
- * is consolidated away by a {@link SynthesizeStep} first. Backups dated after `now` are always kept.
+ * Guarantee (property-tested): no backup in `keep` has an ancestor in `remove`, and removals are
+ * ordered children first. Backups dated after `now` are always kept. A backup labelled
+ * `virtstream.point-in-time` (a synthesized full) is dated by that label.
  *
  * @param records - committed backups, in any order.
  * @param rules - the retention rules; at least one must be above 0.
@@ -184,9 +200,10 @@ function planVm(
 ): void {
   const nodes = new Map<string, Node>();
   for (const record of records) {
-    const time = Date.parse(record.completedAt);
+    const when = record.labels?.[POINT_IN_TIME_LABEL] ?? record.completedAt;
+    const time = Date.parse(when);
     if (!Number.isFinite(time)) {
-      throw new InvalidArgumentError(`backup ${JSON.stringify(record.id)} of ${JSON.stringify(vm)} has an unparsable completedAt ${JSON.stringify(record.completedAt)}`);
+      throw new InvalidArgumentError(`backup ${JSON.stringify(record.id)} of ${JSON.stringify(vm)} has an unparsable time ${JSON.stringify(when)}`);
     }
     nodes.set(record.id, { record, time, parents: parentsOf(record) });
   }
@@ -256,34 +273,51 @@ function planVm(
   };
 
   const wanted = new Set(reasons.keys());
-  const roots = new Set<string>(); // wanted backups consolidated in place: their ancestors are not needed
+  // Closure: everything the kept backups need.
+  const closure = (from: Iterable<string>, record: boolean): Set<string> => {
+    const keep = new Set<string>();
+    const visit = (id: string, child: string | undefined): void => {
+      if (record && child !== undefined) want(id, `parent of ${child}`);
+      if (keep.has(id)) return;
+      keep.add(id);
+      for (const p of nodes.get(id)?.parents ?? []) if (nodes.has(p)) visit(p, id);
+    };
+    for (const id of from) visit(id, undefined);
+    return keep;
+  };
+
+  // synthesize: a wanted incremental that no other wanted backup builds on, and whose chain holds
+  // unwanted backups, is replaced by a new full of the same content; its old chain can then go.
+  const replaced = new Set<string>();
   if (mode === 'synthesize') {
+    const ancestorSets = new Map<string, { chain: string[]; broken: boolean }>();
+    for (const n of ordered) ancestorSets.set(n.record.id, ancestors(n.record.id));
+    const builtOn = new Set<string>();
+    for (const id of wanted) for (const a of ancestorSets.get(id)!.chain) builtOn.add(a);
+    for (const id of wanted) {
+      const a = ancestorSets.get(id)!;
+      if (a.broken || a.chain.length === 0 || builtOn.has(id)) continue;
+      if (a.chain.every((x) => wanted.has(x))) continue;
+      replaced.add(id);
+    }
+    // keep only replacements that free something the other kept backups do not need anyway
+    const others = closure([...wanted].filter((id) => !replaced.has(id)), false);
+    for (const id of [...replaced]) {
+      if (ancestorSets.get(id)!.chain.every((x) => others.has(x))) replaced.delete(id);
+    }
     for (const n of [...ordered].reverse()) {
       const id = n.record.id;
-      if (!wanted.has(id) || n.parents.length === 0) continue;
-      const { chain, broken } = ancestors(id);
-      if (broken) continue; // cannot flatten a broken chain: keep what exists
-      // ancestors up to the nearest consolidated ones: all wanted means nothing to free
-      if (ancestors(id, roots).chain.every((a) => wanted.has(a))) continue;
-      roots.add(id);
-      const order = [...chain].sort((a, b) => nodes.get(a)!.time - nodes.get(b)!.time || (a < b ? -1 : 1));
-      plan.synthesize.push({ vm, backupId: id, chain: [...order, id] });
-      want(id, 'consolidated into a full');
+      if (!replaced.has(id)) continue;
+      const chain = [...ancestorSets.get(id)!.chain].sort((x, y) => nodes.get(x)!.time - nodes.get(y)!.time || (x < y ? -1 : 1));
+      plan.synthesize.push({ vm, backupId: id, completedAt: n.record.completedAt, chain: [...chain, id] });
     }
   }
-
-  // Closure: everything a kept backup needs, stopping at consolidated roots.
-  const keep = new Set<string>();
-  const visit = (id: string, child: string | undefined): void => {
-    if (child !== undefined) want(id, `parent of ${child}`);
-    if (keep.has(id)) return;
-    keep.add(id);
-    if (roots.has(id)) return;
-    for (const p of nodes.get(id)?.parents ?? []) if (nodes.has(p)) visit(p, id);
-  };
-  for (const id of wanted) visit(id, undefined);
+  const keep = closure([...wanted].filter((id) => !replaced.has(id)), true);
   // A cycle member can never be removed safely: keep the whole cycle when any member is kept.
-  for (const id of [...keep]) if (ancestors(id).broken) for (const a of ancestors(id).chain) visit(a, id);
+  for (const id of [...keep]) {
+    const a = ancestors(id);
+    if (a.broken) for (const x of closure(a.chain, false)) keep.add(x);
+  }
 
   const decision = (n: Node, why: string[]): PruneDecision => ({
     vm,
@@ -297,6 +331,7 @@ function planVm(
     if (keep.has(n.record.id)) plan.keep.push(decision(n, reasons.get(n.record.id) ?? []));
     else removals.push(n);
   }
+  const removalReason = (n: Node): string[] => (replaced.has(n.record.id) ? ['replaced by a synthesized full'] : []);
   // Children before parents: depth from the root, deepest first, then newest first.
   const depth = new Map<string, number>();
   const depthOf = (id: string, guard: Set<string>): number => {
@@ -310,5 +345,5 @@ function planVm(
     return d;
   };
   removals.sort((a, b) => depthOf(b.record.id, new Set()) - depthOf(a.record.id, new Set()) || b.time - a.time);
-  for (const n of removals) plan.remove.push(decision(n, []));
+  for (const n of removals) plan.remove.push(decision(n, removalReason(n)));
 }

@@ -244,19 +244,20 @@ export class SnapshotChain {
     const out: DiskPathStep[] = [];
     const seen = new Set<string>();
     let r: BackupRecord = this.get(id);
-    let artifact = r.disks.find((d) => d.diskId === diskId);
-    if (!artifact) throw new NotFoundError('disk', `backup ${id} has no disk ${JSON.stringify(diskId)}`);
+    const top = r.disks.find((d) => d.diskId === diskId);
+    if (!top) throw new NotFoundError('disk', `backup ${id} has no disk ${JSON.stringify(diskId)}`);
+    let artifact: StoredDiskArtifact = top;
     for (;;) {
       if (seen.has(r.id)) throw new ChainError([{ kind: 'cycle', severity: 'error', backupId: r.id, diskId, message: `the links of disk ${diskId} loop at backup ${r.id}` }]);
       seen.add(r.id);
       out.push({ backupId: r.id, artifact });
       if (artifact.kind === 'full') break;
-      const parentId = artifact.parentBackupId ?? r.parentId;
-      const parent = parentId === undefined ? undefined : this.#byId.get(parentId);
+      const parentId: string | undefined = artifact.parentBackupId ?? r.parentId;
+      const parent: BackupRecord | undefined = parentId === undefined ? undefined : this.#byId.get(parentId);
       if (!parent) {
         throw new ChainError([{ kind: 'missing-parent', severity: 'error', backupId: r.id, diskId, message: `disk ${diskId} of backup ${r.id} has no parent backup${parentId ? ` (${parentId} is missing)` : ''}` }]);
       }
-      const pa = parent.disks.find((d) => d.diskId === diskId);
+      const pa: StoredDiskArtifact | undefined = parent.disks.find((d) => d.diskId === diskId);
       if (!pa) throw new ChainError([{ kind: 'disk-missing', severity: 'error', backupId: r.id, diskId, message: `backup ${parent.id} has no artifact of disk ${diskId}` }]);
       if (!COMPATIBLE[artifact.format].includes(pa.format)) {
         throw new ChainError([{ kind: 'mixed-formats', severity: 'error', backupId: r.id, diskId, message: `disk ${diskId}: a ${artifact.format} incremental cannot apply on ${pa.format}` }]);

@@ -95,7 +95,9 @@ export interface VerifyProblem {
 
 /** Verification outcome of one backup. */
 export interface BackupVerifyResult {
+  /** The backup (its folder name). */
   backupId: string;
+  /** True when no problem was found in this backup. */
   ok: boolean;
   /** Files checked. */
   files: number;
@@ -106,6 +108,7 @@ export interface BackupVerifyResult {
 
 /** What {@link FileRepository.verify} returns: every mismatch found, never thrown. */
 export interface VerifyReport {
+  /** The VM verified. */
   vmName: string;
   /** True when no problem was found. */
   ok: boolean;
@@ -116,6 +119,7 @@ export interface VerifyReport {
 
 /** Options for {@link FileRepository.delete}. */
 export interface DeleteOptions {
+  /** Cancels the operation (before the backup is renamed away). */
   signal?: AbortSignal;
   /** Delete even when later backups build on this one (they are left broken and reported). @defaultValue false */
   force?: boolean;
@@ -123,6 +127,7 @@ export interface DeleteOptions {
 
 /** What {@link FileRepository.delete} returns. */
 export interface DeleteResult {
+  /** The deleted backup. */
   backupId: string;
   /** Backups (direct and transitive dependents) whose chain is now broken; empty unless forced. */
   orphaned: string[];
@@ -142,8 +147,11 @@ const TRASH_DIR = '.trash';
 const BLOCK = 64 * 1024;
 const ZERO_BLOCK = Buffer.alloc(BLOCK);
 
-/** Lock nonces held by this process, to tell our live locks from leftovers. */
-const heldLocks = new Set<string>();
+/**
+ * Lock nonces held by this process, to tell our live locks from leftovers. Kept on `globalThis` so
+ * that two copies of the library in one process (ESM and CJS builds) share it.
+ */
+const heldLocks: Set<string> = ((globalThis as Record<symbol, unknown>)[Symbol.for('virtstream.file-repository.locks')] ??= new Set<string>()) as Set<string>;
 
 function hash(text: string, length: number): string {
   return createHash('sha256').update(text, 'utf8').digest('hex').slice(0, length);
@@ -715,22 +723,39 @@ export class FileRepository implements BackupTarget, RestoreSource {
     }
   }
 
+  /**
+   * Removes a stale lock. Breakers serialize on `<lock>.break` (taken like the lock itself) and
+   * re-read the lock under it: only the very lock found stale is removed, never one a live writer
+   * took meanwhile (nobody can create the lock while the stale one still exists).
+   */
   async #breakLock(path: string, stale: LockContent): Promise<void> {
-    const moved = `${path}.stale-${randomBytes(6).toString('hex')}`;
+    const guard = `${path}.break`;
+    const nonce = randomBytes(8).toString('hex');
+    const tmp = `${guard}.${nonce}.tmp`;
+    await writeFile(tmp, JSON.stringify({ pid: process.pid, host: this.#host, since: new Date().toISOString(), nonce, purpose: 'break' }));
     try {
-      await rename(path, moved);
-    } catch (err) {
-      if (errnoCode(err) === 'ENOENT') return;
-      throw err;
+      try {
+        await link(tmp, guard);
+      } catch (err) {
+        if (errnoCode(err) !== 'EEXIST') throw err;
+        // another breaker is at work; if it died on the way, clear its guard for the next attempt
+        const other = await this.#readLock(guard).catch(() => undefined);
+        if (other !== undefined && other !== 'malformed' && this.#isStale(other)) await rm(guard, { force: true });
+        return;
+      }
+      try {
+        const current = await this.#readLock(path);
+        if (current !== undefined && current !== 'malformed' && current.nonce === stale.nonce) {
+          await rm(path, { force: true });
+          this.#logger.warn({ path, pid: stale.pid, host: stale.host }, 'removed a stale lock');
+        }
+      } finally {
+        const mine = await this.#readLock(guard).catch(() => undefined);
+        if (mine !== undefined && mine !== 'malformed' && mine.nonce === nonce) await rm(guard, { force: true });
+      }
+    } finally {
+      await rm(tmp, { force: true });
     }
-    const taken = await this.#readLock(moved).catch(() => undefined);
-    if (taken !== undefined && taken !== 'malformed' && taken.nonce !== stale.nonce) {
-      // another process replaced the stale lock between our read and rename: put its lock back
-      await link(moved, path).catch(() => undefined);
-    } else {
-      this.#logger.warn({ path, pid: stale.pid, host: stale.host }, 'removed a stale lock');
-    }
-    await rm(moved, { force: true });
   }
 
   async #releaseLock(lock: LockHandle): Promise<void> {
@@ -757,7 +782,8 @@ export class FileRepository implements BackupTarget, RestoreSource {
       }
     }
     for (const name of await readdir(vmDir)) {
-      if (name.startsWith(`${LOCK_FILE}.`) && name.includes('.stale-')) {
+      // `.lock.break` (a lock breaker that died), `.lock.*.tmp` (an interrupted acquire or break)
+      if (name === `${LOCK_FILE}.break` || (name.startsWith(`${LOCK_FILE}.`) && name.endsWith('.tmp'))) {
         await rm(join(vmDir, name), { force: true });
         removed.push(join(vmDir, name));
       }
@@ -849,6 +875,8 @@ export class FileRepository implements BackupTarget, RestoreSource {
   /** Reads and validates one manifest; `ERR_NOT_FOUND` when the backup folder does not exist. */
   async #readManifest(vmName: string, backupId: string): Promise<BackupManifest> {
     const vmDir = this.#vmDir(vmName);
+    const vmStat = await this.#lstatOrUndefined(vmDir);
+    if (vmStat && !vmStat.isDirectory()) throw new RepositoryError('ERR_REPO_PATH', `${vmDir} is not a directory (symlink?)`, { path: vmDir });
     const dir = join(vmDir, backupId);
     const dirStat = await this.#lstatOrUndefined(dir);
     if (!dirStat) throw new NotFoundError('backup', `backup ${backupId} of VM ${JSON.stringify(vmName)} does not exist`);
@@ -1008,6 +1036,7 @@ export class FileRepository implements BackupTarget, RestoreSource {
     const disk = await this.#diskEntry(vmName, backupId, diskId);
     const { path, stat } = await this.#resolveStored(vmName, backupId, disk.file);
     if (!stat) throw new NotFoundError('artifact', `${path} is missing`);
+    if (stat.size !== disk.bytes) throw new SizeMismatchError(path, disk.bytes, stat.size);
     const fh = await open(path, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW);
     const input = fh.createReadStream({ highWaterMark: 1024 * 1024 });
     const check = new VerifyingStream({ bytes: disk.bytes, sha256: disk.sha256, file: path, checksum: this.#verifyOnRead });

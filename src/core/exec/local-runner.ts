@@ -80,17 +80,26 @@ export class LocalRunner implements CommandRunner {
       cwd: this.#options.cwd,
       env: options.env ? { ...process.env, ...options.env } : process.env,
       stdio: ['pipe', 'pipe', 'pipe'],
+      detached: true,
     });
     child.stderr.on('data', (c: Buffer) => tail.push(c));
     let killed = false;
+    // the command runs in its own process group, so kill/abort also ends its children (pipelines, sh -c)
+    const killGroup = (sig: NodeJS.Signals): void => {
+      try {
+        if (child.pid !== undefined) process.kill(-child.pid, sig);
+      } catch {
+        child.kill(sig);
+      }
+    };
     const graceMs = this.#options.killGraceMs ?? 2000;
     const kill = (): void => {
       if (killed || child.exitCode !== null || child.signalCode !== null) return;
       killed = true;
-      child.kill('SIGTERM');
-      const t = setTimeout(() => child.kill('SIGKILL'), graceMs);
+      killGroup('SIGTERM');
+      const t = setTimeout(() => killGroup('SIGKILL'), graceMs);
       t.unref();
-      child.once('exit', () => clearTimeout(t));
+      child.once('close', () => clearTimeout(t));
     };
     const onAbort = (): void => kill();
     options.signal?.addEventListener('abort', onAbort, { once: true });

@@ -60,6 +60,7 @@ export async function collectProcess(proc: CommandProcess, options: RunOptions):
     chunks.push(chunk);
   });
   proc.stdin.on('error', () => undefined); // EPIPE when the command does not read its input
+  proc.stdout.on('error', () => undefined); // transport errors also reject `done`, which is what we report
   if (options.input !== undefined) proc.stdin.end(options.input);
   else proc.stdin.end();
   try {

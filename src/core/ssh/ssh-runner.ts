@@ -449,8 +449,15 @@ export class SshRunner implements CommandRunner, AsyncDisposable {
         if (exit.exitCode !== null && ok.includes(exit.exitCode)) return exit;
         throw new RemoteCommandError({ command: display, host: this.host, ...exit });
       } catch (err) {
-        const e = signal?.aborted && !isVirtstreamError(err, 'ERR_ABORTED') ? new AbortedError(signal.reason) : err;
-        if (!stdout.destroyed && !stdout.readableEnded) stdout.destroy(e as Error);
+        const aborted = signal?.aborted === true;
+        const e = aborted && !isVirtstreamError(err, 'ERR_ABORTED') ? new AbortedError(signal?.reason) : err;
+        // like a local process, an aborted command's stdout just ends; a broken transport errors it
+        if (aborted) {
+          if (!stdoutEnded) {
+            stdoutEnded = true;
+            stdout.push(null);
+          }
+        } else if (!stdout.destroyed && !stdout.readableEnded) stdout.destroy(e as Error);
         throw e;
       } finally {
         signal?.removeEventListener('abort', onAbort);

@@ -1,5 +1,5 @@
 import { realpath } from 'node:fs/promises';
-import { dirname, isAbsolute, resolve } from 'node:path';
+import { dirname, isAbsolute, relative, resolve } from 'node:path';
 import { throwIfAborted } from '../../core/abort.js';
 import { FormatError } from '../../core/errors.js';
 import type { DiskImage, ImageReadOptions } from '../disk-image.js';
@@ -23,6 +23,13 @@ export interface Qcow2ImageOptions {
    * @defaultValue 'follow'
    */
   backing?: 'follow' | 'ignore';
+  /**
+   * When set, every backing file must resolve (after symlinks) inside this directory; others fail
+   * with `ERR_FORMAT_UNSUPPORTED`. Use it for untrusted images, whose backing names could point at any
+   * file of the host (`../../etc/shadow` as a raw backing file). Unset, backing names are followed
+   * like qemu does.
+   */
+  backingRoot?: string;
   /** Longest backing chain accepted. @defaultValue 64 */
   maxChainDepth?: number;
   /** Memory for cached L2 tables, per image of the chain, in bytes. @defaultValue 16 MiB */
@@ -107,14 +114,73 @@ export class Qcow2Image implements DiskImage {
    * `ERR_NOT_FOUND` when the file or a backing file is missing; `ERR_ABORTED`.
    */
   static async open(path: string, options: Qcow2ImageOptions = {}): Promise<Qcow2Image> {
-    return openQcow2(path, options, []);
+    return Qcow2Image.#openChain(path, options, []);
   }
 
-  /** @internal Used by the chain opener. */
-  static async _create(file: PositionalFile, header: Qcow2Header, l1: Float64Array, backing: DiskImage | undefined, backingPath: string | undefined, options: Qcow2ImageOptions): Promise<Qcow2Image> {
-    const img = new Qcow2Image(file, header, l1, backing, backingPath, options);
-    await img.#buildMaps(options.signal);
-    return img;
+  static async #openChain(path: string, options: Qcow2ImageOptions, chain: string[]): Promise<Qcow2Image> {
+    const file = await PositionalFile.open(path, 'qcow2', options);
+    let backing: DiskImage | undefined;
+    try {
+      const head = await file.readUpTo(0, 2 * 1024 * 1024, options.signal);
+      const header = parseQcow2Header(head, file.size);
+      const needL1 = Math.ceil(header.size / header.clusterSize / (header.clusterSize / (header.extendedL2 ? 16 : 8)));
+      const l1buf = needL1 > 0 ? await file.readAt(header.l1TableOffset, needL1 * 8, options.signal) : Buffer.alloc(0);
+      const l1 = new Float64Array(needL1);
+      const seen = new Set<number>();
+      for (let i = 0; i < needL1; i++) {
+        const hi = l1buf.readUInt32BE(i * 8);
+        const lo = l1buf.readUInt32BE(i * 8 + 4);
+        const off = (hi & 0x00ffffff) * TWO32 + ((lo & 0xfffffe00) >>> 0);
+        if (off !== 0) {
+          if (off % header.clusterSize !== 0) throw new FormatError('qcow2', `L2 table offset ${off} (L1 entry ${i}) is not cluster-aligned`);
+          if (off + header.clusterSize > file.size) throw new FormatError('qcow2', `L2 table offset ${off} (L1 entry ${i}) lies beyond the end of the file`);
+          if (seen.has(off)) throw new FormatError('qcow2', `L2 table at ${off} is referenced twice by the L1 table`);
+          seen.add(off);
+        }
+        l1[i] = off;
+      }
+      let backingPath: string | undefined;
+      if (header.backingFile !== undefined && options.backing !== 'ignore') {
+        const name = header.backingFile;
+        if (PROTOCOL.test(name)) throw new FormatError('qcow2', `backing file ${JSON.stringify(name)} is a protocol or JSON spec, which cannot be opened as a file`, { unsupported: true });
+        const me = await realpath(path);
+        const chainNow = [...chain, me];
+        const maxDepth = options.maxChainDepth ?? 64;
+        if (chainNow.length > maxDepth) throw new FormatError('qcow2', `backing chain is deeper than ${maxDepth} images`);
+        const target = isAbsolute(name) ? name : resolve(dirname(me), name);
+        let real: string;
+        try {
+          real = await realpath(target);
+        } catch (err) {
+          throw new FormatError('qcow2', `backing file ${target} of ${path} cannot be opened`, { cause: err });
+        }
+        if (options.backingRoot !== undefined) {
+          const root = await realpath(options.backingRoot).catch(() => resolve(options.backingRoot!));
+          const rel = relative(root, real);
+          if (rel === '' || rel.startsWith('..') || isAbsolute(rel)) {
+            throw new FormatError('qcow2', `backing file ${JSON.stringify(name)} of ${path} resolves outside ${root}`, { unsupported: true });
+          }
+        }
+        if (chainNow.includes(real)) throw new FormatError('qcow2', `backing chain loops: ${[...chainNow, real].join(' -> ')}`);
+        backingPath = real;
+        let fmt = header.backingFormat;
+        fmt ??= await probeFormat(real, options.signal);
+        if (fmt === 'qcow2') backing = await Qcow2Image.#openChain(real, options, chainNow);
+        else if (fmt === 'raw') {
+          const rawOptions: { signal?: AbortSignal; map?: RawMapMode } = { map: options.rawMap ?? 'scan' };
+          if (options.signal) rawOptions.signal = options.signal;
+          backing = await RawImage.open(real, rawOptions);
+        }
+        else throw new FormatError('qcow2', `backing format ${JSON.stringify(fmt)} is not supported (raw and qcow2 are)`, { unsupported: true });
+      }
+      const img = new Qcow2Image(file, header, l1, backing, backingPath, options);
+      await img.#buildMaps(options.signal);
+      return img;
+    } catch (err) {
+      await backing?.close();
+      await file.close();
+      throw err;
+    }
   }
 
   /** Allocation map; `shallow` limits it to this layer (unallocated ranges are `hole`). */
@@ -376,63 +442,6 @@ export class Qcow2Image implements DiskImage {
       else full.push(...sliceExtents(backMap, e.offset, e.length));
     }
     this.#fullMap = coalesceExtents(full, size);
-  }
-}
-
-async function openQcow2(path: string, options: Qcow2ImageOptions, chain: string[]): Promise<Qcow2Image> {
-  const file = await PositionalFile.open(path, 'qcow2', options);
-  let backing: DiskImage | undefined;
-  try {
-    const head = await file.readUpTo(0, 2 * 1024 * 1024, options.signal);
-    const header = parseQcow2Header(head, file.size);
-    const needL1 = Math.ceil(header.size / header.clusterSize / (header.clusterSize / (header.extendedL2 ? 16 : 8)));
-    const l1buf = needL1 > 0 ? await file.readAt(header.l1TableOffset, needL1 * 8, options.signal) : Buffer.alloc(0);
-    const l1 = new Float64Array(needL1);
-    const seen = new Set<number>();
-    for (let i = 0; i < needL1; i++) {
-      const hi = l1buf.readUInt32BE(i * 8);
-      const lo = l1buf.readUInt32BE(i * 8 + 4);
-      const off = (hi & 0x00ffffff) * TWO32 + ((lo & 0xfffffe00) >>> 0);
-      if (off !== 0) {
-        if (off % header.clusterSize !== 0) throw new FormatError('qcow2', `L2 table offset ${off} (L1 entry ${i}) is not cluster-aligned`);
-        if (off + header.clusterSize > file.size) throw new FormatError('qcow2', `L2 table offset ${off} (L1 entry ${i}) lies beyond the end of the file`);
-        if (seen.has(off)) throw new FormatError('qcow2', `L2 table at ${off} is referenced twice by the L1 table`);
-        seen.add(off);
-      }
-      l1[i] = off;
-    }
-    let backingPath: string | undefined;
-    if (header.backingFile !== undefined && options.backing !== 'ignore') {
-      const name = header.backingFile;
-      if (PROTOCOL.test(name)) throw new FormatError('qcow2', `backing file ${JSON.stringify(name)} is a protocol or JSON spec, which cannot be opened as a file`, { unsupported: true });
-      const me = await realpath(path);
-      const chainNow = [...chain, me];
-      const maxDepth = options.maxChainDepth ?? 64;
-      if (chainNow.length > maxDepth) throw new FormatError('qcow2', `backing chain is deeper than ${maxDepth} images`);
-      const target = isAbsolute(name) ? name : resolve(dirname(me), name);
-      let real: string;
-      try {
-        real = await realpath(target);
-      } catch (err) {
-        throw new FormatError('qcow2', `backing file ${target} of ${path} cannot be opened`, { cause: err });
-      }
-      if (chainNow.includes(real)) throw new FormatError('qcow2', `backing chain loops: ${[...chainNow, real].join(' -> ')}`);
-      backingPath = real;
-      let fmt = header.backingFormat;
-      fmt ??= await probeFormat(real, options.signal);
-      if (fmt === 'qcow2') backing = await openQcow2(real, options, chainNow);
-      else if (fmt === 'raw') {
-        const rawOptions: { signal?: AbortSignal; map?: RawMapMode } = { map: options.rawMap ?? 'scan' };
-        if (options.signal) rawOptions.signal = options.signal;
-        backing = await RawImage.open(real, rawOptions);
-      }
-      else throw new FormatError('qcow2', `backing format ${JSON.stringify(fmt)} is not supported (raw and qcow2 are)`, { unsupported: true });
-    }
-    return await Qcow2Image._create(file, header, l1, backing, backingPath, options);
-  } catch (err) {
-    await backing?.close();
-    await file.close();
-    throw err;
   }
 }
 

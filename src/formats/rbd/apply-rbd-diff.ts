@@ -1,6 +1,7 @@
 import { open } from 'node:fs/promises';
 import { normalizeAbort, throwIfAborted } from '../../core/abort.js';
 import { VirtstreamError } from '../../core/errors.js';
+import type { RbdExportDiffStream } from './rbd-export-diff.js';
 import { readRbdExportDiff } from './rbd-export-diff.js';
 
 /** What {@link applyRbdDiff} did. */
@@ -23,7 +24,8 @@ export interface ApplyRbdDiffOptions {
 const ZEROS = Buffer.alloc(1024 * 1024);
 
 /**
- * Applies an `rbd export-diff` stream (v1 or v2) to a raw image file in place, with the semantics of
+ * Applies an `rbd export-diff` (v1 or v2; raw bytes or a stream already parsed by `readRbdExportDiff`
+ * or `readRbdImageExport`) to a raw image file in place, with the semantics of
  * `rbd import-diff`: the file is resized to the diff's size, `w` records are written and `z` records
  * zeroed, giving the same bytes as importing the diff into the image.
  *
@@ -34,10 +36,14 @@ const ZEROS = Buffer.alloc(1024 * 1024);
  * @throws `ERR_CHAIN_INVALID` when `expectFromSnap` is given and the diff starts elsewhere;
  * `ERR_FORMAT_CORRUPT`; `ERR_NOT_FOUND` when the target does not exist; `ERR_ABORTED`.
  */
-export async function applyRbdDiff(target: string, diff: AsyncIterable<Uint8Array>, options: ApplyRbdDiffOptions = {}): Promise<ApplyRbdDiffResult> {
+export async function applyRbdDiff(
+  target: string,
+  diff: AsyncIterable<Uint8Array> | RbdExportDiffStream,
+  options: ApplyRbdDiffOptions = {},
+): Promise<ApplyRbdDiffResult> {
   const signal = options.signal;
   throwIfAborted(signal);
-  const stream = await readRbdExportDiff(diff, signal ? { signal } : {});
+  const stream = isParsed(diff) ? diff : await readRbdExportDiff(diff, signal ? { signal } : {});
   if (options.expectFromSnap !== undefined && stream.fromSnap !== options.expectFromSnap) {
     throw new VirtstreamError(
       'ERR_CHAIN_INVALID',
@@ -77,4 +83,9 @@ export async function applyRbdDiff(target: string, diff: AsyncIterable<Uint8Arra
   if (stream.fromSnap !== undefined) result.fromSnap = stream.fromSnap;
   if (stream.toSnap !== undefined) result.toSnap = stream.toSnap;
   return result;
+}
+
+function isParsed(diff: AsyncIterable<Uint8Array> | RbdExportDiffStream): diff is RbdExportDiffStream {
+  const d = diff as Partial<RbdExportDiffStream>;
+  return typeof d.size === 'number' && (d.version === 1 || d.version === 2);
 }

@@ -57,9 +57,17 @@ function le64(buf: Buffer, at: number, what: string): number {
  * out-of-range extents; `ERR_ABORTED`.
  */
 export async function readRbdExportDiff(source: AsyncIterable<Uint8Array>, options: ReadRbdExportDiffOptions = {}): Promise<RbdExportDiffStream> {
+  return readDiffFrom(new ByteReader(source, FMT, options.signal), options, true);
+}
+
+/**
+ * Reads one export-diff from `r`. A standalone diff owns the reader (closes it, checks nothing follows);
+ * an embedded one (inside `rbd export --export-format 2`) leaves the reader after its `e` record.
+ * @internal
+ */
+export async function readDiffFrom(r: ByteReader, options: ReadRbdExportDiffOptions, standalone: boolean): Promise<RbdExportDiffStream> {
   const signal = options.signal;
   const chunkSize = Math.max(4096, options.chunkSize ?? 4 * 1024 * 1024);
-  const r = new ByteReader(source, FMT, signal);
   try {
     const banner = (await r.read(12)).toString('latin1');
     const version = banner === RBD_DIFF_BANNER[1] ? 1 : banner === RBD_DIFF_BANNER[2] ? 2 : 0;
@@ -90,7 +98,8 @@ export async function readRbdExportDiff(source: AsyncIterable<Uint8Array>, optio
         expectLen(tag, 8);
         info.size = le64(await r.read(8), 0, 'image size');
       } else if (tag === 'p' && version === 2) {
-        expectLen(tag, 1);
+        // rbd writes length 8 but one byte of data (a bool); read the byte, whatever the length says
+        if (recLen !== 1 && recLen !== 8) throw new FormatError(FMT, `record 'p' has length ${recLen}, expected 8`);
         info.protected = (await r.read(1))[0] !== 0;
       } else if (tag === 'w' || tag === 'z' || tag === 'e') break;
       else if (version === 2) await r.skip(recLen);
@@ -99,7 +108,7 @@ export async function readRbdExportDiff(source: AsyncIterable<Uint8Array>, optio
     if (info.size === undefined) throw new FormatError(FMT, 'the diff has no size record');
     const size = info.size;
     const first = tag;
-    const strictEnd = options.strictEnd ?? true;
+    const strictEnd = standalone && (options.strictEnd ?? true);
     let started = false;
     const stream: RbdExportDiffStream = {
       ...info,
@@ -140,7 +149,7 @@ export async function readRbdExportDiff(source: AsyncIterable<Uint8Array>, optio
           }
           if (strictEnd && !(await r.atEnd())) throw new FormatError(FMT, `bytes follow the end record at offset ${r.position}`);
         } finally {
-          await r.close();
+          if (standalone) await r.close();
         }
       },
     };
@@ -168,7 +177,11 @@ async function readBounded(r: ByteReader, n: number): Promise<Buffer> {
 
 /** Options for {@link writeRbdExportDiff}. */
 export interface WriteRbdExportDiffOptions {
-  /** @defaultValue 2 */
+  /**
+   * Format version. `rbd import-diff` reads v1 only; v2 diffs are the parts of an
+   * `rbd export --export-format 2` stream.
+   * @defaultValue 1
+   */
   version?: 1 | 2;
   fromSnap?: string;
   toSnap?: string;
@@ -194,7 +207,7 @@ function le64Buf(v: number): Buffer {
  * @throws `ERR_INVALID_ARGUMENT` for snapshot names over 4096 bytes, `p` in v1, or malformed chunks; `ERR_ABORTED`.
  */
 export function writeRbdExportDiff(source: ExtentStream, options: WriteRbdExportDiffOptions = {}): Readable {
-  const version = options.version ?? 2;
+  const version = options.version ?? 1;
   if (version !== 1 && version !== 2) throw new InvalidArgumentError(`unknown export-diff version ${String(version)}`);
   if (version === 1 && options.protected !== undefined) throw new InvalidArgumentError('the protection record exists only in export-diff v2');
   const rec = (tag: string, body: Buffer): Buffer => {
@@ -211,7 +224,8 @@ export function writeRbdExportDiff(source: ExtentStream, options: WriteRbdExport
   const head: Buffer[] = [Buffer.from(RBD_DIFF_BANNER[version], 'latin1')];
   if (options.fromSnap !== undefined) head.push(rec('f', name(options.fromSnap)));
   if (options.toSnap !== undefined) head.push(rec('t', name(options.toSnap)));
-  if (options.protected !== undefined) head.push(rec('p', Buffer.from([options.protected ? 1 : 0])));
+  // like rbd itself: length 8, then a one-byte bool (rbd's importer reads the byte, not the length)
+  if (options.protected !== undefined) head.push(Buffer.concat([Buffer.from('p', 'latin1'), le64Buf(8), Buffer.from([options.protected ? 1 : 0])]));
   head.push(rec('s', le64Buf(source.size)));
   async function* gen(): AsyncGenerator<Buffer | Uint8Array> {
     yield Buffer.concat(head);

@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { PassThrough } from 'node:stream';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { normalizeAbort, throwIfAborted } from '../../core/abort.js';
@@ -42,6 +43,19 @@ export function openCommandRead(
   });
   proc.stdin.on('error', () => undefined);
   proc.stdin.end();
+  // Hand out a pass-through, never the runner's own stdout: when a consumer destroys the stream
+  // early (a failed sink, an abort), the command is killed and its remaining output drained, so
+  // `done` always settles (a paused SSH channel would otherwise never report its close).
+  const out = new PassThrough({ highWaterMark: 256 * 1024 });
+  proc.stdout.pipe(out);
+  proc.stdout.on('error', (err) => out.destroy(err));
+  out.on('close', () => {
+    if (out.readableEnded) return;
+    proc.kill();
+    proc.stdout.unpipe(out);
+    proc.stdout.on('error', () => undefined);
+    proc.stdout.resume();
+  });
   const done = proc.done.then(
     () => undefined,
     (err: unknown) => {
@@ -49,7 +63,7 @@ export function openCommandRead(
     },
   );
   done.catch(() => undefined);
-  return { stream: proc.stdout, done, kill: () => proc.kill() };
+  return { stream: out, done, kill: () => proc.kill() };
 }
 
 /**

@@ -82,13 +82,6 @@ export interface RbdSnapshot {
   timestamp?: string;
 }
 
-/** One extent from `rbd diff`. `exists: false` means the range was discarded (reads as zeros). */
-export interface RbdDiffExtent {
-  offset: number;
-  length: number;
-  exists: boolean;
-}
-
 /** Common options of every {@link RbdClient} call. */
 export interface RbdCallOptions {
   signal?: AbortSignal;
@@ -183,31 +176,6 @@ function parseJson(text: string, format: string): unknown {
 
 function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
-
-/**
- * Parses `rbd diff --format json` output: `[{"offset":0,"length":4194304,"exists":"true"}]`
- * (`exists` is a string in Ceph 16; booleans are accepted too). Extents must be in increasing,
- * non-overlapping order.
- *
- * @throws `ERR_FORMAT_CORRUPT` for malformed JSON, wrong types, negative or overlapping extents.
- */
-export function parseRbdDiffJson(text: string): RbdDiffExtent[] {
-  const f = 'rbd diff json';
-  const data = parseJson(text, f);
-  if (!Array.isArray(data)) throw new FormatError(f, 'expected a JSON array');
-  const out: RbdDiffExtent[] = [];
-  let end = 0;
-  for (const [i, e] of data.entries()) {
-    if (!isRecord(e)) throw new FormatError(f, `entry ${i} is not an object`);
-    const offset = num(e.offset, `entry ${i} offset`, f);
-    const length = num(e.length, `entry ${i} length`, f);
-    if (!Number.isSafeInteger(offset + length)) throw new FormatError(f, `entry ${i} ends past 2^53`);
-    if (offset < end) throw new FormatError(f, `entry ${i} at ${offset} overlaps or precedes the previous extent`);
-    end = offset + length;
-    out.push({ offset, length, exists: bool(e.exists, `entry ${i} exists`, f) });
-  }
-  return out;
 }
 
 /**
@@ -435,20 +403,20 @@ export class RbdClient {
   }
 
   /**
-   * `rbd diff --format json`: allocated extents of `snap` (or the head), or those changed since
-   * `fromSnap`. Extents are object-granular for objects that are new since `fromSnap`.
+   * `rbd diff --format json`: the raw JSON listing the allocated extents of `snap` (or the head), or
+   * those changed since `fromSnap`. Parse it with `parseRbdDiffJson` from the formats layer. Extents
+   * are object-granular for objects that are new since `fromSnap`.
    *
-   * @throws `ERR_NOT_FOUND`, `ERR_RBD`, `ERR_FORMAT_CORRUPT`.
+   * @throws `ERR_NOT_FOUND`, `ERR_RBD`.
    */
-  async diff(ref: RbdImageRef, options: RbdCallOptions & { snap?: string; fromSnap?: string; wholeObject?: boolean } = {}): Promise<RbdDiffExtent[]> {
+  async diffJson(ref: RbdImageRef, options: RbdCallOptions & { snap?: string; fromSnap?: string; wholeObject?: boolean } = {}): Promise<string> {
     const args = ['diff', ...this.#imageArgs(ref, options.snap)];
     if (options.fromSnap !== undefined) {
       validateRbdName('snapshot', options.fromSnap);
       args.push(`--from-snap=${options.fromSnap}`);
     }
     if (options.wholeObject) args.push('--whole-object');
-    const out = await this.#run([...args, '--format=json'], `rbd diff ${formatRbdSpec(ref, options.snap)}`, options);
-    return parseRbdDiffJson(out);
+    return this.#run([...args, '--format=json'], `rbd diff ${formatRbdSpec(ref, options.snap)}`, options);
   }
 
   #openRead(args: string[], what: string, options: RbdCallOptions): RbdReadStream {

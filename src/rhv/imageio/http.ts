@@ -107,7 +107,7 @@ export async function send(dispatcher: Dispatcher, ep: Endpoint, req: ImageioHtt
 }
 
 /** Reads at most `limit` bytes of a body as text, then discards the rest. */
-export async function readText(body: Dispatcher.ResponseData['body'], limit = 64 * 1024): Promise<string> {
+export async function readText(body: Dispatcher.ResponseData['body'], limit: number = 64 * 1024): Promise<string> {
   const parts: Buffer[] = [];
   let n = 0;
   try {

@@ -1,6 +1,6 @@
 import { Agent, Client } from 'undici';
 import type { Dispatcher } from 'undici';
-import { AbortedError, InvalidArgumentError, SizeMismatchError, UnsupportedError } from '../../core/errors.js';
+import { AbortedError, InvalidArgumentError, isRetryable, SizeMismatchError, UnsupportedError } from '../../core/errors.js';
 import type { Logger } from '../../core/logger.js';
 import { childLogger, redactingLogger, silentLogger } from '../../core/logger.js';
 import { throttleProgress } from '../../core/progress.js';
@@ -304,9 +304,10 @@ export class ImageioClient implements AsyncDisposable {
     return { method, op, signal, idleTimeoutMs: this.#idleMs, ...extra };
   }
 
-  #retry<T>(fn: () => Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  #retry<T>(fn: () => Promise<T>, signal: AbortSignal | undefined, options: { connectFailuresFinal?: boolean } = {}): Promise<T> {
     return withRetry(fn, {
       retries: this.#retries,
+      ...(options.connectFailuresFinal ? { shouldRetry: (error: unknown) => !isConnectFailure(error) && isRetryable(error) } : {}),
       minTimeoutMs: this.#retryDelayMs,
       maxTimeoutMs: Math.max(this.#retryDelayMs, 5000),
       ...(signal ? { signal } : {}),
@@ -329,7 +330,9 @@ export class ImageioClient implements AsyncDisposable {
 
   async #probe(signal: AbortSignal | undefined): Promise<Resolved> {
     try {
-      return { ep: this.#transfer, info: await this.#retry(() => this.#optionsAt(this.#transfer, signal), signal) };
+      // with a proxy to fall back to, a refused daemon connection is final (as in the Python client)
+      const info = await this.#retry(() => this.#optionsAt(this.#transfer, signal), signal, { connectFailuresFinal: this.#proxy !== undefined });
+      return { ep: this.#transfer, info };
     } catch (err) {
       if (!this.#proxy || signal?.aborted || !isConnectFailure(err)) throw err;
       this.#logger.info({ err }, 'transfer_url unreachable, using proxy_url');

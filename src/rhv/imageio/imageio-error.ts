@@ -2,7 +2,9 @@ import { VirtstreamError } from '../../core/errors.js';
 
 /** The byte range a failed imageio request covered. */
 export interface ImageioRange {
+  /** First byte of the range. */
   offset: number;
+  /** Length of the range in bytes. */
   length: number;
 }
 
@@ -14,6 +16,7 @@ export interface ImageioErrorOptions {
   range?: ImageioRange;
   /** @defaultValue true for 5xx and 429, false otherwise */
   retryable?: boolean;
+  /** The underlying error. */
   cause?: unknown;
 }
 

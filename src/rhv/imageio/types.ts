@@ -64,7 +64,9 @@ export type ImageioExtentContext = 'zero' | 'dirty';
 
 /** One extent as imageio reports it, with `start` renamed `offset`. */
 export interface ImageioExtent {
+  /** First byte (imageio's `start`). */
   offset: number;
+  /** Length in bytes, > 0. */
   length: number;
   /** Reads as zeros. */
   zero: boolean;

@@ -215,17 +215,16 @@ export class RhvConnection {
   }
 
   readonly #authInterceptor: HttpInterceptor = (next) => async (req) => {
-    const withToken = async (): Promise<HttpResponse> => {
+    const send = async (): Promise<[HttpResponse, string]> => {
       const token = await this.#ensureToken(req.signal);
-      return next({ ...req, headers: { ...req.headers, authorization: `Bearer ${token}` } });
+      return [await next({ ...req, headers: { ...req.headers, authorization: `Bearer ${token}` } }), token];
     };
-    const used = this.#token;
-    const res = await withToken();
+    const [res, used] = await send();
     if (res.status !== 401) return res;
     // the token expired or was revoked: log in again once and resend (bodies are strings: replayable)
     this.#logger.info({ path: pathOf(req.url) }, 'rhv: 401, logging in again');
-    if (this.#token === used || this.#token === undefined) this.#token = undefined;
-    const again = await withToken();
+    if (this.#token === used) this.#token = undefined;
+    const [again] = await send();
     if (again.status === 401) {
       const fault = parseFault(again.body);
       throw new RhvAuthError(`engine refused the token for ${this.#username} twice${fault.detail ? `: ${fault.detail}` : ''}`);

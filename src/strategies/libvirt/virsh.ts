@@ -1,8 +1,9 @@
 import { posix } from 'node:path';
 import { randomUUID } from 'node:crypto';
+import { PassThrough } from 'node:stream';
 import { throwIfAborted } from '../../core/abort.js';
 import { CleanupStack } from '../../core/cleanup-stack.js';
-import { InvalidArgumentError, isVirtstreamError, NotFoundError, UnsupportedError, VirtstreamError } from '../../core/errors.js';
+import { AbortedError, InvalidArgumentError, isVirtstreamError, NotFoundError, UnsupportedError, VirtstreamError } from '../../core/errors.js';
 import type { Logger } from '../../core/logger.js';
 import { childLogger, redactingLogger, silentLogger } from '../../core/logger.js';
 import type { BackupKind, VmRef } from '../../core/model.js';
@@ -17,7 +18,7 @@ import type {
   RestoreResult,
   StrategyCapabilities,
 } from '../../core/strategy.js';
-import type { BackupRecord, BackupSession, BackupTarget, RestoreSource, StoredDiskArtifact } from '../../core/target.js';
+import type { BackupRecord, BackupSession, BackupTarget, DiskArtifactResult, RestoreSource, StoredDiskArtifact } from '../../core/target.js';
 import type { DomainDisk, DomainInfo } from '../../libvirt/domain-xml.js';
 import { parseDomainXml } from '../../libvirt/domain-xml.js';
 import type { DiskFileEdit } from '../../libvirt/domain-xml-rewrite.js';
@@ -437,9 +438,14 @@ export class VirshStrategy implements BackupStrategy {
     }
     const bytes = await host.fileSize(source, so);
     const proc = host.readFile(source, so);
+    // relay through a PassThrough so that on failure the command's stdout can still be drained
+    // (a runner whose stdout was destroyed mid-stream may never report its exit otherwise)
+    const relay = new PassThrough({ highWaterMark: 1024 * 1024 });
+    proc.stdout.on('error', (e: Error) => relay.destroy(e));
+    proc.stdout.pipe(relay);
     const extra: Record<string, string | number | boolean> = { base: p.base, baseFormat: p.baseFormat, sourceFile: p.disk.file ?? p.base, flattened: source !== p.base && p.kind === 'full' };
     if (keep) extra.overlay = p.overlay;
-    let stored;
+    let stored: DiskArtifactResult;
     try {
       stored = await session.writeDisk(
         {
@@ -452,14 +458,23 @@ export class VirshStrategy implements BackupStrategy {
           ...(p.fallbackReason ? { fallbackReason: p.fallbackReason } : {}),
           extra,
         },
-        proc.stdout,
+        relay,
         { ...so, expectedBytes: bytes, onBytes: (n) => progress({ type: 'bytes', disk: diskId, transferred: n, total: bytes }) },
       );
       await proc.done;
     } catch (err) {
+      proc.stdout.unpipe(relay);
+      relay.destroy();
       proc.kill();
-      await proc.done.catch(() => undefined);
-      throw err;
+      proc.stdout.resume();
+      const exitErr = await proc.done.then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      if (isVirtstreamError(err)) throw err;
+      if (signal?.aborted) throw new AbortedError(signal.reason);
+      if (isVirtstreamError(exitErr) && exitErr.code !== 'ERR_ABORTED') throw exitErr;
+      throw new VirtstreamError('ERR_REMOTE_COMMAND', `transfer of disk ${diskId} from ${host.host} failed: ${(err as Error).message ?? String(err)}`, { cause: err, retryable: true });
     }
     if (p.kind === 'incremental') {
       // the delta is stored; merge it into the base so the chain stays short

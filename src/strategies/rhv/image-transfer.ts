@@ -5,13 +5,14 @@
  *
  * @module
  */
+import { randomUUID } from 'node:crypto';
 import { posix } from 'node:path';
 import pLimit from 'p-limit';
 import { cleanupSignal, throwIfAborted } from '../../core/abort.js';
 import { CleanupStack } from '../../core/cleanup-stack.js';
 import { InvalidArgumentError, NotFoundError, UnsupportedError } from '../../core/errors.js';
 import type { Logger } from '../../core/logger.js';
-import { childLogger, redactingLogger, silentLogger } from '../../core/logger.js';
+import { childLogger, redactingLogger } from '../../core/logger.js';
 import type { BackupKind, VmRef } from '../../core/model.js';
 import type { ProgressListener } from '../../core/progress.js';
 import { throttleProgress } from '../../core/progress.js';
@@ -67,6 +68,11 @@ export interface ImageTransferStrategyOptions {
 /** Stored in each disk artifact's `extra` so the next incremental can continue the chain. */
 interface ArtifactExtra {
   rhvDiskId: string;
+  /** Position among the VM's disk attachments (restore attaches in this order). */
+  attachmentIndex: number;
+  bootable: boolean;
+  /** Disk interface (`virtio`, `virtio_scsi`, ...). */
+  interface: string;
   /** snapshot-chain: the VM snapshot kept as the base of the next incremental. */
   snapshotId?: string;
   /** backup-api: the checkpoint the next incremental starts from. */
@@ -76,6 +82,7 @@ interface ArtifactExtra {
 
 interface DiskPlan {
   disk: RhvDisk;
+  attachment: { index: number; bootable: boolean; interface: string };
   kind: BackupKind;
   fallbackReason?: string;
   parentArtifact?: StoredDiskArtifact;
@@ -121,7 +128,7 @@ export class ImageTransferStrategy implements BackupStrategy {
   }
 
   #log(options: { logger?: Logger }, bindings: object): Logger {
-    const base = options.logger ? redactingLogger(options.logger) : this.#client.logger ?? silentLogger;
+    const base = options.logger ? redactingLogger(options.logger) : this.#client.logger;
     return childLogger(base, { strategy: this.id, ...bindings });
   }
 
@@ -157,13 +164,19 @@ export class ImageTransferStrategy implements BackupStrategy {
     const attachments = await this.#client.diskAttachments.list(rhvVm.id, signal ? { signal } : {});
     const excluded = new Set(options.excludeDisks ?? []);
     const disks: RhvDisk[] = [];
-    for (const a of attachments) {
-      const d = await this.#client.disks.get(a.diskId, signal ? { signal } : {});
-      if (!excluded.has(d.id) && !excluded.has(d.name)) disks.push(d);
+    const attachmentOf = new Map<string, { index: number; bootable: boolean; interface: string }>();
+    for (const [index, a] of attachments.entries()) {
+      attachmentOf.set(a.diskId, { index, bootable: a.bootable, interface: a.interface });
+      let d = await this.#client.disks.get(a.diskId, signal ? { signal } : {});
+      if (excluded.has(d.id) || excluded.has(d.name)) continue;
+      // a disk locked by another engine task (a transfer, a merge) is waited out before the snapshot
+      if (d.status === 'locked') d = await this.#client.disks.waitForStatus(d.id, 'ok', { ...this.#poll(), ...(signal ? { signal } : {}) });
+      disks.push(d);
     }
     if (disks.length === 0) throw new InvalidArgumentError(`VM ${rhvVm.name} has no disks to back up`);
 
     const plans = await this.#plan(rhvVm, disks, kindAsked === 'incremental' ? options.parent : undefined, mode, format, signal);
+    for (const p of plans) p.attachment = attachmentOf.get(p.disk.id) ?? { index: 0, bootable: false, interface: 'virtio' };
     const anyIncremental = plans.some((p) => p.kind === 'incremental');
     const parentId = anyIncremental ? options.parent?.id : undefined;
 
@@ -184,12 +197,19 @@ export class ImageTransferStrategy implements BackupStrategy {
       let previousSnapshot: string | undefined;
       if (mode === 'snapshot-chain') {
         progress({ type: 'phase', phase: 'snapshot' });
+        // a unique description finds the snapshot again if the answer to the create is lost (abort, reset)
+        const description = `virtstream backup ${new Date().toISOString()} ${randomUUID()}`;
+        const lost = undo.defer('remove a snapshot whose creation answer was lost', async (s) => {
+          const found = (await this.#client.snapshots.list(rhvVm.id, { signal: s })).filter((x) => x.description === description);
+          for (const f of found) await this.#client.snapshots.remove(rhvVm.id, f.id, { ...this.#poll(), signal: s });
+        });
         const snap = await this.#client.snapshots.create(rhvVm.id, {
-          description: `virtstream backup ${new Date().toISOString()}`,
+          description,
           diskIds: disks.map((d) => d.id),
           persistMemoryState: false,
           ...(signal ? { signal } : {}),
         });
+        undo.release(lost);
         const snapHandle = undo.defer(`remove snapshot ${snap.id}`, (s) => this.#client.snapshots.remove(rhvVm.id, snap.id, { ...this.#poll(), signal: s }));
         log.info({ snapshotId: snap.id }, 'snapshot created');
         await this.#client.snapshots.waitUntilOk(rhvVm.id, snap.id, { ...this.#poll(), ...(signal ? { signal } : {}) });
@@ -203,10 +223,10 @@ export class ImageTransferStrategy implements BackupStrategy {
             delete p.parentArtifact;
           }
         }
-        await this.#forEachDisk(plans, signal, async (p, s) => {
+        await this.#parallel(plans, signal, async (p, s) => {
           const imageId = images.get(p.disk.id);
           if (!imageId) throw new NotFoundError('disk snapshot', `snapshot ${snap.id} holds no image of disk ${p.disk.id}`);
-          const extra: ArtifactExtra = { rhvDiskId: p.disk.id, mode, ...(keep ? { snapshotId: snap.id } : {}) };
+          const extra: ArtifactExtra = { rhvDiskId: p.disk.id, ...attachmentExtra(p), mode, ...(keep ? { snapshotId: snap.id } : {}) };
           results.push(await this.#transferDisk(session, undo, p, { snapshotId: imageId, shallow: p.kind === 'incremental' }, extra, format, progress, log, s));
         });
         await session.writeMetadata(OVF_NAME, withOvf.ovf ?? '', signal ? { signal } : {});
@@ -239,8 +259,8 @@ export class ImageTransferStrategy implements BackupStrategy {
           }
         }
         const checkpointId = ready.toCheckpointId ?? backup.toCheckpointId;
-        await this.#forEachDisk(plans, signal, async (p, s) => {
-          const extra: ArtifactExtra = { rhvDiskId: p.disk.id, mode, ...(checkpointId ? { checkpointId } : {}) };
+        await this.#parallel(plans, signal, async (p, s) => {
+          const extra: ArtifactExtra = { rhvDiskId: p.disk.id, ...attachmentExtra(p), mode, ...(checkpointId ? { checkpointId } : {}) };
           results.push(await this.#transferDisk(session, undo, p, { diskId: p.disk.id, backupId: backup.id, dirty: p.kind === 'incremental' }, extra, format, progress, log, s));
         });
         await session.writeMetadata(OVF_NAME, withOvf.ovf ?? '', signal ? { signal } : {});
@@ -283,7 +303,7 @@ export class ImageTransferStrategy implements BackupStrategy {
   }
 
   async #plan(vm: RhvVm, disks: readonly RhvDisk[], parent: BackupRecord | undefined, mode: 'snapshot-chain' | 'backup-api', format: 'qcow2' | 'raw', signal: AbortSignal | undefined): Promise<DiskPlan[]> {
-    const plans: DiskPlan[] = disks.map((disk) => ({ disk, kind: 'full' }));
+    const plans: DiskPlan[] = disks.map((disk) => ({ disk, kind: 'full', attachment: { index: 0, bootable: false, interface: 'virtio' } }));
     if (!parent) return plans;
     const opts = signal ? { signal } : {};
     const snapshots = mode === 'snapshot-chain' ? new Set((await this.#client.snapshots.list(vm.id, opts)).filter((s) => s.status === 'ok').map((s) => s.id)) : undefined;
@@ -340,35 +360,37 @@ export class ImageTransferStrategy implements BackupStrategy {
     return undefined;
   }
 
-  /** Runs `fn` for every plan under the concurrency limit; the first failure aborts the others, and all settle before it is thrown. */
-  async #forEachDisk(plans: readonly DiskPlan[], signal: AbortSignal | undefined, fn: (p: DiskPlan, signal: AbortSignal) => Promise<void>): Promise<void> {
+  /**
+   * Runs `fn` for every item under the concurrency limit and returns the results in item order. The
+   * first failure aborts the others (through the signal they get), and all settle before it is thrown.
+   */
+  async #parallel<I, R>(items: readonly I[], signal: AbortSignal | undefined, fn: (item: I, signal: AbortSignal) => Promise<R>): Promise<R[]> {
     const inner = new AbortController();
     const onAbort = (): void => inner.abort(signal?.reason);
     signal?.addEventListener('abort', onAbort, { once: true });
     const limit = pLimit(this.#options.concurrency ?? 2);
-    let first: unknown;
+    let first: { error: unknown } | undefined;
     try {
       const settled = await Promise.allSettled(
-        plans.map((p) =>
+        items.map((item) =>
           limit(async () => {
             throwIfAborted(inner.signal);
             try {
-              await fn(p, inner.signal);
+              return await fn(item, inner.signal);
             } catch (err) {
-              first ??= err;
+              first ??= { error: err };
               inner.abort(err);
               throw err;
             }
           }),
         ),
       );
-      if (first !== undefined) throw first;
-      const failed = settled.find((r) => r.status === 'rejected');
-      if (failed) throw (failed as PromiseRejectedResult).reason;
+      throwIfAborted(signal);
+      if (first) throw first.error;
+      return settled.map((r) => (r as PromiseFulfilledResult<R>).value);
     } finally {
       signal?.removeEventListener('abort', onAbort);
     }
-    if (signal?.aborted) throwIfAborted(signal);
   }
 
   async #transferDisk(
@@ -484,45 +506,28 @@ export class ImageTransferStrategy implements BackupStrategy {
     const undo = new CleanupStack({ logger: log });
     let done = false;
     try {
-      const restored: { diskId: string; bytes: number; name: string; bootable: boolean; index: number }[] = [];
-      const plans = record.disks.map((art, i) => ({ art, i }));
-      const limit = pLimit(this.#options.concurrency ?? 2);
-      const inner = new AbortController();
-      const onAbort = (): void => inner.abort(signal?.reason);
-      signal?.addEventListener('abort', onAbort, { once: true });
-      let failure: unknown;
-      try {
-        await Promise.allSettled(
-          plans.map(({ art, i }) =>
-            limit(async () => {
-              try {
-                throwIfAborted(inner.signal);
-                const r = await this.#restoreDisk(withPath as Required<typeof withPath>, vmName, record, art, sd.id, undo, progress, log, inner.signal);
-                restored.push({ ...r, bootable: i === 0, index: i });
-              } catch (err) {
-                failure ??= err;
-                inner.abort(err);
-              }
-            }),
-          ),
-        );
+      const order = (a: StoredDiskArtifact): number => (typeof a.extra?.attachmentIndex === 'number' ? a.extra.attachmentIndex : 0);
+      const artifacts = [...record.disks].sort((a, b) => order(a) - order(b));
+      const restored = await this.#parallel(artifacts, signal, async (art, s) => {
+        const r = await this.#restoreDisk(withPath as Required<typeof withPath>, vmName, record, art, sd.id, undo, progress, log, s);
+        return {
+          ...r,
+          bootable: typeof art.extra?.bootable === 'boolean' ? art.extra.bootable : art === artifacts[0],
+          interface: typeof art.extra?.interface === 'string' ? art.extra.interface : 'virtio',
+        };
+      });
+      progress({ type: 'phase', phase: 'restore' });
+      const name = options.newName ?? vmName;
+      const vm = await this.#client.vms.add({ name, cluster: { id: cluster.id }, ovf, ...opts });
+      undo.defer(`remove VM ${vm.id}`, (s) => this.#client.vms.remove(vm.id, { signal: s }));
+      for (const d of restored) {
+        await this.#client.diskAttachments.add(vm.id, { diskId: d.diskId, bootable: d.bootable, interface: d.interface, active: true, ...opts });
+      }
+      done = true;
+      log.info({ vmId: vm.id, disks: restored.length }, 'restore done');
+      return { vm: { id: vm.id, name }, disks: restored.map((d) => ({ diskId: d.diskId, bytes: d.bytes })), warnings: [] };
     } finally {
-      signal?.removeEventListener('abort', onAbort);
-    }
-    if (failure !== undefined) throw failure;
-    throwIfAborted(signal);
-    restored.sort((a, b) => a.index - b.index);
-    progress({ type: 'phase', phase: 'restore' });
-    const name = options.newName ?? vmName;
-    const vm = await this.#client.vms.add({ name, cluster: { id: cluster.id }, ovf, ...opts });
-    undo.defer(`remove VM ${vm.id}`, (s) => this.#client.vms.remove(vm.id, { signal: s }));
-    for (const d of restored) {
-      await this.#client.diskAttachments.add(vm.id, { diskId: d.diskId, bootable: d.bootable, interface: 'virtio', active: true, ...opts });
-    }
-    done = true;
-    log.info({ vmId: vm.id, disks: restored.length }, 'restore done');
-    return { vm: { id: vm.id, name }, disks: restored.map((d) => ({ diskId: d.diskId, bytes: d.bytes })), warnings: [] };
-    } finally {
+      // on failure every created disk, transfer and the VM are removed, newest first
       if (!done) await undo.unwind();
     }
   }
@@ -592,6 +597,10 @@ export class ImageTransferStrategy implements BackupStrategy {
     await this.#client.disks.waitForStatus(disk.id, 'ok', { ...this.#poll(), signal });
     return { diskId: disk.id, bytes, name: art.name };
   }
+}
+
+function attachmentExtra(p: DiskPlan): { attachmentIndex: number; bootable: boolean; interface: string } {
+  return { attachmentIndex: p.attachment.index, bootable: p.attachment.bootable, interface: p.attachment.interface };
 }
 
 function checkpointOf(plans: readonly DiskPlan[]): string | undefined {

@@ -964,7 +964,7 @@ export class EngineSimulator implements AsyncDisposable {
       ...(imageId ? { imageId, snapshotId: imageId } : {}),
       ...(backupId ? { backupId } : {}),
     };
-    disk.lockedBy = transfer.id;
+    if (!backupId) disk.lockedBy = transfer.id;
     this.#transfers.set(transfer.id, transfer);
     return [201, toXml('image_transfer', this.#transferXml(transfer))];
   }

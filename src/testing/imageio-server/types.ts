@@ -42,10 +42,15 @@ export interface ImageioTicket {
 
 /** A ticket's live state (the control API's `GET /tickets/<id>`, camel-cased). */
 export interface ImageioTicketStatus {
+  /** Ticket id. */
   uuid: string;
+  /** Guest size in bytes. */
   size: number;
+  /** Allowed operations. */
   ops: ('read' | 'write')[];
+  /** The image file URL. */
   url: string;
+  /** The engine's transfer id. */
   transferId: string;
   /** True while a request is being served. */
   active: boolean;
@@ -59,9 +64,13 @@ export interface ImageioTicketStatus {
   idleTimeMs: number;
   /** Epoch milliseconds at which the ticket expires unless used. */
   expiresAt: number;
+  /** Ticket lifetime in seconds. */
   timeout: number;
+  /** Connection idle limit in seconds. */
   inactivityTimeout: number;
+  /** Zero requests punch holes. */
   sparse: boolean;
+  /** Dirty extents are available. */
   dirty: boolean;
 }
 
@@ -97,6 +106,7 @@ export type ImageioFault =
 
 /** One served request, for assertions (`ImageioServer.requests`). */
 export interface ImageioRequestRecord {
+  /** HTTP method. */
   method: string;
   /** `image`, `extents`, `info` or `other`. */
   target: 'image' | 'extents' | 'info' | 'other';
@@ -108,6 +118,7 @@ export interface ImageioRequestRecord {
   op?: string;
   /** PUT/PATCH flush flag. */
   flush?: boolean;
+  /** Response status (0 when the connection was dropped or stalled by a fault). */
   status: number;
   /** The fault injected into this request, if any. */
   fault?: ImageioFault['kind'];

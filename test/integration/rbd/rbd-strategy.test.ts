@@ -35,7 +35,7 @@ function domainXml(name: string, disks: { target: string; ref?: RbdImageRef; fil
         ? `<disk type='network' device='disk'><driver name='qemu' type='raw'/>
   <source protocol='rbd' name='${xmlEscape(`${d.ref.pool}/${d.ref.image}`)}'><host name='127.0.0.1' port='6789'/></source>
   <auth username='admin'><secret type='ceph' usage='virtstream-lab'/></auth>
-  <target dev='${d.target}' bus='virtio'/></disk>`
+  <target dev='${d.target}' bus='virtio'/><alias name='ua-${d.target}'/></disk>`
         : `<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='${xmlEscape(d.file!)}'/><target dev='${d.target}' bus='virtio'/></disk>`,
     )
     .join('\n');
@@ -299,6 +299,46 @@ describe('RbdSnapshotStrategy on a real cluster', () => {
     const ok = await strategy().backup({ name: vm }, r);
     expect(await snapshotsOf(vda)).toEqual([snapOf(ok.record, 'vda')]);
     expect(left.length).toBeLessThanOrEqual(1);
+  });
+
+  it('running domain (qemu on librbd): live full + incremental of guest writes, quiesce falls back with a warning', async () => {
+    const vm = `vs-rbd-live-${tag}`;
+    const vda: RbdImageRef = { pool: labPool(), image: `live-${tag}` };
+    images.push(vda, { pool: labPool(), image: `live-r-${tag}-vda` });
+    await freshImage(vda, 16, 1024);
+    // libvirt needs the cephx key as a secret to start qemu on the image
+    const secretUuid = '5a0c1d2e-3f40-4b5c-9d6e-7f8091a2b3c4';
+    await host.virsh(['secret-define', '--file', '/dev/stdin'], {
+      input: `<secret ephemeral='no' private='yes'><uuid>${secretUuid}</uuid><usage type='ceph'><name>virtstream-lab ${tag}</name></usage></secret>`,
+    });
+    try {
+      const key = /key = (\S+)/.exec(readFileSync(labCeph().keyring, 'utf8'))![1]!;
+      await host.virsh(['secret-set-value', '--secret', secretUuid, '--file', '/dev/stdin'], { input: key });
+      domains.push(vm);
+      await host.define(domainXml(vm, [{ target: 'vda', ref: vda }]).replace("<secret type='ceph' usage='virtstream-lab'/>", `<secret type='ceph' uuid='${secretUuid}'/>`));
+      await host.start(vm);
+      try {
+        const r = repo();
+        const s = strategy({ quiesce: true });
+        const b0 = await s.backup({ name: vm }, r);
+        expect(b0.warnings.join('\n')).toMatch(/not quiesced|crash-consistent/);
+        await host.hmp(vm, 'qemu-io -d /machine/peripheral/ua-vda/virtio-backend "write -P 0x5a 3M 192k"');
+        const b1 = await s.backup({ name: vm }, r, { kind: 'incremental', parent: b0.record });
+        expect(b1.disks[0]!.kind).toBe('incremental');
+        expect(b1.disks[0]!.bytes).toBeGreaterThanOrEqual(192 * 1024);
+        const wantSha = (await exportSha256(vda, snapOf(b1.record, 'vda'))).sha256;
+        expect(wantSha).not.toBe(b0.record.disks[0]!.sha256);
+        await s.restore(vm, r, { newName: `live-r-${tag}` });
+        domains.push(`live-r-${tag}`);
+        const img = { pool: labPool(), image: `live-r-${tag}-vda` };
+        await localRbd().createSnapshot(img, 'check');
+        expect((await exportSha256(img, 'check')).sha256).toBe(wantSha);
+      } finally {
+        await host.destroy(vm).catch(() => undefined);
+      }
+    } finally {
+      await host.virsh(['secret-undefine', '--secret', secretUuid]).catch(() => undefined);
+    }
   });
 
   it('stored incrementals are real rbd export-diff streams', async () => {

@@ -113,16 +113,23 @@ describe('virtstream list / verify / prune on a real repository', () => {
     expect(await repo.list('web01')).toHaveLength(1);
   });
 
-  it('prune --synthesize plans a consolidation and deletes nothing it cannot do safely', async () => {
+  it('prune --synthesize plans a new full, and deletes nothing when the chain cannot be flattened', async () => {
     const f = await writeBackup(repo, 'web01', 'full');
     const i1 = await writeBackup(repo, 'web01', 'incremental', f.id);
     const i2 = await writeBackup(repo, 'web01', 'incremental', i1.id);
     const dry = await cli(['prune', '--keep-last', '1', '--synthesize', '--dry-run', '--repo', repoDir, '--json']);
     expect(dry.out.json().find((l) => l.type === 'synthesize')).toMatchObject({ id: i2.id, chain: [f.id, i1.id, i2.id] });
+    expect(dry.out.json().filter((l) => l.type === 'would-remove').map((l) => [l.id, l.reasons])).toEqual([
+      [i2.id, ['replaced by a synthesized full']],
+      [i1.id, []],
+      [f.id, []],
+    ]);
+    // these fixtures store raw "incrementals", which no chain can apply: the synthesis fails first
     const real = await cli(['prune', '--keep-last', '1', '--synthesize', '--repo', repoDir]);
     expect(real.code).toBe(1);
-    expect(real.err.text).toContain('[ERR_UNSUPPORTED]');
+    expect(real.err.text).toContain('[ERR_CHAIN_INVALID]');
     expect(await repo.list('web01')).toHaveLength(3);
+    expect((await repo.verify('web01')).ok).toBe(true);
   });
 
   it('an aborted prune stops between deletions and leaves every kept chain whole', async () => {

@@ -237,6 +237,18 @@ describe('Qcow2Image typed errors', () => {
     expect(await code(p('orphan.qcow2'))).toBe('ERR_FORMAT_UNSUPPORTED');
     expect(await code(p('orphan.qcow2'), { backing: 'ignore' })).toBeUndefined();
   });
+  it('hostile backing names: quotes, spaces and $() are plain file names; backingRoot confines traversal', async () => {
+    const hostile = `we"ird 'name' $(touch pwned) ;.raw`;
+    await writeFile(p(hostile), Buffer.alloc(65536, 0x66));
+    await qemuImg('create', '-q', '-f', 'qcow2', '-b', hostile, '-F', 'raw', p('hostile-top.qcow2'));
+    await qemuIo(p('hostile-top.qcow2'), 'write -P 0x67 0 512');
+    await expectSameAsQemu(p('hostile-top.qcow2'));
+    expect(await code(p('hostile-top.qcow2'), { backingRoot: dir })).toBeUndefined();
+    await expect(readFile(p('pwned'))).rejects.toThrow();
+    // a backing name that escapes the allowed directory
+    await qemuImg('create', '-q', '-f', 'qcow2', '-o', 'cluster_size=4096', '-b', '../../../../../../etc/hostname', '-F', 'raw', p('escape.qcow2'), '64k');
+    expect(await code(p('escape.qcow2'), { backingRoot: dir })).toBe('ERR_FORMAT_UNSUPPORTED');
+  });
   it('missing file', async () => {
     expect(await code(p('nope.qcow2'))).toBe('ERR_NOT_FOUND');
   });

@@ -212,6 +212,24 @@ describe('raw sinks', () => {
     expect(all[30 * 1024 * 1024 + 2]).toBe(2);
   });
 
+  it('writeExtentsToFile honours abort before and during', async () => {
+    const size = 64 * 1024 * 1024;
+    const ac = new AbortController();
+    const s: ExtentStream = {
+      size,
+      async *[Symbol.asyncIterator]() {
+        for (let off = 0; off < size; off += 1 << 20) {
+          if (off === 8 << 20) ac.abort(new Error('during'));
+          yield { offset: off, length: 1 << 20, kind: 'data', data: bytes(1 << 20, 3) };
+        }
+      },
+    };
+    const before = await writeExtentsToFile(s, p('abort1.raw'), { signal: AbortSignal.abort() }).catch((e: unknown) => e);
+    expect(isVirtstreamError(before, 'ERR_ABORTED')).toBe(true);
+    const during = await writeExtentsToFile(s, p('abort2.raw'), { signal: ac.signal }).catch((e: unknown) => e);
+    expect(isVirtstreamError(during, 'ERR_ABORTED')).toBe(true);
+  });
+
   it('rejects out-of-order chunks with ERR_INVALID_ARGUMENT', async () => {
     const s = synthetic(100, [
       { offset: 50, length: 5, kind: 'data', data: bytes(5, 1) },

@@ -6,6 +6,7 @@ import { isVirtstreamError } from '../../../src/core/errors.js';
 import type { ExtentChunk, ExtentStream } from '../../../src/formats/extent.js';
 import { applyRbdDiff } from '../../../src/formats/rbd/apply-rbd-diff.js';
 import { parseRbdDiffJson } from '../../../src/formats/rbd/rbd-diff-json.js';
+import { RbdExportDiffFile } from '../../../src/formats/rbd/rbd-export-diff-file.js';
 import { readRbdExportDiff, writeRbdExportDiff } from '../../../src/formats/rbd/rbd-export-diff.js';
 import { prng, tempDir } from './qemu-tools.js';
 
@@ -50,6 +51,17 @@ async function drain(buf: Buffer): Promise<ExtentChunk[]> {
   return out;
 }
 
+let fileN = 0;
+/** Same checks through the random-access reader. */
+async function drainFile(buf: Buffer): Promise<ExtentChunk[]> {
+  const f = join(dir, `d${fileN++}.diff`);
+  await writeFile(f, buf);
+  await using diff = await RbdExportDiffFile.open(f);
+  const out: ExtentChunk[] = [];
+  for await (const c of diff.extents({ chunkSize: 4096 })) out.push(c);
+  return out;
+}
+
 const le64 = (v: number): Buffer => {
   const b = Buffer.alloc(8);
   b.writeBigUInt64LE(BigInt(v));
@@ -91,6 +103,21 @@ describe('rbd export-diff', () => {
         { offset: (1 << 20) + 8192, length: 10_000 - 8192, kind: 'data' },
       ]);
       expect(Buffer.concat(got.filter((c) => c.kind === 'data').slice(1).map((c) => (c as { data: Uint8Array }).data)).equals(fill(10_000, 2))).toBe(true);
+      // the random-access reader indexes the same records and has a map
+      const f = join(dir, `rt-v${version}.diff`);
+      await writeFile(f, bin);
+      await using file = await RbdExportDiffFile.open(f);
+      expect(file.info).toMatchObject({ version, size: 4 << 20, toSnap: opts.toSnap });
+      expect(await file.map()).toEqual([
+        { offset: 0, length: 100, kind: 'data' },
+        { offset: 100, length: 8092, kind: 'hole' },
+        { offset: 8192, length: 65536, kind: 'zero' },
+        { offset: 73728, length: (1 << 20) - 73728, kind: 'hole' },
+        { offset: 1 << 20, length: 10_000, kind: 'data' },
+        { offset: (1 << 20) + 10_000, length: (4 << 20) - (1 << 20) - 10_000, kind: 'hole' },
+      ]);
+      const mid = await file.read((1 << 20) - 5, 20);
+      expect([...mid]).toEqual([0, 0, 0, 0, 0, ...Array<number>(15).fill(2)]);
     });
   }
 
@@ -120,7 +147,10 @@ describe('rbd export-diff', () => {
     const good = await bytesOf(writeRbdExportDiff(stream(1 << 20, [{ offset: 5, length: 50, kind: 'data', data: fill(50, 3) }]), { toSnap: 'a' }));
     expect(await codeOf(drain(Buffer.from('rbd diff v3\n')))).toBe('ERR_FORMAT_CORRUPT');
     expect(await codeOf(drain(Buffer.alloc(0)))).toBe('ERR_FORMAT_CORRUPT');
-    for (let cut = 1; cut < good.length; cut += 3) expect(await codeOf(drain(good.subarray(0, cut)))).toBe('ERR_FORMAT_CORRUPT');
+    for (let cut = 1; cut < good.length; cut += 3) {
+      expect(await codeOf(drain(good.subarray(0, cut)))).toBe('ERR_FORMAT_CORRUPT');
+      expect(await codeOf(drainFile(good.subarray(0, cut)))).toBe('ERR_FORMAT_CORRUPT');
+    }
     expect(await codeOf(drain(Buffer.concat([good, Buffer.from('junk')])))).toBe('ERR_FORMAT_CORRUPT');
     const v1Unknown = Buffer.concat([Buffer.from('rbd diff v1\n'), Buffer.from('s'), le64(100), Buffer.from('Q'), Buffer.from('e')]);
     expect(await codeOf(drain(v1Unknown))).toBe('ERR_FORMAT_CORRUPT');
@@ -148,10 +178,12 @@ describe('rbd export-diff', () => {
         const m = Buffer.from(good);
         const flips = 1 + Math.floor(rnd() * 4);
         for (let f = 0; f < flips; f++) m[Math.floor(rnd() * m.length)] = Math.floor(rnd() * 256);
-        try {
-          for (const c of await drain(m)) expect(c.offset + c.length).toBeLessThanOrEqual(1 << 62);
-        } catch (err) {
-          expect(isVirtstreamError(err), String(err)).toBe(true);
+        for (const read of [drain, drainFile]) {
+          try {
+            for (const c of await read(m)) expect(c.offset + c.length).toBeLessThanOrEqual(2 ** 53);
+          } catch (err) {
+            expect(isVirtstreamError(err), String(err)).toBe(true);
+          }
         }
       }
     }
@@ -188,6 +220,28 @@ describe('rbd export-diff', () => {
     await applyRbdDiff(target, pieces(shrink));
     expect((await readFile(target)).equals(want.subarray(0, 4096))).toBe(true);
     expect(await codeOf(applyRbdDiff(join(dir, 'missing.raw'), pieces(shrink)))).toBe('ERR_NOT_FOUND');
+  });
+});
+
+describe('cancellation', () => {
+  it('readRbdExportDiff and applyRbdDiff honour abort before and during', async () => {
+    const big: ExtentChunk[] = [];
+    for (let i = 0; i < 64; i++) big.push({ offset: i * 65536, length: 65536, kind: 'data', data: fill(65536, i) });
+    const bin = await bytesOf(writeRbdExportDiff(stream(4 << 20, big), { version: 2 }));
+    const aborted = AbortSignal.abort(new Error('before'));
+    expect(await codeOf(readRbdExportDiff(pieces(bin, 4096), { signal: aborted }))).toBe('ERR_ABORTED');
+    const target = join(dir, 'abort.raw');
+    await writeFile(target, Buffer.alloc(0));
+    expect(await codeOf(applyRbdDiff(target, pieces(bin, 4096), { signal: aborted }))).toBe('ERR_ABORTED');
+    const ac = new AbortController();
+    let n = 0;
+    async function* slow(): AsyncGenerator<Uint8Array> {
+      for await (const c of pieces(bin, 65536)) {
+        if (++n === 10) ac.abort(new Error('during'));
+        yield c;
+      }
+    }
+    expect(await codeOf(applyRbdDiff(target, slow(), { signal: ac.signal }))).toBe('ERR_ABORTED');
   });
 });
 

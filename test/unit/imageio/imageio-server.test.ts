@@ -191,6 +191,50 @@ describe('ImageioServer protocol (imageio 2.5.3 behaviour)', () => {
     expect(() => server.injectFault({ kind: 'stall', request: 0 })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARGUMENT' }));
   });
 
+  it('closes connections idle longer than the ticket inactivity timeout', async () => {
+    await server.addTicket({ uuid: 'idle', size, ops: ['read'], url: `file://${rawPath}`, inactivityTimeout: 1 });
+    const own = new Agent({ connect: { ca: certs.ca } });
+    try {
+      const res = await request(`${server.transferUrl('idle')}`, { dispatcher: own, headers: { range: 'bytes=0-9' } });
+      await res.body.arrayBuffer();
+      expect(server.getTicket('idle')!.connections).toBe(1);
+      let n = 1;
+      for (let i = 0; i < 500 && n > 0; i++) {
+        await new Promise((r) => setTimeout(r, 20));
+        n = server.getTicket('idle')!.connections;
+      }
+      expect(n).toBe(0);
+    } finally {
+      await own.close();
+    }
+  });
+
+  it('an expired ticket answers 403 until it is extended', async () => {
+    await server.addTicket({ uuid: 'ext', size, ops: ['read'], url: `file://${rawPath}`, transferId: 'tr-ext' });
+    server.injectFault({ kind: 'expire', ticket: 'ext' });
+    const r = await call('/images/ext', { headers: { range: 'bytes=0-0' } });
+    expect(r.status).toBe(403);
+    expect(r.text).toBe('You are not allowed to access this resource: Transfer=tr-ext expired\n');
+    expect((await call('/images/ext', { method: 'OPTIONS' })).status).toBe(403);
+    server.extendTicket('ext', 60);
+    expect((await call('/images/ext', { headers: { range: 'bytes=0-0' } })).status).toBe(206);
+    expect(() => server.extendTicket('nope', 1)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARGUMENT' }));
+  });
+
+  it('bounds the request log', async () => {
+    const s = await ImageioServer.start({ maxRequestLog: 3 });
+    try {
+      await s.addTicket({ uuid: 'l', size, ops: ['read'], url: `file://${rawPath}` });
+      for (let i = 0; i < 5; i++) {
+        const res = await request(`${s.transferUrl('l')}`, { method: 'GET', headers: { range: `bytes=${i}-${i}` } });
+        await res.body.arrayBuffer();
+      }
+      expect(s.requests('l').map((r) => r.offset)).toEqual([2, 3, 4]);
+    } finally {
+      await s.close();
+    }
+  });
+
   it('close is idempotent and refuses new tickets', async () => {
     const s = await ImageioServer.start();
     await s.close();

@@ -70,19 +70,20 @@ function checkInvariants(records: RetentionRecord[], plan: PrunePlan): void {
   const all = new Map(records.map((r) => [key(r.vm.name, r.id), r]));
   const kept = new Set(plan.keep.map((d) => key(d.vm, d.id)));
   const removed = plan.remove.map((d) => key(d.vm, d.id));
-  const roots = new Set(plan.synthesize.map((s) => key(s.vm, s.backupId)));
   // a partition of the input
   expect(kept.size + removed.length).toBe(all.size);
   for (const k of removed) expect(kept.has(k)).toBe(false);
-  // every synthesized backup is kept, and its chain starts with a full and ends with it
+  // every synthesized backup is replaced (removed), its chain starts with a full and ends with it,
+  // and no kept backup builds on it
   for (const s of plan.synthesize) {
-    expect(kept.has(key(s.vm, s.backupId))).toBe(true);
+    expect(removed.includes(key(s.vm, s.backupId))).toBe(true);
+    expect(plan.remove.find((d) => d.vm === s.vm && d.id === s.backupId)?.reasons).toEqual(['replaced by a synthesized full']);
     expect(s.chain.at(-1)).toBe(s.backupId);
     expect(all.get(key(s.vm, s.chain[0]!))?.kind).toBe('full');
+    expect(s.completedAt).toBe(all.get(key(s.vm, s.backupId))!.completedAt);
   }
-  // no kept backup ever loses a parent (unless it is consolidated first)
+  // no kept backup ever loses a parent
   for (const k of kept) {
-    if (roots.has(k)) continue;
     const r = all.get(k)!;
     for (const p of parentsOf(r)) if (all.has(key(r.vm.name, p))) expect(kept.has(key(r.vm.name, p)), `${k} needs ${p}`).toBe(true);
   }
@@ -91,7 +92,6 @@ function checkInvariants(records: RetentionRecord[], plan: PrunePlan): void {
   for (const k of removed) {
     present.delete(k);
     for (const other of present) {
-      if (roots.has(other)) continue;
       const r = all.get(other)!;
       expect(parentsOf(r).map((p) => key(r.vm.name, p)).includes(k), `${other} still needs ${k}`).toBe(false);
     }
@@ -121,17 +121,27 @@ describe('planPrune', () => {
     expect(plan.remove).toEqual([]);
   });
 
-  it('synthesizes a full in place instead of keeping the chain when asked', () => {
+  it('synthesizes a new full instead of keeping the chain when asked, and only when it frees something', () => {
     const records = [
       rec('f1', 'full', NOW - 10 * DAY),
       rec('i1', 'incremental', NOW - 9 * DAY, 'f1'),
       rec('i2', 'incremental', NOW - 2 * DAY, 'i1'),
       rec('i3', 'incremental', NOW - 1 * DAY, 'i2'),
     ];
-    const plan = planPrune(records, { keepLast: 2 }, new Date(NOW), { mode: 'synthesize' });
-    expect(plan.synthesize).toEqual([{ vm: 'vm1', backupId: 'i2', chain: ['f1', 'i1', 'i2'] }]);
-    expect(plan.keep.map((d) => d.id)).toEqual(['i3', 'i2']);
-    expect(plan.remove.map((d) => d.id)).toEqual(['i1', 'f1']);
+    const one = planPrune(records, { keepLast: 1 }, new Date(NOW), { mode: 'synthesize' });
+    expect(one.synthesize).toEqual([{ vm: 'vm1', backupId: 'i3', completedAt: records[3]!.completedAt, chain: ['f1', 'i1', 'i2', 'i3'] }]);
+    expect(one.keep).toEqual([]);
+    expect(one.remove.map((d) => d.id)).toEqual(['i3', 'i2', 'i1', 'f1']);
+    // keeping i2 and i3: i3 builds on i2, so replacing i3 would free nothing: no synthesis
+    const two = planPrune(records, { keepLast: 2 }, new Date(NOW), { mode: 'synthesize' });
+    expect(two.synthesize).toEqual([]);
+    expect(two.keep.map((d) => d.id)).toEqual(['i3', 'i2', 'i1', 'f1']);
+  });
+
+  it('dates a synthesized full by its point-in-time label', () => {
+    const s = { ...rec('s', 'full', NOW), labels: { 'virtstream.point-in-time': new Date(NOW - 40 * DAY).toISOString() } };
+    const plan = planPrune([rec('a', 'full', NOW - 2 * DAY), s], { keepLast: 1 }, new Date(NOW));
+    expect(plan.keep.map((d) => d.id)).toEqual(['a']);
   });
 
   it('keeps the newest backup of each of the last N days, weeks and months (UTC, ISO weeks)', () => {
@@ -217,12 +227,16 @@ describe('planPrune', () => {
         const plan = planPrune(records, rules, new Date(NOW), { mode });
         try {
           checkInvariants(records, plan);
-          // what the rules select is always kept
           const byVm = new Map<string, RetentionRecord[]>();
           for (const r of records) byVm.set(r.vm.name, [...(byVm.get(r.vm.name) ?? []), r]);
           for (const list of byVm.values()) {
             const newest = [...list].sort((a, b) => Date.parse(b.completedAt) - Date.parse(a.completedAt) || (a.id < b.id ? 1 : -1));
-            for (const r of newest.slice(0, rules.keepLast ?? 0)) expect(plan.keep.some((d) => d.vm === r.vm.name && d.id === r.id)).toBe(true);
+            // what the rules select is kept, or (synthesize mode) replaced by a new full of the same content
+            for (const r of newest.slice(0, rules.keepLast ?? 0)) {
+              const kept = plan.keep.some((d) => d.vm === r.vm.name && d.id === r.id);
+              const synthesized = plan.synthesize.some((x) => x.vm === r.vm.name && x.backupId === r.id);
+              expect(kept || synthesized).toBe(true);
+            }
           }
         } catch (err) {
           throw new Error(`seed ${seed} (${mode}): ${(err as Error).message}`, { cause: err });

@@ -1,8 +1,9 @@
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { readFile, readdir, writeFile } from 'node:fs/promises';
+import { cp, readFile, readdir, writeFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -102,5 +103,47 @@ describe('FileRepository crash safety and cross-process locking', () => {
     await writeFile(join(vmDir, '.lock'), 'garbage');
     expect(await codeOf(repo.begin({ vm: { name: VM }, strategy: 'test', kind: 'full' }))).toBe('ERR_REPO_LOCKED');
     expect(await readFile(join(vmDir, '.lock'), 'utf8')).toBe('garbage');
+  });
+});
+
+describe('FileRepository crash during commit', () => {
+  it('a complete staging folder that was never renamed does not list and is swept', async () => {
+    const repo = new FileRepository(root);
+    const s = await repo.begin({ vm: { name: VM }, strategy: 'test', kind: 'full' });
+    await s.writeDisk(diskInfo('vda', 10), pattern(10));
+    const record = await s.commit();
+    // simulate a writer that died after writing the manifest, just before the atomic rename
+    const vmDir = join(root, FileRepository.vmFolderName(VM));
+    const staged = join(vmDir, '.staging', '20991231T235959.999Z-00000000');
+    await cp(join(vmDir, record.id), staged, { recursive: true });
+    const manifest = JSON.parse(await readFile(join(staged, 'manifest.json'), 'utf8')) as { id: string };
+    manifest.id = '20991231T235959.999Z-00000000';
+    await writeFile(join(staged, 'manifest.json'), JSON.stringify(manifest));
+    expect((await repo.list(VM)).map((r) => r.id)).toEqual([record.id]);
+    expect(await codeOf(repo.get(VM, '20991231T235959.999Z-00000000'))).toBe('ERR_NOT_FOUND');
+    expect((await repo.cleanupStale()).removed).toEqual([staged]);
+    expect((await repo.verify(VM)).ok).toBe(true);
+  });
+});
+
+describe('FileRepository stale lock race', () => {
+  it('when several writers find the same stale lock at once, exactly one takes it', async () => {
+    const dead = spawn(process.execPath, ['-e', '']);
+    await new Promise((r) => dead.once('exit', r));
+    const repo = new FileRepository(root);
+    const vmDir = join(root, FileRepository.vmFolderName(VM));
+    await (await repo.begin({ vm: { name: VM }, strategy: 'test', kind: 'full' })).abort();
+    for (let round = 0; round < 5; round++) {
+      await writeFile(join(vmDir, '.lock'), JSON.stringify({ pid: dead.pid, host: hostname(), since: 'x', nonce: `dead${round}`, purpose: 'backup' }));
+      const writers = Array.from({ length: 4 }, () => new FileRepository(root));
+      const outcomes = await Promise.allSettled(writers.map((w) => w.begin({ vm: { name: VM }, strategy: 'test', kind: 'full' })));
+      const won = outcomes.filter((o) => o.status === 'fulfilled');
+      expect(won).toHaveLength(1);
+      for (const o of outcomes) if (o.status === 'rejected') expect(o.reason).toMatchObject({ code: 'ERR_REPO_LOCKED' });
+      const lock = JSON.parse(await readFile(join(vmDir, '.lock'), 'utf8')) as { pid: number };
+      expect(lock.pid).toBe(process.pid);
+      await (won[0] as PromiseFulfilledResult<Awaited<ReturnType<FileRepository['begin']>>>).value.abort();
+      expect(existsSync(join(vmDir, '.lock'))).toBe(false);
+    }
   });
 });

@@ -80,18 +80,18 @@ describe('FileRepository.verify', () => {
     await flipByte(await repo.diskPath(VM, id, 'vda'), 0);
     await truncate(await repo.diskPath(VM, id, 'vdb'), 1000);
     await writeFile(join(backupDir(id), 'meta', 'domain.xml'), '<evil/>!!');
-    expect(await codeOf(digestOf(await repo.openDisk(VM, id, 'vda')))).toBe('ERR_CHECKSUM_MISMATCH');
-    expect(await codeOf(digestOf(await repo.openDisk(VM, id, 'vdb')))).toBe('ERR_TRUNCATED');
+    expect(await codeOf(async () => digestOf(await repo.openDisk(VM, id, 'vda')))).toBe('ERR_CHECKSUM_MISMATCH');
+    expect(await codeOf(async () => digestOf(await repo.openDisk(VM, id, 'vdb')))).toBe('ERR_TRUNCATED');
     expect(await codeOf(repo.readMetadata(VM, id, 'domain.xml'))).toBe('ERR_CHECKSUM_MISMATCH');
     await writeFile(join(backupDir(id), 'meta', 'domain.xml'), '<domain/>+');
     expect(await codeOf(repo.readMetadata(VM, id, 'domain.xml'))).toBe('ERR_SIZE_MISMATCH');
     // with verifyOnRead off, the size is still enforced
     const lax = new FileRepository(root, { verifyOnRead: false });
     expect((await digestOf(await lax.openDisk(VM, id, 'vda'))).bytes).toBe(500_000);
-    expect(await codeOf(digestOf(await lax.openDisk(VM, id, 'vdb')))).toBe('ERR_TRUNCATED');
+    expect(await codeOf(async () => digestOf(await lax.openDisk(VM, id, 'vdb')))).toBe('ERR_TRUNCATED');
     const grown = await repo.diskPath(VM, id, 'vdb');
     await truncate(grown, 80_000);
-    expect(await codeOf(digestOf(await lax.openDisk(VM, id, 'vdb')))).toBe('ERR_SIZE_MISMATCH');
+    expect(await codeOf(async () => digestOf(await lax.openDisk(VM, id, 'vdb')))).toBe('ERR_SIZE_MISMATCH');
   });
 
   it('reports a tampered manifest: content changes are caught, invalid manifests listed as problems', async () => {

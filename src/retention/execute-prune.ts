@@ -1,0 +1,121 @@
+import { throwIfAborted } from '../core/abort.js';
+import type { Logger } from '../core/logger.js';
+import { silentLogger } from '../core/logger.js';
+import type { BackupRecord, BackupSession, BeginBackupOptions } from '../core/target.js';
+import { extentsToRawStream } from '../formats/extents-to-raw-stream.js';
+import { openDiskImage } from '../formats/open-disk-image.js';
+import { writeQcow2 } from '../formats/qcow2/qcow2-writer.js';
+import { readRbdExportDiff } from '../formats/rbd/rbd-export-diff.js';
+import type { ArtifactOpener } from '../snapshot/snapshot-chain.js';
+import { SnapshotChain } from '../snapshot/snapshot-chain.js';
+import type { PrunePlan, SynthesizeStep } from './plan-prune.js';
+import { POINT_IN_TIME_LABEL, SYNTHESIZED_FROM_LABEL } from './plan-prune.js';
+
+/** The repository operations a prune needs (`FileRepository` fits). */
+export interface PruneRepository {
+  list(vmName: string, options?: { signal?: AbortSignal }): Promise<BackupRecord[]>;
+  delete(vmName: string, backupId: string, options?: { signal?: AbortSignal }): Promise<unknown>;
+  begin(options: BeginBackupOptions): Promise<BackupSession>;
+  /** Local path of a stored artifact (random access for QCOW2 layers). */
+  diskPath(vmName: string, backupId: string, diskId: string, options?: { signal?: AbortSignal }): Promise<string>;
+  openDisk(vmName: string, backupId: string, diskId: string, options?: { signal?: AbortSignal }): Promise<NodeJS.ReadableStream & AsyncIterable<Buffer>>;
+  readMetadata(vmName: string, backupId: string, name: string, options?: { signal?: AbortSignal }): Promise<Buffer>;
+}
+
+/** What {@link executePrune} reports as it goes. */
+export type PruneStepEvent =
+  | { type: 'synthesized'; vm: string; from: string; backupId: string }
+  | { type: 'removed'; vm: string; backupId: string };
+
+/** Options for {@link executePrune}. */
+export interface ExecutePruneOptions {
+  signal?: AbortSignal;
+  /** Called after each synthesized full and each deletion. */
+  onStep?: (event: PruneStepEvent) => void;
+  logger?: Logger;
+}
+
+/** What {@link executePrune} did. */
+export interface ExecutePruneResult {
+  /** New fulls, with the incremental each replaced. */
+  synthesized: { vm: string; from: string; record: BackupRecord }[];
+  /** Deleted backups, in deletion order. */
+  removed: { vm: string; backupId: string }[];
+}
+
+/**
+ * Writes one synthesized full: the target's disks flattened through their chain with
+ * {@link SnapshotChain} (no intermediate files, bounded memory), stored as QCOW2 when the chain is
+ * QCOW2 and raw otherwise, with the target's metadata and per-disk `extra` (so later incrementals can
+ * continue from it) and labels giving the original point in time.
+ */
+async function synthesize(repo: PruneRepository, step: SynthesizeStep, signal: AbortSignal | undefined): Promise<BackupRecord> {
+  const opts = signal ? { signal } : {};
+  const chain = SnapshotChain.fromRecords(await repo.list(step.vm, opts));
+  const target = chain.get(step.backupId);
+  const open: ArtifactOpener = async (backupId, diskId, o) => {
+    const art = chain.get(backupId).disks.find((d) => d.diskId === diskId);
+    if (art?.format === 'rbd-diff') return readRbdExportDiff(await repo.openDisk(step.vm, backupId, diskId, o), o);
+    // each QCOW2 layer alone: the chain merges them (newest wins)
+    return openDiskImage(await repo.diskPath(step.vm, backupId, diskId, o), { format: art?.format === 'qcow2' ? 'qcow2' : 'raw', backing: 'ignore', ...o });
+  };
+  await using full = await chain.synthesizeFull({ id: target.id }, open, opts);
+  throwIfAborted(signal);
+  const session = await repo.begin({
+    vm: { name: step.vm, ...(target.vm.id !== undefined ? { id: target.vm.id } : {}) },
+    strategy: target.strategy,
+    kind: 'full',
+    labels: { ...target.labels, [POINT_IN_TIME_LABEL]: target.labels[POINT_IN_TIME_LABEL] ?? target.completedAt, [SYNTHESIZED_FROM_LABEL]: target.id },
+    ...opts,
+  });
+  try {
+    for (const { info, stream } of full.disks) {
+      const qcow2 = info.format === 'qcow2' && stream.map !== undefined;
+      const bytes = qcow2 ? writeQcow2(stream, opts) : extentsToRawStream(stream, opts);
+      await session.writeDisk(
+        { diskId: info.diskId, name: info.name, format: qcow2 ? 'qcow2' : 'raw', virtualSize: stream.size, kind: 'full', ...(info.extra ? { extra: info.extra } : {}) },
+        bytes,
+        opts,
+      );
+    }
+    for (const m of target.metadata) await session.writeMetadata(m.name, await repo.readMetadata(step.vm, target.id, m.name, opts), opts);
+    return await session.commit(opts);
+  } catch (err) {
+    await session.abort(err);
+    throw err;
+  }
+}
+
+/**
+ * Carries out a {@link PrunePlan}: first every synthesized full (if one fails, nothing is deleted),
+ * then the removals in the plan's order, children before parents, checking `signal` before each.
+ * An interruption at any point leaves every remaining backup with its parents.
+ *
+ * @throws `ERR_ABORTED`; repository errors (`ERR_REPO_LOCKED`, `ERR_REPO_CHAIN`, ...); chain and
+ * format errors while synthesizing (`ERR_CHAIN_INVALID`, `ERR_FORMAT_CORRUPT`).
+ *
+ * @example
+ * ```ts
+ * const plan = planPrune(await repo.list('web01'), { keepLast: 1 }, new Date(), { mode: 'synthesize' });
+ * await executePrune(repo, plan, { signal });
+ * ```
+ */
+export async function executePrune(repo: PruneRepository, plan: PrunePlan, options: ExecutePruneOptions = {}): Promise<ExecutePruneResult> {
+  const { signal } = options;
+  const logger = options.logger ?? silentLogger;
+  const result: ExecutePruneResult = { synthesized: [], removed: [] };
+  for (const step of plan.synthesize) {
+    throwIfAborted(signal);
+    const record = await synthesize(repo, step, signal);
+    logger.info({ vm: step.vm, from: step.backupId, backupId: record.id }, 'synthesized full written');
+    result.synthesized.push({ vm: step.vm, from: step.backupId, record });
+    options.onStep?.({ type: 'synthesized', vm: step.vm, from: step.backupId, backupId: record.id });
+  }
+  for (const d of plan.remove) {
+    throwIfAborted(signal);
+    await repo.delete(d.vm, d.id, signal ? { signal } : {});
+    result.removed.push({ vm: d.vm, backupId: d.id });
+    options.onStep?.({ type: 'removed', vm: d.vm, backupId: d.id });
+  }
+  return result;
+}

@@ -1,0 +1,179 @@
+/**
+ * Fault injection on the real daemon: each phase of a backup is broken (snapshot, SSH drop during
+ * transfer, disk full on the target, merge failure, commit failure, abort, qemu-img failures on a
+ * stopped VM), then the domain's active layers, its chain and the guest disk contents are checked,
+ * and that nothing was committed or left behind. A final successful incremental proves the chain is
+ * still usable and restores exactly.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, posix } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { SshRunner } from '../../../src/core/ssh/ssh-runner.js';
+import type { BackupRecord } from '../../../src/core/target.js';
+import { LibvirtHost } from '../../../src/libvirt/libvirt-host.js';
+import { VirshStrategy } from '../../../src/strategies/libvirt/virsh.js';
+import { labVar, remoteRunner } from '../../support/lab.js';
+import { DirTarget } from './dir-target.js';
+import type { Fault } from './helpers.js';
+import { activeSources, chainOf, createDomain, FaultRunner, guestChecksum, guestWrite, listDir, OWNER, removeDomain } from './helpers.js';
+
+describe('VirshStrategy failure semantics (fault injection)', () => {
+  let ssh: SshRunner;
+  let faulty: FaultRunner;
+  let host: LibvirtHost;
+  let plain: LibvirtHost;
+  let repoDir: string;
+  let repo: DirTarget;
+  let dir: string;
+  let scratch: string;
+
+  beforeAll(async () => {
+    ssh = await remoteRunner();
+    faulty = new FaultRunner(ssh);
+    host = new LibvirtHost(faulty, { uri: labVar('VS_LIBVIRT_URI'), fileOwner: OWNER });
+    plain = new LibvirtHost(ssh, { uri: labVar('VS_LIBVIRT_URI'), fileOwner: OWNER });
+    repoDir = await mkdtemp(join(tmpdir(), 'vs-virsh-faults-'));
+    repo = new DirTarget(repoDir);
+    dir = posix.join(labVar('VS_LIBVIRT_IMAGE_DIR'), `faults-${process.pid}`);
+    scratch = posix.join(dir, 'scratch');
+    await plain.mkdir(scratch);
+  });
+
+  afterAll(async () => {
+    await plain?.exec(['rm', '-rf', '--', dir]).catch(() => undefined);
+    await ssh?.close();
+    await rm(repoDir, { recursive: true, force: true });
+  });
+
+  /** State the domain must be back in after a failed backup. */
+  async function snapshotState(name: string): Promise<{ sources: Record<string, string>; chains: Record<string, string[]>; sums: Record<string, string>; files: string[] }> {
+    const sources = await activeSources(plain, name);
+    const chains: Record<string, string[]> = {};
+    const sums: Record<string, string> = {};
+    for (const [t, f] of Object.entries(sources)) {
+      chains[t] = await chainOf(plain, f);
+      sums[t] = await guestChecksum(plain, f, scratch);
+    }
+    return { sources, chains, sums, files: await listDir(plain, dir) };
+  }
+
+  it('running VM: every phase fails cleanly, then an incremental still works', async () => {
+    const name = `vs-it-faults 'r'`;
+    const vda = posix.join(dir, `run a.qcow2`);
+    const vdb = posix.join(dir, `run b.img`);
+    await removeDomain(plain, name);
+    await createDomain(plain, name, [
+      { target: 'vda', file: vda, format: 'qcow2', sizeMb: 16 },
+      { target: 'vdb', file: vdb, format: 'raw', sizeMb: 16 },
+    ], true);
+    try {
+      const strategy = new VirshStrategy({ host, keepSnapshot: true });
+      const full = await strategy.backup({ name }, repo);
+      let parent: BackupRecord = full.record;
+      const committed = (await repo.list(name)).length;
+
+      const cases: { label: string; fault?: Fault; target?: 'enospc' | 'commit'; abort?: boolean; code?: string }[] = [
+        { label: 'snapshot fails', fault: { match: (a) => a.includes('snapshot-create-as'), action: 'fail' }, code: 'ERR_LIBVIRT' },
+        { label: 'SSH drop during the transfer', fault: { match: (a) => a[0] === 'cat', action: 'kill-after', bytes: 64 * 1024 } },
+        { label: 'disk full on the target', target: 'enospc' },
+        { label: 'merge of the kept snapshot fails', fault: { match: (a) => a.includes('blockcommit') && a.includes('--top'), action: 'fail' }, code: 'ERR_LIBVIRT' },
+        { label: 'commit of the backup fails', target: 'commit', code: 'ERR_REPO_STATE' },
+        { label: 'aborted during the transfer', abort: true, code: 'ERR_ABORTED' },
+      ];
+      for (const [i, c] of cases.entries()) {
+        console.log('case', c.label);
+        await guestWrite(plain, name, 0, 0x50 + i, `${i + 2}M`, '128k');
+        const before = await snapshotState(name);
+        faulty.fault = c.fault;
+        repo.faults = c.target === 'enospc' ? { failAfterBytes: 32 * 1024 } : c.target === 'commit' ? { failOnCommit: true } : {};
+        const ac = new AbortController();
+        const p = strategy.backup({ name }, repo, {
+          kind: 'incremental',
+          parent,
+          signal: ac.signal,
+          onProgress: (e) => {
+            if (c.abort && e.type === 'bytes') ac.abort(new Error('user cancelled'));
+          },
+        });
+        const err = await p.then(
+          () => undefined,
+          (e: unknown) => e as { code?: string },
+        );
+        repo.faults = {};
+        faulty.fault = undefined;
+        expect(err, c.label).toBeDefined();
+        if (c.code) expect(err?.code, c.label).toBe(c.code);
+        const after = await snapshotState(name);
+        expect(after.sources, c.label).toEqual(before.sources);
+        expect(after.chains, c.label).toEqual(before.chains);
+        expect(after.sums, c.label).toEqual(before.sums);
+        expect(after.files, c.label).toEqual(before.files);
+        expect((await repo.list(name)).length, c.label).toBe(committed);
+        expect(await repo.leftovers(name), c.label).toEqual([]);
+        expect(await plain.domainState(name), c.label).toBe('running');
+      }
+
+      // the chain is intact: the next incremental holds every write since the full
+      const ok = await strategy.backup({ name }, repo, { kind: 'incremental', parent });
+      expect(ok.disks.map((d) => d.kind)).toEqual(['incremental', 'incremental']);
+      parent = ok.record;
+      const state = await snapshotState(name);
+      const restored = `vs-it-faults-restored`;
+      await removeDomain(plain, restored);
+      const rdir = posix.join(dir, 'restored');
+      await plain.mkdir(rdir);
+      await strategy.restore(name, repo, { backupId: parent.id, newName: restored, targetDir: rdir });
+      const files = Object.fromEntries((await plain.getDomain(restored, { inactive: true })).disks.map((d) => [d.target, d.file!]));
+      expect(await guestChecksum(plain, files.vda!, scratch)).toBe(state.sums.vda);
+      expect(await guestChecksum(plain, files.vdb!, scratch)).toBe(state.sums.vdb);
+      await removeDomain(plain, restored);
+    } finally {
+      await removeDomain(plain, name);
+    }
+  });
+
+  it('stopped VM: qemu-img failures leave the definition and chain as they were', async () => {
+    const name = 'vs-it-faults-stopped';
+    const vda = posix.join(dir, 'st-a.qcow2');
+    const vdb = posix.join(dir, 'st-b.qcow2');
+    await removeDomain(plain, name);
+    await createDomain(plain, name, [
+      { target: 'vda', file: vda, format: 'qcow2', sizeMb: 16 },
+      { target: 'vdb', file: vdb, format: 'qcow2', sizeMb: 16 },
+    ], false);
+    try {
+      const strategy = new VirshStrategy({ host, keepSnapshot: true });
+      const full = await strategy.backup({ name }, repo);
+      // the kept snapshot is in the definition
+      const kept = await activeSources(plain, name);
+      expect(kept.vda).toMatch(/\.vs-ovl-/);
+      await plain.exec(['qemu-io', '-f', 'qcow2', '-c', 'write -q -P 0x61 3M 64k', '--', kept.vda!]);
+      const cases: { label: string; fault: Fault }[] = [
+        { label: 'second overlay cannot be created', fault: { match: (a) => a[0] === 'qemu-img' && a[1] === 'create' && a.some((x) => x.startsWith(vdb)), action: 'fail' } },
+        { label: 'redefinition fails', fault: { match: (a) => a.includes('define'), action: 'fail' } },
+        { label: 'qemu-img commit of the kept snapshot fails', fault: { match: (a) => a[0] === 'qemu-img' && a[1] === 'commit', action: 'fail' } },
+        { label: 'qemu-img rebase fails', fault: { match: (a) => a[0] === 'qemu-img' && a[1] === 'rebase', action: 'fail' } },
+      ];
+      for (const c of cases) {
+        const xml = await plain.dumpXml(name, { inactive: true });
+        const before = await snapshotState(name);
+        faulty.fault = c.fault;
+        await expect(strategy.backup({ name }, repo, { kind: 'incremental', parent: full.record }), c.label).rejects.toThrow();
+        expect(faulty.fault, `${c.label}: fault was hit`).toBeUndefined();
+        faulty.fault = undefined;
+        const after = await snapshotState(name);
+        expect(after.sources, c.label).toEqual(before.sources);
+        expect(after.chains, c.label).toEqual(before.chains);
+        expect(after.sums, c.label).toEqual(before.sums);
+        expect(after.files, c.label).toEqual(before.files);
+        expect(await plain.dumpXml(name, { inactive: true }), c.label).toBe(xml);
+        expect(await repo.leftovers(name), c.label).toEqual([]);
+      }
+      const ok = await strategy.backup({ name }, repo, { kind: 'incremental', parent: full.record });
+      expect(ok.disks.map((d) => d.kind)).toEqual(['incremental', 'incremental']);
+    } finally {
+      await removeDomain(plain, name);
+    }
+  });
+});
