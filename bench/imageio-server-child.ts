@@ -9,8 +9,8 @@ import type { ImageioTicket } from '../src/testing/imageio-server/types.js';
 
 const rl = createInterface({ input: process.stdin });
 const first = await new Promise<string>((resolve) => rl.once('line', resolve));
-const cfg = JSON.parse(first) as { key: string; cert: string; tickets: ImageioTicket[] };
-const server = await ImageioServer.start({ tls: { key: cfg.key, cert: cfg.cert } });
+const cfg = JSON.parse(first) as { key?: string; cert?: string; tickets: ImageioTicket[] };
+const server = await ImageioServer.start(cfg.key && cfg.cert ? { tls: { key: cfg.key, cert: cfg.cert } } : {});
 for (const t of cfg.tickets) await server.addTicket(t);
 process.stdout.write(`${JSON.stringify({ url: server.url })}\n`);
 rl.on('close', () => {

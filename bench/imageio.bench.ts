@@ -13,7 +13,8 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { openDiskImage } from '../src/formats/open-disk-image.js';
 import { ImageioClient } from '../src/rhv/imageio/imageio-client.js';
-import type { BenchRow, BenchSuite } from './lib.js';
+import type { BenchContext, BenchRow, BenchSuite } from './lib.js';
+import { sampleRss } from './lib.js';
 
 const MiB = 1024 * 1024;
 
@@ -48,30 +49,19 @@ async function makeImage(path: string, size: number): Promise<void> {
   }
 }
 
+function elapsed(start: bigint): number {
+  return Number(process.hrtime.bigint() - start) / 1e9;
+}
+
 function sh(cmd: string, args: string[]): void {
   execFileSync(cmd, args, { stdio: ['ignore', 'ignore', 'inherit'] });
 }
 
-function seconds(start: bigint): number {
-  return Number(process.hrtime.bigint() - start) / 1e9;
-}
-
-function rssSampler(): { stop(): number } {
-  let peak = process.memoryUsage().rss;
-  const t = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), 20);
-  return {
-    stop: () => {
-      clearInterval(t);
-      return Math.round(Math.max(peak, process.memoryUsage().rss) / MiB);
-    },
-  };
-}
-
 const suite: BenchSuite = {
   name: 'imageio',
-  async run(): Promise<BenchRow[]> {
-    const sizeMb = Number(process.env.BENCH_SIZE_MB ?? 2048);
-    const size = Math.max(2, Math.floor(sizeMb)) * MiB;
+  async run(ctx: BenchContext): Promise<BenchRow[]> {
+    const sizeMb = Math.max(2, ctx.sizeMb(2048));
+    const size = sizeMb * MiB;
     const dir = mkdtempSync(join(tmpdir(), 'vs-bench-imageio-'));
     const child = spawn(process.execPath, ['--import', 'tsx/esm', fileURLToPath(new URL('./imageio-server-child.ts', import.meta.url))], {
       stdio: ['pipe', 'pipe', 'inherit'],
@@ -81,6 +71,7 @@ const suite: BenchSuite = {
       const src = join(dir, 'src.raw');
       const upVs = join(dir, 'up-vs.raw');
       const upCurl = join(dir, 'up-curl.raw');
+      ctx.log(`imageio: writing a ${sizeMb} MiB image (half data, half holes)`);
       await makeImage(src, size);
       for (const p of [upVs, upCurl]) sh('truncate', ['-s', String(size), p]);
       const tickets = [
@@ -96,50 +87,59 @@ const suite: BenchSuite = {
       const { url } = JSON.parse(line) as { url: string };
       const rows: BenchRow[] = [];
 
-      // --- download: virtstream (4 connections, zeros skipped, sparse output) vs curl -------------
+      // --- download: virtstream (zeros skipped, sparse output) vs curl of the same URL ----------
       const outVs = join(dir, 'dl-vs.raw');
       const outCurl = join(dir, 'dl-curl.raw');
-      let rss = rssSampler();
-      let t0 = process.hrtime.bigint();
-      {
-        await using client = new ImageioClient({ transferUrl: `${url}/images/bench-read`, ca: tls.ca });
-        const fh = await open(outVs, 'w');
-        try {
-          for await (const ch of await client.download({ concurrency: 4 })) {
-            if (ch.kind === 'data') await fh.write(ch.data, 0, ch.length, ch.offset);
+      for (const connections of [4, 1]) {
+        const rss = sampleRss(20);
+        let t0 = process.hrtime.bigint();
+        {
+          await using client = new ImageioClient({ transferUrl: `${url}/images/bench-read`, ca: tls.ca });
+          const fh = await open(outVs, 'w');
+          try {
+            for await (const ch of await client.download({ concurrency: connections })) {
+              if (ch.kind === 'data') await fh.write(ch.data, 0, ch.length, ch.offset);
+            }
+            await fh.truncate(size);
+          } finally {
+            await fh.close();
           }
-          await fh.truncate(size);
-        } finally {
-          await fh.close();
         }
+        const vsDl = elapsed(t0);
+        const vsDlRss = rss.stop();
+        t0 = process.hrtime.bigint();
+        sh('curl', ['-sS', '--fail', '--cacert', tls.caPath, '-o', outCurl, `${url}/images/bench-read`]);
+        const curlDl = elapsed(t0);
+        sh('cmp', [src, outVs]);
+        sh('cmp', [src, outCurl]);
+        rows.push({
+          case: `imageio download ${sizeMb} MiB (half zeros), ${connections} conn${connections > 1 ? 's' : ''}, TLS`,
+          bytes: size,
+          virtstreamSeconds: vsDl,
+          baseline: 'curl GET',
+          baselineSeconds: curlDl,
+          peakRssMb: vsDlRss,
+        });
+        rmSync(outVs);
+        rmSync(outCurl);
       }
-      const vsDl = seconds(t0);
-      const vsDlRss = rss.stop();
-      t0 = process.hrtime.bigint();
-      sh('curl', ['-sS', '--fail', '--cacert', tls.caPath, '-o', outCurl, `${url}/images/bench-read`]);
-      const curlDl = seconds(t0);
-      sh('cmp', [src, outVs]);
-      sh('cmp', [src, outCurl]);
-      rows.push({ case: `download ${sizeMb} MiB (half zeros), 4 conns vs curl`, bytes: size, virtstreamSeconds: vsDl, baseline: 'curl GET', baselineSeconds: curlDl, peakRssMb: vsDlRss });
-      rmSync(outVs);
-      rmSync(outCurl);
 
       // --- upload: virtstream (zeros as PATCH zero, 4 conns) vs curl -T (PUT of every byte) ----------
-      rss = rssSampler();
-      t0 = process.hrtime.bigint();
+      const rss = sampleRss(20);
+      let t0 = process.hrtime.bigint();
       {
         await using client = new ImageioClient({ transferUrl: `${url}/images/bench-up-vs`, ca: tls.ca });
         await using img = await openDiskImage(src, { format: 'raw' });
         await client.upload(img.extents({ chunkSize: 8 * MiB }), { concurrency: 4 });
       }
-      const vsUp = seconds(t0);
+      const vsUp = elapsed(t0);
       const vsUpRss = rss.stop();
       t0 = process.hrtime.bigint();
       sh('curl', ['-sS', '--fail', '--cacert', tls.caPath, '-T', src, '-H', `Content-Range: bytes 0-${size - 1}/*`, `${url}/images/bench-up-curl`]);
-      const curlUp = seconds(t0);
+      const curlUp = elapsed(t0);
       sh('cmp', [src, upVs]);
       sh('cmp', [src, upCurl]);
-      rows.push({ case: `upload ${sizeMb} MiB (half zeros), 4 conns vs curl -T`, bytes: size, virtstreamSeconds: vsUp, baseline: 'curl PUT', baselineSeconds: curlUp, peakRssMb: vsUpRss });
+      rows.push({ case: `imageio upload ${sizeMb} MiB (half zeros), 4 conns, TLS`, bytes: size, virtstreamSeconds: vsUp, baseline: 'curl PUT', baselineSeconds: curlUp, peakRssMb: vsUpRss });
       return rows;
     } finally {
       child.stdin.end();

@@ -9,13 +9,13 @@
  * VS_POINT is `latest`, a backup id, or an ISO time (newest backup completed at or before it).
  * VS_OUT ending in `.qcow2` writes a sparse QCOW2 v3 file, anything else a sparse raw file.
  */
-import { createReadStream, createWriteStream } from 'node:fs';
+import { createWriteStream } from 'node:fs';
 import { pipeline } from 'node:stream/promises';
 import {
   FileRepository,
   SnapshotChain,
   openDiskImage,
-  readRbdExportDiff,
+  RbdExportDiffFile,
   writeExtentsToFile,
   writeQcow2,
   type ChainLayer,
@@ -41,7 +41,7 @@ console.log(`restoring ${diskId} at ${target.id} (${target.completedAt}) through
 async function openLayer(backupId: string, disk: string, options: { signal?: AbortSignal }): Promise<ChainLayer> {
   const artifact = chain.get(backupId).disks.find((d) => d.diskId === disk)!;
   const path = await repo.diskPath(vmName, backupId, disk, options);
-  if (artifact.format === 'rbd-diff') return readRbdExportDiff(createReadStream(path), options);
+  if (artifact.format === 'rbd-diff') return RbdExportDiffFile.open(path, options);
   return openDiskImage(path, { ...options, format: artifact.format, backing: 'ignore' });
 }
 

@@ -19,7 +19,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 command -v node >/dev/null 2>&1 || { echo "[demo] Node.js 20.19+ is required" >&2; exit 1; }
 
-if [ ! -d node_modules ] || [ package-lock.json -nt node_modules ]; then
+if [ ! -d node_modules ]; then
   echo "[demo] npm ci" >&2
   npm ci --no-audit --no-fund >&2
 fi

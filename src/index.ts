@@ -43,6 +43,7 @@ export {
   type FlattenedDisk,
   type SyntheticFullPlan,
   type SyntheticFull,
+  type ChainVerifyResult,
 } from './snapshot/snapshot-chain.js';
 export { ChainError, type ChainProblem, type ChainProblemKind } from './snapshot/chain-error.js';
 export {
@@ -56,3 +57,5 @@ export {
 } from './snapshot/merge-layers.js';
 export { readRbdImageExport, type RbdImageExport, type RbdImageExportHeader } from './formats/rbd/rbd-image-export.js';
 export * from './retention/execute-prune.js';
+export { RbdExportDiffFile } from './formats/rbd/rbd-export-diff-file.js';
+export { digestExtents, type ExtentDigest } from './formats/digest-extents.js';

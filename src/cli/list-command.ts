@@ -38,7 +38,7 @@ export async function listCommand(ctx: CommandContext): Promise<number> {
   const records = await repo.list(vm, { signal: ctx.signal });
   const rows = records.map((r) => [r.id, r.kind, r.parentId ?? '-', r.strategy, r.completedAt, String(r.disks.length), formatBytes(storedBytes(r))]);
   for (const r of records) {
-    ctx.reporter.result('backup', { vm, id: r.id, kind: r.kind, parentId: r.parentId, strategy: r.strategy, startedAt: r.startedAt, completedAt: r.completedAt, disks: r.disks.map((d) => ({ diskId: d.diskId, name: d.name, kind: d.kind, bytes: d.bytes, virtualSize: d.virtualSize, format: d.format })), labels: r.labels }, []);
+    ctx.reporter.result('backup-record', { vm, id: r.id, kind: r.kind, parentId: r.parentId, strategy: r.strategy, startedAt: r.startedAt, completedAt: r.completedAt, disks: r.disks.map((d) => ({ diskId: d.diskId, name: d.name, kind: d.kind, bytes: d.bytes, virtualSize: d.virtualSize, format: d.format })), labels: r.labels }, []);
   }
   if (ctx.reporter.mode !== 'json') {
     ctx.reporter.result('backups', {}, rows.length === 0 ? [`no backups of ${printable(vm)} in ${repo.root}`] : table(['ID', 'KIND', 'PARENT', 'STRATEGY', 'COMPLETED', 'DISKS', 'STORED'], rows));

@@ -1,4 +1,5 @@
 import { CLEANUP_TIMEOUT_MS } from './abort.js';
+import { TimeoutError } from './errors.js';
 import type { Logger } from './logger.js';
 import { silentLogger } from './logger.js';
 
@@ -9,6 +10,7 @@ export type CleanupStep = (signal: AbortSignal) => unknown;
 export interface CleanupStackOptions {
   /** Bound for each step, in ms. @defaultValue 120000 */
   stepTimeoutMs?: number;
+  /** Receives a warning for each failing step. @defaultValue silent */
   logger?: Logger;
 }
 
@@ -62,7 +64,22 @@ export class CleanupStack implements AsyncDisposable {
     const entry = this.#handles.get(handle);
     if (!entry) return;
     this.release(handle);
-    await entry.step(AbortSignal.timeout(this.#timeout));
+    await this.#runStep(entry);
+  }
+
+  /** Runs one step under a fresh bounded signal; a step that ignores the signal still ends at the bound. */
+  async #runStep(entry: { label: string; step: CleanupStep }): Promise<void> {
+    const signal = AbortSignal.timeout(this.#timeout);
+    let onAbort: (() => void) | undefined;
+    const bound = new Promise<never>((_, reject) => {
+      onAbort = () => reject(new TimeoutError(`cleanup step "${entry.label}" did not finish in ${this.#timeout} ms`, this.#timeout));
+      signal.addEventListener('abort', onAbort, { once: true });
+    });
+    try {
+      await Promise.race([Promise.resolve().then(() => entry.step(signal)), bound]);
+    } finally {
+      if (onAbort) signal.removeEventListener('abort', onAbort);
+    }
   }
 
   /** Number of pending steps. */
@@ -82,7 +99,7 @@ export class CleanupStack implements AsyncDisposable {
       const entry = this.#steps.pop()!;
       for (const [h, e] of this.#handles) if (e === entry) this.#handles.delete(h);
       try {
-        await entry.step(AbortSignal.timeout(this.#timeout));
+        await this.#runStep(entry);
         this.#logger.debug({ step: entry.label }, 'cleanup step done');
       } catch (err) {
         this.#errors.push(err);
@@ -91,6 +108,7 @@ export class CleanupStack implements AsyncDisposable {
     }
   }
 
+  /** Same as {@link CleanupStack.unwind}. */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.unwind();
   }

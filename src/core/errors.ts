@@ -46,6 +46,7 @@ export type ErrorCode =
   | 'ERR_RHV_RESPONSE'
   | 'ERR_RHV_TRANSFER'
   | 'ERR_RHV_PROXY_VM'
+  | 'ERR_RHV_EXPORT'
   | 'ERR_IMAGEIO'
   | 'ERR_TLS'
   | 'ERR_HTTP'
@@ -74,7 +75,9 @@ const BRAND = Symbol.for('virtstream.error');
  * ```
  */
 export class VirtstreamError extends Error {
+  /** Stable machine-readable code: match on this, never on the message. */
   readonly code: ErrorCode;
+  /** True when repeating the same operation may succeed (see {@link isRetryable}). */
   readonly retryable: boolean;
 
   constructor(code: ErrorCode, message: string, options: VirtstreamErrorOptions = {}) {

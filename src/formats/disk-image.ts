@@ -21,5 +21,6 @@ export interface DiskImage extends AsyncDisposable {
   read(offset: number, length: number, options?: ImageReadOptions): Promise<Buffer>;
   /** The whole image (or one layer with `shallow`) as an extent stream with `map` set. */
   extents(options?: ImageReadOptions & { chunkSize?: number }): ExtentStream;
+  /** Closes the file(s). Safe to call twice. */
   close(): Promise<void>;
 }

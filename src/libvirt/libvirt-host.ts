@@ -325,9 +325,14 @@ export class LibvirtHost {
     await this.setOwner(path, options);
   }
 
-  /** Commits an overlay into its backing file (`qemu-img commit`; the overlay stays, emptied). */
-  async commitImage(path: string, options: SignalOptions = {}): Promise<void> {
-    await this.exec(['qemu-img', 'commit', '-q', '--', path], { signal: options.signal });
+  /**
+   * Commits an overlay into its backing file (`qemu-img commit`; the overlay stays, emptied), or with
+   * `base` into that image further down the chain (every layer in between included).
+   */
+  async commitImage(path: string, options: SignalOptions & { base?: string } = {}): Promise<void> {
+    const argv = ['qemu-img', 'commit', '-q'];
+    if (options.base !== undefined) argv.push('-b', options.base);
+    await this.exec([...argv, '--', path], { signal: options.signal });
   }
 
   /** Points an image at a new backing file without copying data (`qemu-img rebase -u`). */

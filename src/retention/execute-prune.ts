@@ -13,18 +13,25 @@ import { POINT_IN_TIME_LABEL, SYNTHESIZED_FROM_LABEL } from './plan-prune.js';
 
 /** The repository operations a prune needs (`FileRepository` fits). */
 export interface PruneRepository {
+  /** Committed backups of a VM, oldest first. */
   list(vmName: string, options?: { signal?: AbortSignal }): Promise<BackupRecord[]>;
+  /** Deletes one backup; refuses while other backups build on it. */
   delete(vmName: string, backupId: string, options?: { signal?: AbortSignal }): Promise<unknown>;
+  /** Starts writing a new backup (a synthesized full). */
   begin(options: BeginBackupOptions): Promise<BackupSession>;
   /** Local path of a stored artifact (random access for QCOW2 layers). */
   diskPath(vmName: string, backupId: string, diskId: string, options?: { signal?: AbortSignal }): Promise<string>;
+  /** Streams a stored artifact (for `rbd-diff` layers). */
   openDisk(vmName: string, backupId: string, diskId: string, options?: { signal?: AbortSignal }): Promise<NodeJS.ReadableStream & AsyncIterable<Buffer>>;
+  /** Reads a stored metadata file, copied into the synthesized full. */
   readMetadata(vmName: string, backupId: string, name: string, options?: { signal?: AbortSignal }): Promise<Buffer>;
 }
 
 /** What {@link executePrune} reports as it goes. */
 export type PruneStepEvent =
+  /** A synthesized full (`backupId`) was committed in place of the incremental `from`. */
   | { type: 'synthesized'; vm: string; from: string; backupId: string }
+  /** Backup `backupId` was deleted. */
   | { type: 'removed'; vm: string; backupId: string };
 
 /** Options for {@link executePrune}. */

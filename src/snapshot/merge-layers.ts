@@ -10,8 +10,11 @@ import { DEFAULT_CHUNK_SIZE } from '../formats/image-extent-stream.js';
  */
 export interface RandomAccessLayer {
   readonly virtualSize: number;
+  /** Allocation map of this layer (called with `shallow: true`). */
   map(options?: { signal?: AbortSignal; shallow?: boolean }): Promise<Extent[]>;
+  /** This layer's bytes of a range (called with `shallow: true`). */
   read(offset: number, length: number, options?: { signal?: AbortSignal; shallow?: boolean }): Promise<Uint8Array>;
+  /** Releases the layer; the chain calls it when the flattened stream is done. */
   close?(): Promise<void>;
 }
 

@@ -1,7 +1,9 @@
 import { throwIfAborted } from '../core/abort.js';
-import { NotFoundError, VirtstreamError } from '../core/errors.js';
+import { InvalidArgumentError, NotFoundError, VirtstreamError } from '../core/errors.js';
 import type { ArtifactFormat } from '../core/model.js';
 import type { BackupRecord, StoredDiskArtifact } from '../core/target.js';
+import { digestExtents } from '../formats/digest-extents.js';
+import type { ExtentDigest } from '../formats/digest-extents.js';
 import type { ExtentStream } from '../formats/extent.js';
 import type { ChainProblem } from './chain-error.js';
 import { ChainError } from './chain-error.js';
@@ -19,6 +21,7 @@ export type ArtifactOpener = (backupId: string, diskId: string, options: { signa
 
 /** The small part of a repository the chain reads records from (`FileRepository` and every `RestoreSource` fit). */
 export interface ChainRecordSource {
+  /** Committed backups of a VM. */
   list(vmName: string, options?: { signal?: AbortSignal }): Promise<BackupRecord[]>;
 }
 
@@ -28,12 +31,26 @@ export interface DiskPathStep {
   artifact: StoredDiskArtifact;
 }
 
-/** A flattened disk: an extent stream that owns the layers it reads. Close it (or `await using`) when done. */
+/**
+ * A flattened disk: an extent stream that owns the layers it reads. It can be iterated once (a second
+ * iteration throws `ERR_INVALID_ARGUMENT`); reaching its end closes the layers, and so does `close()`
+ * or `await using` when it is not read to the end.
+ */
 export interface FlattenedDisk extends ExtentStream, AsyncDisposable {
   readonly diskId: string;
   /** Backup ids of the layers, base first. */
   readonly layers: readonly string[];
+  /** Closes every layer. Safe to call twice; iterating to the end closes too. */
   close(): Promise<void>;
+}
+
+/** What {@link SnapshotChain.verify} found. */
+export interface ChainVerifyResult extends ExtentDigest {
+  diskId: string;
+  /** The backup the restore point resolved to. */
+  backupId: string;
+  /** Backup ids of the layers read, base first. */
+  layers: readonly string[];
 }
 
 /** Plan of a synthetic full: which backup becomes a full and which backups become redundant. */
@@ -52,6 +69,7 @@ export interface SyntheticFullPlan {
 /** A synthetic full being produced: one flattened stream per disk of the target. */
 export interface SyntheticFull extends SyntheticFullPlan, AsyncDisposable {
   disks: readonly { info: StoredDiskArtifact; stream: FlattenedDisk }[];
+  /** Closes every disk's layers. Safe to call twice. */
   close(): Promise<void>;
 }
 
@@ -290,6 +308,7 @@ export class SnapshotChain {
       }
       const merged = await mergeLayers(opened, size, options);
       let closed = false;
+      let iterated = false;
       const close = async (): Promise<void> => {
         if (closed) return;
         closed = true;
@@ -301,6 +320,8 @@ export class SnapshotChain {
         size,
         ...(merged.map ? { map: merged.map } : {}),
         async *[Symbol.asyncIterator]() {
+          if (iterated || closed) throw new InvalidArgumentError(`the flattened stream of disk ${diskId} can be read once (open a new one with flatten())`);
+          iterated = true;
           try {
             yield* merged;
           } finally {
@@ -315,6 +336,20 @@ export class SnapshotChain {
       await closeAll();
       throw err;
     }
+  }
+
+  /**
+   * Verifies a restore point without writing anything: flattens the disk through every layer (each
+   * artifact is parsed and read where it wins) and hashes the guest bytes. The digest equals
+   * `sha256sum` of the restored raw disk.
+   *
+   * @throws like {@link SnapshotChain.flatten}, plus the layers' format errors while reading.
+   */
+  async verify(diskId: string, point: RestorePoint, open: ArtifactOpener, options: MergeLayersOptions = {}): Promise<ChainVerifyResult> {
+    const backupId = this.resolve(point).id;
+    await using flat = await this.flatten(diskId, { id: backupId }, open, options);
+    const digest = await digestExtents(flat, options.signal ? { signal: options.signal } : {});
+    return { diskId, backupId, layers: flat.layers, ...digest };
   }
 
   /**

@@ -2,7 +2,9 @@ import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
 
 /** One hashed host pattern (`|1|salt|hash`): HMAC-SHA1 of the host name keyed with the salt. */
 export interface HashedHostPattern {
+  /** HMAC key (20 random bytes). */
   readonly salt: Buffer;
+  /** HMAC-SHA1(salt, host name). */
   readonly hash: Buffer;
 }
 

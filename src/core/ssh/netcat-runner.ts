@@ -21,6 +21,7 @@ export interface NetcatRunnerOptions {
   port?: number | [number, number];
   /** How long to keep trying to reach the listener, ms. @defaultValue 15000 */
   connectTimeoutMs?: number;
+  /** Receives debug records (redacted). @defaultValue silent */
   logger?: Logger;
 }
 
@@ -96,7 +97,7 @@ export class NetcatRunner implements CommandRunner {
     const port = lo === hi ? lo : randomInt(lo, hi + 1);
     const token = randomBytes(16).toString('hex');
     const display = describeArgv(argv);
-    const ctl = this.#ssh.spawn(['sh', '-c', SCRIPT, 'vs-netcat', this.#options.listenAddress, String(port), token, mode, ...argv], options);
+    const ctl = this.#ssh.spawn(['/bin/sh', '-c', SCRIPT, 'vs-netcat', this.#options.listenAddress, String(port), token, mode, ...argv], options);
     let ctlSettled = false;
     const ctlDone = ctl.done.then(
       (exit) => {
@@ -170,7 +171,7 @@ export class NetcatRunner implements CommandRunner {
         (err: unknown) => {
           ended = true;
           // a command that exited non-zero ends its stream like a local process; transport failures error it
-          if (err instanceof RemoteCommandError) out.push(null);
+          if (err instanceof RemoteCommandError || signal?.aborted) out.push(null);
           else out.destroy(err as Error);
         },
       );
@@ -223,7 +224,7 @@ export class NetcatRunner implements CommandRunner {
       } catch (err) {
         const e = signal?.aborted && !isVirtstreamError(err, 'ERR_ABORTED') ? new AbortedError(signal.reason) : err;
         sock?.destroy();
-        if (!stdout.destroyed && !stdout.readableEnded && mode === 'stdout' && !(e instanceof RemoteCommandError)) stdout.destroy(e as Error);
+        if (!stdout.destroyed && !stdout.readableEnded && mode === 'stdout' && !(e instanceof RemoteCommandError) && !signal?.aborted) stdout.destroy(e as Error);
         throw e;
       }
     })();

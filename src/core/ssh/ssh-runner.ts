@@ -16,10 +16,34 @@ import { redactingLogger, silentLogger } from '../logger.js';
 import { fingerprintKey, knownHostsName, knownKeyTypes, parseKnownHosts, verifyHostKey } from './known-hosts.js';
 import { SshError } from './ssh-error.js';
 
-/** The part of an ssh2 `ClientChannel` the runner uses. */
-export interface SshChannel extends Duplex {
-  readonly stderr: NodeJS.ReadableStream;
-  signal(signalName: string): unknown;
+/** The part of an ssh2 `ClientChannel` (a Duplex stream) the runner uses. */
+export interface SshChannel {
+  /** The remote command's stderr. */
+  readonly stderr: {
+    /** Output from the remote command's stderr. */
+    on(event: 'data', listener: (chunk: Buffer) => void): unknown;
+  };
+  /** Output from the remote command's stdout. */
+  on(event: 'data', listener: (chunk: Buffer) => void): unknown;
+  /** `exit`: exit code, or null plus the signal name (`KILL`). */
+  on(event: 'exit', listener: (code: number | null, signal?: string) => void): unknown;
+  /** `end` (stdout EOF), `drain` (stdin writable again), `close` (channel gone). */
+  on(event: 'end' | 'drain' | 'close', listener: () => void): unknown;
+  /** Channel errors. */
+  on(event: 'error', listener: (err: Error) => void): unknown;
+  /** Like `on`, once. */
+  once(event: 'end' | 'drain' | 'close', listener: () => void): unknown;
+  /** Removes a listener added with `once`. */
+  off(event: 'drain' | 'close', listener: () => void): unknown;
+  /** Stops reading (the SSH window then stops the remote side). */
+  pause(): unknown;
+  /** Resumes reading. */
+  resume(): unknown;
+  /** Writes to the command's stdin; false means wait for `drain`. */
+  write(chunk: Buffer): boolean;
+  /** Sends EOF on the command's stdin. */
+  end(): unknown;
+  /** Closes the channel. */
   close(): unknown;
 }
 
@@ -29,17 +53,23 @@ export interface SshChannel extends Duplex {
  * reach the server unchanged (ssh2 writes Buffers as-is).
  */
 export interface SshConnection {
+  /** Opens a session channel running `command`. */
   exec(command: string | Buffer, callback: (err: Error | undefined, channel: SshChannel) => void): unknown;
+  /** Closes the connection. */
   end(): unknown;
+  /** Connection errors. */
   on(event: 'error', listener: (err: Error) => void): unknown;
+  /** The connection closed. */
   on(event: 'close', listener: () => void): unknown;
 }
 
 /** Options for {@link SshRunner}. Authentication: a key (inline or file), a password, and/or an agent. */
 export interface SshRunnerOptions {
+  /** Host name or address (IPv6 without brackets). */
   host: string;
   /** @defaultValue 22 */
   port?: number;
+  /** User to log in as. */
   username: string;
   /** Private key in OpenSSH or PEM format. */
   privateKey?: string | Buffer;
@@ -47,6 +77,7 @@ export interface SshRunnerOptions {
   privateKeyPath?: string;
   /** Passphrase of an encrypted private key. */
   passphrase?: string;
+  /** Password authentication (never logged). */
   password?: string;
   /** Path of an ssh-agent socket (e.g. `process.env.SSH_AUTH_SOCK`). */
   agent?: string;
@@ -76,6 +107,7 @@ export interface SshRunnerOptions {
   maxChannels?: number;
   /** A connected ssh2 `Client` to use instead of connecting. It is not closed by {@link SshRunner.close}. */
   client?: SshConnection;
+  /** Receives debug/warn records (redacted). @defaultValue silent */
   logger?: Logger;
 }
 

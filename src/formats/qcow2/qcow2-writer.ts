@@ -303,7 +303,8 @@ function* metadata(l: Layout, options: WriteQcow2Options): Generator<Buffer> {
  * written before the data clusters, which follow in guest order. Zero and unallocated ranges
  * allocate nothing (with a backing file, `zero` ranges become zero clusters and `hole` ranges stay
  * unallocated). Data extents need not be cluster-aligned. The virtual size is rounded up to a
- * multiple of 512 bytes, as qemu only handles whole sectors.
+ * multiple of 512 bytes, as qemu only handles whole sectors. Cluster-aligned data passes through
+ * without a copy, so sources must not reuse the buffers of the chunks they yield.
  *
  * @example
  * ```ts
@@ -320,7 +321,7 @@ export function writeQcow2(source: ExtentStream, options: WriteQcow2Options = {}
   return Readable.from(generate(source, l, options), { objectMode: false, highWaterMark: BATCH });
 }
 
-async function* generate(source: ExtentStream, l: Layout, options: WriteQcow2Options): AsyncGenerator<Buffer> {
+async function* generate(source: ExtentStream, l: Layout, options: WriteQcow2Options): AsyncGenerator<Uint8Array> {
   const signal = options.signal;
   throwIfAborted(signal);
   const cs = l.clusterSize;
@@ -331,7 +332,7 @@ async function* generate(source: ExtentStream, l: Layout, options: WriteQcow2Opt
   }
   // data clusters, in guest order
   const batchClusters = Math.max(1, Math.floor(BATCH / cs));
-  let batch = Buffer.alloc(batchClusters * cs);
+  let batch = Buffer.allocUnsafe(batchClusters * cs);
   let used = 0; // clusters in batch
   let ri = 0; // run of the next data cluster
   let nextCluster = -1; // next data cluster to emit
@@ -366,7 +367,7 @@ async function* generate(source: ExtentStream, l: Layout, options: WriteQcow2Opt
     if (used < batchClusters) return undefined;
     const full = batch;
     written += full.length;
-    batch = Buffer.alloc(batchClusters * cs);
+    batch = Buffer.allocUnsafe(batchClusters * cs); // every cluster is zeroed or filled when started
     used = 0;
     return full;
   };
@@ -397,6 +398,28 @@ async function* generate(source: ExtentStream, l: Layout, options: WriteQcow2Opt
       const c = Math.floor(off / cs);
       const n = Math.min(end, (c + 1) * cs) - off;
       yield* emitUpTo(c);
+      // whole clusters of a plain data run pass through without a copy
+      if (chunk.kind === 'data' && c === nextCluster && curCluster !== c && off === c * cs && l.runs[ri]!.cls === Cls.Data) {
+        const run = l.runs[ri]!;
+        const k = Math.min(Math.floor((end - off) / cs), run.end - c);
+        if (k >= 1) {
+          if (used > 0) {
+            written += used * cs;
+            yield batch.subarray(0, used * cs);
+            batch = Buffer.allocUnsafe(batchClusters * cs);
+            used = 0;
+          }
+          written += k * cs;
+          yield chunk.data.subarray(off - chunk.offset, off - chunk.offset + k * cs);
+          nextCluster += k;
+          if (nextCluster >= run.end) {
+            ri++;
+            advanceRun();
+          }
+          off += k * cs;
+          continue;
+        }
+      }
       if (c === nextCluster) {
         if (curCluster !== c) await startCluster();
         const into = off - c * cs;

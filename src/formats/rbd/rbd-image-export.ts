@@ -20,6 +20,7 @@ export interface RbdImageExportHeader {
 
 /** An image export: the header, then its diffs in order (each must be consumed before the next). */
 export interface RbdImageExport extends RbdImageExportHeader {
+  /** The embedded diffs, oldest first; consume each fully (or not at all) before taking the next. */
   diffs(): AsyncGenerator<RbdExportDiffStream>;
 }
 

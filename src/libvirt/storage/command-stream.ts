@@ -9,6 +9,7 @@ import { PassThrough } from 'node:stream';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { normalizeAbort, throwIfAborted } from '../../core/abort.js';
+import { RemoteCommandError } from '../../core/errors.js';
 import type { CommandArg, CommandRunner } from '../../core/exec/command-runner.js';
 
 /** A running command whose stdout carries data: read `stream`, then await `done`. */
@@ -90,6 +91,12 @@ export async function runCommandWithInput(
   const feeding = pipeline(source, proc.stdin, options.signal ? { signal: options.signal } : {});
   feeding.catch(() => proc.kill());
   const [fed, exited] = await Promise.allSettled([feeding, proc.done]);
-  if (exited.status === 'rejected') throw mapError(exited.reason);
+  if (exited.status === 'rejected') {
+    // killed because the source failed: the source's error is the cause; a command that exited by
+    // itself (and broke the pipe) explains the failure better
+    const e: unknown = exited.reason;
+    const killedForSource = fed.status === 'rejected' && e instanceof RemoteCommandError && e.exitCode === null;
+    throw killedForSource ? normalizeAbort(fed.reason, options.signal) : mapError(e);
+  }
   if (fed.status === 'rejected') throw normalizeAbort(fed.reason, options.signal);
 }

@@ -257,7 +257,7 @@ export function snapshotSizeFor(origin: LvmLogicalVolume, vg: LvmVolumeGroup, po
 export interface LvmClientOptions {
   /** Directory of the LVM tools on the host, when they are not on PATH (`/sbin`). */
   binDir?: string;
-  /** Extra argument passed to every LVM command (e.g. `--driverloaded=n` for metadata-only hosts). */
+  /** Extra arguments placed right after the tool name of every LVM command (e.g. `['--config', 'devices { … }']`). */
   extraArgs?: readonly string[];
   /** Block size for `dd` reads and writes. @defaultValue '4M' */
   ddBlockSize?: string;

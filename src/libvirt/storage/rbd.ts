@@ -298,7 +298,10 @@ export class RbdClient {
     const tail = e.stderrTail.trim().split('\n').slice(-3).join(' | ');
     const name = errno !== null ? (ERRNO_NAME[errno] ?? `errno ${errno}`) : `signal ${e.signal ?? '?'}`;
     const message = `${what} on ${this.#runner.host} failed (${name})${tail ? `: ${tail}` : ''}`;
-    if (errno === 2) return new NotFoundError('rbd', message, { cause: e });
+    // rbd also exits with ENOENT when it finds no monitor to contact (no ceph.conf, no mon_host):
+    // that is a configuration problem, not a missing image
+    const noCluster = /couldn't connect to the cluster|cannot identify monitors/.test(e.stderrTail);
+    if (errno === 2 && !noCluster) return new NotFoundError('rbd', message, { cause: e });
     if (errno === 17) return new VirtstreamError('ERR_CONFLICT', message, { cause: e });
     return new RbdError(message, { errno, stderrTail: e.stderrTail }, { cause: e });
   }

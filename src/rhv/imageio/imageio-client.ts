@@ -28,6 +28,8 @@ const MiB = 1024 * 1024;
 /** Largest single `read()`: callers bound their buffers. */
 const MAX_READ = 64 * MiB;
 const DEFAULT_REQUEST = 8 * MiB;
+/** Largest request: the Python client's MAX_COPY_SIZE (128 MiB); each one is held in memory. */
+const MAX_REQUEST = 128 * MiB;
 /** Largest extents JSON accepted (an 8 TiB fragmented image stays far below). */
 const MAX_EXTENTS_JSON = 64 * MiB;
 
@@ -216,7 +218,7 @@ export class ImageioClient implements AsyncDisposable {
     const context = options.context ?? (incremental ? 'dirty' : 'zero');
     if (incremental && context !== 'dirty') throw new InvalidArgumentError('an incremental download needs the dirty extents context');
     const concurrency = positiveInt(options.concurrency ?? 4, 'concurrency');
-    const requestSize = Math.max(4096, Math.floor(positiveInt(options.requestSize ?? DEFAULT_REQUEST, 'requestSize') / 4096) * 4096);
+    const requestSize = Math.max(4096, Math.floor(requestSizeOf(options.requestSize) / 4096) * 4096);
     const { ep, info } = await this.#resolve(signal);
     const extents = await this.extents(context, { signal });
     const size = extents.length ? extents[extents.length - 1]!.offset + extents[extents.length - 1]!.length : 0;
@@ -257,7 +259,7 @@ export class ImageioClient implements AsyncDisposable {
   async upload(source: ExtentStream, options: ImageioUploadOptions = {}): Promise<UploadResult> {
     const signal = options.signal;
     const concurrency = positiveInt(options.concurrency ?? 4, 'concurrency');
-    const requestSize = positiveInt(options.requestSize ?? DEFAULT_REQUEST, 'requestSize');
+    const requestSize = requestSizeOf(options.requestSize);
     if (!Number.isSafeInteger(source.size) || source.size < 0) throw new InvalidArgumentError(`upload source size ${source.size} is invalid`);
     const { ep, info } = await this.#resolve(signal);
     if (!info.legacy && !info.allow.includes('PUT')) {
@@ -503,6 +505,12 @@ export class ImageioClient implements AsyncDisposable {
 function positiveInt(v: number, name: string): number {
   if (!Number.isSafeInteger(v) || v < 1) throw new InvalidArgumentError(`${name} must be a positive integer, got ${v}`);
   return v;
+}
+
+function requestSizeOf(v: number | undefined): number {
+  const n = positiveInt(v ?? DEFAULT_REQUEST, 'requestSize');
+  if (n > MAX_REQUEST) throw new InvalidArgumentError(`requestSize must be at most ${MAX_REQUEST} bytes, got ${n}`);
+  return n;
 }
 
 function nonNegativeInt(v: number, name: string): number {

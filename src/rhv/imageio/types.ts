@@ -96,7 +96,7 @@ export interface ImageioDownloadOptions extends ImageioRequestOptions {
   size?: number;
   /** Parallel connections, further bounded by the server's `max_readers` and `maxConnections`. @defaultValue 4 */
   concurrency?: number;
-  /** Bytes per ranged GET, and so the largest data chunk emitted. Rounded to 4 KiB. @defaultValue 8 MiB */
+  /** Bytes per ranged GET (at most 128 MiB), and so the largest data chunk emitted. Rounded down to 4 KiB. @defaultValue 8 MiB */
   requestSize?: number;
   /** Progress events (`bytes`, throttled, position in the disk). */
   onProgress?: ProgressListener;
@@ -113,7 +113,7 @@ export interface ImageioUploadOptions extends ImageioRequestOptions {
    * skipped instead of sent as `PATCH zero`. @defaultValue false
    */
   diskIsZero?: boolean;
-  /** Largest PUT; contiguous small data chunks are coalesced up to it. @defaultValue 8 MiB */
+  /** Largest PUT (at most 128 MiB); contiguous small data chunks are coalesced up to it. @defaultValue 8 MiB */
   requestSize?: number;
   /** Progress events (`bytes`, throttled, position in the disk). */
   onProgress?: ProgressListener;

@@ -242,6 +242,20 @@ export class VirshStrategy implements BackupStrategy {
       // the overlays stay as "the last snapshot" (incremental schedule), or the undo steps merge
       // them back now, which is exactly the normal path without a schedule
       if (keep) for (const h of this.#chainHandles.get(undo) ?? []) undo.release(h);
+      // the deltas are stored: merge the previous snapshots into their bases so the chains stay
+      // short. A failure here loses nothing (the backup is committed, the chain is consistent and
+      // one layer longer); the next backup merges it.
+      for (const p of plans) {
+        if (p.kind !== 'incremental' || p.kept === undefined) continue;
+        try {
+          await this.#mergeDown(name, running, p.disk.target, p.kept, p.base, p.baseFormat, p.overlay, signal ? { signal } : {});
+          p.top = p.base;
+          p.topFormat = p.baseFormat;
+        } catch (err) {
+          if (isVirtstreamError(err, 'ERR_ABORTED')) throw err;
+          warn(`disk ${p.disk.target}: merging the previous snapshot failed (the chain is one layer longer until the next backup): ${(err as Error).message}`, p.disk.target);
+        }
+      }
       await undo.unwind();
       for (const e of undo.errors) warn(`cleanup after commit: ${(e as Error).message ?? String(e)}`);
       return { record, disks: results, warnings };
@@ -310,12 +324,12 @@ export class VirshStrategy implements BackupStrategy {
       const chain = await this.#host.imageInfo(disk.file, { chain: true, ...(signal ? { signal } : {}) });
       const top = chain[0]!;
       const topFormat = fmt(top.format, `disk ${disk.target}`);
+      // our overlays on top of the base: the kept snapshot, and below it any whose merge failed
       let kept: string | undefined;
-      let baseLayer: ImageLayerInfo = top;
-      if (OVERLAY_RE.test(top.filename) && chain[1] && top.fullBackingFilename === chain[1].filename) {
-        kept = top.filename;
-        baseLayer = chain[1];
-      }
+      let i = 0;
+      while (OVERLAY_RE.test(chain[i]!.filename) && chain[i + 1] && chain[i]!.fullBackingFilename === chain[i + 1]!.filename) i++;
+      if (i > 0) kept = top.filename;
+      const baseLayer: ImageLayerInfo = chain[i]!;
       const base = baseLayer.filename;
       const baseFormat = fmt(baseLayer.format, `disk ${disk.target}`);
       const plan: DiskPlan = {
@@ -476,13 +490,6 @@ export class VirshStrategy implements BackupStrategy {
       if (isVirtstreamError(exitErr) && exitErr.code !== 'ERR_ABORTED') throw exitErr;
       throw new VirtstreamError('ERR_REMOTE_COMMAND', `transfer of disk ${diskId} from ${host.host} failed: ${(err as Error).message ?? String(err)}`, { cause: err, retryable: true });
     }
-    if (p.kind === 'incremental') {
-      // the delta is stored; merge it into the base so the chain stays short
-      await this.#mergeDown(name, running, p.disk.target, p.kept!, p.base, p.baseFormat, p.overlay, so);
-      p.kept = undefined;
-      p.top = p.base;
-      p.topFormat = p.baseFormat;
-    }
     return { diskId, kind: p.kind, bytes: stored.bytes, ...(p.fallbackReason ? { fallbackReason: p.fallbackReason } : {}) };
   }
 
@@ -501,10 +508,12 @@ export class VirshStrategy implements BackupStrategy {
     if (running) {
       await host.blockCommit(name, target, { top: kept, base, ...so });
     } else {
-      await host.commitImage(kept, so);
+      await host.commitImage(kept, { ...so, base });
       await host.rebaseUnsafe(active, base, baseFormat, so);
     }
-    await this.#removeUnreferenced(name, [kept], so.signal ?? AbortSignal.timeout(120_000));
+    const layers = (await host.imageInfo(kept, { chain: true, ...so })).map((l) => l.filename);
+    const merged = layers.slice(0, Math.max(1, layers.indexOf(base)));
+    await this.#removeUnreferenced(name, merged, so.signal ?? AbortSignal.timeout(120_000));
   }
 
   /**

@@ -30,6 +30,7 @@ import type { ExtentStream } from '../../formats/extent.js';
 import { extentsToRawStream } from '../../formats/extents-to-raw-stream.js';
 import { openDiskImage } from '../../formats/open-disk-image.js';
 import { writeQcow2 } from '../../formats/qcow2/qcow2-writer.js';
+import { SnapshotChain } from '../../snapshot/snapshot-chain.js';
 import { ImageioClient } from '../../rhv/imageio/imageio-client.js';
 import type { RhvClient } from '../../rhv/rhv-client.js';
 import type { RhvPollOptions } from '../../rhv/rest/service-context.js';
@@ -60,9 +61,16 @@ export interface ImageTransferStrategyOptions {
     connections?: number;
     /** Bytes per ranged request. @defaultValue 8 MiB */
     requestSize?: number;
+    /** Attempts after the first for a failed range (5xx, dropped connection). @defaultValue 4 */
+    retries?: number;
   };
   /** Overrides the client's polling for this strategy's waits. */
   poll?: RhvPollOptions;
+  /**
+   * Post custom engine events (audit log) when a backup starts, completes or fails, as the oVirt
+   * SDK's vm_backup.py does. Failures to post are logged, never fatal. @defaultValue false
+   */
+  auditEvents?: boolean;
 }
 
 /** Stored in each disk artifact's `extra` so the next incremental can continue the chain. */
@@ -182,6 +190,7 @@ export class ImageTransferStrategy implements BackupStrategy {
 
     const undo = new CleanupStack({ logger: log });
     let committed = false;
+    await this.#audit(rhvVm.id, `virtstream: ${anyIncremental ? 'incremental' : 'full'} backup of ${rhvVm.name} started`, 'normal', log);
     try {
       const session = await target.begin({
         vm: { id: rhvVm.id, name: rhvVm.name },
@@ -211,6 +220,8 @@ export class ImageTransferStrategy implements BackupStrategy {
         });
         undo.release(lost);
         const snapHandle = undo.defer(`remove snapshot ${snap.id}`, (s) => this.#client.snapshots.remove(rhvVm.id, snap.id, { ...this.#poll(), signal: s }));
+        // transfers whose creation answer was lost (abort, reset) have no undo of their own: sweep them first
+        const sweepHandle = undo.defer('cancel leftover transfers', (s) => this.#cancelLeftoverTransfers(disks, s));
         log.info({ snapshotId: snap.id }, 'snapshot created');
         await this.#client.snapshots.waitUntilOk(rhvVm.id, snap.id, { ...this.#poll(), ...(signal ? { signal } : {}) });
         const images = new Map((await this.#client.snapshots.disks(rhvVm.id, snap.id, signal ? { signal } : {})).map((d) => [d.diskId, d.imageId]));
@@ -232,23 +243,31 @@ export class ImageTransferStrategy implements BackupStrategy {
         await session.writeMetadata(OVF_NAME, withOvf.ovf ?? '', signal ? { signal } : {});
         progress({ type: 'phase', phase: 'cleanup' });
         if (keep) {
-          previousSnapshot = plans.map((p) => p.parentArtifact?.extra?.snapshotId).find((x): x is string => typeof x === 'string');
+          // the new snapshot supersedes the parent's, whether or not its disks were used as a base
+          const kept = options.parent?.strategy === this.id ? options.parent.disks.map((d) => d.extra?.snapshotId).find((x): x is string => typeof x === 'string') : undefined;
+          if (kept !== snap.id) previousSnapshot = kept;
           undo.release(snapHandle);
+          undo.release(sweepHandle);
           // if commit fails the new snapshot must still go
           undo.defer(`remove snapshot ${snap.id}`, (s) => this.#client.snapshots.remove(rhvVm.id, snap.id, { ...this.#poll(), signal: s }));
         } else {
+          undo.release(sweepHandle);
           await undo.runOne(snapHandle);
         }
       } else {
         progress({ type: 'phase', phase: 'snapshot' });
         const fromCheckpointId = anyIncremental ? checkpointOf(plans) : undefined;
+        // the id is ours, so the undo is registered before the request: a lost answer is covered too
+        const backupId = randomUUID();
+        const finalizeHandle = undo.defer(`finalize backup ${backupId}`, (s) => this.#client.backups.finalize(rhvVm.id, backupId, { ...this.#poll(), signal: s }));
         const backup = await this.#client.backups.create(rhvVm.id, {
+          id: backupId,
           diskIds: disks.map((d) => d.id),
           description: `virtstream backup ${new Date().toISOString()}`,
           ...(fromCheckpointId ? { fromCheckpointId } : {}),
           ...(signal ? { signal } : {}),
         });
-        const finalizeHandle = undo.defer(`finalize backup ${backup.id}`, (s) => this.#client.backups.finalize(rhvVm.id, backup.id, { ...this.#poll(), signal: s }));
+        undo.defer('cancel leftover transfers', (s) => this.#cancelLeftoverTransfers(disks, s));
         const ready = await this.#client.backups.waitUntilReady(rhvVm.id, backup.id, { ...this.#poll(), ...(signal ? { signal } : {}) });
         const modes = new Map((await this.#client.backups.disks(rhvVm.id, backup.id, signal ? { signal } : {})).map((d) => [d.diskId, d.backupMode]));
         for (const p of plans) {
@@ -288,13 +307,36 @@ export class ImageTransferStrategy implements BackupStrategy {
         }
       }
       log.info({ backupId: record.id, disks: results.length }, 'backup committed');
+      await this.#audit(rhvVm.id, `virtstream: backup ${record.id} of ${rhvVm.name} completed`, 'normal', log);
       return { record, disks: sortLike(results, plans), warnings };
+    } catch (err) {
+      const code = (err as { code?: unknown }).code;
+      await this.#audit(rhvVm.id, `virtstream: backup of ${rhvVm.name} failed (${typeof code === 'string' ? code : 'error'})`, 'error', log);
+      throw err;
     } finally {
       // on failure (or abort) every engine-side change is undone, newest first, under fresh signals
       if (!committed) {
         progress({ type: 'phase', phase: 'cleanup' });
         await undo.unwind();
       }
+    }
+  }
+
+  /** Cancels download transfers of `disks` that are still running (created, but their undo never registered). */
+  async #cancelLeftoverTransfers(disks: readonly RhvDisk[], signal: AbortSignal): Promise<void> {
+    const ids = new Set(disks.map((d) => d.id));
+    const running = (await this.#client.imageTransfers.list({ signal })).filter(
+      (t) => t.direction !== 'upload' && t.diskId !== undefined && ids.has(t.diskId) && !t.phase.startsWith('finished_'),
+    );
+    for (const t of running) await this.#client.imageTransfers.cancel(t.id, { ...this.#poll(), signal });
+  }
+
+  async #audit(vmId: string, description: string, severity: 'normal' | 'error', log: Logger): Promise<void> {
+    if (!this.#options.auditEvents) return;
+    try {
+      await this.#client.events.add({ description, severity, origin: 'virtstream', vmId, signal: cleanupSignal(30_000) });
+    } catch (err) {
+      log.warn({ err }, 'could not post the audit event');
     }
   }
 
@@ -405,7 +447,7 @@ export class ImageTransferStrategy implements BackupStrategy {
     signal: AbortSignal,
   ): Promise<DiskBackupResult> {
     const disk = plan.disk;
-    const dlog = childLogger(log, { disk: disk.name });
+    let dlog = childLogger(log, { disk: disk.name });
     progress({ type: 'phase', phase: 'transfer', disk: disk.name });
     const transfer = await this.#client.imageTransfers.create({
       direction: 'download',
@@ -415,6 +457,7 @@ export class ImageTransferStrategy implements BackupStrategy {
       signal,
     });
     const cancelHandle = undo.defer(`cancel transfer ${transfer.id}`, (s) => this.#client.imageTransfers.cancel(transfer.id, { ...this.#poll(), signal: s }));
+    dlog = childLogger(dlog, { transferId: transfer.id });
     const ready = await this.#client.imageTransfers.waitUntilTransferring(transfer.id, { ...this.#poll(), signal });
     const url = this.#options.imageio?.preferProxy ? (ready.proxyUrl ?? ready.transferUrl) : (ready.transferUrl ?? ready.proxyUrl);
     const fallback = this.#options.imageio?.preferProxy ? ready.transferUrl : ready.proxyUrl;
@@ -425,6 +468,7 @@ export class ImageTransferStrategy implements BackupStrategy {
       ...(tls.ca !== undefined ? { ca: tls.ca } : {}),
       insecure: tls.insecure,
       logger: dlog,
+      ...(this.#options.imageio?.retries !== undefined ? { retries: this.#options.imageio.retries } : {}),
     });
     const incremental = plan.kind === 'incremental';
     let written;
@@ -491,8 +535,9 @@ export class ImageTransferStrategy implements BackupStrategy {
     }
     progress({ type: 'phase', phase: 'prepare' });
     const records = await source.list(vmName, opts);
-    const record = options.backupId ? records.find((r) => r.id === options.backupId) : records[records.length - 1];
-    if (!record) throw new NotFoundError('backup', options.backupId ? `no backup ${options.backupId} of ${vmName}` : `no backups of ${vmName}`);
+    if (records.length === 0) throw new NotFoundError('backup', `no backups of ${vmName}`);
+    const chain = SnapshotChain.fromRecords(records);
+    const record = chain.resolve(options.backupId ? { id: options.backupId } : 'latest');
     const ovf = (await source.readMetadata(vmName, record.id, OVF_NAME, opts)).toString('utf8');
     const sd = this.#options.storageDomain
       ? await this.#named(this.#client.storageDomains, this.#options.storageDomain, signal)
@@ -509,7 +554,7 @@ export class ImageTransferStrategy implements BackupStrategy {
       const order = (a: StoredDiskArtifact): number => (typeof a.extra?.attachmentIndex === 'number' ? a.extra.attachmentIndex : 0);
       const artifacts = [...record.disks].sort((a, b) => order(a) - order(b));
       const restored = await this.#parallel(artifacts, signal, async (art, s) => {
-        const r = await this.#restoreDisk(withPath as Required<typeof withPath>, vmName, record, art, sd.id, undo, progress, log, s);
+        const r = await this.#restoreDisk(withPath as Required<typeof withPath>, vmName, chain, record, art, sd.id, undo, progress, log, s);
         return {
           ...r,
           bootable: typeof art.extra?.bootable === 'boolean' ? art.extra.bootable : art === artifacts[0],
@@ -542,6 +587,7 @@ export class ImageTransferStrategy implements BackupStrategy {
   async #restoreDisk(
     source: RestoreSource & { diskPath: (vm: string, backupId: string, diskId: string, o?: { signal?: AbortSignal }) => Promise<string> },
     vmName: string,
+    chain: SnapshotChain,
     record: BackupRecord,
     art: StoredDiskArtifact,
     storageDomainId: string,
@@ -550,10 +596,15 @@ export class ImageTransferStrategy implements BackupStrategy {
     log: Logger,
     signal: AbortSignal,
   ): Promise<{ diskId: string; bytes: number; name: string }> {
-    const path = await source.diskPath(vmName, record.id, art.diskId, { signal });
-    // incremental QCOW2 artifacts name their parent artifact as backing file: opening the top resolves the chain
-    await using image = await openDiskImage(path, { format: art.format === 'qcow2' ? 'qcow2' : 'raw', signal });
-    if (image.virtualSize !== art.virtualSize) throw new InvalidArgumentError(`artifact ${art.file} has size ${image.virtualSize}, manifest says ${art.virtualSize}`);
+    // the chain (full + incrementals up to the record) flattened newest-wins; each layer is opened on
+    // its own (backing names inside stored files are never followed)
+    await using image = await chain.flatten(art.diskId, { id: record.id }, async (backupId, diskId, o) => {
+      const step = chain.get(backupId).disks.find((d) => d.diskId === diskId);
+      if (!step || (step.format !== 'qcow2' && step.format !== 'raw')) throw new UnsupportedError(`artifact of disk ${diskId} in ${backupId} is ${step?.format ?? 'missing'}: image-transfer restores qcow2 and raw`);
+      const path = await source.diskPath(vmName, backupId, diskId, o);
+      return openDiskImage(path, { format: step.format, backing: 'ignore', ...(o.signal ? { signal: o.signal } : {}) });
+    }, { signal });
+    if (image.size !== art.virtualSize) throw new InvalidArgumentError(`artifact ${art.file} has size ${image.size}, manifest says ${art.virtualSize}`);
     const dlog = childLogger(log, { disk: art.name });
     const disk = await this.#client.disks.add({
       name: art.name,
@@ -577,11 +628,12 @@ export class ImageTransferStrategy implements BackupStrategy {
       ...(tls.ca !== undefined ? { ca: tls.ca } : {}),
       insecure: tls.insecure,
       logger: dlog,
+      ...(this.#options.imageio?.retries !== undefined ? { retries: this.#options.imageio.retries } : {}),
     });
     progress({ type: 'phase', phase: 'transfer', disk: art.name });
     let bytes: number;
     try {
-      const result = await io.upload(image.extents({ signal }), {
+      const result = await io.upload(image, {
         diskIsZero: true,
         disk: art.name,
         onProgress: progress,

@@ -27,6 +27,7 @@ import type { QemuFormat } from './qemu-tools.js';
 import { SimulatorFaults } from './simulator-faults.js';
 import type { SimBackup, SimCheckpoint, SimDisk, SimImage, SimSnapshot, SimTransfer, SimVm } from './simulator-model.js';
 import { generateTlsMaterial } from './tls-material.js';
+import type { SimulatorExtension } from './simulator-extension.js';
 
 /** The ticket the simulator hands to its imageio server (ovirt.md §1.2 plus how to read the file). */
 export interface SimulatorTicket {
@@ -175,6 +176,7 @@ export class EngineSimulator implements AsyncDisposable {
   readonly #events: XmlObject[] = [];
   readonly #jobs: { id: string; correlationId: string; description: string; status: string }[] = [];
   readonly #routes: [string, RegExp, Handler][] = [];
+  readonly #extensions: SimulatorExtension[] = [];
   #seq = 0;
   #url = '';
   #closed = false;
@@ -308,6 +310,11 @@ export class EngineSimulator implements AsyncDisposable {
   /** Finds a VM's id by name (for tests). */
   vmId(name: string): string {
     return this.#findVm(name).id;
+  }
+
+  /** Registers an extension whose routes are tried before the built-in ones (see `simulator-extension.ts`). */
+  use(extension: SimulatorExtension): void {
+    this.#extensions.push(extension);
   }
 
   /** Expires every SSO token: the next API request gets 401 (tests the client's re-login). */
@@ -505,7 +512,7 @@ export class EngineSimulator implements AsyncDisposable {
       if (!m) return send(res, 404, 'text/plain', 'Not Found');
       // VersionFilter.java: version from the path, else the Version header; only 4 is served here
       const version = m[1] ?? (req.headers.version as string | undefined) ?? '4';
-      if (version !== '4') throw new SimFault(400, 'Bad Request', `Version ${String(version).slice(0, 10)} is not supported`);
+      if (version !== '4' && !this.#extensions.some((e) => e.versions?.includes(version))) throw new SimFault(400, 'Bad Request', `Version ${String(version).slice(0, 10)} is not supported`);
       const auth = req.headers.authorization ?? '';
       const token = /^Bearer (.+)$/.exec(auth)?.[1];
       if (!token || !this.#tokens.has(token)) {
@@ -513,7 +520,10 @@ export class EngineSimulator implements AsyncDisposable {
       }
       const path = (m[2] ?? '/').replace(/\/+$/, '') || '/';
       const injected = this.faults.takeRequestFault(method, path);
-      if (injected) throw new SimFault(injected.status ?? 500, injected.reason ?? 'Operation Failed', `[injected fault on ${method} ${path}]`);
+      const injectedFault = injected
+        ? new SimFault(injected.status ?? 500, injected.reason ?? 'Operation Failed', `[injected fault on ${method} ${path}]`)
+        : undefined;
+      if (injectedFault && !injected?.afterHandling) throw injectedFault;
       let body: XmlNode = {};
       if (raw.trim()) {
         try {
@@ -522,11 +532,17 @@ export class EngineSimulator implements AsyncDisposable {
           throw new SimFault(400, 'Bad Request', 'Request body is not valid XML');
         }
       }
+      for (const ext of this.#extensions) {
+        const answer = await this.#serial(() => ext.handle({ method, path, version, query: url.searchParams, body }));
+        if (answer) return send(res, answer[0], 'application/xml', answer[1]);
+      }
+      if (version !== '4') throw new SimFault(404, 'Not Found', `No route for ${method} ${path} in API v${version}`);
       for (const [rm, re, h] of this.#routes) {
         if (rm !== method) continue;
         const match = re.exec(path);
         if (!match) continue;
         const [status, xml] = await this.#serial(() => h(match, url.searchParams, body));
+        if (injectedFault) throw injectedFault;
         return send(res, status, 'application/xml', xml);
       }
       throw new SimFault(404, 'Not Found', `No route for ${method} ${path}`);
@@ -675,7 +691,7 @@ export class EngineSimulator implements AsyncDisposable {
       return [200, toXml('disks', {
         disk: b.diskIds.map((id) => {
           const d = this.#disks.get(id)!;
-          const incremental = from !== undefined && from.diskIds.includes(id) && d.backup === 'incremental';
+          const incremental = from !== undefined && from.diskIds.includes(id) && d.backup === 'incremental' && d.format === 'cow';
           return { ...this.#diskXml(d, false), backup_mode: incremental ? 'incremental' : 'full' };
         }),
       })];
@@ -905,6 +921,7 @@ export class EngineSimulator implements AsyncDisposable {
 
   #settleSnapshots(vm: SimVm): void {
     vm.snapshots = vm.snapshots.filter((s) => !s.failing && !s.removing);
+    for (const s of vm.snapshots) if (s.status === 'locked') s.status = 'ok';
   }
 
   async #removeSnapshot(vm: SimVm, id: string): Promise<[number, string]> {
@@ -1006,7 +1023,7 @@ export class EngineSimulator implements AsyncDisposable {
       const b = vm.backups.find((x) => x.id === t.backupId)!;
       const from = b.fromCheckpointId ? vm.checkpoints.find((c) => c.id === b.fromCheckpointId) : undefined;
       const active = disk.images[disk.images.length - 1]!;
-      const incremental = from !== undefined && from.diskIds.includes(disk.id);
+      const incremental = from !== undefined && from.diskIds.includes(disk.id) && disk.backup === 'incremental' && disk.format === 'cow';
       ticket = {
         uuid: ticketId,
         size: disk.virtualSize,
@@ -1084,7 +1101,7 @@ export class EngineSimulator implements AsyncDisposable {
     for (const id of diskIds) {
       const d = this.#disk(id);
       if (!vm.diskIds.includes(id)) throw new SimFault(400, 'Bad Request', `[Disk ${id} is not attached to the VM]`);
-      if (d.backup !== 'incremental' || d.format !== 'cow') throw new SimFault(409, 'Operation Failed', `[Cannot backup VM. Disk ${d.name} is not configured for incremental backup (qcow2 with backup=incremental)]`);
+      // disks without backup=incremental (raw ones) are backed up full (backup_mode=full)
       const locked = this.#diskLockedFault(d, 'backup VM');
       if (locked) throw locked;
     }

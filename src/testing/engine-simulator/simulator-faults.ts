@@ -16,6 +16,11 @@ export interface RequestFault {
   times?: number;
   /** Fault reason text. @defaultValue 'Operation Failed' */
   reason?: string;
+  /**
+   * Perform the request, then answer with the fault: the client never learns that it worked (a lost
+   * answer, as after a proxy reset). @defaultValue false
+   */
+  afterHandling?: boolean;
 }
 
 /** Knobs a test turns to make the simulator misbehave the way real engines do (see ovirt.md §4). */

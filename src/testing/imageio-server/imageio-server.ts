@@ -20,6 +20,7 @@ const VERSION = '2.5.3';
 const MiB = 1024 * 1024;
 /** The daemon processes GET/PUT in buffer_size chunks (backend_*.buffer_size = 8 MiB). */
 const BUFFER = 8 * MiB;
+const WRITE_SLICE = 1024 * 1024;
 const FORBIDDEN = 'You are not allowed to access this resource';
 
 interface TicketState {
@@ -79,7 +80,8 @@ export class ImageioServer implements AsyncDisposable {
   readonly #faults: PendingFault[] = [];
   readonly #log: ImageioRequestRecord[] = [];
   readonly #maxLog: number;
-  readonly #timedSockets = new WeakSet<Socket>();
+  readonly #idleLimit = new WeakMap<Socket, number>();
+  readonly #idleTimers = new WeakMap<Socket, NodeJS.Timeout>();
   #port = 0;
   #closed = false;
 
@@ -325,15 +327,22 @@ export class ImageioServer implements AsyncDisposable {
       st.sockets.add(sock);
       sock.once('close', () => st.sockets.delete(sock));
     }
-    if (!this.#timedSockets.has(sock)) {
-      this.#timedSockets.add(sock);
-      sock.setTimeout(st.ticket.inactivityTimeout * 1000, () => sock.destroy());
-    }
+    // after the first authorized request the connection may idle for the ticket's inactivity_timeout
+    this.#idleLimit.set(sock, st.ticket.inactivityTimeout * 1000);
     return st;
   }
 
   async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     res.setHeader('server', `imageio/${VERSION}`);
+    const sock = req.socket;
+    clearTimeout(this.#idleTimers.get(sock));
+    res.once('close', () => {
+      const limit = this.#idleLimit.get(sock);
+      if (limit === undefined || sock.destroyed) return;
+      const timer = setTimeout(() => sock.destroy(), limit);
+      timer.unref();
+      this.#idleTimers.set(sock, timer);
+    });
     const rec: ImageioRequestRecord = { method: req.method ?? '', target: 'other', status: 0 };
     try {
       const url = new URL(req.url ?? '/', 'http://imageio');
@@ -467,10 +476,10 @@ export class ImageioServer implements AsyncDisposable {
       if (!m) throw new HttpError(416, `Cannot satisfy range '${header}', invalid range or multiple ranges`);
       start = Number(m[1]);
       end = m[2] ? Number(m[2]) : size - 1;
-      if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start > end) {
+      if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || (m[2] && start > end)) {
         throw new HttpError(416, `Cannot satisfy range '${header}', invalid range or multiple ranges`);
       }
-      if (end >= size) throw new HttpError(416, 'Requested range out of allowed range', { 'content-range': `bytes */${size}` });
+      if (start >= size || end >= size) throw new HttpError(416, 'Requested range out of allowed range', { 'content-range': `bytes */${size}` });
       partial = true;
     }
     let length = end - start + 1;
@@ -493,33 +502,49 @@ export class ImageioServer implements AsyncDisposable {
       'content-length': length,
     };
     if (partial) headers['content-range'] = `bytes ${start}-${end}/${size}`;
-    rec.status = partial ? 206 : 200;
-    this.#record(rec);
-    res.writeHead(rec.status, headers);
+    const status = partial ? 206 : 200;
     if (fault?.kind === 'stall') {
+      rec.status = status;
+      this.#record(rec);
+      res.writeHead(status, headers);
       res.flushHeaders();
       await waitClosed(res);
       return;
     }
-    const dropAt = fault?.kind === 'drop' ? Math.min(length - 1, fault.afterBytes ?? Math.floor(length / 2)) : -1;
+    // the body is cut at dropAt (a `drop` fault) or sent whole, in BUFFER-sized reads; the next read
+    // overlaps the write of the current block, and the first read happens before the headers so a
+    // backend failure (a corrupt qcow2) is a 500 with a message, not a dropped connection
+    const limit = fault?.kind === 'drop' ? Math.min(length - 1, fault.afterBytes ?? Math.floor(length / 2)) : length;
+    const readBlock = (at: number): Promise<Buffer> | undefined => {
+      if (at >= limit) return undefined;
+      const p = st.backend.read(start + at, Math.min(BUFFER, limit - at));
+      p.catch(() => undefined);
+      return p;
+    };
     st.ongoing++;
     try {
       let sent = 0;
-      while (sent < length) {
+      let next = readBlock(0);
+      const first = next ? await next : undefined;
+      rec.status = status;
+      this.#record(rec);
+      res.writeHead(status, headers);
+      let buf = first;
+      while (buf) {
         if (res.destroyed) return;
-        let n = Math.min(BUFFER, length - sent);
-        if (dropAt >= 0 && sent + n > dropAt) n = dropAt - sent;
-        if (n > 0) {
-          const buf = await st.backend.read(start + sent, n);
-          st.transferred += n;
-          sent += n;
-          if (!res.write(buf)) await waitDrain(res);
+        next = readBlock(sent + buf.length);
+        // TLS sockets do much better with writes of ~1 MiB than with one 8 MiB write
+        for (let o = 0; o < buf.length && !res.destroyed; o += WRITE_SLICE) {
+          if (!res.write(buf.subarray(o, o + WRITE_SLICE))) await waitDrain(res);
         }
-        if (dropAt >= 0 && sent >= dropAt) {
-          await new Promise<void>((resolve) => (res.writableLength === 0 ? resolve() : res.once('drain', resolve)));
-          req.socket.destroy();
-          return;
-        }
+        st.transferred += buf.length;
+        sent += buf.length;
+        buf = next ? await next : undefined;
+      }
+      if (limit < length) {
+        await new Promise<void>((resolve) => (res.writableLength === 0 ? resolve() : res.once('drain', resolve)));
+        req.socket.destroy();
+        return;
       }
       res.end();
     } finally {

@@ -16,6 +16,8 @@ export interface CliProcess {
   stderr(): string;
   /** Types into the terminal (PTY runs) or the stdin pipe. */
   type(text: string): void;
+  /** Sends a signal to the spawned process (the CLI itself for pipe runs, `script` for PTY runs). */
+  kill(signal: NodeJS.Signals): void;
   /** Resolves with the exit code (a signal counts as 128 + n). */
   exit: Promise<number>;
   /** Resolves once the output contains `needle` (rejects if the process exits first). */
@@ -51,6 +53,7 @@ function track(child: ReturnType<typeof spawn>): CliProcess {
     output: () => out,
     stderr: () => err,
     type: (text) => child.stdin!.write(text),
+    kill: (signal) => child.kill(signal),
     exit,
     waitForOutput: (needle) =>
       new Promise<void>((resolve, reject) => {

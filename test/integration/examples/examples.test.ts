@@ -66,4 +66,28 @@ describe('examples run in CI (engine simulator, real qemu-img)', () => {
     const [record] = await new FileRepository(repo).list('vm from file');
     expect(record?.disks[0]?.bytes).toBe(8 * 1024 * 1024);
   });
+
+  it('rhv-image-transfer.ts: full + incremental against the simulator, engine left clean', async () => {
+    const out = await example('examples/rhv-image-transfer.ts', { VS_EXAMPLE_SIMULATOR: '1', VS_REPO: join(dir, 'rhv-repo') });
+    expect(out).toMatch(/^full \S+/m);
+    expect(out).toMatch(/^incremental \S+/m);
+    expect(out).toContain('0 tickets, 0 locked disks');
+  });
+
+  it('imageio-download.ts: downloads from the kit imageio server, zero ranges skipped', async () => {
+    const output = join(dir, 'download.raw');
+    const out = await example('examples/imageio-download.ts', { IMAGEIO_TRANSFER_URL: '', OUTPUT: output });
+    expect(out).toContain(`${output}: `);
+    expect(out).toMatch(/transferred as data/);
+  });
+
+  it('restore-chain.ts: flattens the chain the image-transfer example stored', async () => {
+    const repo = join(dir, 'repo');
+    const [latest] = (await new FileRepository(repo).list('example-vm')).slice(-1);
+    const disk = latest!.disks[0]!;
+    const target = join(dir, 'restored.raw');
+    await example('examples/restore-chain.ts', { VS_REPO: repo, VS_VM: 'example-vm', VS_DISK: disk.diskId, VS_POINT: 'latest', VS_OUT: target });
+    const { stdout } = await run('qemu-img', ['info', '--output=json', '-f', 'raw', target]);
+    expect((JSON.parse(stdout) as { 'virtual-size': number })['virtual-size']).toBe(disk.virtualSize);
+  });
 });

@@ -60,6 +60,18 @@ export async function guestWrite(host: LibvirtHost, name: string, diskIndex: num
   if (out.trim() !== '') throw new Error(`guest write printed: ${out}`);
 }
 
+/**
+ * Flushes a running guest's virtio disks (HMP qemu-io "flush"), so that reading the image files from
+ * outside (qemu-img -U) sees every completed guest write, metadata included. No-op for a stopped domain.
+ */
+export async function flushGuest(host: LibvirtHost, name: string, disks: number): Promise<void> {
+  if ((await host.domainState(name)) !== 'running') return;
+  for (let i = 0; i < disks; i++) {
+    const out = await host.hmp(name, `qemu-io -d /machine/peripheral/virtio-disk${i}/virtio-backend "flush"`);
+    if (out.trim() !== '') throw new Error(`flush printed: ${out}`);
+  }
+}
+
 /** sha256 of the disk as the guest sees it (its whole chain, flattened to raw). */
 export async function guestChecksum(host: LibvirtHost, top: string, scratchDir: string): Promise<string> {
   const tmp = posix.join(scratchDir, `sum-${Math.random().toString(36).slice(2)}.raw`);

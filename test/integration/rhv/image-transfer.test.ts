@@ -37,7 +37,8 @@ async function compare(a: { path: string; format: string }, b: { path: string; f
 }
 
 function strategy(options: ImageTransferStrategyOptions = {}): ImageTransferStrategy {
-  return new ImageTransferStrategy(rhv, { poll: POLL, ...options });
+  // few range retries: the fault tests inject persistent 5xx
+  return new ImageTransferStrategy(rhv, { poll: POLL, ...options, imageio: { retries: 1, ...options.imageio } });
 }
 
 /** Nothing left on the engine side: no tickets, no active transfers, no locked disks, only `kept` snapshots. */
@@ -97,6 +98,10 @@ describe.each(['snapshot-chain', 'backup-api'] as const)('ImageTransferStrategy 
     expect(inc1.disks.map((d) => d.kind)).toEqual(['incremental', 'incremental']);
     expect(inc1.record.parentId).toBe(full.record.id);
     expectEngineClean(mode === 'snapshot-chain' ? 1 : 0);
+    // the guest data at inc1, to check a restore of that point later
+    const atInc1 = join(dir, 'root-at-inc1.qcow2');
+    const rootNow = sim.activeImage(disks[0]!.id);
+    await run('qemu-img', ['convert', '-f', rootNow.format, '-O', 'qcow2', rootNow.path, atInc1]);
 
     await sim.writeGuestData(vmName, 'root', { offset: 0, length: 4096, pattern: 0x61 });
     await sim.writeGuestData(vmName, 'data', { offset: 7 * MB, length: 65536, zero: true });
@@ -129,6 +134,11 @@ describe.each(['snapshot-chain', 'backup-api'] as const)('ImageTransferStrategy 
       expect(st.disks.find((x) => x.id === newVm.diskIds[i]!)!.status).toBe('ok');
     }
     expectEngineClean(mode === 'snapshot-chain' ? 1 : 0);
+
+    // an older restore point: the chain up to inc1 only
+    const older = await s.restore(vmName, repo, { backupId: inc1.record.id, newName: `${vmName} at inc1` });
+    const olderRoot = sim.state().vms.find((v) => v.id === older.vm.id)!.diskIds[0]!;
+    expect(await compare({ path: atInc1, format: 'qcow2' }, sim.activeImage(olderRoot))).toBe('Images are identical.');
   });
 
   it('falls back to a full backup for a disk whose base is gone, with the reason', async () => {
@@ -149,6 +159,79 @@ describe.each(['snapshot-chain', 'backup-api'] as const)('ImageTransferStrategy 
   });
 });
 
+describe('snapshot-chain specifics', () => {
+  it('a user snapshot taken between backups makes the disks full, with the reason, and the data stays exact', async () => {
+    const s = strategy();
+    const full = await s.backup({ name: vmName }, repo);
+    const vmId = sim.vmId(vmName);
+    const user = await rhv.snapshots.create(vmId, { description: 'user snapshot' });
+    await rhv.snapshots.waitUntilOk(vmId, user.id);
+    await sim.writeGuestData(vmName, 'root', { offset: 3 * MB, length: 65536, pattern: 0x33 });
+    const inc = await s.backup({ name: vmName }, repo, { kind: 'incremental', parent: full.record });
+    expect(inc.disks.map((d) => d.kind)).toEqual(['full', 'full']);
+    expect(inc.disks[0]!.fallbackReason).toMatch(/other snapshots/);
+    const art = await repo.diskPath(vmName, inc.record.id, disks[0]!.id);
+    expect(await compare(sim.activeImage(disks[0]!.id), { path: art })).toBe('Images are identical.');
+    // the user's snapshot is left alone; the previous backup snapshot was replaced by the new one
+    const snaps = sim.state().vms.find((v) => v.id === vmId)!.snapshots.map((x) => x.description);
+    expect(snaps).toHaveLength(2);
+    expect(snaps).toContain('user snapshot');
+  });
+
+  it('auditEvents posts custom engine events for start, completion and failure', async () => {
+    const s = strategy({ auditEvents: true, keepLastSnapshot: false });
+    await s.backup({ name: vmName }, repo);
+    sim.faults.snapshotCreateFailures = 1;
+    await expect(s.backup({ name: vmName }, repo)).rejects.toMatchObject({ code: 'ERR_RHV_RESPONSE' });
+    const texts = (await rhv.events.list()).map((e) => e.description ?? '').filter((d) => d.includes(vmName));
+    expect(texts.filter((t) => / started$/.test(t))).toHaveLength(2);
+    expect(texts.filter((t) => / completed$/.test(t))).toHaveLength(1);
+    expect(texts.filter((t) => /failed \(ERR_RHV_RESPONSE\)$/.test(t))).toHaveLength(1);
+  });
+
+  it('keepLastSnapshot: false leaves no snapshot, and the next incremental is a full with the reason', async () => {
+    const s = strategy({ keepLastSnapshot: false });
+    const full = await s.backup({ name: vmName }, repo);
+    expectEngineClean(0);
+    const inc = await s.backup({ name: vmName }, repo, { kind: 'incremental', parent: full.record });
+    expect(inc.disks[0]).toMatchObject({ kind: 'full', fallbackReason: expect.stringMatching(/kept no snapshot/) });
+  });
+
+  it('rejects an incremental without a parent and an unknown VM with typed errors, touching nothing', async () => {
+    await expect(strategy().backup({ name: vmName }, repo, { kind: 'incremental' })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
+    await expect(strategy().backup({ name: 'no such vm' }, repo)).rejects.toMatchObject({ code: 'ERR_NOT_FOUND' });
+    await expect(strategy().restore('no such vm', repo)).rejects.toMatchObject({ code: 'ERR_NOT_FOUND' });
+    await expect(strategy().restore(vmName, repo, { signal: AbortSignal.abort() })).rejects.toMatchObject({ code: 'ERR_ABORTED' });
+    expectEngineClean(0);
+  });
+});
+
+describe('backup-api specifics', () => {
+  it('a raw disk (no incremental backup) is stored full with the reason while the qcow2 disk is incremental', async () => {
+    const name = `mixed ${vmSeq}`;
+    const vm = await sim.addVm({
+      name,
+      disks: [
+        { name: 'os', virtualSize: 8 * MB, format: 'cow', contents: [{ offset: 0, length: MB, pattern: 1 }] },
+        { name: 'scratch', virtualSize: 4 * MB, format: 'raw', contents: [{ offset: MB, length: 65536, pattern: 2 }] },
+      ],
+    });
+    const s = strategy({ incrementalMode: 'backup-api' });
+    const full = await s.backup({ name }, repo);
+    await sim.writeGuestData(name, 'os', { offset: 5 * MB, length: 4096, pattern: 3 });
+    await sim.writeGuestData(name, 'scratch', { offset: 0, length: 4096, pattern: 4 });
+    const inc = await s.backup({ name }, repo, { kind: 'incremental', parent: full.record });
+    expect(inc.disks.map((d) => d.kind)).toEqual(['incremental', 'full']);
+    expect(inc.disks[1]!.fallbackReason).toMatch(/not enabled for incremental/);
+    for (const d of vm.disks) {
+      const art = await repo.diskPath(name, inc.record.id, d.id);
+      expect(await compare(sim.activeImage(d.id), { path: art })).toBe('Images are identical.');
+    }
+    expect(sim.state().lockedDisks).toEqual([]);
+    expect(sim.state().tickets).toEqual([]);
+  });
+});
+
 describe('failure cleanup (snapshot-chain unless stated)', () => {
   async function expectFailure(p: Promise<unknown>, code: string): Promise<void> {
     const err = await p.then(
@@ -164,6 +247,24 @@ describe('failure cleanup (snapshot-chain unless stated)', () => {
   it('snapshot creation fails: typed error, nothing left, nothing committed', async () => {
     sim.faults.snapshotCreateFailures = 1;
     await expectFailure(strategy().backup({ name: vmName }, repo), 'ERR_RHV_RESPONSE');
+    expectEngineClean(0);
+  });
+
+  it('the answer to the snapshot creation is lost: the snapshot is found by its description and removed', async () => {
+    sim.faults.failRequests({ method: 'POST', path: /^\/vms\/[^/]+\/snapshots$/, status: 502, afterHandling: true });
+    await expectFailure(strategy().backup({ name: vmName }, repo), 'ERR_RHV_FAULT');
+    expectEngineClean(0);
+  });
+
+  it('the answer to an image transfer creation is lost: the leftover transfer is found and cancelled', async () => {
+    sim.faults.failRequests({ method: 'POST', path: '/imagetransfers', status: 502, afterHandling: true });
+    await expectFailure(strategy({ concurrency: 1 }).backup({ name: vmName }, repo), 'ERR_RHV_FAULT');
+    expectEngineClean(0);
+  });
+
+  it('backup-api: the answer to the backup creation is lost: the backup (our own id) is finalized', async () => {
+    sim.faults.failRequests({ method: 'POST', path: /^\/vms\/[^/]+\/backups$/, status: 502, afterHandling: true });
+    await expectFailure(strategy({ incrementalMode: 'backup-api' }).backup({ name: vmName }, repo), 'ERR_RHV_FAULT');
     expectEngineClean(0);
   });
 
@@ -284,6 +385,49 @@ describe('failure cleanup (snapshot-chain unless stated)', () => {
     sim.expireTokens();
     const r = await strategy({ keepLastSnapshot: false }).backup({ name: vmName }, repo);
     expect(r.disks).toHaveLength(2);
+  });
+
+  it('restore under a name that is taken: 409, the uploaded disks are removed', async () => {
+    const s = strategy({ keepLastSnapshot: false });
+    await s.backup({ name: vmName }, repo);
+    const disksBefore = sim.state().disks.length;
+    await expect(s.restore(vmName, repo)).rejects.toMatchObject({ code: 'ERR_RHV_FAULT', status: 409 });
+    expect(sim.state().disks.length).toBe(disksBefore);
+    expectEngineClean(0);
+  });
+
+  it('restore aborted mid-upload: ERR_ABORTED, disks removed, no tickets', async () => {
+    const s = strategy({ keepLastSnapshot: false });
+    await s.backup({ name: vmName }, repo);
+    const disksBefore = sim.state().disks.length;
+    const ac = new AbortController();
+    const p = s.restore(vmName, repo, {
+      newName: `${vmName}-aborted`,
+      signal: ac.signal,
+      onProgress: (e) => {
+        if (e.type === 'phase' && e.phase === 'transfer') ac.abort(new Error('stop'));
+      },
+    });
+    await expect(p).rejects.toMatchObject({ code: 'ERR_ABORTED' });
+    expect(sim.state().disks.length).toBe(disksBefore);
+    expect(sim.state().vms.some((v) => v.name === `${vmName}-aborted`)).toBe(false);
+    expectEngineClean(0);
+  });
+
+  it('raw output: full backup and restore byte-exact; an incremental asked for falls back to full', async () => {
+    const s = strategy({ format: 'raw', keepLastSnapshot: true });
+    const full = await s.backup({ name: vmName }, repo);
+    expect(full.record.disks.map((d) => d.format)).toEqual(['raw', 'raw']);
+    const inc = await s.backup({ name: vmName }, repo, { kind: 'incremental', parent: full.record });
+    expect(inc.disks.every((d) => d.kind === 'full' && /raw output/.test(d.fallbackReason ?? ''))).toBe(true);
+    const r = await s.restore(vmName, repo, { newName: `${vmName}-raw` });
+    const st = sim.state();
+    const newVm = st.vms.find((v) => v.id === r.vm.id)!;
+    for (const [i, d] of disks.entries()) {
+      expect(st.disks.find((x) => x.id === newVm.diskIds[i])!.format).toBe('raw');
+      expect(await compare(sim.activeImage(d.id), sim.activeImage(newVm.diskIds[i]!))).toBe('Images are identical.');
+    }
+    expectEngineClean(1);
   });
 
   it('restore failure (upload 5xx): created disks and VM are removed', async () => {

@@ -9,6 +9,7 @@ import { isVirtstreamError } from '../../../src/core/errors.js';
 import { NetcatRunner } from '../../../src/core/ssh/netcat-runner.js';
 import { SshRunner } from '../../../src/core/ssh/ssh-runner.js';
 import type { CommandRunner } from '../../../src/core/exec/command-runner.js';
+import { waitFor } from '../../../src/core/waiter.js';
 import { labSshOptions, remoteRunner } from '../../support/lab.js';
 import { listeners, pgrep, waitCount, waitGone } from '../../support/remote-procs.js';
 
@@ -80,8 +81,10 @@ describe('netcat listener hygiene', () => {
     const ac = new AbortController();
     // connectHost 127.0.0.2 is not where nc listens, so the data connection can never be made
     const p = nc.spawn(['sh', '-c', `sleep 600; : ${marker}`], { signal: ac.signal });
-    await waitCount(marker, 1);
-    expect(listeners(41777).length).toBe(1);
+    await waitFor(async () => (pgrep(marker).length > 0 && listeners(41777).length === 1 ? { done: true, value: undefined } : { done: false }), {
+      minDelayMs: 20,
+      maxWaitMs: 15_000,
+    });
     ac.abort(new Error('stop'));
     const err = await p.done.catch((e: unknown) => e);
     expect(isVirtstreamError(err, 'ERR_ABORTED')).toBe(true);
@@ -123,7 +126,7 @@ describe('hostile file names through the real shell', () => {
   const names: (string | Buffer)[] = [
     "quote'single",
     'quote"double',
-    'dollar $(touch /tmp/vs-pwned) and `id`',
+    'dollar $(touch vs-pwned) and `touch vs-pwned` ${HOME}',
     'semi;colon && rm -rf x',
     'new\nline',
     ' leading and trailing ',
@@ -144,7 +147,7 @@ describe('hostile file names through the real shell', () => {
     expect(entries.some((e) => e.equals(path))).toBe(true);
     expect((await ssh.run(['cat', '--', path])).stdout.equals(content)).toBe(true);
     await ssh.run(['rm', '--', path]);
-    expect((await ssh.run(['sh', '-c', 'test -e /tmp/vs-pwned && echo yes || echo no'])).stdout.toString()).toBe('no\n');
+    expect((await ssh.run(['sh', '-c', 'test -e vs-pwned || test -e "$1/vs-pwned" && echo yes || echo no', 'sh', dir])).stdout.toString()).toBe('no\n');
   });
 
   it('rejects a NUL byte in a name with ERR_INVALID_ARGUMENT before anything runs', () => {

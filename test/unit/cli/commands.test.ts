@@ -63,8 +63,8 @@ describe('virtstream list / verify / prune on a real repository', () => {
     expect(vms.out.text).toContain("db 'x' $(id)");
     const json = await cli(['list', 'web01', '--repo', repoDir, '--json']);
     expect(json.out.json().map((o) => [o.type, o.id, o.kind, o.parentId])).toEqual([
-      ['backup', f.id, 'full', undefined],
-      ['backup', i.id, 'incremental', f.id],
+      ['backup-record', f.id, 'full', undefined],
+      ['backup-record', i.id, 'incremental', f.id],
     ]);
     // the repository can also come from the environment
     expect((await cli(['list', 'web01'], { env: { VIRTSTREAM_REPO: repoDir } })).out.text).toContain(i.id);

@@ -83,6 +83,9 @@ describe('writeQcow2', () => {
     expect((await stat(out)).size).toBeLessThan(512 * 1024);
     const map = JSON.parse(await qemuImg('map', '--output=json', out)) as { data: boolean; length: number }[];
     expect(map.filter((m) => m.data).reduce((a, m) => a + m.length, 0)).toBe(65536);
+    const raw = p('sparse.raw');
+    await writeExtentsToFile(s, raw);
+    await qemuImg('compare', '-f', 'raw', '-F', 'qcow2', raw, out);
   });
 
   it('merges and pads unaligned data extents', async () => {

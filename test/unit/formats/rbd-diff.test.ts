@@ -8,6 +8,7 @@ import { applyRbdDiff } from '../../../src/formats/rbd/apply-rbd-diff.js';
 import { parseRbdDiffJson } from '../../../src/formats/rbd/rbd-diff-json.js';
 import { RbdExportDiffFile } from '../../../src/formats/rbd/rbd-export-diff-file.js';
 import { readRbdExportDiff, writeRbdExportDiff } from '../../../src/formats/rbd/rbd-export-diff.js';
+import { readRbdImageExport } from '../../../src/formats/rbd/rbd-image-export.js';
 import { prng, tempDir } from './qemu-tools.js';
 
 let dir = '';
@@ -220,6 +221,44 @@ describe('rbd export-diff', () => {
     await applyRbdDiff(target, pieces(shrink));
     expect((await readFile(target)).equals(want.subarray(0, 4096))).toBe(true);
     expect(await codeOf(applyRbdDiff(join(dir, 'missing.raw'), pieces(shrink)))).toBe('ERR_NOT_FOUND');
+  });
+});
+
+describe('readRbdImageExport', () => {
+  it('reads a v2 image export and rejects mutated ones with typed errors', async () => {
+    const diffA = await bytesOf(writeRbdExportDiff(stream(1 << 20, [{ offset: 0, length: 10, kind: 'data', data: fill(10, 1) }]), { version: 2, toSnap: 'a', protected: true }));
+    const diffB = await bytesOf(writeRbdExportDiff(stream(1 << 20, [{ offset: 4096, length: 4096, kind: 'zero' }]), { version: 2, fromSnap: 'a' }));
+    const meta = Buffer.concat([le32(3), Buffer.from('key'), le32(5), Buffer.from('value')]);
+    const good = Buffer.concat([
+      Buffer.from('rbd image v2\n'),
+      Buffer.from('O'), le64(8), le64(22),
+      Buffer.from('T'), le64(8), le64(61),
+      Buffer.from('M'), le64(meta.length), meta,
+      Buffer.from('E'),
+      Buffer.from('rbd image diffs v2\n'), le64(2),
+      diffA,
+      diffB,
+    ]);
+    const exp = await readRbdImageExport(pieces(good, 11));
+    expect(exp).toMatchObject({ order: 22, features: 61, meta: { key: 'value' }, diffCount: 2 });
+    const seen: string[] = [];
+    for await (const d of exp.diffs()) {
+      seen.push(`${d.fromSnap ?? '-'}>${d.toSnap ?? 'head'}:${String(d.protected)}`);
+      if (d.toSnap === 'a') for await (const c of d) expect(c).toMatchObject({ offset: 0, length: 10, kind: 'data' });
+    }
+    expect(seen).toEqual(['->a:true', 'a>head:undefined']);
+    const rnd = prng(7);
+    for (let round = 0; round < 200; round++) {
+      const m = Buffer.from(good);
+      for (let f = 0; f < 1 + Math.floor(rnd() * 3); f++) m[Math.floor(rnd() * m.length)] = Math.floor(rnd() * 256);
+      try {
+        const e = await readRbdImageExport(pieces(m, 9));
+        for await (const d of e.diffs()) for await (const c of d) void c;
+      } catch (err) {
+        expect(isVirtstreamError(err), String(err)).toBe(true);
+      }
+    }
+    expect(await codeOf(readRbdImageExport(pieces(Buffer.from('rbd image v1\n'))))).toBe('ERR_FORMAT_CORRUPT');
   });
 });
 

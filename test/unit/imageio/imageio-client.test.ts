@@ -7,7 +7,7 @@ import { isVirtstreamError } from '../../../src/core/errors.js';
 import { ImageioClient } from '../../../src/rhv/imageio/imageio-client.js';
 import { ImageioError } from '../../../src/rhv/imageio/imageio-error.js';
 import { ImageioServer } from '../../../src/testing/imageio-server/imageio-server.js';
-import { closedPort, makeCerts, makeRawImage, removeTempDirs, tempDir, waitNoConnections } from './helpers.js';
+import { closedPort, collect, makeCerts, makeRawImage, removeTempDirs, tempDir, waitNoConnections } from './helpers.js';
 import type { TestCerts } from './helpers.js';
 
 let certs: TestCerts;
@@ -89,6 +89,41 @@ describe('ImageioClient basics', () => {
     await using c = new ImageioClient({ transferUrl: server.transferUrl(hostile), ca: certs.ca });
     expect((await c.read(3, 7)).equals(readFileSync(roPath).subarray(3, 10))).toBe(true);
     expect(server.getTicket(hostile)?.transferred).toBe(7);
+  });
+
+  it('uses an injected dispatcher and never closes it', async () => {
+    const { Agent } = await import('undici');
+    const agent = new Agent({ connect: { ca: certs.ca } });
+    try {
+      const c = new ImageioClient({ transferUrl: server.transferUrl('ro'), dispatcher: agent });
+      const data = await c.read(0, 100);
+      expect(data.equals(readFileSync(roPath).subarray(0, 100))).toBe(true);
+      const stream = await c.download({ concurrency: 2 });
+      let n = 0;
+      for await (const ch of stream) n += ch.length;
+      expect(n).toBe(size);
+      await c.close();
+      expect(agent.closed).toBe(false);
+      expect(agent.destroyed).toBe(false);
+    } finally {
+      await agent.close();
+    }
+  });
+
+  it('never logs the ticket id, even when retrying', async () => {
+    const secret = 'secret-ticket-5f2a';
+    await server.addTicket({ uuid: secret, size, ops: ['read'], url: `file://${roPath}` });
+    const lines: unknown[] = [];
+    const log = (o: object, m?: string): void => void lines.push([o, m]);
+    const logger = { debug: log, info: log, warn: log, error: log };
+    server.injectFault({ kind: 'status', status: 503, ticket: secret, times: 2 });
+    await using c = new ImageioClient({ transferUrl: server.transferUrl(secret), ca: certs.ca, logger, retryDelayMs: 1 });
+    await collect(await c.download());
+    await using bad = new ImageioClient({ transferUrl: server.transferUrl(secret), ca: certs.otherCa, logger });
+    const err = await bad.options().catch((e: unknown) => e);
+    expect(lines.length).toBeGreaterThan(1);
+    expect(JSON.stringify(lines)).not.toContain(secret);
+    expect(String((err as Error).message)).not.toContain(secret);
   });
 
   it('works over plain HTTP', async () => {

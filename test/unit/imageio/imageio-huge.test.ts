@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ImageioClient } from '../../../src/rhv/imageio/imageio-client.js';
 import { ImageioServer } from '../../../src/testing/imageio-server/imageio-server.js';
 import { makeCerts, removeTempDirs, tempDir } from './helpers.js';
+import type { ExtentStream } from '../../../src/formats/extent.js';
 import type { TestCerts } from './helpers.js';
 
 const MiB = 1024 * 1024;
@@ -84,6 +85,55 @@ describe('multi-GB sparse download', () => {
       await fh.close();
     }
     expect(hash.digest('hex')).toBe(expected.digest('hex'));
+    expect(peak - rssBefore).toBeLessThan(256 * MiB);
+  });
+
+  it('uploads a 6 GiB sparse stream with bounded memory; zeros become holes', async () => {
+    const target = join(tempDir(), 'target.raw');
+    const fh = await open(target, 'w');
+    await fh.write(Buffer.alloc(MiB, 0xee), 0, MiB, 2 * GiB); // old data that must be zeroed
+    await fh.truncate(SIZE);
+    await fh.close();
+    await server.addTicket({ uuid: 'huge-up', size: SIZE, ops: ['write'], url: `file://${target}`, sparse: true });
+    const source: ExtentStream = {
+      size: SIZE,
+      async *[Symbol.asyncIterator]() {
+        let pos = 0;
+        for (const [off, len, byte] of ISLANDS) {
+          if (off > pos) yield { offset: pos, length: off - pos, kind: 'zero' as const };
+          for (let done = 0; done < len; done += 4 * MiB) {
+            const n = Math.min(4 * MiB, len - done);
+            yield { offset: off + done, length: n, kind: 'data' as const, data: Buffer.alloc(n, byte) };
+          }
+          pos = off + len;
+        }
+        if (pos < SIZE) yield { offset: pos, length: SIZE - pos, kind: 'hole' as const };
+      },
+    };
+    await using c = new ImageioClient({ transferUrl: server.transferUrl('huge-up'), ca: certs.ca });
+    const rssBefore = process.memoryUsage().rss;
+    let peak = rssBefore;
+    const res = await c.upload(source, {
+      concurrency: 4,
+      onProgress: () => (peak = Math.max(peak, process.memoryUsage().rss)),
+    });
+    peak = Math.max(peak, process.memoryUsage().rss);
+    const islandBytes = ISLANDS.reduce((n, [, len]) => n + len, 0);
+    expect(res).toMatchObject({ size: SIZE, dataBytes: islandBytes, zeroedBytes: SIZE - islandBytes, skippedBytes: 0 });
+    const check = await open(target, 'r');
+    try {
+      for (const [off, len, byte] of ISLANDS) {
+        const buf = Buffer.alloc(Math.min(len, MiB));
+        await check.read(buf, 0, buf.length, off + len - buf.length);
+        expect(buf.every((b) => b === byte)).toBe(true);
+      }
+      const old = Buffer.alloc(MiB);
+      await check.read(old, 0, MiB, 2 * GiB);
+      expect(old.every((b) => b === 0)).toBe(true);
+      expect((await check.stat()).blocks * 512).toBeLessThan(islandBytes + 16 * MiB);
+    } finally {
+      await check.close();
+    }
     expect(peak - rssBefore).toBeLessThan(256 * MiB);
   });
 });

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { copyFile, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -188,6 +189,17 @@ describe('SnapshotChain.flatten', () => {
       expect(got.equals(await qemuRaw(files[id]!, dir))).toBe(true);
     }
     expect(closed.sort()).toEqual(opened.sort());
+    {
+      await using once = await chain.flatten('vda', 'latest', open);
+      await collect(once);
+      const again = await collect(once).catch((e: unknown) => e);
+      expect(isVirtstreamError(again, 'ERR_INVALID_ARGUMENT')).toBe(true);
+    }
+    // verify: the digest equals sha256 of qemu's raw output
+    const verified = await chain.verify('vda', { id: 'b3' }, open);
+    expect(verified).toMatchObject({ diskId: 'vda', backupId: 'b3', layers: ['b1', 'b2', 'b3'], size: 8 * 1024 * 1024 });
+    expect(verified.sha256).toBe(createHash('sha256').update(await qemuRaw(files.b3!, dir)).digest('hex'));
+    expect(verified.dataBytes + verified.zeroBytes).toBe(8 * 1024 * 1024);
     // synthetic full into a qcow2 without intermediates, accepted by qemu-img check and equal to the chain
     await using full = await chain.synthesizeFull('latest', open);
     expect(full.redundant).toEqual(['b1', 'b2', 'b3']);

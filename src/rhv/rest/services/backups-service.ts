@@ -7,6 +7,8 @@ import { children } from '../xml.js';
 
 /** What {@link BackupsService.create} starts (captured SDK body; 4.4+). */
 export interface CreateBackupOptions {
+  /** A client-chosen backup id (a UUID), so the backup can be found even if the answer is lost. */
+  id?: string;
   diskIds: readonly string[];
   /** Incremental from this checkpoint; omitted = full. */
   fromCheckpointId?: string;
@@ -30,6 +32,7 @@ export class BackupsService {
       `/vms/${seg(vmId)}/backups`,
       'backup',
       {
+        ...(options.id ? { '@id': options.id } : {}),
         description: options.description,
         from_checkpoint_id: options.fromCheckpointId,
         disks: { disk: options.diskIds.map((id) => ({ '@id': id })) },

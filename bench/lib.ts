@@ -1,0 +1,127 @@
+/**
+ * Shared types and helpers of `npm run bench`. Each `bench/*.bench.ts` default-exports a
+ * {@link BenchSuite}; `bench/run.ts` runs them and prints MB/s of virtstream and of the baseline
+ * measured in the same run on the same data, their ratio, and virtstream's peak RSS.
+ */
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { open } from 'node:fs/promises';
+
+/** One data path measured against its baseline. */
+export interface BenchRow {
+  /** What was measured, e.g. `1024 MiB over SSH (cat)`. */
+  case: string;
+  /** Bytes moved (the same for both sides). */
+  bytes: number;
+  virtstreamSeconds: number;
+  /** The baseline command, e.g. `ssh host cat`. */
+  baseline: string;
+  baselineSeconds: number;
+  /** Peak RSS of this process while virtstream ran, MiB. */
+  peakRssMb?: number;
+}
+
+/** What `bench/run.ts` hands each suite. */
+export interface BenchContext {
+  /** Data size to use, MiB (`BENCH_SIZE_MB`, else the suite's default). */
+  sizeMb(defaultMb: number): number;
+  /** Progress output (stderr). */
+  log(message: string): void;
+}
+
+/** A group of benchmark rows, default-exported by a `bench/*.bench.ts` file. */
+export interface BenchSuite {
+  name: string;
+  run(ctx: BenchContext): Promise<BenchRow[]>;
+}
+
+const MiB = 1024 * 1024;
+
+/** `BENCH_SIZE_MB` when set (and positive), else `defaultMb`. */
+export function benchSizeMb(defaultMb: number): number {
+  const v = Number(process.env.BENCH_SIZE_MB);
+  return Number.isFinite(v) && v > 0 ? Math.floor(v) : defaultMb;
+}
+
+/** Runs `fn` and returns its result with the elapsed wall time in seconds. */
+export async function timed<T>(fn: () => Promise<T>): Promise<{ seconds: number; value: T }> {
+  const t0 = process.hrtime.bigint();
+  const value = await fn();
+  return { seconds: Number(process.hrtime.bigint() - t0) / 1e9, value };
+}
+
+/** Samples this process's RSS every `intervalMs` until `stop()`, which returns the peak in MiB. */
+export function sampleRss(intervalMs = 50): { stop(): number } {
+  let peak = process.memoryUsage().rss;
+  const timer = setInterval(() => {
+    peak = Math.max(peak, process.memoryUsage().rss);
+  }, intervalMs);
+  timer.unref();
+  return {
+    stop(): number {
+      clearInterval(timer);
+      return Math.round(Math.max(peak, process.memoryUsage().rss) / MiB);
+    },
+  };
+}
+
+/**
+ * Writes a test file of `mib` MiB with mixed data (pseudo-random blocks, repeated text, zero runs),
+ * so neither compression nor zero detection flatters a transport. Returns its sha256.
+ */
+export async function createTestFile(path: string, mib: number): Promise<string> {
+  const fh = await open(path, 'w');
+  const hash = createHash('sha256');
+  try {
+    let block = Buffer.from('virtstream-bench');
+    const chunk = Buffer.alloc(MiB);
+    for (let i = 0; i < mib; i++) {
+      const kind = i % 8;
+      if (kind === 7) chunk.fill(0);
+      else if (kind === 6) chunk.fill(`block ${i} of the virtstream benchmark file\n`);
+      else {
+        for (let off = 0; off < MiB; off += 64) {
+          block = createHash('sha512').update(block).digest();
+          block.copy(chunk, off);
+        }
+      }
+      hash.update(chunk);
+      await fh.write(chunk, 0, MiB);
+    }
+  } finally {
+    await fh.close();
+  }
+  return hash.digest('hex');
+}
+
+/**
+ * Runs a baseline command (argv, no shell unless the argv is `sh -c …`) with stdout to `/dev/null`
+ * unless `stdout: 'pipe'`; resolves with the elapsed seconds, rejects on a non-zero exit.
+ */
+export async function runBaseline(argv: readonly string[], options: { stdin?: string; env?: NodeJS.ProcessEnv } = {}): Promise<number> {
+  const t0 = process.hrtime.bigint();
+  await new Promise<void>((resolve, reject) => {
+    const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'ignore', 'inherit'], env: options.env ?? process.env });
+    child.once('error', reject);
+    child.once('close', (code, signal) => (code === 0 ? resolve() : reject(new Error(`${argv.join(' ')} failed (${code ?? signal})`))));
+  });
+  return Number(process.hrtime.bigint() - t0) / 1e9;
+}
+
+/** MB/s (10^6 bytes per second) for a row side. */
+export function mbps(bytes: number, seconds: number): number {
+  return seconds > 0 ? bytes / 1e6 / seconds : 0;
+}
+
+/** Formats rows as an aligned text table. */
+export function formatTable(rows: readonly (BenchRow & { suite: string })[]): string {
+  const header = ['suite', 'case', 'MB/s virtstream', 'baseline', 'MB/s baseline', 'ratio', 'peak RSS MiB'];
+  const body = rows.map((r) => {
+    const vs = mbps(r.bytes, r.virtstreamSeconds);
+    const base = mbps(r.bytes, r.baselineSeconds);
+    return [r.suite, r.case, vs.toFixed(0), r.baseline, base.toFixed(0), base > 0 ? (vs / base).toFixed(2) : '-', r.peakRssMb === undefined ? '-' : String(r.peakRssMb)];
+  });
+  const widths = header.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)));
+  const line = (cells: string[]): string => cells.map((c, i) => (i >= 2 && i !== 3 ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join('  ');
+  return [line(header), widths.map((w) => '-'.repeat(w)).join('  '), ...body.map(line)].join('\n');
+}

@@ -1,0 +1,476 @@
+/**
+ * `SshTransferStrategy`: RHV/oVirt backups that use the REST API only for metadata and read the disk
+ * volumes over SSH straight from a hypervisor that sees the storage (optionally over a netcat data
+ * channel). Full and incremental (the QCOW2 layers created since the kept snapshot); restore goes
+ * through imageio like {@link ImageTransferStrategy}.
+ *
+ * @module
+ */
+import { randomUUID } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, posix } from 'node:path';
+import { Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { cleanupSignal, throwIfAborted } from '../../core/abort.js';
+import { CleanupStack } from '../../core/cleanup-stack.js';
+import { InvalidArgumentError, NotFoundError, VirtstreamError } from '../../core/errors.js';
+import type { CommandRunner } from '../../core/exec/command-runner.js';
+import type { Logger } from '../../core/logger.js';
+import { childLogger, redactingLogger } from '../../core/logger.js';
+import type { BackupKind, VmRef } from '../../core/model.js';
+import type { ProgressListener } from '../../core/progress.js';
+import { throttleProgress } from '../../core/progress.js';
+import { NetcatRunner } from '../../core/ssh/netcat-runner.js';
+import type { NetcatRunnerOptions } from '../../core/ssh/netcat-runner.js';
+import { SshRunner } from '../../core/ssh/ssh-runner.js';
+import type { SshRunnerOptions } from '../../core/ssh/ssh-runner.js';
+import type {
+  BackupOptions,
+  BackupResult,
+  BackupStrategy,
+  DiskBackupResult,
+  RestoreOptions,
+  RestoreResult,
+  StrategyCapabilities,
+} from '../../core/strategy.js';
+import type { BackupRecord, BackupSession, BackupTarget, RestoreSource, StoredDiskArtifact } from '../../core/target.js';
+import type { DiskImage } from '../../formats/disk-image.js';
+import { openDiskImage } from '../../formats/open-disk-image.js';
+import { writeQcow2 } from '../../formats/qcow2/qcow2-writer.js';
+import type { RhvClient } from '../../rhv/rhv-client.js';
+import type { RhvPollOptions } from '../../rhv/rest/service-context.js';
+import { seg } from '../../rhv/rest/service-context.js';
+import type { RhvDisk, RhvDiskSnapshot, RhvVm } from '../../rhv/rest/types.js';
+import { child, text } from '../../rhv/rest/xml.js';
+import { blockVolume, fileVolumePath, storageKindOf } from '../../rhv/storage-paths.js';
+import { mergeLayers } from '../../snapshot/merge-layers.js';
+import { ImageTransferStrategy } from './image-transfer.js';
+import type { ImageTransferStrategyOptions } from './image-transfer.js';
+
+/** A hypervisor as the engine lists it. */
+export interface HypervisorInfo {
+  id: string;
+  name: string;
+  /** `host/address`: the name or IP the engine reaches it by. */
+  address: string;
+}
+
+/** Options for {@link SshTransferStrategy}. */
+export interface SshTransferStrategyOptions {
+  /**
+   * SSH settings per hypervisor, keyed by host name, id or address, or a function of the host.
+   * Host keys are verified (known_hosts); key or password authentication.
+   */
+  hosts: Readonly<Record<string, SshRunnerOptions>> | ((host: HypervisorInfo) => SshRunnerOptions | Promise<SshRunnerOptions>);
+  /** The hypervisor (name or id) to read through. @defaultValue the VM's host, else the first `up` host */
+  host?: string;
+  /** Carry volume data over `nc` (unencrypted; trusted storage networks only) instead of the SSH channel. */
+  netcat?: NetcatRunnerOptions;
+  /** vdsm's data-center root on the hypervisor. @defaultValue '/rhev/data-center' */
+  rhevRoot?: string;
+  /** Local directory for spooled volumes (they are parsed with random access, then deleted). @defaultValue os.tmpdir() */
+  spoolDir?: string;
+  /** Keep the last backup snapshot as the base of the next incremental. @defaultValue true */
+  keepLastSnapshot?: boolean;
+  /** Settings of the imageio restore (see {@link ImageTransferStrategyOptions}). */
+  restore?: Omit<ImageTransferStrategyOptions, 'poll'>;
+  /** Overrides the client's polling for this strategy's waits. */
+  poll?: RhvPollOptions;
+  /** Creates the runner for a hypervisor (tests wrap it); the strategy closes what it gets. @defaultValue `new SshRunner(options)` */
+  connect?: (options: SshRunnerOptions) => CommandRunner;
+}
+
+/** Storage facts of a disk. */
+interface DomainInfo {
+  id: string;
+  kind: 'file' | 'block';
+  server: string;
+  exportPath: string;
+}
+
+interface DiskPlan {
+  disk: RhvDisk;
+  attachment: { index: number; bootable: boolean; interface: string };
+  kind: BackupKind;
+  fallbackReason?: string;
+  parentArtifact?: StoredDiskArtifact;
+  parentBackupId?: string;
+}
+
+const OVF_NAME = 'vm.ovf';
+
+/**
+ * Backs up RHV/oVirt VMs by reading their volumes over SSH from a hypervisor.
+ *
+ * | capability | |
+ * |---|---|
+ * | incremental | yes: the QCOW2 layers since the kept snapshot, stored as one delta on the parent |
+ * | live | yes (snapshot first) |
+ * | sparse | yes (only allocated clusters are stored; the wire carries the whole volume file) |
+ * | restore | yes, through imageio |
+ *
+ * @example
+ * ```ts
+ * const strategy = new SshTransferStrategy(rhv, {
+ *   hosts: { host1: { host: 'host1.example', username: 'root', privateKeyPath: '/root/.ssh/id_ed25519', knownHostsPath: '/root/.ssh/known_hosts' } },
+ * });
+ * const full = await strategy.backup({ name: 'web01' }, repo);
+ * await strategy.backup({ name: 'web01' }, repo, { kind: 'incremental', parent: full.record });
+ * ```
+ */
+export class SshTransferStrategy implements BackupStrategy {
+  /** Stable id written to manifests. */
+  readonly id = 'ssh-transfer';
+  /** What this strategy can do. */
+  readonly capabilities: StrategyCapabilities = Object.freeze({ incremental: true, live: true, sparse: true, restore: true });
+  readonly #client: RhvClient;
+  readonly #options: Readonly<SshTransferStrategyOptions>;
+
+  /** `client` is used, never closed. @throws InvalidArgumentError `ERR_INVALID_ARGUMENT` without `hosts` */
+  constructor(client: RhvClient, options: SshTransferStrategyOptions) {
+    if (!options || (typeof options.hosts !== 'function' && (typeof options.hosts !== 'object' || options.hosts === null))) {
+      throw new InvalidArgumentError('ssh-transfer needs options.hosts (SSH settings per hypervisor)');
+    }
+    this.#client = client;
+    this.#options = Object.freeze({ ...options });
+  }
+
+  #log(options: { logger?: Logger }, bindings: object): Logger {
+    const base = options.logger ? redactingLogger(options.logger) : this.#client.logger;
+    return childLogger(base, { strategy: this.id, ...bindings });
+  }
+
+  #poll(): RhvPollOptions {
+    return this.#options.poll ?? {};
+  }
+
+  async #findVm(vm: VmRef, signal: AbortSignal | undefined): Promise<RhvVm> {
+    const opts = signal ? { signal } : {};
+    if (vm.id) return this.#client.vms.get(vm.id, opts);
+    if (vm.name) return this.#client.vms.findByName(vm.name, opts);
+    throw new InvalidArgumentError('VmRef needs an id or a name');
+  }
+
+  /**
+   * Backs up a VM: snapshot, each disk's chain (or the layers since the kept snapshot) read over SSH,
+   * stored as QCOW2 (incrementals backed by the parent artifact), the OVF, and cleanup.
+   *
+   * @throws `ERR_RHV_FAULT`, `ERR_SSH_*`, `ERR_REMOTE_COMMAND`, `ERR_NETCAT`, `ERR_FORMAT_CORRUPT`, `ERR_ABORTED`, `ERR_NOT_FOUND`, `ERR_INVALID_ARGUMENT`
+   */
+  async backup(vm: VmRef, target: BackupTarget, options: BackupOptions = {}): Promise<BackupResult> {
+    const signal = options.signal;
+    throwIfAborted(signal);
+    const opts = signal ? { signal } : {};
+    const progress = throttleProgress(options.onProgress);
+    const rhvVm = await this.#findVm(vm, signal);
+    const log = this.#log(options, { vm: rhvVm.name });
+    const kindAsked: BackupKind = options.kind ?? (options.parent ? 'incremental' : 'full');
+    if (kindAsked === 'incremental' && !options.parent) throw new InvalidArgumentError('an incremental backup needs options.parent');
+    const keep = this.#options.keepLastSnapshot ?? true;
+    progress({ type: 'phase', phase: 'prepare' });
+
+    const withOvf = await this.#client.vms.get(rhvVm.id, { allContent: true, ...opts });
+    const attachments = await this.#client.diskAttachments.list(rhvVm.id, opts);
+    const excluded = new Set(options.excludeDisks ?? []);
+    const plans: DiskPlan[] = [];
+    for (const [index, a] of attachments.entries()) {
+      const d = await this.#client.disks.get(a.diskId, opts);
+      if (excluded.has(d.id) || excluded.has(d.name)) continue;
+      plans.push({ disk: d, attachment: { index, bootable: a.bootable, interface: a.interface }, kind: 'full' });
+    }
+    if (plans.length === 0) throw new InvalidArgumentError(`VM ${rhvVm.name} has no disks to back up`);
+    if (kindAsked === 'incremental' && options.parent) await this.#planIncremental(rhvVm, plans, options.parent, signal);
+
+    const domains = new Map<string, DomainInfo>();
+    for (const p of plans) {
+      const sd = p.disk.storageDomainId;
+      if (!sd) throw new NotFoundError('storage domain', `disk ${p.disk.name} reports no storage domain`);
+      if (!domains.has(sd)) domains.set(sd, await this.#domain(sd, signal));
+    }
+    const host = await this.#hypervisor(rhvVm, signal);
+    const undo = new CleanupStack({ logger: log });
+    let committed = false;
+    let runner: CommandRunner | undefined;
+    const spool = await mkdtemp(join(this.#options.spoolDir ?? tmpdir(), 'vs-ssh-transfer-'));
+    try {
+      const sshOptions = await this.#sshOptions(host);
+      const ssh = this.#options.connect ? this.#options.connect(sshOptions) : new SshRunner({ ...sshOptions, ...(sshOptions.logger ? {} : { logger: log }) });
+      runner = ssh;
+      const data: CommandRunner = this.#options.netcat ? new NetcatRunner(ssh, { logger: log, ...this.#options.netcat }) : ssh;
+
+      const anyIncremental = plans.some((p) => p.kind === 'incremental');
+      const session = await target.begin({
+        vm: { id: rhvVm.id, name: rhvVm.name },
+        strategy: this.id,
+        kind: anyIncremental ? 'incremental' : 'full',
+        ...(anyIncremental && options.parent ? { parentId: options.parent.id } : {}),
+        ...(options.labels ? { labels: options.labels } : {}),
+        ...opts,
+      });
+      const sessionHandle = undo.defer('abort backup session', () => session.abort(new Error('backup failed')));
+
+      progress({ type: 'phase', phase: 'snapshot' });
+      const description = `virtstream ssh-transfer ${new Date().toISOString()} ${randomUUID()}`;
+      const lost = undo.defer('remove a snapshot whose creation answer was lost', async (s) => {
+        const found = (await this.#client.snapshots.list(rhvVm.id, { signal: s })).filter((x) => x.description === description);
+        for (const f of found) await this.#client.snapshots.remove(rhvVm.id, f.id, { ...this.#poll(), signal: s });
+      });
+      const snap = await this.#client.snapshots.create(rhvVm.id, { description, diskIds: plans.map((p) => p.disk.id), persistMemoryState: false, ...opts });
+      undo.release(lost);
+      const snapHandle = undo.defer(`remove snapshot ${snap.id}`, (s) => this.#client.snapshots.remove(rhvVm.id, snap.id, { ...this.#poll(), signal: s }));
+      await this.#client.snapshots.waitUntilOk(rhvVm.id, snap.id, { ...this.#poll(), ...opts });
+      log.info({ snapshotId: snap.id }, 'snapshot created');
+
+      const results: DiskBackupResult[] = [];
+      for (const p of plans) {
+        throwIfAborted(signal);
+        results.push(await this.#backupDisk(session, p, snap.id, domains.get(p.disk.storageDomainId!)!, data, spool, keep, progress, log, signal));
+      }
+      await session.writeMetadata(OVF_NAME, withOvf.ovf ?? '', opts);
+      progress({ type: 'phase', phase: 'cleanup' });
+      let previousSnapshot: string | undefined;
+      if (keep) {
+        previousSnapshot = plans.map((p) => p.parentArtifact?.extra?.snapshotId).find((x): x is string => typeof x === 'string');
+        undo.release(snapHandle);
+        undo.defer(`remove snapshot ${snap.id}`, (s) => this.#client.snapshots.remove(rhvVm.id, snap.id, { ...this.#poll(), signal: s }));
+      } else {
+        await undo.runOne(snapHandle);
+      }
+      progress({ type: 'phase', phase: 'commit' });
+      const record = await session.commit(opts);
+      undo.release(sessionHandle);
+      committed = true;
+      const warnings: string[] = [];
+      if (previousSnapshot) {
+        try {
+          await this.#client.snapshots.remove(rhvVm.id, previousSnapshot, { ...this.#poll(), signal: cleanupSignal() });
+        } catch (err) {
+          const message = `could not remove the previous backup snapshot ${previousSnapshot}: ${(err as Error).message}`;
+          warnings.push(message);
+          progress({ type: 'warning', message });
+        }
+      }
+      for (const r of results) if (r.fallbackReason) warnings.push(`disk ${r.diskId}: full instead of incremental: ${r.fallbackReason}`);
+      log.info({ backupId: record.id, disks: results.length }, 'backup committed');
+      return { record, disks: results, warnings };
+    } finally {
+      if (!committed) {
+        progress({ type: 'phase', phase: 'cleanup' });
+        await undo.unwind();
+      }
+      await runner?.close().catch(() => undefined);
+      await rm(spool, { recursive: true, force: true });
+    }
+  }
+
+  /** Marks disks incremental when the parent backup's kept snapshot still exists and matches. */
+  async #planIncremental(vm: RhvVm, plans: DiskPlan[], parent: BackupRecord, signal: AbortSignal | undefined): Promise<void> {
+    const snapshots = new Set((await this.#client.snapshots.list(vm.id, signal ? { signal } : {})).filter((s) => s.status === 'ok').map((s) => s.id));
+    for (const p of plans) {
+      const art = parent.disks.find((d) => d.diskId === p.disk.id);
+      const reason = ((): string | undefined => {
+        if (parent.strategy !== this.id) return `the parent backup was made by ${parent.strategy}`;
+        if (!art) return 'the parent backup has no artifact of this disk';
+        if (art.format !== 'qcow2') return 'the parent artifact is not QCOW2';
+        if (art.virtualSize !== p.disk.provisionedSize) return `the disk was resized (${art.virtualSize} → ${p.disk.provisionedSize})`;
+        const sid = art.extra?.snapshotId;
+        if (typeof sid !== 'string') return 'the parent backup kept no snapshot';
+        if (!snapshots.has(sid)) return `the base snapshot ${sid} no longer exists`;
+        return undefined;
+      })();
+      if (reason) p.fallbackReason = reason;
+      else {
+        p.kind = 'incremental';
+        p.parentArtifact = art!;
+        p.parentBackupId = parent.id;
+      }
+    }
+  }
+
+  async #domain(id: string, signal: AbortSignal | undefined): Promise<DomainInfo> {
+    const node = await this.#client.connection.get(`/storagedomains/${seg(id)}`, 'storage_domain', signal ? { signal } : {});
+    const storage = child(node, 'storage');
+    const type = text(storage, 'type');
+    if (!type) throw new NotFoundError('storage', `storage domain ${id} reports no storage type`);
+    const kind = storageKindOf(type);
+    return { id, kind, server: text(storage, 'address') ?? '', exportPath: text(storage, 'path') ?? '/' };
+  }
+
+  async #hypervisor(vm: RhvVm, signal: AbortSignal | undefined): Promise<HypervisorInfo> {
+    const opts = signal ? { signal } : {};
+    const hosts = await this.#client.connection.get('/hosts', 'hosts', opts);
+    const all = ([] as unknown[]).concat(hosts.host ?? []).filter((h): h is Record<string, unknown> => typeof h === 'object' && h !== null).map((h) => ({
+      id: text(h, 'id') ?? '',
+      name: text(h, 'name') ?? '',
+      address: text(h, 'address') ?? '',
+      status: text(h, 'status') ?? '',
+    }));
+    const wanted = this.#options.host ?? vm.hostId;
+    const hit = wanted ? all.find((h) => h.id === wanted || h.name === wanted) : all.find((h) => h.status === 'up');
+    if (!hit) throw new NotFoundError('host', wanted ? `no host ${JSON.stringify(wanted)}` : 'no host is up to read the volumes through');
+    return { id: hit.id, name: hit.name, address: hit.address };
+  }
+
+  async #sshOptions(host: HypervisorInfo): Promise<SshRunnerOptions> {
+    const hosts = this.#options.hosts;
+    if (typeof hosts === 'function') return hosts(host);
+    const o = hosts[host.name] ?? hosts[host.id] ?? hosts[host.address];
+    if (!o) throw new InvalidArgumentError(`no SSH settings for host ${host.name} (${host.address}): add it to options.hosts`);
+    return o;
+  }
+
+  /** The chain base → `top` of a disk, from the parent links the engine reports. */
+  #chainTo(volumes: readonly RhvDiskSnapshot[], topId: string): RhvDiskSnapshot[] {
+    const byId = new Map(volumes.map((v) => [v.id, v]));
+    const chain: RhvDiskSnapshot[] = [];
+    for (let v = byId.get(topId); v; v = v.parentId ? byId.get(v.parentId) : undefined) {
+      if (chain.includes(v) || chain.length > 256) throw new VirtstreamError('ERR_CHAIN_INVALID', `the volume chain of disk ${v.diskId ?? ''} loops`);
+      chain.unshift(v);
+    }
+    return chain;
+  }
+
+  async #backupDisk(
+    session: BackupSession,
+    plan: DiskPlan,
+    snapshotId: string,
+    domain: DomainInfo,
+    runner: CommandRunner,
+    spool: string,
+    keep: boolean,
+    progress: ProgressListener,
+    log: Logger,
+    signal: AbortSignal | undefined,
+  ): Promise<DiskBackupResult> {
+    const disk = plan.disk;
+    const dlog = childLogger(log, { disk: disk.name });
+    const opts = signal ? { signal } : {};
+    progress({ type: 'phase', phase: 'transfer', disk: disk.name });
+    const volumes = await this.#client.diskSnapshots.list(disk.id, { includeActive: true, ...opts });
+    const top = volumes.find((v) => v.snapshotId === snapshotId);
+    if (!top) throw new NotFoundError('volume', `snapshot ${snapshotId} holds no volume of disk ${disk.id}`);
+    const chain = this.#chainTo(volumes, top.id);
+    let layers = chain;
+    if (plan.kind === 'incremental') {
+      const baseSnapshot = plan.parentArtifact?.extra?.snapshotId;
+      const i = chain.findIndex((v) => v.snapshotId === baseSnapshot);
+      if (i < 0 || i === chain.length - 1) {
+        plan.kind = 'full';
+        plan.fallbackReason = 'the base snapshot volume is not in the disk chain';
+        delete plan.parentArtifact;
+      } else layers = chain.slice(i + 1);
+    }
+    const images: DiskImage[] = [];
+    let read = 0;
+    try {
+      for (const v of layers) {
+        const local = join(spool, `${disk.id}-${v.id}`);
+        read += await this.#spool(runner, domain, disk.id, v.id, local, (n) => progress({ type: 'bytes', disk: disk.name, transferred: read + n }), dlog, signal);
+        images.push(await openDiskImage(local, { backing: 'ignore', ...opts }));
+      }
+      for (const img of images) {
+        if (img.virtualSize !== disk.provisionedSize) throw new VirtstreamError('ERR_FORMAT_CORRUPT', `volume of disk ${disk.name} has size ${img.virtualSize}, the engine says ${disk.provisionedSize}`);
+      }
+      const merged = await mergeLayers(images, disk.provisionedSize, opts);
+      const incremental = plan.kind === 'incremental' && plan.parentArtifact && plan.parentBackupId;
+      const body = writeQcow2(merged, {
+        ...(incremental ? { backingFile: backingPath(session.backupId, plan.parentBackupId!, plan.parentArtifact!), backingFormat: 'qcow2' as const } : {}),
+        ...opts,
+      });
+      const written = await session.writeDisk(
+        {
+          diskId: disk.id,
+          name: disk.name,
+          format: 'qcow2',
+          virtualSize: disk.provisionedSize,
+          kind: plan.kind,
+          ...(incremental ? { parentBackupId: plan.parentBackupId! } : {}),
+          ...(plan.fallbackReason ? { fallbackReason: plan.fallbackReason } : {}),
+          extra: {
+            rhvDiskId: disk.id,
+            attachmentIndex: plan.attachment.index,
+            bootable: plan.attachment.bootable,
+            interface: plan.attachment.interface,
+            layers: layers.length,
+            ...(keep ? { snapshotId } : {}),
+          },
+        },
+        body,
+        opts,
+      );
+      dlog.info({ bytes: written.bytes, kind: plan.kind, layers: layers.length }, 'disk stored');
+      return { diskId: disk.id, kind: plan.kind, bytes: written.bytes, ...(plan.fallbackReason ? { fallbackReason: plan.fallbackReason } : {}) };
+    } finally {
+      for (const img of images) await img.close().catch(() => undefined);
+    }
+  }
+
+  /** Copies one volume from the hypervisor into `local`; returns its size. Block volumes are activated only for the read. */
+  async #spool(
+    runner: CommandRunner,
+    domain: DomainInfo,
+    diskId: string,
+    volumeId: string,
+    local: string,
+    onBytes: (n: number) => void,
+    log: Logger,
+    signal: AbortSignal | undefined,
+  ): Promise<number> {
+    throwIfAborted(signal);
+    let path: string;
+    let deactivate: string | undefined;
+    if (domain.kind === 'file') {
+      path = fileVolumePath({ ...(this.#options.rhevRoot ? { root: this.#options.rhevRoot } : {}), server: domain.server, exportPath: domain.exportPath, storageDomainId: domain.id, diskId, volumeId });
+    } else {
+      const lv = blockVolume(domain.id, volumeId);
+      await runner.run(['lvchange', '-ay', lv.lvName], signal ? { signal } : {});
+      deactivate = lv.lvName;
+      path = lv.devicePath;
+    }
+    try {
+      log.debug({ path }, 'reading volume');
+      const proc = runner.spawn(['cat', '--', path], { bulk: 'stdout', ...(signal ? { signal } : {}) });
+      let n = 0;
+      const count = new Transform({
+        transform(chunk: Buffer, _enc, cb) {
+          n += chunk.length;
+          onBytes(n);
+          cb(null, chunk);
+        },
+      });
+      try {
+        await pipeline(proc.stdout, count, createWriteStream(local), signal ? { signal } : {});
+      } catch (err) {
+        proc.kill();
+        // the command's own failure (exit status, lost channel) explains a broken stream best
+        await proc.done.catch((e: unknown) => {
+          throw e;
+        });
+        throw err;
+      }
+      await proc.done;
+      return n;
+    } finally {
+      if (deactivate) await runner.run(['lvchange', '-an', deactivate], { signal: cleanupSignal() }).catch((err: unknown) => log.warn({ err, lv: deactivate }, 'could not deactivate LV'));
+    }
+  }
+
+  /**
+   * Restores through imageio exactly as {@link ImageTransferStrategy.restore} does (the stored QCOW2
+   * chain is flattened and uploaded into new disks, then the VM is created from the OVF).
+   *
+   * @throws see {@link ImageTransferStrategy.restore}
+   */
+  async restore(vmName: string, source: RestoreSource, options: RestoreOptions = {}): Promise<RestoreResult> {
+    const inner = new ImageTransferStrategy(this.#client, { ...(this.#options.restore ?? {}), ...(this.#options.poll ? { poll: this.#options.poll } : {}) });
+    return inner.restore(vmName, source, options);
+  }
+}
+
+/** The parent artifact's path relative to the directory of the new artifact. */
+function backingPath(backupId: string, parentId: string, parent: StoredDiskArtifact): string {
+  const dir = posix.dirname(posix.join(backupId, parent.file));
+  return posix.relative(dir, posix.join(parentId, parent.file));
+}
