@@ -180,6 +180,8 @@ export class SshRunner implements CommandRunner, AsyncDisposable {
   #conn: SshConnection | undefined;
   #connecting: Promise<SshConnection> | undefined;
   #closed = false;
+  /** Connections that have closed (channels on them ended with the connection, not by their command). */
+  readonly #lost = new WeakSet<SshConnection>();
 
   constructor(options: SshRunnerOptions) {
     if (!options.host) throw new InvalidArgumentError('SshRunner: host is required');
@@ -297,6 +299,7 @@ export class SshRunner implements CommandRunner, AsyncDisposable {
         resolve(client);
       });
       client.on('close', () => {
+        this.#lost.add(client);
         if (this.#conn === client) this.#conn = undefined;
         if (!ready) reject(rejection ?? new SshError('ERR_SSH_CONNECT', this.host, 'connection closed during handshake', { retryable: true }));
       });
@@ -384,10 +387,12 @@ export class SshRunner implements CommandRunner, AsyncDisposable {
         throw err;
       }
       ch.once('close', release);
+      channelConn = conn;
       logger.debug({ host: this.host, command: display }, 'ssh exec');
       return ch;
     })();
 
+    let channelConn: SshConnection | undefined;
     let exitCode: number | null = null;
     let exitSignal: string | null = null;
     const closed = opened.then(
@@ -397,10 +402,8 @@ export class SshRunner implements CommandRunner, AsyncDisposable {
           ch.on('data', (c: Buffer) => {
             if (!stdout.push(c)) ch.pause();
           });
-          ch.once('end', () => {
-            stdoutEnded = true;
-            stdout.push(null);
-          });
+          // stdout EOF is passed on only once the exit status is known (in `done`), so that a channel
+          // cut off with its connection never looks like a complete stream
           let head: Buffer | undefined = Buffer.alloc(0);
           ch.stderr.on('data', (c: Buffer) => {
             if (head === undefined) {
@@ -475,8 +478,16 @@ export class SshRunner implements CommandRunner, AsyncDisposable {
         await closed;
         if (signal?.aborted) throw new AbortedError(signal.reason);
         if (killed && exitSignal === null && exitCode === null) exitSignal = 'SIGKILL';
+        if (!killed && exitSignal === null && exitCode === null) {
+          // no exit status: the channel ended with its connection (or the server dropped it)
+          const lost = channelConn !== undefined && this.#lost.has(channelConn);
+          throw new SshError('ERR_SSH_CHANNEL', this.host, `${display}: ${lost ? 'connection lost' : 'channel closed without an exit status'}`, { retryable: true });
+        }
         const exit: CommandExit = { exitCode, signal: exitSignal, stderrTail: tail.toString() };
-        if (!stdoutEnded) stdout.push(null);
+        if (!stdoutEnded) {
+          stdoutEnded = true;
+          stdout.push(null);
+        }
         await finished(stdout).catch(() => undefined);
         if (exit.exitCode !== null && ok.includes(exit.exitCode)) return exit;
         throw new RemoteCommandError({ command: display, host: this.host, ...exit });

@@ -23,6 +23,8 @@ export interface SimDisk {
   format: 'raw' | 'cow';
   status: 'ok' | 'locked' | 'illegal';
   backup: 'none' | 'incremental';
+  /** Free text set by the client (`disk.description`). */
+  description?: string;
   /** Base first, active last. */
   images: SimImage[];
   vmId?: string;

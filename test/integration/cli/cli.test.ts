@@ -141,6 +141,7 @@ describe('virtstream CLI against the engine simulator', () => {
 
   it('Ctrl-C in the terminal aborts a stalled transfer, cleans the engine up and commits nothing (exit 130)', async () => {
     const before = (await new FileRepository(repoDir).list('big01')).length;
+    imageio().clearRequests();
     imageio().injectFault({ kind: 'stall', methods: ['GET'], request: 1 });
     const run = runCliInPty(['backup', 'big01', '--full', '-c', config], env());
     // wait until the data path is really stuck in the stalled request
@@ -247,6 +248,7 @@ describe('virtstream CLI against the engine simulator', () => {
 
   it('a second Ctrl-C exits at once while cleanup is still running', async () => {
     await sim.addVm({ name: 'force01', disks: [{ name: 'root', virtualSize: 16 * MiB, format: 'cow', contents: [{ offset: 0, length: MiB, pattern: 0x21 }] }] });
+    imageio().clearRequests();
     imageio().injectFault({ kind: 'stall', methods: ['GET'], request: 1 });
     // the snapshot removal of the cleanup keeps answering 409 (locked): cleanup takes minutes
     sim.faults.snapshotDeleteConflicts = 1000;
@@ -270,6 +272,7 @@ describe('virtstream CLI against the engine simulator', () => {
 
   it('SIGTERM (a service manager stopping it) takes the same clean abort path, with --json', async () => {
     await sim.addVm({ name: 'term01', disks: [{ name: 'root', virtualSize: 16 * MiB, format: 'cow', contents: [{ offset: 0, length: MiB, pattern: 0x22 }] }] });
+    imageio().clearRequests();
     imageio().injectFault({ kind: 'stall', methods: ['GET'], request: 1 });
     try {
       const run = runCliProcess(['backup', 'term01', '--full', '-c', config, '--json'], env());
@@ -292,6 +295,7 @@ describe('virtstream CLI against the engine simulator', () => {
     const backup = runCliProcess(['backup', 'rest01', '-c', config, '--json'], env());
     expect(await backup.exit, backup.stderr()).toBe(0);
     const disksBefore = sim.state().disks.length;
+    imageio().clearRequests();
     imageio().injectFault({ kind: 'stall', methods: ['PUT'], request: 1 });
     try {
       const run = runCliInPty(['restore', 'rest01', '--name', 'web01-aborted', '-c', config], env());

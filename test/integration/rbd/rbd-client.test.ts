@@ -36,6 +36,7 @@ beforeAll(async () => {
 afterAll(async () => {
   resumeOsd();
   for (const ref of created) await localRbd().removeImage(ref).catch(() => undefined);
+  for (const user of ['client.vs-backup', 'client.vs-other']) await cephCli(['auth', 'rm', user]).catch(() => undefined);
   await ssh?.close();
   rmSync(work, { recursive: true, force: true });
 });
