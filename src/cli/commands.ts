@@ -46,7 +46,7 @@ export const COMMANDS: readonly CommandSpec[] = [
     usage: '[VM ...] [--all] [--full | --incremental] [options]',
     options: {
       ...VM_SOURCE,
-      all: { type: 'boolean', description: 'every VM the config rules select by name' },
+      all: { type: 'boolean', description: 'every VM the config rules select (by name, regex or tag)' },
       full: { type: 'boolean', description: 'always a full backup' },
       incremental: { type: 'boolean', description: 'require an incremental on top of the latest backup' },
       label: { type: 'string', multiple: true, value: 'KEY=VALUE', description: 'label stored in the manifest (repeatable)' },

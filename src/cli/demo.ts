@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { FileRepository, LocalRunner, throwIfAborted, VirtstreamError } from '../index.js';
+import { FileRepository, isVirtstreamError, LocalRunner, throwIfAborted, VirtstreamError } from '../index.js';
 import type { BackupResult, BackupStrategy, Logger, ProgressEvent } from '../index.js';
 import { ImageTransferStrategy, RhvClient } from '../entries/rhv.js';
 import { EngineSimulator } from '../entries/testing.js';
@@ -73,6 +73,26 @@ function backupBytes(r: BackupResult): number {
   return r.disks.reduce((n, d) => n + d.bytes, 0);
 }
 
+/** Fails early, with the package to install, when a tool the simulator runs is missing. */
+async function requireTools(signal: AbortSignal | undefined): Promise<void> {
+  const runner = new LocalRunner();
+  const missing: string[] = [];
+  for (const tool of ['qemu-img', 'qemu-io', 'openssl']) {
+    try {
+      await runner.run([tool, tool === 'openssl' ? 'version' : '--version'], signal ? { signal } : {});
+    } catch (err) {
+      if (isVirtstreamError(err, 'ERR_COMMAND_NOT_FOUND')) missing.push(tool);
+      else throw err;
+    }
+  }
+  if (missing.length > 0) {
+    throw new VirtstreamError(
+      'ERR_COMMAND_NOT_FOUND',
+      `the demo needs ${missing.join(', ')}: install qemu-utils and openssl (Debian/Ubuntu: apt-get install qemu-utils openssl), or run scripts/demo.sh as root once`,
+    );
+  }
+}
+
 /**
  * The embedded demo: starts the oVirt engine simulator in-process with a VM of two disks (a qcow2
  * system disk with real data and a sparse raw data disk), makes a full backup with image-transfer
@@ -85,6 +105,7 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoReport> {
   const step = options.onStep ?? (() => undefined);
   const size = (options.sizeMb ?? 64) * MiB;
   if (!Number.isSafeInteger(size) || size < 4 * MiB) throw new VirtstreamError('ERR_INVALID_ARGUMENT', 'demo disks must be at least 4 MiB');
+  await requireTools(signal);
   const repository = options.repo !== undefined ? resolve(options.repo) : await mkdtemp(join(tmpdir(), 'virtstream-demo-'));
   const steps: DemoStep[] = [];
   throwIfAborted(signal);

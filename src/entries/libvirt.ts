@@ -18,3 +18,4 @@ export * from '../libvirt/storage/disk-source-xml.js';
 export type { CommandReadStream, CommandErrorMapper } from '../libvirt/storage/command-stream.js';
 export { LvmSnapshotStrategy, type LvmSnapshotStrategyOptions, type LvmVolumeRef } from '../strategies/libvirt/lvm.js';
 export { RbdSnapshotStrategy, type RbdSnapshotStrategyOptions } from '../strategies/libvirt/rbd.js';
+export * from '../strategies/libvirt/virsh.js';

@@ -183,8 +183,24 @@ export class NetcatRunner implements CommandRunner {
         highWaterMark: 256 * 1024,
         write: (chunk: Buffer, _enc, cb) => {
           pending.then((s) => {
-            if (s.write(chunk)) cb();
-            else s.once('drain', () => cb());
+            if (s.destroyed) {
+              cb(new SshError('ERR_NETCAT', this.#ssh.host, 'data connection closed'));
+              return;
+            }
+            if (s.write(chunk)) {
+              cb();
+              return;
+            }
+            const onDrain = (): void => {
+              s.off('close', onClose);
+              cb();
+            };
+            const onClose = (): void => {
+              s.off('drain', onDrain);
+              cb(new SshError('ERR_NETCAT', this.#ssh.host, 'data connection closed while writing'));
+            };
+            s.once('drain', onDrain);
+            s.once('close', onClose);
           }, cb);
         },
         final: (cb) => {

@@ -342,6 +342,7 @@ export class SshRunner implements CommandRunner, AsyncDisposable {
     let channelClosed = false;
     let killed = false;
     let stdoutEnded = false;
+    let channelConn: SshConnection | undefined;
 
     let resolvePid: (pid: number | null) => void = () => undefined;
     const remotePid = new Promise<number | null>((resolve) => {
@@ -392,7 +393,6 @@ export class SshRunner implements CommandRunner, AsyncDisposable {
       return ch;
     })();
 
-    let channelConn: SshConnection | undefined;
     let exitCode: number | null = null;
     let exitSignal: string | null = null;
     const closed = opened.then(
@@ -541,7 +541,13 @@ export class SshRunner implements CommandRunner, AsyncDisposable {
     this.#conn = undefined;
     if (conn && this.#owns) {
       await new Promise<void>((resolve) => {
-        conn.on('close', resolve);
+        // bounded: a peer that never answers the disconnect must not hang close()
+        const timer = setTimeout(resolve, 10_000);
+        timer.unref();
+        conn.on('close', () => {
+          clearTimeout(timer);
+          resolve();
+        });
         conn.end();
       });
     }

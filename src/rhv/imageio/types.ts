@@ -23,7 +23,10 @@ export interface ImageioClientOptions {
   dispatcher?: Dispatcher;
   /** Logger; ticket URLs are redacted. @defaultValue silent */
   logger?: Logger;
-  /** Upper bound on parallel connections to the daemon, whatever the server allows. @defaultValue 8 */
+  /**
+   * Upper bound on the workers (one connection each) of `download`/`upload`, whatever the server
+   * allows, and on the pooled connections of single requests. @defaultValue 8
+   */
   maxConnections?: number;
   /**
    * A request whose response (headers or next body bytes) does not arrive within this many ms fails

@@ -71,6 +71,7 @@ export function mapDisk(n: XmlNode): RhvDisk {
   return clean({
     id: requireId(n, 'disk'),
     name: text(n, 'alias') ?? text(n, 'name') ?? '',
+    description: text(n, 'description'),
     provisionedSize: size,
     actualSize: num(n, 'actual_size'),
     format: format(n) ?? 'raw',

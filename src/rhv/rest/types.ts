@@ -35,6 +35,7 @@ export type RhvDiskFormat = 'cow' | 'raw';
 export interface RhvDisk {
   id: string;
   name: string;
+  description?: string;
   /** Guest-visible size, bytes. */
   provisionedSize: number;
   actualSize?: number;

@@ -321,6 +321,7 @@ export class VirshStrategy implements BackupStrategy {
         warn(`disk ${disk.target} is ${disk.readonly ? 'read-only' : 'shareable'}: excluded`, disk.target);
         continue;
       }
+      if (disk.driverType === 'other') fmt(disk.driverTypeName, `disk ${disk.target}`);
       const chain = await this.#host.imageInfo(disk.file, { chain: true, ...(signal ? { signal } : {}) });
       const top = chain[0]!;
       const topFormat = fmt(top.format, `disk ${disk.target}`);

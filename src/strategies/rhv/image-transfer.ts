@@ -322,11 +322,11 @@ export class ImageTransferStrategy implements BackupStrategy {
     }
   }
 
-  /** Cancels download transfers of `disks` that are still running (created, but their undo never registered). */
-  async #cancelLeftoverTransfers(disks: readonly RhvDisk[], signal: AbortSignal): Promise<void> {
+  /** Cancels transfers of `disks` in one direction that are still running (created, but their undo never registered). */
+  async #cancelLeftoverTransfers(disks: readonly { id: string }[], signal: AbortSignal, direction: 'download' | 'upload' = 'download'): Promise<void> {
     const ids = new Set(disks.map((d) => d.id));
     const running = (await this.#client.imageTransfers.list({ signal })).filter(
-      (t) => t.direction !== 'upload' && t.diskId !== undefined && ids.has(t.diskId) && !t.phase.startsWith('finished_'),
+      (t) => (t.direction ?? 'upload') === direction && t.diskId !== undefined && ids.has(t.diskId) && !t.phase.startsWith('finished_'),
     );
     for (const t of running) await this.#client.imageTransfers.cancel(t.id, { ...this.#poll(), signal });
   }
@@ -606,8 +606,16 @@ export class ImageTransferStrategy implements BackupStrategy {
     }, { signal });
     if (image.size !== art.virtualSize) throw new InvalidArgumentError(`artifact ${art.file} has size ${image.size}, manifest says ${art.virtualSize}`);
     const dlog = childLogger(log, { disk: art.name });
+    // a unique token in the description finds the disk again if the answer to the add is lost
+    const token = `virtstream-restore-${randomUUID()}`;
+    const lost = undo.defer(`remove disk ${token}`, async (s) => {
+      for (const d of await this.#client.disks.list({ search: `description=${token}`, signal: s })) {
+        if (d.description === token) await this.#client.disks.remove(d.id, { signal: s });
+      }
+    });
     const disk = await this.#client.disks.add({
       name: art.name,
+      description: token,
       format: this.#options.format === 'raw' ? 'raw' : 'cow',
       provisionedSize: art.virtualSize,
       sparse: true,
@@ -615,7 +623,12 @@ export class ImageTransferStrategy implements BackupStrategy {
       storageDomain: { id: storageDomainId },
       signal,
     });
-    undo.defer(`remove disk ${disk.id}`, (s) => this.#client.disks.remove(disk.id, { signal: s }));
+    undo.release(lost);
+    undo.defer(`remove disk ${disk.id}`, async (s) => {
+      // an upload whose creation answer was lost still locks the disk: cancel it first (that removes the disk)
+      await this.#cancelLeftoverTransfers([disk], s, 'upload');
+      await this.#client.disks.remove(disk.id, { signal: s });
+    });
     await this.#client.disks.waitForStatus(disk.id, 'ok', { ...this.#poll(), signal });
     const transfer = await this.#client.imageTransfers.create({ direction: 'upload', format: 'raw', diskId: disk.id, signal });
     const cancelHandle = undo.defer(`cancel transfer ${transfer.id}`, (s) => this.#client.imageTransfers.cancel(transfer.id, { ...this.#poll(), signal: s }));

@@ -13,9 +13,9 @@ import { tmpdir } from 'node:os';
 import { join, posix } from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { cleanupSignal, throwIfAborted } from '../../core/abort.js';
+import { cleanupSignal, normalizeAbort, sleep, throwIfAborted } from '../../core/abort.js';
 import { CleanupStack } from '../../core/cleanup-stack.js';
-import { InvalidArgumentError, NotFoundError, VirtstreamError } from '../../core/errors.js';
+import { InvalidArgumentError, NotFoundError, VirtstreamError, isVirtstreamError } from '../../core/errors.js';
 import type { CommandRunner } from '../../core/exec/command-runner.js';
 import type { Logger } from '../../core/logger.js';
 import { childLogger, redactingLogger } from '../../core/logger.js';
@@ -444,11 +444,11 @@ export class SshTransferStrategy implements BackupStrategy {
         await pipeline(proc.stdout, count, createWriteStream(local), signal ? { signal } : {});
       } catch (err) {
         proc.kill();
-        // the command's own failure (exit status, lost channel) explains a broken stream best
-        await proc.done.catch((e: unknown) => {
-          throw e;
-        });
-        throw err;
+        if (signal?.aborted) throw normalizeAbort(err, signal);
+        // the command's own failure (exit status, lost channel) explains a broken stream best; bounded,
+        // as a destroyed stdout may keep `done` from settling
+        const outcome = await Promise.race([proc.done.then(() => undefined, (e: unknown) => e), sleep(10_000).then(() => undefined)]);
+        throw isVirtstreamError(outcome) ? outcome : normalizeAbort(err, signal);
       }
       await proc.done;
       return n;

@@ -622,7 +622,15 @@ export class EngineSimulator implements AsyncDisposable {
       const name = text(d, 'name') ?? text(d, 'alias') ?? 'disk';
       if (!Number.isSafeInteger(size) || size <= 0 || size % 512 !== 0) throw new SimFault(400, 'Bad Request', '[provisioned_size must be a positive multiple of 512]');
       const disk = await this.#createDisk(name, format, size, text(d, 'backup') === 'incremental' ? 'incremental' : 'none');
+      const description = text(d, 'description');
+      if (description !== undefined) disk.description = description;
       return [201, toXml('disk', this.#diskXml(disk, false))];
+    });
+    this.#route('GET', r('/disks'), async (_m, q) => {
+      // engine search subset: `name=X` or `description=X` (exact; no wildcards)
+      const m = /^(name|alias|description)=(.*)$/.exec(q.get('search') ?? '');
+      const all = [...this.#disks.values()].filter((d) => !m || (m[1] === 'description' ? d.description === m[2] : d.name === m[2]));
+      return [200, toXml('disks', { disk: all.map((d) => this.#diskXml(d, false)) })];
     });
     this.#route('DELETE', r(`/disks/${ID}`), async (m) => {
       const disk = this.#disk(m[1]!);
@@ -783,6 +791,7 @@ export class EngineSimulator implements AsyncDisposable {
       '@id': d.id,
       '@href': `${API}/disks/${d.id}`,
       alias: d.name,
+      description: d.description,
       name: d.name,
       backup: d.backup,
       content_type: 'data',

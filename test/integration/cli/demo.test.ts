@@ -50,4 +50,13 @@ describe('virtstream demo', () => {
     expect(await run.exit).toBe(1);
     expect(run.output()).toContain('"code":"ERR_INVALID_ARGUMENT"');
   });
+
+  it('names the packages to install when qemu-img is missing', async () => {
+    // a PATH without qemu-img (node itself is started by absolute path)
+    const run = runCliProcess(['demo', '--json', '--repo', join(dir, 'nothing')], { PATH: '/nonexistent' });
+    expect(await run.exit).toBe(1);
+    const last = JSON.parse(run.output().trim().split('\n').at(-1)!) as { code: string; message: string };
+    expect(last.code).toBe('ERR_COMMAND_NOT_FOUND');
+    expect(last.message).toContain('qemu-utils');
+  });
 });

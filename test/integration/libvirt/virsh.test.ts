@@ -13,7 +13,7 @@ import { LibvirtHost } from '../../../src/libvirt/libvirt-host.js';
 import { VirshStrategy } from '../../../src/strategies/libvirt/virsh.js';
 import { FileRepository } from '../../../src/targets/file-repository.js';
 import { labVar, remoteRunner } from '../../support/lab.js';
-import { activeSources, chainOf, createDomain, guestChecksum, guestWrite, listDir, OWNER, removeDomain } from './helpers.js';
+import { activeSources, chainOf, createDomain, flushGuest, guestChecksum, guestWrite, listDir, OWNER, removeDomain } from './helpers.js';
 
 const HOSTILE = `vs-it-virsh 'q" $(touch vs-pwned) \`id\` sp`;
 
@@ -57,6 +57,7 @@ describe('VirshStrategy over SSH', () => {
       const sums: Record<string, string>[] = [];
       const snapshotSums = async (): Promise<Record<string, string>> => {
         const src = await activeSources(host, name);
+        await flushGuest(host, name, 2);
         return { vda: await guestChecksum(host, src.vda!, scratch), vdb: await guestChecksum(host, src.vdb!, scratch) };
       };
 

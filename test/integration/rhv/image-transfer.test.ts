@@ -430,6 +430,26 @@ describe('failure cleanup (snapshot-chain unless stated)', () => {
     expectEngineClean(1);
   });
 
+  it('restore: the answer to a disk creation is lost: the disk is found by its description token and removed', async () => {
+    const s = strategy({ keepLastSnapshot: false, concurrency: 1 });
+    await s.backup({ name: vmName }, repo);
+    const disksBefore = sim.state().disks.length;
+    sim.faults.failRequests({ method: 'POST', path: '/disks', status: 502, afterHandling: true });
+    await expect(s.restore(vmName, repo, { newName: `${vmName}-lost` })).rejects.toMatchObject({ code: 'ERR_RHV_FAULT', status: 502 });
+    expect(sim.state().disks.length).toBe(disksBefore);
+    expectEngineClean(0);
+  });
+
+  it('restore: the answer to the upload transfer creation is lost: the transfer is cancelled and the disk removed', async () => {
+    const s = strategy({ keepLastSnapshot: false, concurrency: 1 });
+    await s.backup({ name: vmName }, repo);
+    const disksBefore = sim.state().disks.length;
+    sim.faults.failRequests({ method: 'POST', path: '/imagetransfers', status: 502, afterHandling: true });
+    await expect(s.restore(vmName, repo, { newName: `${vmName}-lost2` })).rejects.toMatchObject({ code: 'ERR_RHV_FAULT', status: 502 });
+    expect(sim.state().disks.length).toBe(disksBefore);
+    expectEngineClean(0);
+  });
+
   it('restore failure (upload 5xx): created disks and VM are removed', async () => {
     const s = strategy({ keepLastSnapshot: false });
     await s.backup({ name: vmName }, repo);

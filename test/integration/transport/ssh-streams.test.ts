@@ -93,6 +93,52 @@ describe('netcat listener hygiene', () => {
     expect(listeners(41777)).toEqual([]);
   });
 
+  it('a listener killed mid-stream is ERR_NETCAT and the stream never ends as if complete', async () => {
+    const nc = new NetcatRunner(ssh, { listenAddress: '127.0.0.1', port: 41666 });
+    const p = nc.spawn(['head', '-c', '2000000000', '/dev/zero']);
+    let n = 0;
+    let killedNc = false;
+    const reading = (async () => {
+      for await (const c of p.stdout) {
+        n += (c as Buffer).length;
+        if (!killedNc && n > 16 * 1024 * 1024) {
+          killedNc = true;
+          await new (await import('../../../src/core/exec/local-runner.js')).LocalRunner().run(['pkill', '-KILL', '-f', 'nc -N -l 127.0.0.1 41666']);
+        }
+      }
+      return 'ended';
+    })().catch((e: unknown) => e);
+    const err = await p.done.catch((e: unknown) => e);
+    expect(isVirtstreamError(err, 'ERR_NETCAT')).toBe(true);
+    expect(isVirtstreamError(await reading, 'ERR_NETCAT')).toBe(true);
+    expect(n).toBeLessThan(2_000_000_000);
+    expect(await waitGone('head -c 2000000000 /dev/zero')).toEqual([]);
+    expect(listeners(41666)).toEqual([]);
+  });
+
+  it('aborting an upload (bulk: stdin) mid-stream leaves no listener and no process', async () => {
+    const marker = `vs-up-${randomBytes(4).toString('hex')}`;
+    const nc = new NetcatRunner(ssh, { listenAddress: '127.0.0.1', port: 41444 });
+    const ac = new AbortController();
+    const p = nc.spawn(['sh', '-c', `cat >/dev/null; : ${marker}`], { bulk: 'stdin', signal: ac.signal });
+    p.stdout.resume();
+    const chunk = Buffer.alloc(1024 * 1024, 7);
+    let sent = 0;
+    const writing = (async () => {
+      while (!ac.signal.aborted) {
+        if (!p.stdin.write(chunk)) await new Promise((r) => p.stdin.once('drain', r).once('error', r).once('close', r));
+        sent += chunk.length;
+        if (sent >= 32 * 1024 * 1024) ac.abort(new Error('stop'));
+      }
+    })();
+    const err = await p.done.catch((e: unknown) => e);
+    await writing;
+    expect(isVirtstreamError(err, 'ERR_ABORTED')).toBe(true);
+    expect(await waitGone(marker)).toEqual([]);
+    expect(await waitGone('nc -N -l 127.0.0.1 41444')).toEqual([]);
+    expect(listeners(41444)).toEqual([]);
+  });
+
   it('fails with ERR_NETCAT when the port is taken by another listener', async () => {
     const net = await import('node:net');
     const squatter = net.createServer((s) => s.end('not-the-token-at-all-xxxxxxxxxxxx'));

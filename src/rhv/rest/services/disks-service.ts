@@ -3,10 +3,13 @@ import { mapDisk } from '../mappers.js';
 import type { RhvWaitCallOptions, ServiceContext } from '../service-context.js';
 import { isFaultStatus, orUndefined, pollUntil, seg } from '../service-context.js';
 import type { RhvDisk, RhvDiskFormat } from '../types.js';
+import { children } from '../xml.js';
 
 /** What {@link DisksService.add} creates (api-model `DisksService.Add`, the upload_disk.py shape). */
 export interface AddDiskOptions {
   name: string;
+  /** Free text; a unique token here finds the disk again if the answer to the add is lost. */
+  description?: string;
   format: RhvDiskFormat;
   /** Guest-visible size, bytes. */
   provisionedSize: number;
@@ -34,6 +37,15 @@ export class DisksService {
     return mapDisk(await this.#ctx.connection.get(`/disks/${seg(id)}`, 'disk', options));
   }
 
+  /** Disks, optionally filtered by an engine search (e.g. `description=token`). */
+  async list(options: { search?: string; signal?: AbortSignal } = {}): Promise<RhvDisk[]> {
+    const doc = await this.#ctx.connection.get('/disks', 'disks', {
+      query: { search: options.search },
+      ...(options.signal ? { signal: options.signal } : {}),
+    });
+    return children(doc, 'disk').map(mapDisk);
+  }
+
   /** Creates a floating disk; wait for `ok` before uploading. */
   async add(options: AddDiskOptions): Promise<RhvDisk> {
     const node = await this.#ctx.connection.post(
@@ -41,6 +53,7 @@ export class DisksService {
       'disk',
       {
         backup: options.backup,
+        description: options.description,
         format: options.format,
         initial_size: options.initialSize,
         name: options.name,
