@@ -20,6 +20,7 @@ export class SourcePool implements AsyncDisposable {
     this.#ctx = ctx;
   }
 
+  /** The source called `name`, opened (and its secrets read) on first use. */
   get(name: string): Promise<Source> {
     let s = this.#open.get(name);
     if (!s) {

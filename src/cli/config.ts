@@ -1,4 +1,4 @@
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import type { RetentionRules } from '../index.js';
 import { ConfigError } from './config-error.js';
@@ -71,6 +71,11 @@ export const STRATEGIES_BY_PLATFORM: Readonly<Record<'rhv' | 'libvirt', readonly
 });
 
 type Obj = Record<string, unknown>;
+
+/** Largest config file read. */
+const MAX_CONFIG_BYTES = 1024 * 1024;
+/** Largest secret file read (passwords, private keys). */
+const MAX_SECRET_BYTES = 64 * 1024;
 
 function isObj(v: unknown): v is Obj {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -245,8 +250,12 @@ export function parseConfig(value: unknown, baseDir: string = process.cwd()): Cl
 export async function loadConfig(file: string, options: { signal?: AbortSignal } = {}): Promise<CliConfig> {
   let text: string;
   try {
+    const st = await stat(file);
+    if (!st.isFile()) throw new ConfigError('--config', `${file} is not a regular file`);
+    if (st.size > MAX_CONFIG_BYTES) throw new ConfigError('--config', `${file} is larger than ${MAX_CONFIG_BYTES} bytes`);
     text = await readFile(file, { encoding: 'utf8', ...(options.signal ? { signal: options.signal } : {}) });
   } catch (err) {
+    if (err instanceof ConfigError) throw err;
     throw new ConfigError('--config', `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`, { cause: err });
   }
   let json: unknown;
@@ -268,12 +277,16 @@ export async function resolveSecret(field: string, ref: SecretRef, env: NodeJS.P
     if (v === undefined || v === '') throw new ConfigError(field, `environment variable ${ref.env} is not set`);
     return v;
   }
+  let text: string;
   try {
-    const text = await readFile(ref.file, 'utf8');
-    return text.endsWith('\r\n') ? text.slice(0, -2) : text.endsWith('\n') ? text.slice(0, -1) : text;
+    const st = await stat(ref.file);
+    if (!st.isFile() || st.size > MAX_SECRET_BYTES) throw new ConfigError(field, `secret file ${ref.file} is not a regular file of at most ${MAX_SECRET_BYTES} bytes`);
+    text = await readFile(ref.file, 'utf8');
   } catch (err) {
+    if (err instanceof ConfigError) throw err;
     throw new ConfigError(field, `cannot read secret file ${ref.file}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`, { cause: err });
   }
+  return text.endsWith('\r\n') ? text.slice(0, -2) : text.endsWith('\n') ? text.slice(0, -1) : text;
 }
 
 /** A VM as a source lists it, for rule matching. */

@@ -14,3 +14,4 @@ export { quoteArg, quoteArgBytes, toShellCommand, type ShellCommandOptions } fro
 export * from './streams.js';
 export * from './repository-error.js';
 export * from './tls-error.js';
+export * from './runtime-strategy.js';

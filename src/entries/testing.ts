@@ -28,3 +28,11 @@ export { SimulatorFaults } from '../testing/engine-simulator/simulator-faults.js
 export type { RequestFault } from '../testing/engine-simulator/simulator-faults.js';
 export { generateTlsMaterial } from '../testing/engine-simulator/tls-material.js';
 export type { TlsMaterial } from '../testing/engine-simulator/tls-material.js';
+export { simulatorFault } from '../testing/engine-simulator/simulator-extension.js';
+export type { SimulatorAnswer, SimulatorExtension, SimulatorRequest } from '../testing/engine-simulator/simulator-extension.js';
+export { ProxyVmSimulator } from '../testing/engine-simulator/proxy-vm-sim.js';
+export type { ProxyAttachment, ProxyVmSimulatorOptions } from '../testing/engine-simulator/proxy-vm-sim.js';
+export { HypervisorTree, SIMULATOR_STORAGE_DOMAIN_ID } from '../testing/engine-simulator/hypervisor-tree.js';
+export type { HypervisorTreeOptions } from '../testing/engine-simulator/hypervisor-tree.js';
+export { ExportDomainSimulator } from '../testing/engine-simulator/export-domain-sim.js';
+export type { ExportDomainSimulatorOptions, SimDataCenter, SimV3Snapshot, SimV3Vm } from '../testing/engine-simulator/export-domain-sim.js';

@@ -125,7 +125,9 @@ export class LibvirtHost {
       return r.stdout.toString('utf8');
     } catch (err) {
       if (isVirtstreamError(err) && (err.code === 'ERR_ABORTED' || err.code === 'ERR_COMMAND_NOT_FOUND' || err.code.startsWith('ERR_SSH'))) throw err;
-      throw new VirtstreamError('ERR_LIBVIRT', `virsh ${String(args[0] ?? '')} failed on ${this.#runner.host}`, { cause: err });
+      const tail = (err as { stderrTail?: unknown }).stderrTail;
+      const detail = typeof tail === 'string' && tail.trim() !== '' ? `: ${tail.trim().split('\n').slice(-2).join(' | ')}` : '';
+      throw new VirtstreamError('ERR_LIBVIRT', `virsh ${String(args[0] ?? '')} failed on ${this.#runner.host}${detail}`, { cause: err });
     }
   }
 
@@ -208,13 +210,23 @@ export class LibvirtHost {
   }
 
   /**
-   * Defines (or redefines) a domain from XML, passed on stdin; returns the definition libvirt stored.
+   * Defines (or redefines) a domain from XML (through a private temporary file on the host);
+   * returns the definition libvirt stored.
    *
    * @throws `ERR_LIBVIRT_XML` for XML that does not parse, `ERR_LIBVIRT` when libvirt refuses it.
    */
   async define(xml: string, options: SignalOptions = {}): Promise<DomainInfo> {
     const { name } = parseDomainXml(xml, { allowMissingUuid: true });
-    await this.virsh(['define', '--file', '/dev/stdin'], { signal: options.signal, input: xml });
+    // virsh reads a file; /dev/stdin cannot be opened when stdin is a socket (local runners), so the
+    // XML goes through a private temporary file on the host
+    const tmp = (await this.exec(['mktemp', '--tmpdir', 'virtstream-domain-XXXXXXXX.xml'], { signal: options.signal })).toString('utf8').trim();
+    if (!tmp.startsWith('/')) throw new VirtstreamError('ERR_REMOTE_COMMAND', `mktemp printed ${JSON.stringify(tmp)}`);
+    try {
+      await this.exec(['dd', `of=${tmp}`, 'status=none'], { signal: options.signal, input: xml });
+      await this.virsh(['define', '--file', tmp], { signal: options.signal });
+    } finally {
+      await this.exec(['rm', '-f', '--', tmp], { signal: AbortSignal.timeout(30_000) }).catch(() => undefined);
+    }
     this.#logger.info({ domain: name }, 'domain defined');
     return this.getDomain(name, { ...options, inactive: true });
   }

@@ -150,6 +150,9 @@ class Slots {
 /** Shell prelude: report the session's pid on stderr as `\x01vs-pid N\n` (stripped again by the runner). */
 const PID_PRELUDE = Buffer.from("printf '\\001vs-pid %s\\n' \"$$\" >&2; ", 'latin1');
 
+/** Start of the pid line the prelude prints. */
+const PID_MARKER = Buffer.from('\x01vs-pid ', 'latin1');
+
 /** Signal names from SSH (`KILL`) in Node's form (`SIGKILL`). */
 function signalName(sig: unknown): string | null {
   return typeof sig === 'string' && sig.length > 0 ? (sig.startsWith('SIG') ? sig : `SIG${sig}`) : null;
@@ -410,12 +413,14 @@ export class SshRunner implements CommandRunner, AsyncDisposable {
               tail.push(c);
               return;
             }
+            // the marker line normally comes first, but a login shell's rc file may print before it
             head = Buffer.concat([head, c]);
-            const nl = head.indexOf(0x0a);
-            if (nl === -1 && head.length < 64) return;
-            const m = /^\x01vs-pid (\d+)$/.exec(head.subarray(0, Math.max(nl, 0)).toString('latin1'));
+            const at = head.indexOf(PID_MARKER);
+            const nl = at === -1 ? -1 : head.indexOf(0x0a, at);
+            if (nl === -1 && head.length < 4096) return;
+            const m = nl === -1 ? null : /^(\d+)$/.exec(head.subarray(at + PID_MARKER.length, nl).toString('latin1'));
             resolvePid(m ? Number(m[1]) : null);
-            const rest = m ? head.subarray(nl + 1) : head;
+            const rest = m ? Buffer.concat([head.subarray(0, at), head.subarray(nl + 1)]) : head;
             head = undefined;
             if (rest.length > 0) tail.push(rest);
           });
@@ -425,6 +430,8 @@ export class SshRunner implements CommandRunner, AsyncDisposable {
           });
           ch.once('close', () => {
             channelClosed = true;
+            if (head !== undefined && head.length > 0) tail.push(head); // no marker seen: keep what came
+            head = undefined;
             resolvePid(null);
             resolve();
           });

@@ -189,6 +189,11 @@ export class RhvV3Api {
     return children(await this.#c.get(`/storagedomains/${seg(storageDomainId)}/vms`, 'vms', options), 'vm').map(mapVm);
   }
 
+  /** Removes an exported VM (its OVF and images) from an export domain; a missing one is fine. */
+  async removeExportedVm(exportDomainId: string, vmId: string, options: { signal?: AbortSignal } = {}): Promise<void> {
+    await orUndefined(() => this.#c.delete(`/storagedomains/${seg(exportDomainId)}/vms/${seg(vmId)}`, options));
+  }
+
   /** Imports a VM from an export domain into a cluster and data domain. */
   async importVm(
     exportDomainId: string,

@@ -155,8 +155,9 @@ export class ExportDomainStrategy implements BackupStrategy {
     return { dataCenter: dc, domain, layout, clusterId: cluster.id };
   }
 
-  /** Removes what an export of `vmId` left in the export domain (its OVF and images). */
-  async #removeExport(layout: ExportDomainLayout, vmId: string): Promise<void> {
+  /** Removes an export of `vmId`: through the engine, then whatever files are still seen at the staging path. */
+  async #removeExport(domainId: string, layout: ExportDomainLayout, vmId: string, signal: AbortSignal): Promise<void> {
+    await this.#v3.removeExportedVm(domainId, vmId, { signal });
     let ovf: string | undefined;
     try {
       ovf = await layout.readOvf(vmId);
@@ -222,7 +223,7 @@ export class ExportDomainStrategy implements BackupStrategy {
       log.info({ cloneId: clone.id }, 'clone created');
 
       progress({ type: 'phase', phase: 'transfer', detail: `export to ${where.domain.name}` });
-      const exportHandle = undo.defer(`remove the export of ${clone.id}`, () => this.#removeExport(layout, clone.id));
+      const exportHandle = undo.defer(`remove the export of ${clone.id}`, (s) => this.#removeExport(where.domain.id, layout, clone.id, s));
       await v3.exportVm(clone.id, where.domain.id, opts);
       await v3.waitVmState(clone.id, 'down', this.#wait(signal));
       let ovf: string;

@@ -202,6 +202,20 @@ export class ExportDomainSimulator implements SimulatorExtension {
       return [200, toXml('vms', { vm: vms })];
     }
     if (method === 'POST' && (m = /^\/storagedomains\/([^/]+)\/vms\/([^/]+)\/import$/.exec(path))) return this.#import(m[1]!, m[2]!, req);
+    if (method === 'DELETE' && (m = /^\/storagedomains\/([^/]+)\/vms\/([^/]+)$/.exec(path))) {
+      const dc = this.#dcs.find((d) => d.exportDomainId === m![1]);
+      if (!dc) return simulatorFault(404, 'Not Found', `Entity not found: storage domain ${m[1]}`);
+      const layout = this.#layout(dc);
+      let ovf: string;
+      try {
+        ovf = await layout.readOvf(m[2]!);
+      } catch {
+        return simulatorFault(404, 'Not Found', `Entity not found: vm ${m[2]}`);
+      }
+      for (const d of parseOvf(ovf).disks) await layout.removeImage(d.imageId);
+      await layout.removeVm(m[2]!);
+      return [200, ''];
+    }
     return simulatorFault(404, 'Not Found', `No route for ${method} ${path} in API v3`);
   }
 

@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -96,6 +97,8 @@ describe('SshTransferStrategy against the engine simulator and the loopback sshd
     for (const [i, d] of disks.entries()) expect(await compare(sim.activeImage(d.id), sim.activeImage(newVm.diskIds[i]!))).toBe('Images are identical.');
     expect(sim.state().tickets).toEqual([]);
     expect((sim.imageio as unknown as ImageioServer).tickets()).toEqual([]);
+    // the hostile VM name never reached a shell
+    expect(existsSync('/tmp/pwned')).toBe(false);
   });
 
   it('reads over the netcat data channel as well', async () => {

@@ -126,7 +126,15 @@ describe('netcat listener hygiene', () => {
     let sent = 0;
     const writing = (async () => {
       while (!ac.signal.aborted) {
-        if (!p.stdin.write(chunk)) await new Promise((r) => p.stdin.once('drain', r).once('error', r).once('close', r));
+        if (!p.stdin.write(chunk)) {
+          await new Promise<void>((resolve) => {
+            const done = (): void => {
+              p.stdin.off('drain', done).off('error', done).off('close', done);
+              resolve();
+            };
+            p.stdin.on('drain', done).on('error', done).on('close', done);
+          });
+        }
         sent += chunk.length;
         if (sent >= 32 * 1024 * 1024) ac.abort(new Error('stop'));
       }

@@ -95,6 +95,11 @@ describe('loadConfig and resolveSecret', () => {
     await expect(loadConfig(join(dir, 'missing.json'))).rejects.toMatchObject({ code: 'ERR_CONFIG', field: '--config' });
     await writeFile(join(dir, 'bad.json'), '{"repository": ');
     await expect(loadConfig(join(dir, 'bad.json'))).rejects.toMatchObject({ code: 'ERR_CONFIG', field: '(root)' });
+    await writeFile(join(dir, 'huge.json'), Buffer.alloc(2 * 1024 * 1024, 0x20));
+    await expect(loadConfig(join(dir, 'huge.json'))).rejects.toMatchObject({ code: 'ERR_CONFIG', field: '--config' });
+    await expect(loadConfig(dir)).rejects.toMatchObject({ code: 'ERR_CONFIG', field: '--config' });
+    await writeFile(join(dir, 'nested.json'), `${'['.repeat(100_000)}${']'.repeat(100_000)}`);
+    await expect(loadConfig(join(dir, 'nested.json'))).rejects.toMatchObject({ code: 'ERR_CONFIG' });
   });
 
   it('resolves env and file secrets without putting them in messages', async () => {
@@ -106,5 +111,29 @@ describe('loadConfig and resolveSecret', () => {
     expect(err).toBeInstanceOf(ConfigError);
     expect((err as ConfigError).field).toBe('managers.prod.password');
     await expect(resolveSecret('f', { file: join(dir, 'nope') })).rejects.toMatchObject({ code: 'ERR_CONFIG', field: 'f' });
+    await expect(resolveSecret('f', { file: dir })).rejects.toMatchObject({ code: 'ERR_CONFIG', field: 'f' });
+  });
+});
+
+describe('docs/virtstream-config.schema.json and the CLI guide', () => {
+  const root = new URL('../../../', import.meta.url);
+  it('describes the same fields parseConfig accepts', async () => {
+    const { readFile } = await import('node:fs/promises');
+    const schema = JSON.parse(await readFile(new URL('docs/virtstream-config.schema.json', root), 'utf8')) as {
+      properties: Record<string, { additionalProperties?: { properties?: Record<string, unknown> }; properties?: Record<string, unknown> }>;
+    };
+    expect(Object.keys(schema.properties).sort()).toEqual(['$schema', 'hosts', 'managers', 'repository', 'retention', 'vms']);
+    expect(Object.keys(schema.properties.managers!.additionalProperties!.properties!).sort()).toEqual(['caFile', 'insecure', 'password', 'type', 'url', 'username']);
+    expect(Object.keys(schema.properties.hosts!.additionalProperties!.properties!).sort()).toEqual(['host', 'knownHosts', 'password', 'port', 'privateKey', 'type', 'uri', 'username']);
+    expect(Object.keys(schema.properties.retention!.properties!).sort()).toEqual(['keepDaily', 'keepLast', 'keepMonthly', 'keepWeekly']);
+  });
+
+  it('the example config of docs/guides/cli.md is valid', async () => {
+    const { readFile } = await import('node:fs/promises');
+    const doc = await readFile(new URL('docs/guides/cli.md', root), 'utf8');
+    const example = /```json\n([\s\S]*?)\n```/.exec(doc)?.[1];
+    expect(example).toBeDefined();
+    const config = parseConfig(JSON.parse(example!), '/etc');
+    expect(config.vms.map((v) => v.strategy)).toEqual(['image-transfer', 'image-transfer', 'virsh']);
   });
 });

@@ -53,13 +53,23 @@ describe('LibvirtHost argv building', () => {
     ]);
   });
 
-  it('defines from stdin and reads the stored definition back', async () => {
-    const runner = new ScriptedRunner((argv) => (argv.includes('dumpxml') ? { stdout: MINIMAL_XML } : {}));
+  it('defines through a temporary file, removes it, and reads the stored definition back', async () => {
+    const runner = new ScriptedRunner((argv) => {
+      if (argv.includes('dumpxml')) return { stdout: MINIMAL_XML };
+      if (argv[0] === 'mktemp') return { stdout: '/tmp/virtstream-domain-abc.xml\n' };
+      return {};
+    });
     const host = new LibvirtHost(runner);
     const info = await host.define(`<domain type='qemu'><name>m</name></domain>`);
     expect(info.uuid).toBe('00000000-0000-0000-0000-000000000001');
-    expect(runner.calls[0]).toMatchObject({ argv: ['virsh', '-q', '-c', 'qemu:///system', 'define', '--file', '/dev/stdin'], input: `<domain type='qemu'><name>m</name></domain>` });
-    expect(runner.calls[1]!.argv).toEqual(['virsh', '-q', '-c', 'qemu:///system', 'dumpxml', '--domain', 'm', '--inactive']);
+    expect(runner.calls.map((c) => c.argv)).toEqual([
+      ['mktemp', '--tmpdir', 'virtstream-domain-XXXXXXXX.xml'],
+      ['dd', 'of=/tmp/virtstream-domain-abc.xml', 'status=none'],
+      ['virsh', '-q', '-c', 'qemu:///system', 'define', '--file', '/tmp/virtstream-domain-abc.xml'],
+      ['rm', '-f', '--', '/tmp/virtstream-domain-abc.xml'],
+      ['virsh', '-q', '-c', 'qemu:///system', 'dumpxml', '--domain', 'm', '--inactive'],
+    ]);
+    expect(runner.calls[1]!.input).toBe(`<domain type='qemu'><name>m</name></domain>`);
   });
 
   it('refuses XML it cannot parse before running anything', async () => {

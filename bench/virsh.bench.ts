@@ -1,0 +1,100 @@
+/**
+ * VirshStrategy full backup of a guest disk (default 2 GiB QCOW2: half data, half unallocated;
+ * `BENCH_SIZE_MB` sets the virtual size) of a stopped lab domain into a `FileRepository`:
+ * - over SSH (`SshRunner`) versus `ssh host cat IMG > /dev/null`;
+ * - over the netcat data channel (`NetcatRunner`) versus the same `ssh host cat`;
+ * - over SSH versus `qemu-img convert -O qcow2 IMG COPY` on the host (a local copy).
+ * Needs the lab (`scripts/lab/up.sh`, run here when `VS_LAB_ENV` does not name a lab.env).
+ */
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, posix } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { LocalRunner } from '../src/core/exec/local-runner.js';
+import { NetcatRunner } from '../src/core/ssh/netcat-runner.js';
+import { SshRunner } from '../src/core/ssh/ssh-runner.js';
+import { LibvirtHost } from '../src/libvirt/libvirt-host.js';
+import { VirshStrategy } from '../src/strategies/libvirt/virsh.js';
+import { FileRepository } from '../src/targets/file-repository.js';
+import type { BenchRow, BenchSuite } from './lib.js';
+import { createTestFile, runBaseline, sampleRss, timed } from './lib.js';
+
+function labEnv(): Record<string, string> {
+  const given = process.env.VS_LAB_ENV;
+  const text =
+    given && existsSync(given)
+      ? readFileSync(given, 'utf8')
+      : execFileSync('bash', [fileURLToPath(new URL('../scripts/lab/up.sh', import.meta.url))], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
+  const env: Record<string, string> = {};
+  for (const line of text.split('\n')) {
+    const m = /^export ([A-Za-z_][A-Za-z0-9_]*)=(.*)$/.exec(line.trim());
+    if (m) env[m[1]!] = m[2]!.replace(/^'(.*)'$/, '$1');
+  }
+  return env;
+}
+
+const suite: BenchSuite = {
+  name: 'virsh',
+  async run(ctx): Promise<BenchRow[]> {
+    const env = labEnv();
+    const sizeMb = Math.max(32, ctx.sizeMb(2048));
+    const imgDir = posix.join(env.VS_LIBVIRT_IMAGE_DIR!, `bench-${process.pid}`);
+    const img = posix.join(imgDir, 'disk.qcow2');
+    const name = `vs-bench-virsh-${process.pid}`;
+    const local = new LibvirtHost(new LocalRunner(), { uri: env.VS_LIBVIRT_URI ?? 'qemu:///system', fileOwner: 'root:root' });
+    const sshOptions = {
+      host: env.VS_SSH_HOST!,
+      port: Number(env.VS_SSH_PORT),
+      username: env.VS_SSH_USER!,
+      privateKeyPath: env.VS_SSH_KEY!,
+      knownHostsPath: env.VS_SSH_KNOWN_HOSTS!,
+    };
+    const repoDir = mkdtempSync(join(tmpdir(), 'vs-bench-virsh-'));
+    const ssh = new SshRunner(sshOptions);
+    const rows: BenchRow[] = [];
+    try {
+      ctx.log(`virsh: preparing a ${sizeMb} MiB guest disk (half data)`);
+      await local.mkdir(imgDir);
+      const raw = posix.join(imgDir, 'data.raw');
+      await createTestFile(raw, Math.floor(sizeMb / 2));
+      await local.exec(['qemu-img', 'convert', '-f', 'raw', '-O', 'qcow2', '--', raw, img]);
+      await local.exec(['qemu-img', 'resize', '-q', '--', img, `${sizeMb}M`]);
+      await local.removeFiles([raw]);
+      await local.define(
+        `<domain type='qemu'><name>${name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type></os><devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='${img}'/><target dev='vda' bus='virtio'/></disk><memballoon model='none'/></devices></domain>`,
+      );
+      const bytes = await local.fileSize(img);
+      const sshCat = await runBaseline([
+        'ssh', '-p', String(sshOptions.port), '-i', sshOptions.privateKeyPath, '-o', `UserKnownHostsFile=${sshOptions.knownHostsPath}`,
+        '-o', 'StrictHostKeyChecking=yes', '-o', 'BatchMode=yes', `${sshOptions.username}@${sshOptions.host}`, 'cat', img,
+      ]);
+
+      const overSsh = async (host: LibvirtHost): Promise<{ seconds: number; peak: number }> => {
+        const repo = new FileRepository(repoDir);
+        const rss = sampleRss();
+        const { seconds, value } = await timed(() => new VirshStrategy({ host }).backup({ name }, repo));
+        const peak = rss.stop();
+        if (value.disks[0]!.bytes !== bytes) throw new Error(`backup stored ${value.disks[0]!.bytes} bytes, expected ${bytes}`);
+        return { seconds, peak };
+      };
+      const viaSsh = await overSsh(new LibvirtHost(ssh, { uri: env.VS_LIBVIRT_URI ?? 'qemu:///system', fileOwner: 'root:root' }));
+      rows.push({ case: `${sizeMb} MiB qcow2 (half data), full over SSH`, bytes, virtstreamSeconds: viaSsh.seconds, baseline: 'ssh host cat', baselineSeconds: sshCat, peakRssMb: viaSsh.peak });
+      const nc = new NetcatRunner(ssh, { listenAddress: '127.0.0.1' });
+      const viaNc = await overSsh(new LibvirtHost(ssh, { uri: env.VS_LIBVIRT_URI ?? 'qemu:///system', fileOwner: 'root:root', dataRunner: nc }));
+      rows.push({ case: `${sizeMb} MiB qcow2 (half data), full over netcat`, bytes, virtstreamSeconds: viaNc.seconds, baseline: 'ssh host cat', baselineSeconds: sshCat, peakRssMb: viaNc.peak });
+      const copy = posix.join(imgDir, 'copy.qcow2');
+      const convert = await runBaseline(['qemu-img', 'convert', '-O', 'qcow2', img, copy]);
+      await local.removeFiles([copy]);
+      rows.push({ case: `${sizeMb} MiB qcow2 (half data), full over SSH`, bytes, virtstreamSeconds: viaSsh.seconds, baseline: 'qemu-img convert (local)', baselineSeconds: convert, peakRssMb: viaSsh.peak });
+    } finally {
+      await local.undefine(name).catch(() => undefined);
+      await local.exec(['rm', '-rf', '--', imgDir]).catch(() => undefined);
+      await ssh.close();
+      rmSync(repoDir, { recursive: true, force: true });
+    }
+    return rows;
+  },
+};
+
+export default suite;

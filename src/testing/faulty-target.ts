@@ -1,0 +1,233 @@
+/**
+ * A {@link BackupTarget} wrapper that injects failures and records what a strategy did with its
+ * sessions: the tool for fault-injection tests of strategies.
+ *
+ * @module
+ */
+import { addAbortListener } from 'node:events';
+import { throwIfAborted } from '../core/abort.js';
+import { AbortedError, InvalidArgumentError, VirtstreamError } from '../core/errors.js';
+import { toReadable } from '../core/streams.js';
+import type {
+  BackupRecord,
+  BackupSession,
+  BackupTarget,
+  BeginBackupOptions,
+  DiskArtifactInfo,
+  DiskArtifactResult,
+  WriteOptions,
+} from '../core/target.js';
+
+/** Which step a {@link FaultInjectedError} was injected into. */
+export type InjectedFault = 'begin' | 'write' | 'metadata' | 'commit';
+
+/**
+ * The error a {@link FaultyTarget} injects (`ERR_INTERNAL`, not retryable). Tests find it in the
+ * `cause` chain of what the strategy threw with {@link FaultInjectedError.isIn}.
+ */
+export class FaultInjectedError extends VirtstreamError {
+  /** The step that failed. */
+  readonly fault: InjectedFault;
+  constructor(fault: InjectedFault, message: string) {
+    super('ERR_INTERNAL', `injected fault (${fault}): ${message}`);
+    this.fault = fault;
+  }
+
+  /** True when `err` or an error in its `cause` chain is a {@link FaultInjectedError}. */
+  static isIn(err: unknown): boolean {
+    const seen = new Set<unknown>();
+    for (let e: unknown = err; typeof e === 'object' && e !== null && !seen.has(e); e = (e as { cause?: unknown }).cause) {
+      seen.add(e);
+      if (e instanceof FaultInjectedError) return true;
+      const errors = (e as { errors?: unknown }).errors;
+      if (Array.isArray(errors) && errors.some((x) => FaultInjectedError.isIn(x))) return true;
+    }
+    return false;
+  }
+}
+
+/** Faults a {@link FaultyTarget} injects. Every field is optional; none set means a pure recorder. */
+export interface FaultyTargetOptions {
+  /** `begin()` fails. */
+  failBegin?: boolean;
+  /** Each `writeDisk()` passes this many bytes of its stream through, then fails. */
+  failWriteAfterBytes?: number;
+  /** Each `writeDisk()` passes this many bytes through, then stops reading until the write's signal or the session aborts. */
+  stallWriteAfterBytes?: number;
+  /** `writeMetadata()` fails. */
+  failMetadata?: boolean;
+  /** `commit()` fails before reaching the wrapped target. */
+  failCommit?: boolean;
+}
+
+/** What a strategy did with one session of a {@link FaultyTarget}. */
+export interface FaultySessionRecord {
+  backupId: string;
+  /** `open` means neither committed nor aborted (a leak, once the strategy returned). */
+  state: 'open' | 'committed' | 'aborted';
+  /** Bytes the strategy streamed into `writeDisk()` calls, counted before the wrapped target. */
+  bytesWritten: number;
+  /** Disk ids whose `writeDisk()` was called. */
+  disks: string[];
+}
+
+/**
+ * Wraps a target, failing or stalling the step named in {@link FaultyTargetOptions}, and records every
+ * session (`sessions`) so a test can assert that a failed backup aborted what it began. The injected
+ * error is a {@link FaultInjectedError}; a stall ends with `ERR_ABORTED` when the write's signal fires
+ * or the session is aborted.
+ *
+ * @example
+ * ```ts
+ * const target = new FaultyTarget(new MemoryTarget(), { failWriteAfterBytes: 4096 });
+ * await expect(strategy.backup(vm, target)).rejects.toSatisfy(FaultInjectedError.isIn);
+ * expect(target.sessions.every((s) => s.state === 'aborted')).toBe(true);
+ * ```
+ */
+export class FaultyTarget implements BackupTarget {
+  readonly #inner: BackupTarget;
+  readonly #options: Readonly<FaultyTargetOptions>;
+  readonly #sessions: FaultySessionRecord[] = [];
+  #beginCalls = 0;
+
+  constructor(inner: BackupTarget, options: FaultyTargetOptions = {}) {
+    for (const key of ['failWriteAfterBytes', 'stallWriteAfterBytes'] as const) {
+      const v = options[key];
+      if (v !== undefined && (!Number.isSafeInteger(v) || v < 0)) throw new InvalidArgumentError(`${key} must be a non-negative integer`);
+    }
+    this.#inner = inner;
+    this.#options = Object.freeze({ ...options });
+  }
+
+  /** The wrapped target. */
+  get inner(): BackupTarget {
+    return this.#inner;
+  }
+
+  /** How often `begin()` was called (including failed calls). */
+  get beginCalls(): number {
+    return this.#beginCalls;
+  }
+
+  /** One record per session begun, in order. */
+  get sessions(): readonly Readonly<FaultySessionRecord>[] {
+    return this.#sessions;
+  }
+
+  /**
+   * Begins a session on the wrapped target, unless `failBegin`.
+   *
+   * @throws {@link FaultInjectedError} with `failBegin`; whatever the wrapped target throws.
+   */
+  async begin(options: BeginBackupOptions): Promise<BackupSession> {
+    this.#beginCalls += 1;
+    throwIfAborted(options.signal);
+    if (this.#options.failBegin) throw new FaultInjectedError('begin', 'begin refused');
+    const session = await this.#inner.begin(options);
+    const record: FaultySessionRecord = { backupId: session.backupId, state: 'open', bytesWritten: 0, disks: [] };
+    this.#sessions.push(record);
+    return new FaultySession(session, record, this.#options);
+  }
+}
+
+class FaultySession implements BackupSession {
+  readonly #inner: BackupSession;
+  readonly #record: FaultySessionRecord;
+  readonly #options: Readonly<FaultyTargetOptions>;
+  readonly #controller = new AbortController();
+
+  constructor(inner: BackupSession, record: FaultySessionRecord, options: Readonly<FaultyTargetOptions>) {
+    this.#inner = inner;
+    this.#record = record;
+    this.#options = options;
+  }
+
+  get backupId(): string {
+    return this.#inner.backupId;
+  }
+
+  async writeMetadata(name: string, data: string | Uint8Array, options?: { signal?: AbortSignal }): Promise<void> {
+    if (this.#options.failMetadata) throw new FaultInjectedError('metadata', `writing ${JSON.stringify(name)} failed`);
+    await this.#inner.writeMetadata(name, data, options);
+  }
+
+  async writeDisk(
+    info: DiskArtifactInfo,
+    source: AsyncIterable<Uint8Array> | NodeJS.ReadableStream,
+    options: WriteOptions = {},
+  ): Promise<DiskArtifactResult> {
+    this.#record.disks.push(info.diskId);
+    const { failWriteAfterBytes: failAt, stallWriteAfterBytes: stallAt } = this.#options;
+    if (failAt === undefined && stallAt === undefined) return this.#inner.writeDisk(info, this.#counted(source), options);
+    const sessionSignal = this.#controller.signal;
+    const signal = options.signal ? AbortSignal.any([options.signal, sessionSignal]) : sessionSignal;
+    return this.#inner.writeDisk(info, this.#faulty(source, failAt, stallAt, signal), options);
+  }
+
+  async *#counted(source: AsyncIterable<Uint8Array> | NodeJS.ReadableStream): AsyncGenerator<Uint8Array> {
+    for await (const chunk of toReadable(source) as AsyncIterable<Buffer>) {
+      this.#record.bytesWritten += chunk.length;
+      yield chunk;
+    }
+  }
+
+  async *#faulty(
+    source: AsyncIterable<Uint8Array> | NodeJS.ReadableStream,
+    failAt: number | undefined,
+    stallAt: number | undefined,
+    signal: AbortSignal,
+  ): AsyncGenerator<Uint8Array> {
+    let passed = 0;
+    const limit = Math.min(failAt ?? Infinity, stallAt ?? Infinity);
+    for await (const chunk of toReadable(source) as AsyncIterable<Buffer>) {
+      const room = limit - passed;
+      if (chunk.length <= room) {
+        passed += chunk.length;
+        this.#record.bytesWritten += chunk.length;
+        yield chunk;
+        if (passed < limit) continue;
+      } else if (room > 0) {
+        passed += room;
+        this.#record.bytesWritten += room;
+        yield chunk.subarray(0, room);
+      }
+      if (failAt !== undefined && failAt <= (stallAt ?? Infinity)) {
+        throw new FaultInjectedError('write', `writeDisk failed after ${passed} bytes`);
+      }
+      await waitForAbort(signal);
+    }
+  }
+
+  async commit(options?: { signal?: AbortSignal }): Promise<BackupRecord> {
+    if (this.#options.failCommit) throw new FaultInjectedError('commit', `commit of ${this.backupId} failed`);
+    const record = await this.#inner.commit(options);
+    this.#record.state = 'committed';
+    return record;
+  }
+
+  async abort(reason?: unknown): Promise<void> {
+    this.#controller.abort(reason ?? new AbortedError('backup session aborted'));
+    await this.#inner.abort(reason);
+    if (this.#record.state === 'open') this.#record.state = 'aborted';
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.#controller.abort(new AbortedError('backup session disposed'));
+    await this.#inner[Symbol.asyncDispose]();
+    if (this.#record.state === 'open') this.#record.state = 'aborted';
+  }
+}
+
+/** Never resolves; rejects with `ERR_ABORTED` when `signal` fires. */
+function waitForAbort(signal: AbortSignal): Promise<never> {
+  return new Promise<never>((_, reject) => {
+    if (signal.aborted) {
+      reject(new AbortedError(signal.reason));
+      return;
+    }
+    const listener = addAbortListener(signal, () => {
+      listener[Symbol.dispose]();
+      reject(new AbortedError(signal.reason));
+    });
+  });
+}
