@@ -3,6 +3,7 @@
  * mixed data; `BENCH_SIZE_MB` shrinks it; about 10 % of it is rewritten between the snapshots):
  * - full: `RbdClient.openExport` over `SshRunner` into a counting sink versus
  *   `ssh host rbd export IMG@s1 - > /dev/null`;
+ * - the same full export with the bytes through `NetcatRunner` (same baseline);
  * - incremental: `RbdClient.openExportDiff --from-snap s1` versus `ssh host rbd export-diff … - > /dev/null`.
  * Needs the lab (`scripts/lab/up.sh`, run here when `VS_LAB_ENV` does not name a lab.env).
  */
@@ -14,6 +15,7 @@ import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
 import { LocalRunner } from '../src/core/exec/local-runner.js';
+import { NetcatRunner } from '../src/core/ssh/netcat-runner.js';
 import { SshRunner } from '../src/core/ssh/ssh-runner.js';
 import type { RbdImageRef } from '../src/libvirt/storage/rbd.js';
 import { RbdClient } from '../src/libvirt/storage/rbd.js';
@@ -94,6 +96,18 @@ const suite: BenchSuite = {
         return sink.bytes;
       });
       rows.push({ case: `full ${sizeMb} MiB (rbd export over SSH)`, bytes: full.value, virtstreamSeconds: full.seconds, baseline: 'ssh host rbd export - > /dev/null', baselineSeconds: base1, peakRssMb: rss.stop() });
+
+      // full export through the netcat data channel (metadata over SSH, bytes over plain TCP)
+      const ncRbd = new RbdClient(new NetcatRunner(ssh, { listenAddress: env.VS_SSH_HOST! }), ceph);
+      rss = sampleRss();
+      const viaNc = await timed(async () => {
+        const exp = ncRbd.openExport(ref, 's1');
+        const sink = countingSink();
+        await pipeline(exp.stream, sink);
+        await exp.done;
+        return sink.bytes;
+      });
+      rows.push({ case: `full ${sizeMb} MiB (rbd export over netcat)`, bytes: viaNc.value, virtstreamSeconds: viaNc.seconds, baseline: 'ssh host rbd export - > /dev/null', baselineSeconds: base1, peakRssMb: rss.stop() });
 
       // incremental export-diff
       const base2 = await runBaseline(sshArgv(['export-diff', ...spec, '--snap=s2', '--from-snap=s1', '--no-progress', '-']));

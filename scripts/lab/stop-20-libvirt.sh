@@ -28,8 +28,8 @@ stop_pid() { # name pidfile exe
 if pid_alive "$DIR/libvirtd.pid" /usr/sbin/libvirtd; then
   while IFS= read -r dom; do
     case "$dom" in vs-it-*|vs-bench-*)
-      virsh -q -c "$URI" destroy -- "$dom" >/dev/null 2>&1
-      virsh -q -c "$URI" undefine -- "$dom" --checkpoints-metadata --snapshots-metadata >/dev/null 2>&1
+      virsh -q -c "$URI" destroy --domain "$dom" >/dev/null 2>&1
+      virsh -q -c "$URI" undefine --domain "$dom" --checkpoints-metadata --snapshots-metadata >/dev/null 2>&1
       log "removed test domain $dom";;
     esac
   done < <(virsh -q -c "$URI" list --all --name 2>/dev/null)

@@ -57,10 +57,11 @@ export const COMMANDS: readonly CommandSpec[] = [
   {
     name: 'restore',
     summary: 'restore a VM from the repository',
-    usage: 'VM [--backup ID] [--name NEW_NAME] [options]',
+    usage: 'VM [--backup ID | --before TIME] [--name NEW_NAME] [options]',
     options: {
       ...VM_SOURCE,
       backup: { type: 'string', value: 'ID', description: 'backup to restore (default: the latest); its chain is applied' },
+      before: { type: 'string', value: 'TIME', description: 'restore the newest backup completed at or before TIME (ISO 8601)' },
       name: { type: 'string', value: 'NEW_NAME', description: 'restore as a new VM with this name' },
     },
   },

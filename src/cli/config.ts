@@ -21,6 +21,8 @@ export interface ManagerConfig {
   caFile?: string;
   /** Turns TLS verification off. Only for labs; the CLI warns on every run. @defaultValue false */
   insecure?: boolean;
+  /** REST API version; the export-domain strategy needs 3. @defaultValue 4 */
+  apiVersion?: 3 | 4;
 }
 
 /** A libvirt host reached over SSH (`hosts.<name>`). */
@@ -172,13 +174,17 @@ export function parseConfig(value: unknown, baseDir: string = process.cwd()): Cl
       const f = `managers.${key}`;
       name(f, key);
       if (!isObj(raw)) throw new ConfigError(f, 'must be an object');
-      only(f, raw, ['type', 'url', 'username', 'password', 'caFile', 'insecure']);
+      only(f, raw, ['type', 'url', 'username', 'password', 'caFile', 'insecure', 'apiVersion']);
       if (raw.type !== 'rhv') throw new ConfigError(`${f}.type`, 'must be "rhv"');
       const m: ManagerConfig = { type: 'rhv', url: url(`${f}.url`, raw.url), username: str(`${f}.username`, raw.username), password: secret(`${f}.password`, raw.password, false)! };
       const ca = path(`${f}.caFile`, raw.caFile, true);
       if (ca !== undefined) m.caFile = ca;
       const insecure = bool(`${f}.insecure`, raw.insecure);
       if (insecure !== undefined) m.insecure = insecure;
+      if (raw.apiVersion !== undefined) {
+        if (raw.apiVersion !== 3 && raw.apiVersion !== 4) throw new ConfigError(`${f}.apiVersion`, 'must be 3 or 4');
+        m.apiVersion = raw.apiVersion;
+      }
       config.managers[key] = m;
     }
   }

@@ -18,6 +18,13 @@ const onSignal = (signal: NodeJS.Signals): void => {
 };
 process.on('SIGINT', onSignal);
 process.on('SIGTERM', onSignal);
+// `virtstream list | head -1`: a closed pipe ends the output quietly, like other CLI tools
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+    throw err;
+  });
+}
 
 // no top-level await: tsup also emits this entry as CommonJS
 void runCli(process.argv.slice(2), {

@@ -127,13 +127,12 @@ export class Reporter {
   }
 
   /** One bar line: label, bar, percent, bytes, rate, ETA. */
-  #barLine(row: DiskRow, width: number): string {
+  #barLine(row: DiskRow, width: number, labelWidth: number): string {
     const secs = (row.lastAt - row.firstAt) / 1000;
     const rate = secs > 0 ? (row.transferred - row.firstBytes) / secs : 0;
     const pct = row.total ? Math.min(1, row.transferred / row.total) : 0;
     const eta = row.done ? 'done' : rate > 0 && row.total ? `ETA ${formatDuration(((row.total - row.transferred) / rate) * 1000)}` : 'ETA --';
     const stats = ` ${String(Math.floor(pct * 100)).padStart(3)}% ${formatBytes(row.transferred)}/${row.total === undefined ? '?' : formatBytes(row.total)} ${rate > 0 ? formatRate(rate) : '--'} ${eta}`;
-    const labelWidth = Math.min(28, Math.max(10, Math.floor(width / 4)));
     const barWidth = Math.max(5, width - labelWidth - stats.length - 4);
     const filled = Math.round(pct * barWidth);
     return `${fit(row.label, labelWidth)} [${'#'.repeat(filled)}${'-'.repeat(barWidth - filled)}]${stats}`.slice(0, Math.max(20, width - 1));
@@ -152,7 +151,9 @@ export class Reporter {
     // a fresh pseudo-terminal may report 0 columns: fall back to 80
     const cols = this.#err.columns;
     const width = cols !== undefined && cols >= 40 ? cols : 80;
-    const lines = [...this.#rows.values()].map((r) => this.#barLine(r, width));
+    const rows = [...this.#rows.values()];
+    const labelWidth = Math.max(10, Math.min(Math.max(...rows.map((r) => r.label.length)), Math.floor(width / 3)));
+    const lines = rows.map((r) => this.#barLine(r, width, labelWidth));
     this.#err.write(`${lines.join('\n')}\n`);
     this.#drawnLines = lines.length;
   }

@@ -1,3 +1,6 @@
+import { SnapshotChain } from '../index.js';
+import type { BackupRecord } from '../index.js';
+import { ConfigError } from './config-error.js';
 import { formatBytes, formatDuration, printable } from './format.js';
 import { EXIT, UsageError } from './exit-codes.js';
 import type { CommandContext } from './run-cli.js';
@@ -5,17 +8,28 @@ import { SourcePool } from './backup-command.js';
 import { openRepository } from './setup.js';
 import { ruleFor } from './sources.js';
 
-/** `virtstream restore VM`: restores the latest (or `--backup`) backup, optionally as a new VM. */
+/**
+ * `virtstream restore VM`: restores the latest backup (or `--backup ID`, or the newest at or before
+ * `--before TIME`) with its chain, optionally as a new VM.
+ */
 export async function restoreCommand(ctx: CommandContext): Promise<number> {
   const { config, repo } = await openRepository(ctx);
   const [vm, extra] = ctx.args.positionals;
   if (vm === undefined || extra !== undefined) throw new UsageError('restore takes exactly one VM name', 'restore');
   const v = ctx.args.values;
   const backupId = typeof v.backup === 'string' ? v.backup : undefined;
+  const before = typeof v.before === 'string' ? v.before : undefined;
   const newName = typeof v.name === 'string' ? v.name : undefined;
+  if (backupId !== undefined && before !== undefined) throw new UsageError('--backup and --before exclude each other', 'restore');
+  if (before !== undefined && Number.isNaN(Date.parse(before))) throw new ConfigError('--before', `not an ISO 8601 time: ${JSON.stringify(before)}`);
   // The record says which strategy wrote it; the config (or flags) say where to restore.
-  const record = backupId ? await repo.get(vm, backupId, { signal: ctx.signal }) : (await repo.list(vm, { signal: ctx.signal })).at(-1);
-  if (!record) throw new UsageError(`the repository has no backup of ${JSON.stringify(vm)}`, 'restore');
+  let record: BackupRecord | undefined;
+  if (backupId !== undefined) record = await repo.get(vm, backupId, { signal: ctx.signal });
+  else {
+    const records = await repo.list(vm, { signal: ctx.signal });
+    if (records.length === 0) throw new UsageError(`the repository has no backup of ${JSON.stringify(vm)}`, 'restore');
+    record = SnapshotChain.fromRecords(records).resolve(before !== undefined ? { before } : 'latest');
+  }
   const rule = ruleFor(config, { name: vm }, { ...(typeof v.from === 'string' ? { from: v.from } : {}), strategy: typeof v.strategy === 'string' ? v.strategy : record.strategy });
   await using pool = new SourcePool(config, ctx);
   const source = await pool.get(rule.from);

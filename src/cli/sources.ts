@@ -37,7 +37,47 @@ function strategyClass(mod: Record<string, unknown>, id: string, entry: string):
 
 const TAG = /^[\w.-]+$/u;
 
-async function rhvSource(name: string, m: ManagerConfig, env: NodeJS.ProcessEnv, logger: Logger): Promise<Source> {
+/** SSH runner options for a `hosts` entry of the config, with its secrets read now. */
+async function sshOptionsFor(config: CliConfig, name: string, field: string, env: NodeJS.ProcessEnv, logger: Logger): Promise<Record<string, unknown>> {
+  const h = config.hosts[name];
+  if (!h) throw new ConfigError(field, `names no entry of "hosts": ${JSON.stringify(name)}`);
+  const privateKey = h.privateKey ? await resolveSecret(`hosts.${name}.privateKey`, h.privateKey, env) : undefined;
+  const password = h.password ? await resolveSecret(`hosts.${name}.password`, h.password, env) : undefined;
+  return {
+    host: h.host,
+    port: h.port ?? 22,
+    username: h.username ?? 'root',
+    ...(privateKey !== undefined ? { privateKey } : {}),
+    ...(password !== undefined ? { password } : {}),
+    ...(h.knownHosts !== undefined ? { knownHostsPath: h.knownHosts } : {}),
+    logger,
+  };
+}
+
+/**
+ * Strategy options from the config, with references resolved: for `ssh-transfer`, `hosts` may map
+ * each hypervisor (name, id or address as the engine reports it) to the name of a `hosts` entry, so
+ * SSH secrets stay references.
+ */
+async function resolveStrategyOptions(
+  config: CliConfig,
+  id: string,
+  options: Readonly<Record<string, unknown>>,
+  env: NodeJS.ProcessEnv,
+  logger: Logger,
+): Promise<Record<string, unknown>> {
+  const out: Record<string, unknown> = { ...options };
+  if (id === 'ssh-transfer' && typeof options.hosts === 'object' && options.hosts !== null) {
+    const hosts: Record<string, unknown> = {};
+    for (const [hv, ref] of Object.entries(options.hosts as Record<string, unknown>)) {
+      hosts[hv] = typeof ref === 'string' ? await sshOptionsFor(config, ref, `options.hosts.${hv}`, env, logger) : ref;
+    }
+    out.hosts = hosts;
+  }
+  return out;
+}
+
+async function rhvSource(config: CliConfig, name: string, m: ManagerConfig, env: NodeJS.ProcessEnv, logger: Logger): Promise<Source> {
   const password = await resolveSecret(`managers.${name}.password`, m.password, env);
   const mod = (await import('../entries/rhv.js')) as Record<string, unknown>;
   const RhvClient = mod.RhvClient as new (o: Record<string, unknown>) => {
@@ -50,6 +90,7 @@ async function rhvSource(name: string, m: ManagerConfig, env: NodeJS.ProcessEnv,
     password,
     ...(m.caFile !== undefined ? { caFile: m.caFile } : {}),
     ...(m.insecure ? { insecure: true } : {}),
+    ...(m.apiVersion !== undefined ? { apiVersion: m.apiVersion } : {}),
     logger,
   });
   return {
@@ -58,7 +99,7 @@ async function rhvSource(name: string, m: ManagerConfig, env: NodeJS.ProcessEnv,
     async strategy(id, options) {
       // RHV strategies take the client first, then their options
       const Cls = strategyClass(mod, id, 'virtstream/rhv');
-      return new Cls(client, { ...options });
+      return new Cls(client, await resolveStrategyOptions(config, id, options, env, logger));
     },
     async listVms({ tag, signal }) {
       if (tag !== undefined && !TAG.test(tag)) throw new ConfigError('match.tag', 'tags use letters, digits, ".", "_" and "-"');
@@ -69,19 +110,10 @@ async function rhvSource(name: string, m: ManagerConfig, env: NodeJS.ProcessEnv,
   };
 }
 
-async function libvirtSource(name: string, h: HostConfig, env: NodeJS.ProcessEnv, logger: Logger): Promise<Source> {
-  const privateKey = h.privateKey ? await resolveSecret(`hosts.${name}.privateKey`, h.privateKey, env) : undefined;
-  const password = h.password ? await resolveSecret(`hosts.${name}.password`, h.password, env) : undefined;
+async function libvirtSource(config: CliConfig, name: string, h: HostConfig, env: NodeJS.ProcessEnv, logger: Logger): Promise<Source> {
+  const ssh = await sshOptionsFor(config, name, `hosts.${name}`, env, logger);
   const mod = await import('../entries/libvirt.js');
-  const runner = new mod.SshRunner({
-    host: h.host,
-    port: h.port ?? 22,
-    username: h.username ?? 'root',
-    ...(privateKey !== undefined ? { privateKey } : {}),
-    ...(password !== undefined ? { password } : {}),
-    ...(h.knownHosts !== undefined ? { knownHostsPath: h.knownHosts } : {}),
-    logger,
-  });
+  const runner = new mod.SshRunner(ssh as unknown as ConstructorParameters<typeof mod.SshRunner>[0]);
   const host = new mod.LibvirtHost(runner, { ...(h.uri !== undefined ? { uri: h.uri } : {}), logger });
   return {
     name,
@@ -103,9 +135,9 @@ async function libvirtSource(name: string, h: HostConfig, env: NodeJS.ProcessEnv
 /** Opens the manager or host called `name` in the config. Secrets are read here, at use. */
 export async function openSource(config: CliConfig, name: string, env: NodeJS.ProcessEnv, logger: Logger): Promise<Source> {
   const m = config.managers[name];
-  if (m) return rhvSource(name, m, env, logger);
+  if (m) return rhvSource(config, name, m, env, logger);
   const h = config.hosts[name];
-  if (h) return libvirtSource(name, h, env, logger);
+  if (h) return libvirtSource(config, name, h, env, logger);
   throw new ConfigError('--from', `no manager or host called ${JSON.stringify(name)} in the config file`);
 }
 

@@ -58,7 +58,7 @@ export { ExportDomainStrategy } from '../strategies/rhv/export-domain.js';
 export type { ExportDomainStrategyOptions } from '../strategies/rhv/export-domain.js';
 export { ByIdDeviceDiscovery, waitForDevice } from '../rhv/device-discovery.js';
 export type { ByIdDeviceDiscoveryOptions, DeviceDiscovery } from '../rhv/device-discovery.js';
-export { PRODUCT_UUID_FILE, ProxyVmError, checkLvmFilter, checkVirtioScsi, detectProxyVm } from '../rhv/proxy-vm.js';
+export { PRODUCT_UUID_FILE, ProxyVmError, checkLvmFilter, checkVirtioScsi, detectProxyVm, swapUuidEndianness } from '../rhv/proxy-vm.js';
 export type { DetectProxyVmOptions } from '../rhv/proxy-vm.js';
 export { RHEV_DATA_CENTER_ROOT, blockVolume, fileVolumePath, mountDirName, requireUuid, storageKindOf } from '../rhv/storage-paths.js';
 export type { BlockVolumeLocation, FileVolumeLocation, StorageDomainKind } from '../rhv/storage-paths.js';

@@ -36,3 +36,21 @@ export { HypervisorTree, SIMULATOR_STORAGE_DOMAIN_ID } from '../testing/engine-s
 export type { HypervisorTreeOptions } from '../testing/engine-simulator/hypervisor-tree.js';
 export { ExportDomainSimulator } from '../testing/engine-simulator/export-domain-sim.js';
 export type { ExportDomainSimulatorOptions, SimDataCenter, SimV3Snapshot, SimV3Vm } from '../testing/engine-simulator/export-domain-sim.js';
+export { MemoryTarget, type MemoryTargetOptions, type MemoryTargetStats } from '../testing/memory-target.js';
+export {
+  FaultyTarget,
+  FaultInjectedError,
+  type FaultyTargetOptions,
+  type FaultySessionRecord,
+  type InjectedFault,
+} from '../testing/faulty-target.js';
+export { FakeStrategy, type FakeStrategyOptions } from '../testing/fake-strategy.js';
+export {
+  defineStrategySuite,
+  STRATEGY_SUITE_CASES,
+  type StrategyFixture,
+  type StrategySuiteApi,
+  type StrategySuiteOptions,
+  type SuiteTarget,
+  type SuiteVm,
+} from '../testing/strategy-suite.js';

@@ -237,87 +237,101 @@ function planVm(
   bucketRule(rules.keepWeekly, 'weekly', isoWeekKey);
   bucketRule(rules.keepMonthly, 'monthly', monthKey);
 
-  // Ancestor walk with cycle and missing-parent detection.
-  const warned = new Set<string>();
-  const warn = (msg: string): void => {
-    if (warned.has(msg)) return;
-    warned.add(msg);
-    plan.warnings.push(msg);
-  };
-  const ancestors = (id: string, stopAt?: ReadonlySet<string>): { chain: string[]; broken: boolean } => {
-    // chain: every ancestor reachable (not walking past `stopAt` members), nearest first
-    const out: string[] = [];
-    const visited = new Set<string>([id]);
-    const stack = [...(nodes.get(id)?.parents ?? [])];
-    let broken = false;
-    while (stack.length > 0) {
-      const p = stack.shift()!;
-      if (visited.has(p)) {
-        if (p === id) {
-          warn(`backup ${id} of ${vm} is part of a parent cycle; its chain is kept as is`);
-          broken = true;
-        }
+  // Problems of the input, found once: parents already missing, and parent cycles (Kahn's algorithm:
+  // what cannot be ordered from the roots is on, or built on, a cycle). All linear in the input.
+  const children = new Map<string, string[]>();
+  const pending = new Map<string, number>();
+  const broken = new Set<string>();
+  for (const n of nodes.values()) {
+    let present = 0;
+    for (const p of n.parents) {
+      if (!nodes.has(p)) {
+        plan.warnings.push(`backup ${n.record.id} of ${vm} needs parent ${p}, which is missing (chain already broken)`);
+        broken.add(n.record.id);
         continue;
       }
-      visited.add(p);
-      const node = nodes.get(p);
-      if (!node) {
-        warn(`backup ${id} of ${vm} needs parent ${p}, which is missing (chain already broken)`);
-        broken = true;
-        continue;
-      }
-      out.push(p);
-      if (!stopAt?.has(p)) stack.push(...node.parents);
+      present++;
+      const list = children.get(p) ?? [];
+      list.push(n.record.id);
+      children.set(p, list);
     }
-    return { chain: out, broken };
+    pending.set(n.record.id, present);
+  }
+  const queue = [...pending].filter(([, c]) => c === 0).map(([id]) => id);
+  for (let i = 0; i < queue.length; i++) {
+    for (const c of children.get(queue[i]!) ?? []) {
+      const left = pending.get(c)! - 1;
+      pending.set(c, left);
+      if (left === 0) queue.push(c);
+    }
+  }
+  const ordered2 = new Set(queue);
+  for (const n of ordered) {
+    if (ordered2.has(n.record.id)) continue;
+    plan.warnings.push(`backup ${n.record.id} of ${vm} is part of (or built on) a parent cycle; its chain is kept as is`);
+    broken.add(n.record.id);
+  }
+
+  /** Every ancestor of `id` (not `id` itself), and whether any of them (or `id`) is broken. */
+  const ancestors = (id: string): { chain: string[]; broken: boolean } => {
+    const seen = new Set<string>([id]);
+    const out: string[] = [];
+    const stack = [...(nodes.get(id)?.parents ?? [])];
+    let bad = broken.has(id);
+    while (stack.length > 0) {
+      const p = stack.pop()!;
+      if (seen.has(p) || !nodes.has(p)) continue;
+      seen.add(p);
+      out.push(p);
+      if (broken.has(p)) bad = true;
+      stack.push(...nodes.get(p)!.parents);
+    }
+    return { chain: out, broken: bad };
   };
 
-  const wanted = new Set(reasons.keys());
-  // Closure: everything the kept backups need.
+  /** Everything `from` needs (ancestors included), iteratively; `record` adds `parent of` reasons. */
   const closure = (from: Iterable<string>, record: boolean): Set<string> => {
     const keep = new Set<string>();
-    const visit = (id: string, child: string | undefined): void => {
+    const stack: [string, string | undefined][] = [...from].map((id) => [id, undefined]);
+    while (stack.length > 0) {
+      const [id, child] = stack.pop()!;
       if (record && child !== undefined) want(id, `parent of ${child}`);
-      if (keep.has(id)) return;
+      if (keep.has(id)) continue;
       keep.add(id);
-      for (const p of nodes.get(id)?.parents ?? []) if (nodes.has(p)) visit(p, id);
-    };
-    for (const id of from) visit(id, undefined);
+      for (const p of nodes.get(id)?.parents ?? []) if (nodes.has(p)) stack.push([p, id]);
+    }
     return keep;
   };
 
+  const wanted = new Set(reasons.keys());
   // synthesize: a wanted incremental that no other wanted backup builds on, and whose chain holds
   // unwanted backups, is replaced by a new full of the same content; its old chain can then go.
   const replaced = new Set<string>();
   if (mode === 'synthesize') {
-    const ancestorSets = new Map<string, { chain: string[]; broken: boolean }>();
-    for (const n of ordered) ancestorSets.set(n.record.id, ancestors(n.record.id));
     const builtOn = new Set<string>();
-    for (const id of wanted) for (const a of ancestorSets.get(id)!.chain) builtOn.add(a);
+    for (const id of closure(wanted, false)) for (const p of nodes.get(id)?.parents ?? []) builtOn.add(p);
+    const chains = new Map<string, string[]>();
     for (const id of wanted) {
-      const a = ancestorSets.get(id)!;
-      if (a.broken || a.chain.length === 0 || builtOn.has(id)) continue;
-      if (a.chain.every((x) => wanted.has(x))) continue;
+      if (builtOn.has(id) || nodes.get(id)!.parents.length === 0) continue;
+      const a = ancestors(id);
+      if (a.broken || a.chain.length === 0 || a.chain.every((x) => wanted.has(x))) continue;
       replaced.add(id);
+      chains.set(id, a.chain);
     }
     // keep only replacements that free something the other kept backups do not need anyway
     const others = closure([...wanted].filter((id) => !replaced.has(id)), false);
     for (const id of [...replaced]) {
-      if (ancestorSets.get(id)!.chain.every((x) => others.has(x))) replaced.delete(id);
+      if (chains.get(id)!.every((x) => others.has(x))) replaced.delete(id);
     }
     for (const n of [...ordered].reverse()) {
       const id = n.record.id;
       if (!replaced.has(id)) continue;
-      const chain = [...ancestorSets.get(id)!.chain].sort((x, y) => nodes.get(x)!.time - nodes.get(y)!.time || (x < y ? -1 : 1));
+      const chain = [...chains.get(id)!].sort((x, y) => nodes.get(x)!.time - nodes.get(y)!.time || (x < y ? -1 : 1));
       plan.synthesize.push({ vm, backupId: id, completedAt: n.record.completedAt, chain: [...chain, id] });
     }
   }
+  // Cycle members are all ancestors of each other: keeping one keeps the whole cycle.
   const keep = closure([...wanted].filter((id) => !replaced.has(id)), true);
-  // A cycle member can never be removed safely: keep the whole cycle when any member is kept.
-  for (const id of [...keep]) {
-    const a = ancestors(id);
-    if (a.broken) for (const x of closure(a.chain, false)) keep.add(x);
-  }
 
   const decision = (n: Node, why: string[]): PruneDecision => ({
     vm,
@@ -332,18 +346,32 @@ function planVm(
     else removals.push(n);
   }
   const removalReason = (n: Node): string[] => (replaced.has(n.record.id) ? ['replaced by a synthesized full'] : []);
-  // Children before parents: depth from the root, deepest first, then newest first.
+  // Children before parents: depth from the root (iterative, memoized), deepest first, then newest first.
   const depth = new Map<string, number>();
-  const depthOf = (id: string, guard: Set<string>): number => {
-    const known = depth.get(id);
-    if (known !== undefined) return known;
-    if (guard.has(id)) return 0;
-    guard.add(id);
-    let d = 0;
-    for (const p of nodes.get(id)?.parents ?? []) if (nodes.has(p)) d = Math.max(d, depthOf(p, guard) + 1);
-    depth.set(id, d);
-    return d;
+  const depthOf = (start: string): number => {
+    const stack = [start];
+    const onStack = new Set([start]);
+    while (stack.length > 0) {
+      const id = stack[stack.length - 1]!;
+      // depth-first, one parent at a time: `onStack` is then exactly the current path (a cycle)
+      const next = (nodes.get(id)?.parents ?? []).find((p) => nodes.has(p) && !depth.has(p) && !onStack.has(p));
+      if (next !== undefined) {
+        stack.push(next);
+        onStack.add(next);
+        continue;
+      }
+      let d = 0;
+      for (const p of nodes.get(id)?.parents ?? []) {
+        const pd = depth.get(p);
+        if (pd !== undefined) d = Math.max(d, pd + 1);
+      }
+      depth.set(id, d);
+      stack.pop();
+      onStack.delete(id);
+    }
+    return depth.get(start)!;
   };
-  removals.sort((a, b) => depthOf(b.record.id, new Set()) - depthOf(a.record.id, new Set()) || b.time - a.time);
+  for (const n of removals) depthOf(n.record.id);
+  removals.sort((a, b) => depth.get(b.record.id)! - depth.get(a.record.id)! || b.time - a.time);
   for (const n of removals) plan.remove.push(decision(n, removalReason(n)));
 }

@@ -13,6 +13,7 @@ import { requireUuid } from './storage-paths.js';
 
 /** Looks up the device node of an attached disk; `undefined` while it has not appeared. */
 export interface DeviceDiscovery {
+  /** The device path of the attached disk `diskId`, or `undefined` while it is not visible. */
   find(diskId: string, options?: { signal?: AbortSignal }): Promise<string | undefined>;
 }
 

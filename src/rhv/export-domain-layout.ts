@@ -149,7 +149,7 @@ export class ExportDomainLayout {
     for (const l of levels.reverse()) await chown(l, this.#uid, this.#gid);
   }
 
-  /** Makes `<sd>/images/<img>/` and returns the volume path to write (then call {@link writeMeta}). */
+  /** Makes `<sd>/images/<img>/` and returns the volume path to write (then call {@link ExportDomainLayout.writeMeta}). */
   async prepareVolume(imageId: string, volumeId: string): Promise<string> {
     const path = this.volumePath(imageId, volumeId);
     await this.#mkdir(join(path, '..'));

@@ -54,12 +54,25 @@ export async function detectProxyVm(client: RhvClient, options: DetectProxyVmOpt
   } catch (err) {
     throw new ProxyVmError(`the system UUID ${JSON.stringify(id.slice(0, 60))} is not a UUID`, { cause: err });
   }
-  try {
-    return await client.vms.get(uuid, options.signal ? { signal: options.signal } : {});
-  } catch (err) {
-    if (isFaultStatus(err, 404)) throw new ProxyVmError(`no VM of the engine has the id ${uuid}: the SDK does not run inside a VM of this engine (pass proxyVmId to override)`, { cause: err });
-    throw err;
+  // SMBIOS before 2.6 stores the first three fields little-endian; some firmware shows that order
+  const candidates = options.vmId === undefined ? [uuid, swapUuidEndianness(uuid)] : [uuid];
+  let last: unknown;
+  for (const candidate of candidates) {
+    try {
+      return await client.vms.get(candidate, options.signal ? { signal: options.signal } : {});
+    } catch (err) {
+      if (!isFaultStatus(err, 404)) throw err;
+      last = err;
+    }
   }
+  throw new ProxyVmError(`no VM of the engine has the id ${uuid}: the SDK does not run inside a VM of this engine (pass proxyVmId to override)`, { cause: last });
+}
+
+/** The UUID with its first three fields byte-swapped (the SMBIOS < 2.6 encoding). */
+export function swapUuidEndianness(uuid: string): string {
+  const [a, b, c, ...rest] = uuid.split('-');
+  const swap = (h: string): string => h.match(/../g)!.reverse().join('');
+  return [swap(a!), swap(b!), swap(c!), ...rest].join('-');
 }
 
 /**

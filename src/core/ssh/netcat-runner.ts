@@ -1,7 +1,7 @@
 import { randomBytes, randomInt } from 'node:crypto';
 import { connect as netConnect } from 'node:net';
 import type { Socket } from 'node:net';
-import { Readable, Writable } from 'node:stream';
+import { PassThrough, Readable, Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { sleep } from '../abort.js';
 import { AbortedError, InvalidArgumentError, isVirtstreamError, RemoteCommandError } from '../errors.js';
@@ -17,7 +17,11 @@ export interface NetcatRunnerOptions {
   listenAddress: string;
   /** Address this machine connects to. @defaultValue `listenAddress` */
   connectHost?: string;
-  /** A fixed port, or an inclusive range to pick from at random for each command. @defaultValue [40000, 49999] */
+  /**
+   * A fixed port, or an inclusive range to pick from at random for each command. The default lies
+   * above Linux's ephemeral port range (32768-60999), so outgoing connections on the host do not
+   * take it. @defaultValue [61000, 61999]
+   */
   port?: number | [number, number];
   /** How long to keep trying to reach the listener, ms. @defaultValue 15000 */
   connectTimeoutMs?: number;
@@ -77,7 +81,7 @@ export class NetcatRunner implements CommandRunner {
   /** `ssh` is normally an `SshRunner`; it stays owned by the caller ({@link NetcatRunner.close} does not close it). */
   constructor(ssh: CommandRunner, options: NetcatRunnerOptions) {
     if (!options.listenAddress) throw new InvalidArgumentError('NetcatRunner: listenAddress is required');
-    const port = options.port ?? [40000, 49999];
+    const port = options.port ?? [61000, 61999];
     const [lo, hi] = typeof port === 'number' ? [port, port] : port;
     if (!Number.isInteger(lo) || !Number.isInteger(hi) || lo < 1 || hi > 65535 || lo > hi) {
       throw new InvalidArgumentError(`NetcatRunner: invalid port ${JSON.stringify(port)}`);
@@ -88,52 +92,86 @@ export class NetcatRunner implements CommandRunner {
     this.host = `${ssh.host} (nc ${options.connectHost ?? options.listenAddress})`;
   }
 
-  /** Starts `argv` with its bulk side (`options.bulk`, default `stdout`) on a netcat TCP channel. */
+  /**
+   * Starts `argv` with its bulk side (`options.bulk`, default `stdout`) on a netcat TCP channel. With a
+   * port range, a port that turns out to be taken on the host is replaced by another (3 attempts).
+   */
   spawn(argv: readonly CommandArg[], options: SpawnOptions = {}): CommandProcess {
     if (argv.length === 0) throw new InvalidArgumentError('empty argv');
     const mode = options.bulk ?? 'stdout';
     const { signal } = options;
     const [lo, hi] = this.#options.port as [number, number];
-    const port = lo === hi ? lo : randomInt(lo, hi + 1);
-    const token = randomBytes(16).toString('hex');
     const display = describeArgv(argv);
-    const ctl = this.#ssh.spawn(['/bin/sh', '-c', SCRIPT, 'vs-netcat', this.#options.listenAddress, String(port), token, mode, ...argv], options);
-    let ctlSettled = false;
-    const ctlDone = ctl.done.then(
-      (exit) => {
-        ctlSettled = true;
-        return exit;
-      },
-      (err: unknown) => {
-        ctlSettled = true;
-        throw this.#mapError(err, display);
-      },
-    );
-    ctlDone.catch(() => undefined);
     const logger = this.#logger;
-    logger.debug({ host: this.host, command: display, port, mode }, 'netcat spawn');
-
+    let current: CommandProcess | undefined;
     let sock: Socket | undefined;
-    const connected = (async (): Promise<Socket> => {
-      const s = await this.#connect(port, token, signal, () => ctlSettled);
-      sock = s;
-      return s;
-    })();
-    connected.catch(() => undefined);
-
-    const fail = (err: unknown): void => {
-      ctl.kill();
+    let killed = false;
+    const kill = (): void => {
+      killed = true;
+      current?.kill();
       sock?.destroy();
-      void err;
     };
-    connected.catch(fail);
+
+    // one attempt = one remote wrapper + one data connection; retried only when nc could not bind
+    const attempt = (): { ctl: CommandProcess; ctlDone: Promise<CommandExit>; connected: Promise<Socket> } => {
+      const port = lo === hi ? lo : randomInt(lo, hi + 1);
+      const token = randomBytes(16).toString('hex');
+      const ctl = this.#ssh.spawn(['/bin/sh', '-c', SCRIPT, 'vs-netcat', this.#options.listenAddress, String(port), token, mode, ...argv], options);
+      current = ctl;
+      if (killed) ctl.kill();
+      if (mode === 'stdout') ctl.stdout.resume(); // the command's stdout goes to nc; nothing else arrives here
+      let settled = false;
+      const ctlDone = ctl.done.then(
+        (exit) => {
+          settled = true;
+          return exit;
+        },
+        (err: unknown) => {
+          settled = true;
+          throw this.#mapError(err, display);
+        },
+      );
+      ctlDone.catch(() => undefined);
+      logger.debug({ host: this.host, command: display, port, mode }, 'netcat spawn');
+      return { ctl, ctlDone, connected: this.#connect(port, token, signal, () => settled) };
+    };
+
+    const chosen = (async (): Promise<{ ctl: CommandProcess; ctlDone: Promise<CommandExit>; sock: Socket }> => {
+      for (let i = 1; ; i++) {
+        const a = attempt();
+        try {
+          const s = await a.connected;
+          sock = s;
+          if (killed) s.destroy();
+          return { ctl: a.ctl, ctlDone: a.ctlDone, sock: s };
+        } catch (err) {
+          a.ctl.stdout.resume();
+          // give the wrapper a moment to exit by itself and say why (nc missing, port taken), then kill it
+          const outcome = a.ctlDone.then(
+            () => undefined,
+            (e: unknown) => e,
+          );
+          if (signal?.aborted || !(await settlesWithin(outcome, 5000))) a.ctl.kill();
+          const ctlErr = await outcome;
+          if (signal?.aborted) throw new AbortedError(signal.reason);
+          const inUse = isVirtstreamError(ctlErr, 'ERR_NETCAT') && ctlErr.message.includes('in use');
+          if (inUse && i < 3 && lo !== hi && !killed) {
+            logger.debug({ host: this.host, attempt: i }, 'netcat port taken on the host, trying another');
+            continue;
+          }
+          // the remote side usually knows best why (nc missing, command not found, port taken)
+          throw ctlErr !== undefined && isVirtstreamError(ctlErr) ? ctlErr : err;
+        }
+      }
+    })();
+    chosen.catch(() => undefined);
 
     let stdout: Readable;
     let stdin: Writable;
     let dataDone: Promise<void>;
     if (mode === 'stdout') {
-      ctl.stdout.resume(); // the command's stdout goes to nc; nothing else arrives here
-      stdin = ctl.stdin;
+      // stdin of the command still travels over SSH, to whichever attempt won
+      stdin = forwardingWritable(chosen.then((c) => c.ctl.stdin));
       let ended = false;
       const out = new Readable({
         highWaterMark: 256 * 1024,
@@ -141,16 +179,13 @@ export class NetcatRunner implements CommandRunner {
           sock?.resume();
         },
         destroy: (err, cb) => {
-          if (!ended) {
-            ctl.kill();
-            sock?.destroy();
-          }
+          if (!ended) kill();
           cb(err);
         },
       });
       stdout = out;
-      dataDone = connected.then(
-        (s) =>
+      dataDone = chosen.then(
+        ({ sock: s }) =>
           new Promise<void>((resolve, reject) => {
             s.on('data', (c: Buffer) => {
               if (!out.push(c)) s.pause();
@@ -163,7 +198,7 @@ export class NetcatRunner implements CommandRunner {
           }),
       );
       // end stdout only once the remote command is known to have succeeded: a broken transfer never looks complete
-      void Promise.all([dataDone, ctlDone]).then(
+      void Promise.all([dataDone, chosen.then((c) => c.ctlDone)]).then(
         () => {
           ended = true;
           out.push(null);
@@ -176,47 +211,24 @@ export class NetcatRunner implements CommandRunner {
         },
       );
     } else {
-      stdout = ctl.stdout;
-      ctl.stdin.end();
-      let pending: Promise<Socket> = connected;
-      stdin = new Writable({
-        highWaterMark: 256 * 1024,
-        write: (chunk: Buffer, _enc, cb) => {
-          pending.then((s) => {
-            if (s.destroyed) {
-              cb(new SshError('ERR_NETCAT', this.#ssh.host, 'data connection closed'));
-              return;
-            }
-            if (s.write(chunk)) {
-              cb();
-              return;
-            }
-            const onDrain = (): void => {
-              s.off('close', onClose);
-              cb();
-            };
-            const onClose = (): void => {
-              s.off('drain', onDrain);
-              cb(new SshError('ERR_NETCAT', this.#ssh.host, 'data connection closed while writing'));
-            };
-            s.once('drain', onDrain);
-            s.once('close', onClose);
-          }, cb);
+      // the command's (small) stdout comes over SSH from whichever attempt won
+      const out = new PassThrough();
+      stdout = out;
+      chosen.then(
+        ({ ctl }) => {
+          ctl.stdin.end();
+          ctl.stdout.pipe(out);
         },
-        final: (cb) => {
-          pending.then((s) => {
-            s.end(() => cb());
-          }, cb);
+        () => out.end(),
+      );
+      stdin = forwardingWritable(
+        chosen.then((c) => c.sock),
+        (err) => {
+          if (err) kill();
         },
-        destroy: (err, cb) => {
-          if (err) fail(err);
-          cb(err);
-        },
-      });
-      stdin.on('error', () => undefined);
-      pending = connected;
-      dataDone = connected.then(
-        (s) =>
+      );
+      dataDone = chosen.then(
+        ({ sock: s }) =>
           new Promise<void>((resolve, reject) => {
             s.resume(); // nc sends nothing after the token
             s.once('close', (hadError) => (hadError ? reject(new SshError('ERR_NETCAT', this.#ssh.host, 'data connection failed')) : resolve()));
@@ -228,32 +240,26 @@ export class NetcatRunner implements CommandRunner {
 
     const done = (async (): Promise<CommandExit> => {
       try {
+        const { ctlDone } = await chosen;
         const [, exit] = await Promise.all([
           dataDone.catch((err: unknown) => {
-            ctl.kill();
+            current?.kill();
             throw err;
           }),
           ctlDone,
         ]);
-        if (mode === 'stdout') await finished(stdout).catch(() => undefined);
+        await finished(stdout).catch(() => undefined);
         return exit;
       } catch (err) {
         const e = signal?.aborted && !isVirtstreamError(err, 'ERR_ABORTED') ? new AbortedError(signal.reason) : err;
         sock?.destroy();
+        current?.kill();
         if (!stdout.destroyed && !stdout.readableEnded && mode === 'stdout' && !(e instanceof RemoteCommandError) && !signal?.aborted) stdout.destroy(e as Error);
         throw e;
       }
     })();
     done.catch(() => undefined);
-    return {
-      stdout,
-      stdin,
-      done,
-      kill: () => {
-        ctl.kill();
-        sock?.destroy();
-      },
-    };
+    return { stdout, stdin, done, kill };
   }
 
   #mapError(err: unknown, display: string): unknown {
@@ -341,5 +347,63 @@ async function readExact(s: Socket, n: number): Promise<Buffer> {
       s.once('end', done);
       s.once('error', onErr);
     });
+  }
+}
+
+/**
+ * A Writable that forwards to a target known later (a socket or a command's stdin), with the
+ * target's backpressure; writes wait until the target is known. `onDestroy` sees early destruction.
+ */
+function forwardingWritable(target: Promise<Writable>, onDestroy?: (err: Error | null) => void): Writable {
+  target.catch(() => undefined); // a failed start is reported through `done`
+  const w = new Writable({
+    highWaterMark: 256 * 1024,
+    write: (chunk: Buffer, _enc, cb) => {
+      target.then((t) => {
+        if (t.destroyed || t.writableEnded) {
+          cb(new SshError('ERR_NETCAT', 'netcat', 'the data channel is closed'));
+          return;
+        }
+        if (t.write(chunk)) {
+          cb();
+          return;
+        }
+        const onDrain = (): void => {
+          t.off('close', onClose);
+          cb();
+        };
+        const onClose = (): void => {
+          t.off('drain', onDrain);
+          cb(new SshError('ERR_NETCAT', 'netcat', 'the data channel closed while writing'));
+        };
+        t.once('drain', onDrain);
+        t.once('close', onClose);
+      }, cb);
+    },
+    final: (cb) => {
+      target.then((t) => {
+        if (t.writableEnded || t.destroyed) cb();
+        else t.end(() => cb());
+      }, cb);
+    },
+    destroy: (err, cb) => {
+      onDestroy?.(err);
+      cb(err);
+    },
+  });
+  w.on('error', () => undefined);
+  return w;
+}
+
+/** True when `p` settles within `ms` (it never rejects: pass a promise that only resolves). */
+async function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<boolean>((resolve) => {
+    timer = setTimeout(() => resolve(false), ms);
+  });
+  try {
+    return await Promise.race([p.then(() => true), timeout]);
+  } finally {
+    clearTimeout(timer);
   }
 }

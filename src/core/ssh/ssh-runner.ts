@@ -194,12 +194,19 @@ export class SshRunner implements CommandRunner, AsyncDisposable {
     const maxChannels = options.maxChannels ?? 8;
     if (!Number.isInteger(maxChannels) || maxChannels < 1) throw new InvalidArgumentError(`SshRunner: invalid maxChannels ${maxChannels}`);
     this.#options = Object.freeze({ ...options, port });
-    this.host = `${options.username}@${options.host}:${port}`;
+    this.host = `${options.username}@${options.host.includes(':') ? `[${options.host}]` : options.host}:${port}`;
     this.#logger = redactingLogger(options.logger ?? silentLogger);
     this.#slots = new Slots(maxChannels);
     this.#owns = options.client === undefined;
     this.#conn = options.client;
-    this.#conn?.on('error', (err) => this.#logger.warn({ host: this.host, err }, 'ssh connection error'));
+    const injected = options.client;
+    if (injected) {
+      injected.on('error', (err) => this.#logger.warn({ host: this.host, err }, 'ssh connection error'));
+      injected.on('close', () => {
+        this.#lost.add(injected);
+        if (this.#conn === injected) this.#conn = undefined;
+      });
+    }
   }
 
   /**

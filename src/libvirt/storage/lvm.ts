@@ -261,6 +261,11 @@ export interface LvmClientOptions {
   extraArgs?: readonly string[];
   /** Block size for `dd` reads and writes. @defaultValue '4M' */
   ddBlockSize?: string;
+  /**
+   * Runner for `dd` reads and writes of volumes, e.g. a `NetcatRunner` on the same host; LVM
+   * commands always use the main runner. @defaultValue the main runner
+   */
+  dataRunner?: CommandRunner;
   logger?: Logger;
 }
 
@@ -418,7 +423,7 @@ export class LvmClient {
   openRead(device: string, options: LvmCallOptions = {}): CommandReadStream {
     if (!parseLvDevicePath(device)) throw new InvalidArgumentError(`${JSON.stringify(device)} is not an LVM device path`);
     const argv = ['dd', `if=${device}`, `bs=${this.#options.ddBlockSize ?? '4M'}`, 'status=none'];
-    return openCommandRead(this.#runner, argv, (err) => this.#mapError(err, `read ${device}`, options.signal), options);
+    return openCommandRead(this.#options.dataRunner ?? this.#runner, argv, (err) => this.#mapError(err, `read ${device}`, options.signal), options);
   }
 
   /**
@@ -430,6 +435,6 @@ export class LvmClient {
   async writeDevice(device: string, source: Readable | AsyncIterable<Uint8Array>, options: LvmCallOptions = {}): Promise<void> {
     if (!parseLvDevicePath(device)) throw new InvalidArgumentError(`${JSON.stringify(device)} is not an LVM device path`);
     const argv = ['dd', `of=${device}`, `bs=${this.#options.ddBlockSize ?? '4M'}`, 'iflag=fullblock', 'conv=fsync,notrunc', 'status=none'];
-    await runCommandWithInput(this.#runner, argv, source, (err) => this.#mapError(err, `write ${device}`, options.signal), options);
+    await runCommandWithInput(this.#options.dataRunner ?? this.#runner, argv, source, (err) => this.#mapError(err, `write ${device}`, options.signal), options);
   }
 }

@@ -50,6 +50,12 @@ export interface RbdClientOptions extends CephClientConfig {
   opTimeoutSeconds?: number;
   /** The `rbd` executable on the host. @defaultValue 'rbd' */
   rbdPath?: string;
+  /**
+   * Runner for the streaming commands (export, export-diff, import, import-diff), e.g. a
+   * `NetcatRunner` on the same host; metadata commands always use the main runner.
+   * @defaultValue the main runner
+   */
+  dataRunner?: CommandRunner;
   logger?: Logger;
 }
 
@@ -239,6 +245,7 @@ export function parseRbdInfoJson(text: string): RbdImageInfo {
  */
 export class RbdClient {
   readonly #runner: CommandRunner;
+  readonly #data: CommandRunner;
   readonly #options: Readonly<RbdClientOptions>;
   readonly #logger: Logger;
 
@@ -248,6 +255,7 @@ export class RbdClient {
       throw new InvalidArgumentError(`invalid cephx id ${JSON.stringify(options.id)}`);
     }
     this.#runner = runner;
+    this.#data = options.dataRunner ?? runner;
     this.#options = Object.freeze({ ...options, monHosts: options.monHosts ? Object.freeze([...options.monHosts]) : undefined });
     this.#logger = options.logger ?? silentLogger;
   }
@@ -260,6 +268,7 @@ export class RbdClient {
   /** The Ceph connection settings in use (no secrets: keyrings are paths). */
   get config(): CephClientConfig {
     const { id, keyring, conf, monHosts, cluster } = this.#options;
+    // dataRunner, rbdPath and timeouts are transport details, not connection settings
     return { ...(id !== undefined ? { id } : {}), ...(keyring !== undefined ? { keyring } : {}), ...(conf !== undefined ? { conf } : {}), ...(monHosts !== undefined ? { monHosts } : {}), ...(cluster !== undefined ? { cluster } : {}) };
   }
 
@@ -424,7 +433,7 @@ export class RbdClient {
 
   #openRead(args: string[], what: string, options: RbdCallOptions): RbdReadStream {
     this.#logger.debug({ argv: args, host: this.#runner.host }, 'rbd stream');
-    return openCommandRead(this.#runner, [...this.#base(), ...args], (err) => this.#mapError(err, what, options.signal), options);
+    return openCommandRead(this.#data, [...this.#base(), ...args], (err) => this.#mapError(err, what, options.signal), options);
   }
 
   /**
@@ -450,7 +459,7 @@ export class RbdClient {
 
   async #write(args: CommandArg[], what: string, source: Readable | AsyncIterable<Uint8Array>, options: RbdCallOptions): Promise<void> {
     this.#logger.debug({ argv: args, host: this.#runner.host }, 'rbd write');
-    await runCommandWithInput(this.#runner, [...this.#base(), ...args], source, (err) => this.#mapError(err, what, options.signal), options);
+    await runCommandWithInput(this.#data, [...this.#base(), ...args], source, (err) => this.#mapError(err, what, options.signal), options);
   }
 
   /**

@@ -116,6 +116,11 @@ export class RhvV3Api {
     );
   }
 
+  /** The disks of a VM (`/vms/{id}/disks`, 3.x), in attachment order. */
+  async vmDisks(vmId: string, options: { signal?: AbortSignal } = {}): Promise<{ id: string; alias: string }[]> {
+    return children(await this.#c.get(`/vms/${seg(vmId)}/disks`, 'disks', options), 'disk').map((n) => ({ id: requireId(n, 'disk'), alias: text(n, 'alias') ?? text(n, 'name') ?? '' }));
+  }
+
   /** Data centers. */
   async dataCenters(options: { signal?: AbortSignal } = {}): Promise<V3Entity[]> {
     return children(await this.#c.get('/datacenters', 'data_centers', options), 'data_center').map(mapEntity);
@@ -134,7 +139,7 @@ export class RhvV3Api {
     return children(await this.#c.get(`/datacenters/${seg(dataCenterId)}/storagedomains`, 'storage_domains', options), 'storage_domain').map(mapEntity);
   }
 
-  /** Creates a disk-only snapshot; wait for it with {@link waitSnapshotOk}. */
+  /** Creates a disk-only snapshot; wait for it with {@link RhvV3Api.waitSnapshotOk}. */
   async createSnapshot(vmId: string, description: string, options: { signal?: AbortSignal } = {}): Promise<V3Snapshot> {
     return mapSnapshot(await this.#c.post(`/vms/${seg(vmId)}/snapshots`, 'snapshot', { description, persist_memorystate: false }, options));
   }

@@ -45,9 +45,9 @@ export interface LvmVolumeRef {
 export interface LvmSnapshotStrategyOptions {
   /** The libvirt host of the domains; LVM commands and disk bytes also go through its runner. */
   host: LibvirtHost;
-  /** Runner for LVM commands and disk reads/writes (e.g. a `NetcatRunner` for bulk data). @defaultValue `host.runner` */
+  /** Runner for LVM commands and, unless `lvm.dataRunner` is set, the disk reads/writes. @defaultValue `host.runner` */
   lvmRunner?: CommandRunner;
-  /** Options of the underlying {@link LvmClient} (tool directory, extra LVM arguments, dd block size). */
+  /** Options of the underlying {@link LvmClient} (tool directory, extra LVM arguments, dd block size, a `dataRunner` such as a `NetcatRunner` for the disk bytes). */
   lvm?: Omit<LvmClientOptions, 'logger'>;
   /** Size of each snapshot's copy-on-write area; checked against the VG's free space. @defaultValue `{ percent: 20 }` */
   snapshotSize?: SnapshotSizePolicy;

@@ -53,6 +53,11 @@ export interface RbdSnapshotStrategyOptions {
    */
   rbdRunner?: CommandRunner;
   /**
+   * Runner for the disk bytes only (`rbd export`/`export-diff`/`import`/`import-diff`), e.g. a
+   * `NetcatRunner` over the same SSH connection. @defaultValue `rbdRunner`
+   */
+  dataRunner?: CommandRunner;
+  /**
    * Ceph connection settings. Fields left unset are taken from the disk's XML (`<auth username>` →
    * `id`, `<host>` elements → `monHosts`) and then from the host's `/etc/ceph` defaults. The
    * keyring is always a file on the rbd host: libvirt's secret values are never read.
@@ -157,6 +162,7 @@ export class RbdSnapshotStrategy implements BackupStrategy {
       c = new RbdClient(this.#o.rbdRunner ?? this.#o.host.runner, {
         ...cfg,
         ...(this.#o.opTimeoutSeconds !== undefined ? { opTimeoutSeconds: this.#o.opTimeoutSeconds } : {}),
+        ...(this.#o.dataRunner ? { dataRunner: this.#o.dataRunner } : {}),
         logger,
       });
       this.#clients.set(key, c);

@@ -1,7 +1,7 @@
 import { posix } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { PassThrough } from 'node:stream';
-import { throwIfAborted } from '../../core/abort.js';
+import { cleanupSignal, throwIfAborted } from '../../core/abort.js';
 import { CleanupStack } from '../../core/cleanup-stack.js';
 import { AbortedError, InvalidArgumentError, isVirtstreamError, NotFoundError, UnsupportedError, VirtstreamError } from '../../core/errors.js';
 import type { Logger } from '../../core/logger.js';
@@ -248,11 +248,11 @@ export class VirshStrategy implements BackupStrategy {
       for (const p of plans) {
         if (p.kind !== 'incremental' || p.kept === undefined) continue;
         try {
-          await this.#mergeDown(name, running, p.disk.target, p.kept, p.base, p.baseFormat, p.overlay, signal ? { signal } : {});
+          // the backup is committed: this tidying runs under its own bounded signal, not the caller's
+          await this.#mergeDown(name, running, p.disk.target, p.kept, p.base, p.baseFormat, p.overlay, { signal: cleanupSignal() });
           p.top = p.base;
           p.topFormat = p.baseFormat;
         } catch (err) {
-          if (isVirtstreamError(err, 'ERR_ABORTED')) throw err;
           warn(`disk ${p.disk.target}: merging the previous snapshot failed (the chain is one layer longer until the next backup): ${(err as Error).message}`, p.disk.target);
         }
       }

@@ -187,13 +187,15 @@ export class ExportDomainStrategy implements BackupStrategy {
     const opts = signal ? { signal } : {};
     const progress = throttleProgress(options.onProgress);
     const v3 = this.#v3;
-    const source: V3Vm = vm.id ? await v3.getVm(vm.id, opts) : vm.name ? await v3.findVm(vm.name, opts) : (undefined as never);
-    if (!source) throw new InvalidArgumentError('VmRef needs an id or a name');
+    if (!vm.id && !vm.name) throw new InvalidArgumentError('VmRef needs an id or a name');
+    const source: V3Vm = vm.id ? await v3.getVm(vm.id, opts) : await v3.findVm(vm.name!, opts);
     const log = this.#log(options, { vm: source.name });
     progress({ type: 'phase', phase: 'prepare' });
     const where = await this.#exportTarget(source.clusterId, signal);
     const { layout } = where;
     const excluded = new Set(options.excludeDisks ?? []);
+    const sourceDisks = await v3.vmDisks(source.id, opts);
+    if (sourceDisks.length === 0 || sourceDisks.every((d) => excluded.has(d.id) || excluded.has(d.alias))) throw new InvalidArgumentError(`VM ${source.name} has no disks to back up`);
 
     const undo = new CleanupStack({ logger: log });
     let committed = false;
@@ -233,16 +235,23 @@ export class ExportDomainStrategy implements BackupStrategy {
         if (!isVirtstreamError(err, 'ERR_NOT_FOUND')) throw err;
         throw new VirtstreamError('ERR_RHV_EXPORT', `the export of ${clone.name} to ${where.domain.name} produced no OVF under ${layout.domainDir} (export failed, or the staging path is not that domain's share)`, { cause: err });
       }
-      const disks = parseOvf(ovf).disks.filter((d) => !excluded.has(d.alias) && !excluded.has(d.imageId));
+      // the clone's disks get new ids: artifacts are named after the source VM's disks (by alias, else by position)
+      const exported = parseOvf(ovf).disks;
+      const sourceOf = (d: (typeof exported)[number], i: number): { id: string; alias: string } => {
+        const byAlias = sourceDisks.filter((s) => s.alias === d.alias);
+        return (byAlias.length === 1 ? byAlias[0] : sourceDisks[i]) ?? { id: d.imageId, alias: d.alias };
+      };
+      const disks = exported.map((d, i) => ({ d, index: i, src: sourceOf(d, i) })).filter(({ d, src }) => ![d.alias, d.imageId, src.id, src.alias].some((x) => excluded.has(x)));
+      if (disks.length === 0) throw new InvalidArgumentError(`VM ${source.name} has no disks to back up`);
       const results: DiskBackupResult[] = [];
-      for (const [index, d] of disks.entries()) {
+      for (const { d, index, src } of disks) {
         throwIfAborted(signal);
         const path = layout.volumePath(d.imageId, d.volumeId);
         await using image = await openDiskImage(path, { format: d.format === 'COW' ? 'qcow2' : 'raw', backingRoot: layout.domainDir, ...opts });
         progress({ type: 'phase', phase: 'transfer', disk: d.alias });
         const written = await session.writeDisk(
           {
-            diskId: d.imageId,
+            diskId: src.id,
             name: d.alias,
             format: 'qcow2',
             virtualSize: image.virtualSize,
@@ -252,7 +261,7 @@ export class ExportDomainStrategy implements BackupStrategy {
           writeQcow2(image.extents(opts), opts),
           { onBytes: (n) => progress({ type: 'bytes', disk: d.alias, transferred: n }), ...opts },
         );
-        results.push({ diskId: d.imageId, kind: 'full', bytes: written.bytes });
+        results.push({ diskId: src.id, kind: 'full', bytes: written.bytes });
       }
       await session.writeMetadata(OVF_NAME, ovf, opts);
       await session.writeMetadata('export-domain.json', JSON.stringify({ exportedVmId: clone.id, dataCenter: where.dataCenter.name, exportDomain: where.domain.name }), opts);

@@ -44,7 +44,7 @@ import type { RhvPollOptions } from '../../rhv/rest/service-context.js';
 import { seg } from '../../rhv/rest/service-context.js';
 import type { RhvDisk, RhvDiskSnapshot, RhvVm } from '../../rhv/rest/types.js';
 import { child, text } from '../../rhv/rest/xml.js';
-import { blockVolume, fileVolumePath, storageKindOf } from '../../rhv/storage-paths.js';
+import { blockVolume, fileVolumePath, requireUuid, storageKindOf } from '../../rhv/storage-paths.js';
 import { mergeLayers } from '../../snapshot/merge-layers.js';
 import { ImageTransferStrategy } from './image-transfer.js';
 import type { ImageTransferStrategyOptions } from './image-transfer.js';
@@ -198,6 +198,9 @@ export class SshTransferStrategy implements BackupStrategy {
       const sshOptions = await this.#sshOptions(host);
       const ssh = this.#options.connect ? this.#options.connect(sshOptions) : new SshRunner({ ...sshOptions, ...(sshOptions.logger ? {} : { logger: log }) });
       runner = ssh;
+      // connect (host key, auth) before any engine change
+      const connectable = ssh as CommandRunner & { connect?: (o: { signal?: AbortSignal }) => Promise<void> };
+      if (typeof connectable.connect === 'function') await connectable.connect(opts);
       const data: CommandRunner = this.#options.netcat ? new NetcatRunner(ssh, { logger: log, ...this.#options.netcat }) : ssh;
 
       const anyIncremental = plans.some((p) => p.kind === 'incremental');
@@ -345,6 +348,7 @@ export class SshTransferStrategy implements BackupStrategy {
     signal: AbortSignal | undefined,
   ): Promise<DiskBackupResult> {
     const disk = plan.disk;
+    requireUuid(disk.id, 'disk id');
     const dlog = childLogger(log, { disk: disk.name });
     const opts = signal ? { signal } : {};
     progress({ type: 'phase', phase: 'transfer', disk: disk.name });
@@ -366,7 +370,7 @@ export class SshTransferStrategy implements BackupStrategy {
     let read = 0;
     try {
       for (const v of layers) {
-        const local = join(spool, `${disk.id}-${v.id}`);
+        const local = join(spool, `${disk.id}-${requireUuid(v.id, 'volume id')}`);
         read += await this.#spool(runner, domain, disk.id, v.id, local, (n) => progress({ type: 'bytes', disk: disk.name, transferred: read + n }), dlog, signal);
         images.push(await openDiskImage(local, { backing: 'ignore', ...opts }));
       }

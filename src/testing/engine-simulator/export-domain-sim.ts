@@ -43,7 +43,7 @@ export interface SimV3Vm {
   kind: 'clone' | 'imported';
   state: 'image_locked' | 'down';
   clusterId: string;
-  disks: { id: string; alias: string; path: string; format: QemuFormat; virtualSize: number; boot: boolean }[];
+  disks: { id: string; alias: string; path: string; format: 'raw' | 'qcow2'; virtualSize: number; boot: boolean }[];
   /** Pending outcome of an export: files are written, or the job fails. */
   exporting?: { domainId: string; fail: boolean };
 }
@@ -158,6 +158,14 @@ export class ExportDomainSimulator implements SimulatorExtension {
       if (method === 'DELETE') return this.#removeVm(id);
     }
     if (method === 'POST' && path === '/vms') return this.#clone(req);
+    if (method === 'GET' && (m = /^\/vms\/([^/]+)\/disks$/.exec(path))) {
+      const st = this.#sim.state();
+      const base = st.vms.find((v) => v.id === m![1]);
+      const own = this.#vms.get(m[1]!);
+      if (!base && !own) return simulatorFault(404, 'Not Found', `Entity not found: vm ${m[1]}`);
+      const list = base ? base.diskIds.map((id) => ({ id, alias: st.disks.find((d) => d.id === id)!.name })) : own!.disks.map((d) => ({ id: d.id, alias: d.alias }));
+      return [200, toXml('disks', { disk: list.map((d) => ({ '@id': d.id, name: d.alias, alias: d.alias })) })];
+    }
     if ((m = /^\/vms\/([^/]+)\/snapshots$/.exec(path))) {
       const vmId = m[1]!;
       if (method === 'GET') return [200, toXml('snapshots', { snapshot: [...this.#snapshots.values()].filter((s) => s.vmId === vmId).map((s) => this.#snapXml(s)) })];

@@ -25,6 +25,12 @@ export interface HypervisorTreeOptions {
   server?: string;
   /** Export path reported for the data domain. @defaultValue '/exports/data' */
   exportPath?: string;
+  /**
+   * Storage type reported for the data domain. With `iscsi` the domain is a block domain (VG named by
+   * the domain id); the tree still holds the volumes, for a test runner to map `/dev/<sd>/<vol>` onto.
+   * @defaultValue 'nfs'
+   */
+  storageType?: 'nfs' | 'iscsi';
 }
 
 /**
@@ -42,20 +48,22 @@ export class HypervisorTree implements SimulatorExtension {
   readonly #owns: boolean;
   readonly #server: string;
   readonly #exportPath: string;
+  readonly #storageType: 'nfs' | 'iscsi';
 
-  private constructor(sim: EngineSimulator, root: string, owns: boolean, server: string, exportPath: string) {
+  private constructor(sim: EngineSimulator, root: string, owns: boolean, server: string, exportPath: string, storageType: 'nfs' | 'iscsi') {
     this.#sim = sim;
     this.#root = root;
     this.#owns = owns;
     this.#server = server;
     this.#exportPath = exportPath;
+    this.#storageType = storageType;
   }
 
   /** Creates the tree and registers the extension with `sim`. */
   static async install(sim: EngineSimulator, options: HypervisorTreeOptions = {}): Promise<HypervisorTree> {
     const owns = options.root === undefined;
     const root = options.root ?? (await mkdtemp(join(tmpdir(), 'vs-rhev-')));
-    const tree = new HypervisorTree(sim, root, owns, options.server ?? 'nfs.sim.test', options.exportPath ?? '/exports/data');
+    const tree = new HypervisorTree(sim, root, owns, options.server ?? 'nfs.sim.test', options.exportPath ?? '/exports/data', options.storageType ?? 'nfs');
     sim.use(tree);
     await tree.sync();
     return tree;
@@ -69,6 +77,12 @@ export class HypervisorTree implements SimulatorExtension {
   /** `<root>/mnt/<server:_path>/<sd_id>/images`. */
   get imagesDir(): string {
     return join(this.#root, 'mnt', mountDirName(this.#server, this.#exportPath), SIMULATOR_STORAGE_DOMAIN_ID, 'images');
+  }
+
+  /** The tree entry of a volume (what `/dev/<sd>/<volume>` would be on a block domain), or `undefined`. */
+  volumeFile(volumeId: string): string | undefined {
+    for (const d of this.#sim.state().disks) if (d.images.some((i) => i.id === volumeId)) return join(this.imagesDir, d.id, volumeId);
+    return undefined;
   }
 
   /** Makes the tree match the simulator's chains: one link per volume, stale links removed. */
@@ -114,7 +128,10 @@ export class HypervisorTree implements SimulatorExtension {
           name: 'simdata',
           type: 'data',
           status: 'active',
-          storage: { type: 'nfs', address: this.#server, path: this.#exportPath },
+          storage:
+            this.#storageType === 'nfs'
+              ? { type: 'nfs', address: this.#server, path: this.#exportPath }
+              : { type: 'iscsi', volume_group: { '@id': SIMULATOR_STORAGE_DOMAIN_ID } },
         }),
       ];
     }

@@ -320,4 +320,23 @@ describe('virtstream CLI against the engine simulator', () => {
       imageio().clearFaults();
     }
   });
+
+  it('restore --before picks the newest backup at or before a time', async () => {
+    await sim.addVm({ name: 'bf01', disks: [{ name: 'root', virtualSize: 8 * MiB, format: 'cow', contents: [{ offset: 0, length: MiB, pattern: 0x24 }] }] });
+    for (let n = 0; n < 2; n++) {
+      if (n > 0) await sim.writeGuestData('bf01', 'root', { offset: 4 * MiB, length: MiB, pattern: 0x25 });
+      const b = runCliProcess(['backup', 'bf01', '-c', config, '--json'], env());
+      expect(await b.exit, b.stderr()).toBe(0);
+    }
+    const [first, second] = await new FileRepository(repoDir).list('bf01');
+    const run = runCliProcess(['restore', 'bf01', '--before', first!.completedAt, '--name', 'bf01-first', '-c', config, '--json'], env());
+    expect(await run.exit, run.stderr()).toBe(0);
+    expect(lines(run.output()).find((l) => l.type === 'restore')).toMatchObject({ backupId: first!.id });
+    expect(second!.id).not.toBe(first!.id);
+    const tooEarly = runCliProcess(['restore', 'bf01', '--before', '2001-01-01T00:00:00Z', '-c', config, '--json'], env());
+    expect(await tooEarly.exit).toBe(1);
+    expect(lines(tooEarly.output()).at(-1)).toMatchObject({ type: 'error', code: 'ERR_CHAIN_POINT' });
+    const bad = runCliProcess(['restore', 'bf01', '--before', 'yesterday', '-c', config, '--json'], env());
+    expect(await bad.exit).toBe(3);
+  });
 });

@@ -5,7 +5,11 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { posix } from 'node:path';
 import { FileRepository } from '../../../src/index.js';
+import { LibvirtHost } from '../../../src/entries/libvirt.js';
+import { labVar, remoteRunner } from '../../support/lab.js';
+import { createDomain, OWNER, removeDomain } from '../libvirt/helpers.js';
 
 const run = promisify(execFile);
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
@@ -89,5 +93,57 @@ describe('examples run in CI (engine simulator, real qemu-img)', () => {
     await example('examples/restore-chain.ts', { VS_REPO: repo, VS_VM: 'example-vm', VS_DISK: disk.diskId, VS_POINT: 'latest', VS_OUT: target });
     const { stdout } = await run('qemu-img', ['info', '--output=json', '-f', 'raw', target]);
     expect((JSON.parse(stdout) as { 'virtual-size': number })['virtual-size']).toBe(disk.virtualSize);
+  });
+
+  it('rhv-disk-attach.ts: backup through a simulated proxy VM, nothing left attached', async () => {
+    const out = await example('examples/rhv-disk-attach.ts', { VS_EXAMPLE_SIMULATOR: '1', VS_REPO: join(dir, 'da-repo') });
+    expect(out).toMatch(/^full \S+/m);
+    expect(out).toContain('attachments left on the proxy: 0');
+  });
+
+  it('rhv-export-domain.ts: export and import through the simulated API v3 export domain', async () => {
+    const out = await example('examples/rhv-export-domain.ts', { VS_EXAMPLE_SIMULATOR: '1', VS_REPO: join(dir, 'ed-repo') });
+    expect(out).toMatch(/^full \S+/m);
+    expect(out).toContain('clones left: 0, snapshots left: 0');
+  });
+
+  it('rhv-ssh-transfer.ts: volumes over the lab sshd, full + incremental + restore', async () => {
+    // VS_SSH_* come from the lab (scripts/lab/up.sh via the global setup)
+    expect(process.env.VS_SSH_HOST).toBeDefined();
+    const out = await example('examples/rhv-ssh-transfer.ts', { VS_EXAMPLE_SIMULATOR: '1', VS_REPO: join(dir, 'st-repo') });
+    expect(out).toMatch(/^full \S+/m);
+    expect(out).toMatch(/^incremental \S+/m);
+    expect(out).toMatch(/^restored as /m);
+  });
+
+  it('libvirt-virsh.ts: full + incremental + restore of a domain on the lab libvirtd', async () => {
+    await using ssh = await remoteRunner();
+    const host = new LibvirtHost(ssh, { uri: labVar('VS_LIBVIRT_URI'), fileOwner: OWNER });
+    const name = `vs-example-virsh-${process.pid}`;
+    const imageDir = posix.join(labVar('VS_LIBVIRT_IMAGE_DIR'), name);
+    const restoreDir = posix.join(labVar('VS_LIBVIRT_IMAGE_DIR'), `${name}-restored`);
+    await host.mkdir(imageDir);
+    await host.mkdir(restoreDir);
+    try {
+      await createDomain(host, name, [{ target: 'vda', file: posix.join(imageDir, 'vda.qcow2'), format: 'qcow2', sizeMb: 16 }], true);
+      const out = await example('examples/libvirt-virsh.ts', {
+        VM_NAME: name,
+        FILE_OWNER: OWNER,
+        LIBVIRT_URI: labVar('VS_LIBVIRT_URI'),
+        RESTORE_DIR: restoreDir,
+        VIRTSTREAM_REPO: join(dir, 'virsh-repo'),
+      });
+      expect(out).toContain(`full backup of ${name}`);
+      expect((await new FileRepository(join(dir, 'virsh-repo')).list(name)).map((r) => r.kind)).toEqual(['full', 'incremental']);
+    } finally {
+      await removeDomain(host, `${name}-restored`);
+      await removeDomain(host, name);
+      await host.exec(['rm', '-rf', '--', imageDir, restoreDir]).catch(() => undefined);
+    }
+  });
+
+  it('ssh-stream.ts: streams a file over the lab sshd with matching sha256 on both sides', async () => {
+    const out = await example('examples/ssh-stream.ts', {});
+    expect(out).toMatch(/ssh: +\d+ bytes, sha256 matches/);
   });
 });

@@ -60,7 +60,7 @@ describe('VirshStrategy failure semantics (fault injection)', () => {
   }
 
   it('running VM: every phase fails cleanly, then an incremental still works', async () => {
-    const name = `vs-it-faults 'r'`;
+    const name = `vs-it-faults 'r' ${process.pid}`;
     const vda = posix.join(dir, `run a.qcow2`);
     const vdb = posix.join(dir, `run b.img`);
     await removeDomain(plain, name);
@@ -137,7 +137,7 @@ describe('VirshStrategy failure semantics (fault injection)', () => {
       const state = await snapshotState(name);
       expect(state.chains.vda).toHaveLength(2);
       expect(state.files.filter((f) => f.startsWith('run') && f.includes('.vs-'))).toHaveLength(2);
-      const restored = `vs-it-faults-restored`;
+      const restored = `vs-it-faults-restored-${process.pid}`;
       await removeDomain(plain, restored);
       const rdir = posix.join(dir, 'restored');
       await plain.mkdir(rdir);
@@ -152,7 +152,7 @@ describe('VirshStrategy failure semantics (fault injection)', () => {
   });
 
   it('stopped VM: qemu-img failures leave the definition and chain as they were', async () => {
-    const name = 'vs-it-faults-stopped';
+    const name = `vs-it-faults-stopped-${process.pid}`;
     const vda = posix.join(dir, 'st-a.qcow2');
     const vdb = posix.join(dir, 'st-b.qcow2');
     await removeDomain(plain, name);
@@ -210,12 +210,12 @@ describe('VirshStrategy failure semantics (fault injection)', () => {
       // every point restores to the guest view
       const rdir = posix.join(dir, 'restored-stopped');
       await plain.mkdir(rdir);
-      await removeDomain(plain, 'vs-it-faults-stopped-r');
-      await strategy.restore(name, repo, { backupId: ok.record.id, newName: 'vs-it-faults-stopped-r', targetDir: rdir });
-      const files = Object.fromEntries((await plain.getDomain('vs-it-faults-stopped-r', { inactive: true })).disks.map((d) => [d.target, d.file!]));
+      await removeDomain(plain, `vs-it-faults-stopped-r-${process.pid}`);
+      await strategy.restore(name, repo, { backupId: ok.record.id, newName: `vs-it-faults-stopped-r-${process.pid}`, targetDir: rdir });
+      const files = Object.fromEntries((await plain.getDomain(`vs-it-faults-stopped-r-${process.pid}`, { inactive: true })).disks.map((d) => [d.target, d.file!]));
       expect(await guestChecksum(plain, files.vda!, scratch)).toBe(after.sums.vda);
       expect(await guestChecksum(plain, files.vdb!, scratch)).toBe(after.sums.vdb);
-      await removeDomain(plain, 'vs-it-faults-stopped-r');
+      await removeDomain(plain, `vs-it-faults-stopped-r-${process.pid}`);
     } finally {
       await removeDomain(plain, name);
     }

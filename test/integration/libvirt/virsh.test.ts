@@ -15,7 +15,8 @@ import { FileRepository } from '../../../src/targets/file-repository.js';
 import { labVar, remoteRunner } from '../../support/lab.js';
 import { activeSources, chainOf, createDomain, flushGuest, guestChecksum, guestWrite, listDir, OWNER, removeDomain } from './helpers.js';
 
-const HOSTILE = `vs-it-virsh 'q" $(touch vs-pwned) \`id\` sp`;
+// unique per process: other runs of this suite may share the daemon
+const HOSTILE = `vs-it-virsh 'q" $(touch vs-pwned) \`id\` sp ${process.pid}`;
 
 describe('VirshStrategy over SSH', () => {
   let ssh: SshRunner;
@@ -101,7 +102,7 @@ describe('VirshStrategy over SSH', () => {
 
       const records = [full.record, inc1.record, inc2.record];
       for (const [i, rec] of records.entries()) {
-        const newName = `vs-it-restored-${i} 'x' $(y)`;
+        const newName = `vs-it-restored-${i} 'x' $(y) ${process.pid}`;
         await removeDomain(host, newName);
         const targetDir = posix.join(dir, `restore ${i}`);
         await host.mkdir(targetDir);
@@ -133,7 +134,7 @@ describe('VirshStrategy over SSH', () => {
   });
 
   it('stopped VM over the netcat data channel: excluded disk, definition restored, restore and start', async () => {
-    const name = 'vs-it-stopped';
+    const name = `vs-it-stopped-${process.pid}`;
     const vda = posix.join(dir, 'stopped-a.qcow2');
     const vdb = posix.join(dir, 'stopped-b.qcow2');
     await removeDomain(host, name);
@@ -171,7 +172,7 @@ describe('VirshStrategy over SSH', () => {
   });
 
   it('falls back to full per disk when the kept snapshot is gone, and says why', async () => {
-    const name = 'vs-it-fallback';
+    const name = `vs-it-fallback-${process.pid}`;
     const vda = posix.join(dir, 'fb-a.qcow2');
     await removeDomain(host, name);
     await createDomain(host, name, [{ target: 'vda', file: vda, format: 'qcow2', sizeMb: 16 }], true);
@@ -204,7 +205,7 @@ describe('VirshStrategy over SSH', () => {
   });
 
   it('pre/post hooks: output captured, abort policy stops the backup, continue records a warning', async () => {
-    const name = 'vs-it-hooks';
+    const name = `vs-it-hooks-${process.pid}`;
     const vda = posix.join(dir, 'hooks-a.qcow2');
     await removeDomain(host, name);
     await createDomain(host, name, [{ target: 'vda', file: vda, format: 'qcow2', sizeMb: 16 }], true);

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isVirtstreamError } from '../../../src/core/errors.js';
+import { NetcatRunner } from '../../../src/core/ssh/netcat-runner.js';
 import type { SshRunner } from '../../../src/core/ssh/ssh-runner.js';
 import { parseRbdDiffJson } from '../../../src/formats/rbd/rbd-diff-json.js';
 import { readRbdExportDiff } from '../../../src/formats/rbd/rbd-export-diff.js';
@@ -92,6 +93,20 @@ describe('RbdClient over SSH on a real cluster', () => {
     await rbd.importDiff(copy, Readable.from([diffBytes]));
     expect((await rbd.listSnapshots(copy)).map((s) => s.name)).toEqual(['s1', 's2']);
     expect((await exportSha256(copy, 's2')).sha256).toBe((await exportSha256(ref, 's2')).sha256);
+  });
+
+  it('streams export and import through the netcat data channel, byte-exact', async () => {
+    const ref: RbdImageRef = { pool: labPool(), image: `nc-${tag}` };
+    const copy: RbdImageRef = { pool: labPool(), image: `nc-copy-${tag}` };
+    created.push(ref, copy);
+    await freshImage(ref, 16, 4096);
+    await rbd.createSnapshot(ref, 'n1');
+    const nc = new RbdClient(new NetcatRunner(ssh, { listenAddress: '127.0.0.1' }), labCeph());
+    const exp = nc.openExport(ref, 'n1');
+    await nc.importImage(copy, exp.stream);
+    await exp.done;
+    await nc.createSnapshot(copy, 'n1');
+    expect((await exportSha256(copy, 'n1')).sha256).toBe((await exportSha256(ref, 'n1')).sha256);
   });
 
   it('maps failures to stable codes', async () => {

@@ -13,6 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Logger } from '../../../src/core/logger.js';
 import { applyRbdDiff } from '../../../src/formats/rbd/apply-rbd-diff.js';
 import { readRbdExportDiff } from '../../../src/formats/rbd/rbd-export-diff.js';
+import { NetcatRunner } from '../../../src/core/ssh/netcat-runner.js';
 import type { SshRunner } from '../../../src/core/ssh/ssh-runner.js';
 import type { BackupRecord } from '../../../src/core/target.js';
 import { LibvirtHost } from '../../../src/libvirt/libvirt-host.js';
@@ -213,6 +214,27 @@ describe('RbdSnapshotStrategy on a real cluster', () => {
     // no parent at all: also full, with a reason
     const b2 = await s.backup({ name: vm }, r, { kind: 'incremental' });
     expect(b2.disks[0]).toMatchObject({ kind: 'full', fallbackReason: 'no parent backup given' });
+  });
+
+  it('moves the disk bytes through the netcat data channel when given one', async () => {
+    const vm = `vs-rbd-nc-${tag}`;
+    const vda: RbdImageRef = { pool: labPool(), image: `nc-${tag}` };
+    images.push(vda, { pool: labPool(), image: `nc-r-${tag}-vda` });
+    await freshImage(vda, 16, 2048);
+    await defineVm(vm, [{ target: 'vda', ref: vda }]);
+    const r = repo();
+    const s = strategy({ dataRunner: new NetcatRunner(ssh, { listenAddress: '127.0.0.1' }) });
+    const b0 = await s.backup({ name: vm }, r);
+    await scribble(vda, 512);
+    const b1 = await s.backup({ name: vm }, r, { kind: 'incremental', parent: b0.record });
+    expect(b1.disks[0]!.kind).toBe('incremental');
+    expect(b0.record.disks[0]!.sha256).toBe((await exportSha256(vda, snapOf(b0.record, 'vda'))).sha256);
+    const want = (await exportSha256(vda, snapOf(b1.record, 'vda'))).sha256;
+    await s.restore(vm, r, { newName: `nc-r-${tag}` });
+    domains.push(`nc-r-${tag}`);
+    const img = { pool: labPool(), image: `nc-r-${tag}-vda` };
+    await localRbd().createSnapshot(img, 'check');
+    expect((await exportSha256(img, 'check')).sha256).toBe(want);
   });
 
   it('refuses non-RBD disks unless excluded, and unknown domains', async () => {

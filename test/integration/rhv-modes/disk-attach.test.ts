@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { isVirtstreamError } from '../../../src/core/errors.js';
 import { ByIdDeviceDiscovery } from '../../../src/rhv/device-discovery.js';
+import { swapUuidEndianness } from '../../../src/rhv/proxy-vm.js';
 import { RhvClient } from '../../../src/rhv/rhv-client.js';
 import { DiskAttachStrategy } from '../../../src/strategies/rhv/disk-attach.js';
 import type { DiskAttachStrategyOptions } from '../../../src/strategies/rhv/disk-attach.js';
@@ -109,6 +110,13 @@ describe('DiskAttachStrategy against the engine simulator with a proxy VM', () =
     const err = await strategy().backup({ name: vmName }, repo, { kind: 'incremental' }).catch((e: unknown) => e);
     expect(isVirtstreamError(err, 'ERR_UNSUPPORTED')).toBe(true);
     expect(String(err)).toMatch(/image-transfer/);
+  });
+
+  it('finds the proxy VM by a byte-swapped SMBIOS UUID too', async () => {
+    await writeFile(join(dir, 'product_uuid'), `${swapUuidEndianness(proxy.id).toUpperCase()}\n`);
+    const r = await strategy().backup({ name: vmName }, repo, { excludeDisks: ['root', 'data'] });
+    expect(r.disks).toHaveLength(1);
+    await expectClean();
   });
 
   it('fails clearly when the SDK does not run in a VM of the engine', async () => {

@@ -2,7 +2,8 @@
  * The CommandRunner contract, run against every runner: LocalRunner, SshRunner (lab sshd) and
  * NetcatRunner (lab sshd + nc on loopback).
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash, randomBytes, randomInt } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -13,6 +14,7 @@ import { NetcatRunner } from '../../../src/core/ssh/netcat-runner.js';
 import { SshRunner } from '../../../src/core/ssh/ssh-runner.js';
 import { labSshOptions } from '../../support/lab.js';
 import { pgrep, waitGone } from '../../support/remote-procs.js';
+import { waitFor } from '../../../src/core/waiter.js';
 
 const opened: CommandRunner[] = [];
 afterAll(async () => {
@@ -135,6 +137,32 @@ describe.each(factories)('CommandRunner contract: %s', (_name, make) => {
     await p.done;
     expect(n).toBe(48 * 1024 * 1024);
     expect(nonZero).toBe(0);
+  });
+
+  it('applies backpressure: a paused reader stops the producer, which then completes exactly', async () => {
+    const size = 200 * 1024 * 1024 + randomInt(1, 1000); // odd size doubles as a unique marker
+    const p = runner.spawn(['head', '-c', String(size), '/dev/zero']);
+    p.stdin.end();
+    let n = 0;
+    const iterator = p.stdout[Symbol.asyncIterator]();
+    while (n < 1024 * 1024) n += ((await iterator.next()).value as Buffer).length;
+    // the reader now pauses: the producer must stall after filling the bounded buffers on the way
+    const pid = await waitFor(async () => {
+      const pids = pgrep(`head -c ${size} /dev/zero`).filter((x) => readFileSync(`/proc/${x}/comm`, 'utf8').trim() === 'head');
+      return pids.length === 1 ? { done: true, value: pids[0]! } : { done: false };
+    }, { minDelayMs: 20, maxWaitMs: 15_000 });
+    const written = (): number => Number(/wchar: (\d+)/.exec(readFileSync(`/proc/${pid}/io`, 'utf8'))![1]);
+    let last = -1;
+    const stalledAt = await waitFor(async () => {
+      const w = written();
+      const settled = w === last;
+      last = w;
+      return settled ? { done: true, value: w } : { done: false, state: `${w} bytes written` };
+    }, { minDelayMs: 300, maxDelayMs: 300, maxWaitMs: 60_000 });
+    expect(stalledAt).toBeLessThan(64 * 1024 * 1024);
+    for (let r = await iterator.next(); !r.done; r = await iterator.next()) n += (r.value as Buffer).length;
+    await p.done;
+    expect(n).toBe(size);
   });
 
   it('rejects with ERR_ABORTED when the signal is already aborted', async () => {

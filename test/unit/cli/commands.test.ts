@@ -163,4 +163,24 @@ describe('virtstream list / verify / prune on a real repository', () => {
     expect((await repo.verify('other')).ok).toBe(true);
     expect(await readdir(repoDir)).toHaveLength(2);
   });
+
+  it('picks plain lines under CI even on a terminal, and --quiet keeps stderr empty', async () => {
+    await writeBackup(repo, 'web01', 'full');
+    const ci = await cli(['verify', '--repo', repoDir], { tty: true, env: { CI: 'true' } });
+    expect(ci.code).toBe(0);
+    expect(ci.err.text).toBe('web01: verify\n');
+    const quiet = await cli(['verify', '--repo', repoDir, '--quiet'], { tty: true });
+    expect(quiet.err.text).toBe('');
+    expect(quiet.out.text).toContain('1 backup(s) checked, 0 damaged');
+  });
+
+  it('rejects a path-traversal backup id with a stable code and touches nothing', async () => {
+    await writeBackup(repo, 'web01', 'full');
+    const res = await cli(['verify', 'web01', '../../../etc', '--repo', repoDir, '--json']);
+    expect(res.code).toBe(1);
+    expect(res.out.json().at(-1)).toMatchObject({ type: 'error', code: 'ERR_REPO_PATH' });
+    const list = await cli(['list', "../../$(touch /tmp/vs-cli-pwned)", '--repo', repoDir]);
+    expect(list.code).toBe(0);
+    expect(list.out.text).toContain('no backups of');
+  });
 });

@@ -54,6 +54,7 @@ describe('parseConfig', () => {
       [bad((c) => ((c.managers.prod as Record<string, unknown>).url = 'ftp://x')), 'managers.prod.url'],
       [bad((c) => ((c.managers.prod as Record<string, unknown>).url = 'https://admin:pw@engine/')), 'managers.prod.url'],
       [bad((c) => ((c.managers.prod as Record<string, unknown>).type = 'vmware')), 'managers.prod.type'],
+      [bad((c) => ((c.managers.prod as Record<string, unknown>).apiVersion = 5)), 'managers.prod.apiVersion'],
       [bad((c) => ((c.hosts.kvm1 as Record<string, unknown>).port = 70000)), 'hosts.kvm1.port'],
       [bad((c) => ((c.hosts.kvm1 as Record<string, unknown>).host = '')), 'hosts.kvm1.host'],
       [bad((c) => ((c.hosts as Record<string, unknown>)['bad name$(id)'] = { type: 'libvirt', host: 'h' })), 'hosts.bad name$(id)'],
@@ -123,7 +124,7 @@ describe('docs/virtstream-config.schema.json and the CLI guide', () => {
       properties: Record<string, { additionalProperties?: { properties?: Record<string, unknown> }; properties?: Record<string, unknown> }>;
     };
     expect(Object.keys(schema.properties).sort()).toEqual(['$schema', 'hosts', 'managers', 'repository', 'retention', 'vms']);
-    expect(Object.keys(schema.properties.managers!.additionalProperties!.properties!).sort()).toEqual(['caFile', 'insecure', 'password', 'type', 'url', 'username']);
+    expect(Object.keys(schema.properties.managers!.additionalProperties!.properties!).sort()).toEqual(['apiVersion', 'caFile', 'insecure', 'password', 'type', 'url', 'username']);
     expect(Object.keys(schema.properties.hosts!.additionalProperties!.properties!).sort()).toEqual(['host', 'knownHosts', 'password', 'port', 'privateKey', 'type', 'uri', 'username']);
     expect(Object.keys(schema.properties.retention!.properties!).sort()).toEqual(['keepDaily', 'keepLast', 'keepMonthly', 'keepWeekly']);
   });

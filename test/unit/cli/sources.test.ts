@@ -4,7 +4,10 @@ import { openSource, ruleFor } from '../../../src/cli/sources.js';
 import { isVirtstreamError } from '../../../src/index.js';
 
 const config = parseConfig({
-  managers: { prod: { type: 'rhv', url: 'https://engine.invalid/ovirt-engine/api', username: 'admin@internal', password: { env: 'PW' } } },
+  managers: {
+    prod: { type: 'rhv', url: 'https://engine.invalid/ovirt-engine/api', username: 'admin@internal', password: { env: 'PW' } },
+    old: { type: 'rhv', url: 'https://engine.invalid/ovirt-engine/api', username: 'admin@internal', password: { env: 'PW' }, apiVersion: 3 },
+  },
   hosts: { kvm1: { type: 'libvirt', host: '127.0.0.1', port: 1, privateKey: { env: 'KEY' } } },
   vms: [
     { match: { name: 'web01' }, from: 'prod', strategy: 'image-transfer', options: { concurrency: 1 } },
@@ -65,9 +68,23 @@ describe('openSource', () => {
     expect((await engine.strategy('image-transfer', {})).id).toBe('image-transfer');
     await engine.close();
     const host = await openSource(config, 'kvm1', { KEY: 'k' }, logger);
+    expect((await host.strategy('virsh', {})).id).toBe('virsh');
     expect((await host.strategy('lvm', {})).id).toBe('lvm');
     expect((await host.strategy('rbd', {})).id).toBe('rbd');
     await expect(host.strategy('nope', {})).rejects.toMatchObject({ code: 'ERR_UNSUPPORTED' });
     await host.close();
+  });
+
+  it('resolves ssh-transfer hypervisors to config hosts, secrets still by reference', async () => {
+    const logger = { debug() {}, info() {}, warn() {}, error() {} };
+    const engine = await openSource(config, 'prod', { PW: 'x', KEY: 'key-material' }, logger);
+    expect((await engine.strategy('ssh-transfer', { hosts: { 'hv1.example.com': 'kvm1' } })).id).toBe('ssh-transfer');
+    await expect(engine.strategy('ssh-transfer', { hosts: { hv1: 'nope' } })).rejects.toMatchObject({ code: 'ERR_CONFIG', field: 'options.hosts.hv1' });
+    expect((await engine.strategy('disk-attach', {})).id).toBe('disk-attach');
+    await engine.close();
+    // export-domain speaks API v3: a manager entry with apiVersion 3
+    const old = await openSource(config, 'old', { PW: 'x' }, logger);
+    expect((await old.strategy('export-domain', { stagingPath: '/mnt/export' })).id).toBe('export-domain');
+    await old.close();
   });
 });

@@ -144,6 +144,19 @@ describe('LvmClient command sequences (recording runner)', () => {
     expect(r.calls.at(-1)!.stdin.toString()).toBe('abc');
   });
 
+  it('sends dd through the data runner and LVM commands through the main runner', async () => {
+    const main = new ScriptedRunner(answer);
+    const data = new ScriptedRunner(() => ({ stdout: Buffer.alloc(10) }));
+    const lvm = new LvmClient(main, { dataRunner: data });
+    await lvm.getLogicalVolume('vg-data.1', 'root');
+    const read = lvm.openRead('/dev/vg-data.1/root');
+    read.stream.resume();
+    await read.done;
+    await lvm.writeDevice('/dev/vg-data.1/root', Readable.from([Buffer.from('x')]));
+    expect(main.argvs().map((a) => a[0])).toEqual(['vgs', 'lvs']);
+    expect(data.argvs().map((a) => a[0])).toEqual(['dd', 'dd']);
+  });
+
   it('maps tool failures to ERR_LVM with the stderr tail, without fd-leak noise', async () => {
     const r = new ScriptedRunner((argv) =>
       argv[0] === 'lvcreate'

@@ -82,6 +82,20 @@ describe('RbdClient argv and errors (recording runner)', () => {
     expect(rbd.config).toEqual({ id: 'backup', keyring: '/etc/ceph/k', conf: '/etc/ceph/c.conf', monHosts: ['10.0.0.1:6789', '[v2:10.0.0.2:3300]'], cluster: 'ceph' });
   });
 
+  it('sends the streaming commands through the data runner', async () => {
+    const main = new ScriptedRunner(() => ({ stdout: snapLs }));
+    const data = new ScriptedRunner(() => ({ stdout: 'bytes' }));
+    const rbd = new RbdClient(main, { dataRunner: data, opTimeoutSeconds: 0 });
+    const img = { pool: 'p', image: 'i' };
+    await rbd.listSnapshots(img);
+    const exp = rbd.openExport(img, 'a');
+    exp.stream.resume();
+    await exp.done;
+    await rbd.importDiff(img, Readable.from([Buffer.from('d')]));
+    expect(main.argvs().map((a) => a[1])).toEqual(['snap']);
+    expect(data.argvs().map((a) => a[1])).toEqual(['export', 'import-diff']);
+  });
+
   it('omits unset connection options and the timeout when disabled', async () => {
     const r = new ScriptedRunner(() => ({ stdout: info }));
     await new RbdClient(r, { opTimeoutSeconds: 0, rbdPath: '/usr/bin/rbd' }).info({ pool: 'p', image: 'i' }, { snap: 's' });

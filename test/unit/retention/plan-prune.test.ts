@@ -217,6 +217,19 @@ describe('planPrune', () => {
     }
   });
 
+  it('handles a 20,000-backup forever-incremental chain without deep recursion', () => {
+    const records: RetentionRecord[] = [rec('c0', 'full', NOW - 20_000 * 3_600_000)];
+    for (let i = 1; i < 20_000; i++) records.push(rec(`c${i}`, 'incremental', NOW - (20_000 - i) * 3_600_000, `c${i - 1}`));
+    const chains = planPrune(records, { keepLast: 3 }, new Date(NOW));
+    expect(chains.keep).toHaveLength(20_000);
+    expect(chains.remove).toEqual([]);
+    const syn = planPrune(records, { keepLast: 1 }, new Date(NOW), { mode: 'synthesize' });
+    expect(syn.synthesize.map((x) => [x.backupId, x.chain.length])).toEqual([['c19999', 20_000]]);
+    expect(syn.remove).toHaveLength(20_000);
+    expect(syn.remove[0]!.id).toBe('c19999');
+    expect(syn.remove.at(-1)!.id).toBe('c0');
+  });
+
   describe('properties on random synthetic chains (seeded)', () => {
     const seeds = Array.from({ length: 300 }, (_, i) => 1000 + i * 7919);
     it.each(['chains', 'synthesize'] as const)('no kept backup ever loses a parent (%s mode)', (mode) => {
