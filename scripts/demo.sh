@@ -20,8 +20,8 @@ fi
 command -v node >/dev/null 2>&1 || { echo "[demo] Node.js 20.19+ is required" >&2; exit 1; }
 
 if [ ! -d node_modules ]; then
-  echo "[demo] npm ci" >&2
-  npm ci --no-audit --no-fund >&2
+  echo "[demo] npm install" >&2
+  npm install --no-audit --no-fund >&2
 fi
 echo "[demo] npm run build" >&2
 npm run build >&2

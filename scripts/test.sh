@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/lab/install-packages.sh
-npm ci --no-audit --no-fund
+# npm ci rejects this npm's lockfile (it omits other platforms' optional packages); install honours the lock
+npm install --no-audit --no-fund
 npm run build
 node scripts/check-package.mjs
 npm run typecheck

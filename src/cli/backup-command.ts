@@ -1,6 +1,6 @@
 import { isVirtstreamError } from '../index.js';
 import type { BackupKind, BackupRecord } from '../index.js';
-import type { CliConfig } from './config.js';
+import type { CliConfig, VmListing } from './config.js';
 import { ConfigError } from './config-error.js';
 import { EXIT, exitCodeFor, UsageError } from './exit-codes.js';
 import { formatBytes, formatDuration, printable } from './format.js';
@@ -53,19 +53,27 @@ function labelsOf(ctx: CommandContext): Record<string, string> {
   return out;
 }
 
-/** Every VM the config rules select (`--all`): names directly, regex and tag rules by listing sources. */
-async function allVms(config: CliConfig, pool: SourcePool, signal: AbortSignal): Promise<string[]> {
-  const names = new Set<string>();
+/**
+ * Every VM the config rules select (`--all`): names directly, regex and tag rules by listing the
+ * sources. Tags found this way are kept, so that tag rules match the VM afterwards.
+ */
+async function allVms(config: CliConfig, pool: SourcePool, signal: AbortSignal): Promise<VmListing[]> {
+  const found = new Map<string, VmListing>();
+  const add = (vm: VmListing): void => {
+    const prev = found.get(vm.name);
+    const tags = [...new Set([...(prev?.tags ?? []), ...(vm.tags ?? [])])];
+    found.set(vm.name, { name: vm.name, ...(tags.length > 0 ? { tags } : {}) });
+  };
   for (const rule of config.vms) {
     const m = rule.match;
-    if ('name' in m) names.add(m.name);
+    if ('name' in m) add({ name: m.name });
     else {
       const source = await pool.get(rule.from);
       const vms = await source.listVms({ ...('tag' in m ? { tag: m.tag } : {}), signal });
-      for (const vm of vms) if (!('regex' in m) || new RegExp(m.regex, 'u').test(vm.name)) names.add(vm.name);
+      for (const vm of vms) if (!('regex' in m) || new RegExp(m.regex, 'u').test(vm.name)) add(vm);
     }
   }
-  return [...names];
+  return [...found.values()];
 }
 
 /** `virtstream backup`: one backup per VM, one after the other, each cancelled cleanly on Ctrl-C. */
@@ -78,14 +86,15 @@ export async function backupCommand(ctx: CommandContext): Promise<number> {
   const exclude = Array.isArray(v['exclude-disk']) ? v['exclude-disk'] : [];
   const flags = { ...(typeof v.from === 'string' ? { from: v.from } : {}), ...(typeof v.strategy === 'string' ? { strategy: v.strategy } : {}) };
   await using pool = new SourcePool(config, ctx);
-  const vms = v.all === true ? await allVms(config, pool, ctx.signal) : ctx.args.positionals;
+  const vms: VmListing[] = v.all === true ? await allVms(config, pool, ctx.signal) : ctx.args.positionals.map((name) => ({ name }));
   if (vms.length === 0) throw new UsageError(v.all === true ? 'the config rules select no VM' : 'name at least one VM, or pass --all', 'backup');
 
   const failures: unknown[] = [];
-  for (const vm of vms) {
+  for (const listing of vms) {
+    const vm = listing.name;
     const started = performance.now();
     try {
-      const rule = ruleFor(config, { name: vm }, flags);
+      const rule = ruleFor(config, listing, flags);
       const source = await pool.get(rule.from);
       const strategy = await source.strategy(rule.strategy, rule.options ?? {});
       const previous: BackupRecord | undefined = (await repo.list(vm, { signal: ctx.signal })).filter((r) => r.strategy === strategy.id).at(-1);

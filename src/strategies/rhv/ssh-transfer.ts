@@ -37,7 +37,11 @@ import type {
 } from '../../core/strategy.js';
 import type { BackupRecord, BackupSession, BackupTarget, RestoreSource, StoredDiskArtifact } from '../../core/target.js';
 import type { DiskImage } from '../../formats/disk-image.js';
+import type { Extent } from '../../formats/extent.js';
+import { coalesceExtents } from '../../formats/extent-map.js';
 import { openDiskImage } from '../../formats/open-disk-image.js';
+import { probeFormat } from '../../formats/qcow2/qcow2-image.js';
+import { RawImage } from '../../formats/raw-image.js';
 import { writeQcow2 } from '../../formats/qcow2/qcow2-writer.js';
 import type { RhvClient } from '../../rhv/rhv-client.js';
 import type { RhvPollOptions } from '../../rhv/rest/service-context.js';
@@ -46,6 +50,7 @@ import type { RhvDisk, RhvDiskSnapshot, RhvVm } from '../../rhv/rest/types.js';
 import { child, text } from '../../rhv/rest/xml.js';
 import { blockVolume, fileVolumePath, requireUuid, storageKindOf } from '../../rhv/storage-paths.js';
 import { mergeLayers } from '../../snapshot/merge-layers.js';
+import type { RandomAccessLayer } from '../../snapshot/merge-layers.js';
 import { ImageTransferStrategy } from './image-transfer.js';
 import type { ImageTransferStrategyOptions } from './image-transfer.js';
 
@@ -366,13 +371,19 @@ export class SshTransferStrategy implements BackupStrategy {
         delete plan.parentArtifact;
       } else layers = chain.slice(i + 1);
     }
-    const images: DiskImage[] = [];
+    const images: (DiskImage | RandomAccessLayer)[] = [];
     let read = 0;
     try {
       for (const v of layers) {
         const local = join(spool, `${disk.id}-${requireUuid(v.id, 'volume id')}`);
-        read += await this.#spool(runner, domain, disk.id, v.id, local, (n) => progress({ type: 'bytes', disk: disk.name, transferred: read + n }), dlog, signal);
-        images.push(await openDiskImage(local, { backing: 'ignore', ...opts }));
+        const spooled = await this.#spool(runner, domain, disk.id, v.id, local, (n) => progress({ type: 'bytes', disk: disk.name, transferred: read + n }), dlog, signal);
+        read += spooled.bytes;
+        if ((await probeFormat(local, signal)) === 'raw') {
+          // a RAW volume's map was computed while it streamed in
+          const raw = await RawImage.open(local, { map: 'data', ...opts });
+          const map = spooled.map;
+          images.push({ virtualSize: raw.virtualSize, map: async () => map, read: (o, l, ro) => raw.read(o, l, ro), close: () => raw.close() });
+        } else images.push(await openDiskImage(local, { format: 'qcow2', backing: 'ignore', ...opts }));
       }
       for (const img of images) {
         if (img.virtualSize !== disk.provisionedSize) throw new VirtstreamError('ERR_FORMAT_CORRUPT', `volume of disk ${disk.name} has size ${img.virtualSize}, the engine says ${disk.provisionedSize}`);
@@ -407,7 +418,7 @@ export class SshTransferStrategy implements BackupStrategy {
       dlog.info({ bytes: written.bytes, kind: plan.kind, layers: layers.length }, 'disk stored');
       return { diskId: disk.id, kind: plan.kind, bytes: written.bytes, ...(plan.fallbackReason ? { fallbackReason: plan.fallbackReason } : {}) };
     } finally {
-      for (const img of images) await img.close().catch(() => undefined);
+      for (const img of images) await img.close?.().catch(() => undefined);
     }
   }
 
@@ -421,7 +432,7 @@ export class SshTransferStrategy implements BackupStrategy {
     onBytes: (n: number) => void,
     log: Logger,
     signal: AbortSignal | undefined,
-  ): Promise<number> {
+  ): Promise<{ bytes: number; map: Extent[] }> {
     throwIfAborted(signal);
     let path: string;
     let deactivate: string | undefined;
@@ -436,9 +447,12 @@ export class SshTransferStrategy implements BackupStrategy {
     try {
       log.debug({ path }, 'reading volume');
       const proc = runner.spawn(['cat', '--', path], { bulk: 'stdout', ...(signal ? { signal } : {}) });
+      // the zero map of the stream, so a RAW volume needs no second scan
+      const zeros = new ZeroMap();
       let n = 0;
       const count = new Transform({
         transform(chunk: Buffer, _enc, cb) {
+          zeros.add(chunk);
           n += chunk.length;
           onBytes(n);
           cb(null, chunk);
@@ -455,7 +469,7 @@ export class SshTransferStrategy implements BackupStrategy {
         throw isVirtstreamError(outcome) ? outcome : normalizeAbort(err, signal);
       }
       await proc.done;
-      return n;
+      return { bytes: n, map: zeros.extents() };
     } finally {
       if (deactivate) await runner.run(['lvchange', '-an', deactivate], { signal: cleanupSignal() }).catch((err: unknown) => log.warn({ err, lv: deactivate }, 'could not deactivate LV'));
     }
@@ -477,4 +491,37 @@ export class SshTransferStrategy implements BackupStrategy {
 function backingPath(backupId: string, parentId: string, parent: StoredDiskArtifact): string {
   const dir = posix.dirname(posix.join(backupId, parent.file));
   return posix.relative(dir, posix.join(parentId, parent.file));
+}
+
+/** Builds the data/zero map of a byte stream in 64 KiB granules as it passes (a partial last granule counts by its bytes). */
+class ZeroMap {
+  static readonly GRANULE = 65536;
+  static readonly #zero = Buffer.alloc(ZeroMap.GRANULE);
+  readonly #extents: Extent[] = [];
+  #pos = 0;
+  /** Whether the granule being filled has non-zero bytes so far. */
+  #dirty = false;
+
+  add(chunk: Buffer): void {
+    let off = 0;
+    while (off < chunk.length) {
+      const inGranule = this.#pos % ZeroMap.GRANULE;
+      const take = Math.min(ZeroMap.GRANULE - inGranule, chunk.length - off);
+      if (!this.#dirty && !chunk.subarray(off, off + take).equals(ZeroMap.#zero.subarray(0, take))) this.#dirty = true;
+      this.#pos += take;
+      off += take;
+      if (this.#pos % ZeroMap.GRANULE === 0) this.#flush(ZeroMap.GRANULE);
+    }
+  }
+
+  #flush(length: number): void {
+    this.#extents.push({ offset: this.#pos - length, length, kind: this.#dirty ? 'data' : 'zero' });
+    this.#dirty = false;
+  }
+
+  extents(): Extent[] {
+    const rest = this.#pos % ZeroMap.GRANULE;
+    if (rest > 0) this.#flush(rest);
+    return coalesceExtents(this.#extents, this.#pos);
+  }
 }

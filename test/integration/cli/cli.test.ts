@@ -5,6 +5,8 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FileRepository, waitFor } from '../../../src/index.js';
 import { EngineSimulator, ImageioServer } from '../../../src/entries/testing.js';
+import type { SimulatorExtension } from '../../../src/entries/testing.js';
+import { toXml } from '../../../src/rhv/rest/xml.js';
 import { runCliInPty, runCliProcess } from './cli-process.js';
 
 const MiB = 1024 * 1024;
@@ -338,5 +340,35 @@ describe('virtstream CLI against the engine simulator', () => {
     expect(lines(tooEarly.output()).at(-1)).toMatchObject({ type: 'error', code: 'ERR_CHAIN_POINT' });
     const bad = runCliProcess(['restore', 'bf01', '--before', 'yesterday', '-c', config, '--json'], env());
     expect(await bad.exit).toBe(3);
+  });
+
+  it('backup --all with a tag rule asks the engine for the tagged VMs (search=tag=NAME)', async () => {
+    // the simulator has no tags: this extension answers the engine's tag search the way oVirt does
+    const tagged: Record<string, string[]> = { nightly: ['web01', 'bf01'] };
+    const searches: string[] = [];
+    const tags: SimulatorExtension = {
+      async handle(req) {
+        const m = req.method === 'GET' && req.path === '/vms' ? /^tag=(.+)$/.exec(req.query.get('search') ?? '') : null;
+        if (!m) return undefined;
+        searches.push(m[1]!);
+        const names = tagged[m[1]!] ?? [];
+        const vms = sim.state().vms.filter((v) => names.includes(v.name));
+        return [200, toXml('vms', { vm: vms.map((v) => ({ '@id': v.id, name: v.name, status: v.status })) })];
+      },
+    };
+    sim.use(tags);
+    const cfg = join(dir, 'tags.json');
+    await writeFile(
+      cfg,
+      JSON.stringify({
+        repository: 'tag-repo',
+        managers: { sim: { type: 'rhv', url: sim.url, username: 'admin@internal', password: { env: 'SIM_PW' }, caFile: 'ca.pem' } },
+        vms: [{ match: { tag: 'nightly' }, from: 'sim', strategy: 'image-transfer' }],
+      }),
+    );
+    const run = runCliProcess(['backup', '--all', '-c', cfg, '--json', '--full'], env());
+    expect(await run.exit, run.stderr()).toBe(0);
+    expect(searches).toContain('nightly');
+    expect(lines(run.output()).filter((l) => l.type === 'backup').map((l) => l.vm).sort()).toEqual(['bf01', 'web01']);
   });
 });
