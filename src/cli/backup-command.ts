@@ -76,6 +76,37 @@ async function allVms(config: CliConfig, pool: SourcePool, signal: AbortSignal):
   return [...found.values()];
 }
 
+/**
+ * VMs named on the command line, with the tags of the config's tag rules they carry (asked from the
+ * rules' sources only when a tag rule exists and no name or regex rule selects the VM first).
+ */
+async function withTags(config: CliConfig, pool: SourcePool, names: readonly string[], signal: AbortSignal): Promise<VmListing[]> {
+  const tagRules = config.vms.filter((r) => 'tag' in r.match);
+  if (tagRules.length === 0) return names.map((name) => ({ name }));
+  const members = new Map<string, Set<string>>(); // tag -> VM names, one query per tag rule
+  const out: VmListing[] = [];
+  for (const name of names) {
+    const first = config.vms.find((r) => ('name' in r.match && r.match.name === name) || ('regex' in r.match && new RegExp(r.match.regex, 'u').test(name)) || 'tag' in r.match);
+    if (!first || !('tag' in first.match)) {
+      out.push({ name });
+      continue;
+    }
+    const tags: string[] = [];
+    for (const rule of tagRules) {
+      const tag = (rule.match as { tag: string }).tag;
+      let set = members.get(`${rule.from}\0${tag}`);
+      if (!set) {
+        const source = await pool.get(rule.from);
+        set = new Set((await source.listVms({ tag, signal })).map((x) => x.name));
+        members.set(`${rule.from}\0${tag}`, set);
+      }
+      if (set.has(name)) tags.push(tag);
+    }
+    out.push({ name, ...(tags.length > 0 ? { tags } : {}) });
+  }
+  return out;
+}
+
 /** `virtstream backup`: one backup per VM, one after the other, each cancelled cleanly on Ctrl-C. */
 export async function backupCommand(ctx: CommandContext): Promise<number> {
   const { config, repo } = await openRepository(ctx);
@@ -86,7 +117,7 @@ export async function backupCommand(ctx: CommandContext): Promise<number> {
   const exclude = Array.isArray(v['exclude-disk']) ? v['exclude-disk'] : [];
   const flags = { ...(typeof v.from === 'string' ? { from: v.from } : {}), ...(typeof v.strategy === 'string' ? { strategy: v.strategy } : {}) };
   await using pool = new SourcePool(config, ctx);
-  const vms: VmListing[] = v.all === true ? await allVms(config, pool, ctx.signal) : ctx.args.positionals.map((name) => ({ name }));
+  const vms: VmListing[] = v.all === true ? await allVms(config, pool, ctx.signal) : await withTags(config, pool, ctx.args.positionals, ctx.signal);
   if (vms.length === 0) throw new UsageError(v.all === true ? 'the config rules select no VM' : 'name at least one VM, or pass --all', 'backup');
 
   const failures: unknown[] = [];

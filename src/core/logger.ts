@@ -2,10 +2,15 @@
  * pino-shaped logger. A pino instance fits directly; the default is silent.
  */
 export interface Logger {
+  /** Detail for troubleshooting (each request, each command). */
   debug(obj: object, msg?: string): void;
+  /** Milestones (backup started, disk done). */
   info(obj: object, msg?: string): void;
+  /** Something degraded but the operation goes on (fallback to full, cleanup step failed). */
   warn(obj: object, msg?: string): void;
+  /** The operation failed. */
   error(obj: object, msg?: string): void;
+  /** A logger that adds `bindings` to every entry. */
   child?(bindings: object): Logger;
 }
 

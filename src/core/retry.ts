@@ -13,6 +13,7 @@ export interface RetryOptions {
   signal?: AbortSignal;
   /** Overrides the default decision ({@link isRetryable}). */
   shouldRetry?: (error: unknown) => boolean;
+  /** Called before each retry with the error and the number of the failed attempt. */
   onRetry?: (error: unknown, attempt: number) => void;
 }
 

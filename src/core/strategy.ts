@@ -74,6 +74,11 @@ export interface BackupStrategy {
   /** Stable id written to manifests and logs. */
   readonly id: string;
   readonly capabilities: StrategyCapabilities;
+  /**
+   * Backs up `vm` into `target`. On any failure or abort the VM is left as it was and nothing is
+   * committed.
+   */
   backup(vm: VmRef, target: BackupTarget, options?: BackupOptions): Promise<BackupResult>;
+  /** Restores a backup of `vmName` (the chain up to `options.backupId`) from `source`. */
   restore(vmName: string, source: RestoreSource, options?: RestoreOptions): Promise<RestoreResult>;
 }

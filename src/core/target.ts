@@ -69,6 +69,7 @@ export interface BackupSession extends AsyncDisposable {
 
 /** Where backups go. The embedded default is `FileRepository`. */
 export interface BackupTarget {
+  /** Starts a backup: takes the VM's write lock and returns a session to write into. */
   begin(options: BeginBackupOptions): Promise<BackupSession>;
 }
 
@@ -105,8 +106,10 @@ export interface BackupRecord {
 export interface RestoreSource {
   /** Committed backups of a VM (by name), oldest first. */
   list(vmName: string, options?: { signal?: AbortSignal }): Promise<BackupRecord[]>;
+  /** One committed backup (`ERR_NOT_FOUND` when absent). */
   get(vmName: string, backupId: string, options?: { signal?: AbortSignal }): Promise<BackupRecord>;
   /** Streams a stored disk artifact, exactly the bytes written. */
   openDisk(vmName: string, backupId: string, diskId: string, options?: { signal?: AbortSignal }): Promise<NodeJS.ReadableStream & AsyncIterable<Buffer>>;
+  /** A stored metadata file, whole (metadata files are small). */
   readMetadata(vmName: string, backupId: string, name: string, options?: { signal?: AbortSignal }): Promise<Buffer>;
 }

@@ -8,6 +8,8 @@ export { ImageioClient } from '../rhv/imageio/imageio-client.js';
 export { ImageioError } from '../rhv/imageio/imageio-error.js';
 export type { ImageioErrorOptions, ImageioRange } from '../rhv/imageio/imageio-error.js';
 export type {
+  ImageioChecksum,
+  ImageioChecksumOptions,
   ImageioClientOptions,
   ImageioDownloadOptions,
   ImageioExtent,

@@ -5,6 +5,8 @@
  * @module virtstream/testing
  */
 export { ImageioServer } from '../testing/imageio-server/imageio-server.js';
+export { ImageioProxy } from '../testing/imageio-server/imageio-proxy.js';
+export type { ImageioProxyOptions, ImageioProxyRecord } from '../testing/imageio-server/imageio-proxy.js';
 export type {
   ImageioFault,
   ImageioFaultMatch,
@@ -19,6 +21,7 @@ export type {
   ImageioServerFactory,
   SimulatorDiskSpec,
   SimulatorImageioServer,
+  SimulatorImageioProxy,
   SimulatorState,
   SimulatorTicket,
   SimulatorVmInfo,

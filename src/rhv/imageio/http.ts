@@ -14,6 +14,8 @@ export interface Endpoint {
   /** `/images/<ticket>` */
   readonly path: string;
   readonly via: 'transfer' | 'proxy';
+  /** Set when requests go over the daemon's Unix socket (plain HTTP; `origin` is then `http://localhost`). */
+  readonly socketPath?: string;
 }
 
 /** Request description. */

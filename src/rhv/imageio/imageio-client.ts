@@ -1,4 +1,6 @@
-import { Agent, Client } from 'undici';
+import { lookup } from 'node:dns/promises';
+import { networkInterfaces } from 'node:os';
+import { Agent, Client, Pool } from 'undici';
 import type { Dispatcher } from 'undici';
 import { AbortedError, InvalidArgumentError, isRetryable, SizeMismatchError, UnsupportedError } from '../../core/errors.js';
 import type { Logger } from '../../core/logger.js';
@@ -12,6 +14,8 @@ import type { Endpoint, ImageioHttpRequest } from './http.js';
 import { ImageioError } from './imageio-error.js';
 import type { ImageioRange } from './imageio-error.js';
 import type {
+  ImageioChecksum,
+  ImageioChecksumOptions,
   ImageioClientOptions,
   ImageioDownloadOptions,
   ImageioExtent,
@@ -32,10 +36,17 @@ const DEFAULT_REQUEST = 8 * MiB;
 const MAX_REQUEST = 128 * MiB;
 /** Largest extents JSON accepted (an 8 TiB fragmented image stays far below). */
 const MAX_EXTENTS_JSON = 64 * MiB;
+/** imageio's blkhash block size bounds: BLOCK_SIZE (4 MiB) / 4 .. BLOCK_SIZE × 4, in 4 KiB steps. */
+const MIN_CHECKSUM_BLOCK = MiB;
+const MAX_CHECKSUM_BLOCK = 16 * MiB;
+/** A checksum reads the whole image before answering: a longer wait for its response by default. */
+const DEFAULT_CHECKSUM_TIMEOUT = 30 * 60_000;
 
 interface Resolved {
   ep: Endpoint;
   info: ImageioServerInfo;
+  /** The dispatcher single requests use: the client's pool, or a pool over the Unix socket. */
+  dispatcher: Dispatcher;
 }
 
 /**
@@ -44,7 +55,10 @@ interface Resolved {
  * download/upload with per-range retries and exact byte checks.
  *
  * The first request sends `OPTIONS` to `transferUrl`; if that cannot connect and `proxyUrl` is
- * set, the proxy is used for the client's lifetime. TLS verification is on by default.
+ * set, the proxy is used for the client's lifetime. When the daemon reports a `unix_socket` and the
+ * transfer URL's host is this machine, the client reconnects over that socket (plain HTTP, no TLS),
+ * as the oVirt Python client does (`unixSocket: false` turns this off). TLS verification is on by
+ * default.
  *
  * @example
  * ```ts
@@ -67,6 +81,7 @@ export class ImageioClient implements AsyncDisposable {
   readonly #retries: number;
   readonly #retryDelayMs: number;
   readonly #extra = new Set<Dispatcher>();
+  readonly #unixSocket: boolean;
   #resolved: Promise<Resolved> | undefined;
   #closed = false;
 
@@ -86,6 +101,7 @@ export class ImageioClient implements AsyncDisposable {
       rejectUnauthorized: options.insecure !== true,
     });
     this.#logger = childLogger(redactingLogger(options.logger ?? silentLogger), { component: 'imageio' });
+    this.#unixSocket = options.unixSocket ?? true;
     if (options.dispatcher) {
       this.#dispatcher = options.dispatcher;
       this.#owns = false;
@@ -139,9 +155,10 @@ export class ImageioClient implements AsyncDisposable {
       const size = await this.#probeSize(options.signal);
       return size === 0 ? [] : [{ offset: 0, length: size, zero: false, hole: false }];
     }
+    const { dispatcher } = await this.#resolve(options.signal);
     return this.#retry(async () => {
       const req = this.#req('GET', 'extents', options.signal, { suffix: '/extents', query: { context } });
-      const res = await send(this.#dispatcher, ep, req);
+      const res = await send(dispatcher, ep, req);
       if (res.statusCode !== 200) return failStatus(res, req);
       const text = await readText(res.body, MAX_EXTENTS_JSON + 1);
       if (text.length > MAX_EXTENTS_JSON) throw new ImageioError('imageio extents: response too large');
@@ -160,8 +177,8 @@ export class ImageioClient implements AsyncDisposable {
     checkRange(offset, length);
     if (length > MAX_READ) throw new InvalidArgumentError(`read length ${length} exceeds ${MAX_READ}: use download()`);
     if (length === 0) return Buffer.alloc(0);
-    const { ep } = await this.#resolve(options.signal);
-    return this.#retry(() => this.#get(this.#dispatcher, ep, offset, length, options.signal), options.signal);
+    const { ep, dispatcher } = await this.#resolve(options.signal);
+    return this.#retry(() => this.#get(dispatcher, ep, offset, length, options.signal), options.signal);
   }
 
   /**
@@ -173,8 +190,8 @@ export class ImageioClient implements AsyncDisposable {
   async write(offset: number, data: Uint8Array, options: ImageioWriteOptions = {}): Promise<void> {
     checkRange(offset, data.length);
     if (data.length === 0) return;
-    const { ep, info } = await this.#resolve(options.signal);
-    await this.#retry(() => this.#put(this.#dispatcher, ep, info, offset, data, options.flush ?? false, options.signal), options.signal);
+    const { ep, info, dispatcher } = await this.#resolve(options.signal);
+    await this.#retry(() => this.#put(dispatcher, ep, info, offset, data, options.flush ?? false, options.signal), options.signal);
   }
 
   /**
@@ -186,8 +203,8 @@ export class ImageioClient implements AsyncDisposable {
   async zero(offset: number, length: number, options: ImageioWriteOptions = {}): Promise<void> {
     checkRange(offset, length);
     if (length === 0) return;
-    const { ep, info } = await this.#resolve(options.signal);
-    await this.#zero(this.#dispatcher, ep, info, offset, length, options.flush ?? false, options.signal);
+    const { ep, info, dispatcher } = await this.#resolve(options.signal);
+    await this.#zero(dispatcher, ep, info, offset, length, options.flush ?? false, options.signal);
   }
 
   /**
@@ -197,8 +214,84 @@ export class ImageioClient implements AsyncDisposable {
    * @throws `ERR_IMAGEIO`, `ERR_TLS`, `ERR_ABORTED`.
    */
   async flush(options: ImageioRequestOptions = {}): Promise<void> {
-    const { ep, info } = await this.#resolve(options.signal);
-    await this.#flush(this.#dispatcher, ep, info, options.signal);
+    const { ep, info, dispatcher } = await this.#resolve(options.signal);
+    await this.#flush(dispatcher, ep, info, options.signal);
+  }
+
+  /**
+   * `GET /images/<ticket>/checksum`: the server's block-hash checksum of the whole image, to compare
+   * with a checksum computed the same way over the copy. Without `algorithm`/`blockSize` the server's
+   * defaults are used (imageio: `blake2b`, 4 MiB). The response can take long (the server reads the
+   * image first): it is awaited for `timeoutMs`.
+   *
+   * @throws `ERR_UNSUPPORTED` when the server does not report the `checksum` feature,
+   * `ERR_INVALID_ARGUMENT` for a `blockSize` that is not a multiple of 4096 in [1 MiB, 16 MiB],
+   * `ERR_IMAGEIO` (400 for an algorithm the server lacks, a malformed answer), `ERR_TLS`, `ERR_ABORTED`.
+   */
+  async checksum(options: ImageioChecksumOptions = {}): Promise<ImageioChecksum> {
+    const { algorithm, blockSize } = options;
+    if (algorithm !== undefined && !/^[A-Za-z0-9_-]{1,64}$/.test(algorithm)) throw new InvalidArgumentError(`invalid checksum algorithm ${JSON.stringify(algorithm)}`);
+    if (blockSize !== undefined && (!Number.isSafeInteger(blockSize) || blockSize % 4096 !== 0 || blockSize < MIN_CHECKSUM_BLOCK || blockSize > MAX_CHECKSUM_BLOCK)) {
+      throw new InvalidArgumentError(`checksum blockSize must be a multiple of 4096 in [${MIN_CHECKSUM_BLOCK}, ${MAX_CHECKSUM_BLOCK}], got ${blockSize}`);
+    }
+    const timeoutMs = positiveInt(options.timeoutMs ?? DEFAULT_CHECKSUM_TIMEOUT, 'timeoutMs');
+    const { ep, info, dispatcher } = await this.#resolve(options.signal);
+    if (!info.features.includes('checksum')) throw new UnsupportedError('imageio server has no checksum feature: compare the data by reading it back instead');
+    const query: Record<string, string> = {};
+    if (algorithm !== undefined) query.algorithm = algorithm;
+    if (blockSize !== undefined) query.block_size = String(blockSize);
+    const body = await this.#retry(async () => {
+      const req = { ...this.#req('GET', 'checksum', options.signal, { suffix: '/checksum', query }), idleTimeoutMs: timeoutMs };
+      const res = await send(dispatcher, ep, req);
+      if (res.statusCode !== 200) return failStatus(res, req);
+      return parseJsonObject(await readText(res.body, 64 * 1024), 'checksum');
+    }, options.signal);
+    const { algorithm: alg, block_size: bs, checksum } = body;
+    if (typeof alg !== 'string' || typeof bs !== 'number' || !Number.isSafeInteger(bs) || bs <= 0 || typeof checksum !== 'string' || !/^[0-9a-f]+$/i.test(checksum)) {
+      throw new ImageioError('imageio checksum: response lacks algorithm, block_size or a hex checksum', { status: 200 });
+    }
+    return { algorithm: alg, blockSize: bs, checksum: checksum.toLowerCase() };
+  }
+
+  /**
+   * `GET /images/<ticket>/checksum/algorithms`: the hash algorithms the server's checksum accepts
+   * (Python `hashlib` names such as `blake2b`, `sha256`).
+   *
+   * @throws `ERR_UNSUPPORTED` without the `checksum` feature, `ERR_IMAGEIO`, `ERR_TLS`, `ERR_ABORTED`.
+   */
+  async checksumAlgorithms(options: ImageioRequestOptions = {}): Promise<string[]> {
+    const { ep, info, dispatcher } = await this.#resolve(options.signal);
+    if (!info.features.includes('checksum')) throw new UnsupportedError('imageio server has no checksum feature: compare the data by reading it back instead');
+    const body = await this.#retry(async () => {
+      const req = this.#req('GET', 'checksum algorithms', options.signal, { suffix: '/checksum/algorithms' });
+      const res = await send(dispatcher, ep, req);
+      if (res.statusCode !== 200) return failStatus(res, req);
+      return parseJsonObject(await readText(res.body, 64 * 1024), 'checksum algorithms');
+    }, options.signal);
+    const list = body.algorithms;
+    if (!Array.isArray(list) || !list.every((a): a is string => typeof a === 'string')) {
+      throw new ImageioError('imageio checksum algorithms: response has no "algorithms" list of names', { status: 200 });
+    }
+    return list;
+  }
+
+  /**
+   * `GET /info/` on the server the client talks to (daemon or proxy; not over the Unix socket,
+   * which has no `/info/`): the imageio version, e.g. `2.5.3`.
+   *
+   * @throws `ERR_IMAGEIO` (404 on servers older than `/info/`, a malformed answer), `ERR_TLS`, `ERR_ABORTED`.
+   */
+  async serverVersion(options: ImageioRequestOptions = {}): Promise<string> {
+    const { ep } = await this.#resolve(options.signal);
+    const tcp: Endpoint = this.#proxy && ep.via === 'proxy' ? this.#proxy : this.#transfer;
+    const body = await this.#retry(async () => {
+      const req = this.#req('GET', 'info', options.signal);
+      const res = await send(this.#dispatcher, { ...tcp, path: '/info/' }, req);
+      if (res.statusCode !== 200) return failStatus(res, req);
+      return parseJsonObject(await readText(res.body, 64 * 1024), 'info');
+    }, options.signal);
+    if (typeof body.version !== 'string') throw new ImageioError('imageio info: response has no "version"', { status: 200 });
+    return body.version;
   }
 
   /**
@@ -219,7 +312,7 @@ export class ImageioClient implements AsyncDisposable {
     if (incremental && context !== 'dirty') throw new InvalidArgumentError('an incremental download needs the dirty extents context');
     const concurrency = positiveInt(options.concurrency ?? 4, 'concurrency');
     const requestSize = Math.max(4096, Math.floor(requestSizeOf(options.requestSize) / 4096) * 4096);
-    const { ep, info } = await this.#resolve(signal);
+    const { ep, info, dispatcher } = await this.#resolve(signal);
     const extents = await this.extents(context, { signal });
     const size = extents.length ? extents[extents.length - 1]!.offset + extents[extents.length - 1]!.length : 0;
     if (options.size !== undefined && options.size !== size) throw new SizeMismatchError('imageio image size', options.size, size);
@@ -238,7 +331,7 @@ export class ImageioClient implements AsyncDisposable {
       workers,
       window: workers,
       openDispatcher: () => this.#openWorker(ep),
-      closeDispatcher: (d) => this.#closeWorker(d),
+      closeDispatcher: (d) => this.#closeWorker(d, dispatcher),
       readRange: (d, offset, length, s) => this.#retry(() => this.#get(d, ep, offset, length, s), s),
       signal,
       progress: throttleProgress(options.onProgress),
@@ -261,7 +354,7 @@ export class ImageioClient implements AsyncDisposable {
     const concurrency = positiveInt(options.concurrency ?? 4, 'concurrency');
     const requestSize = requestSizeOf(options.requestSize);
     if (!Number.isSafeInteger(source.size) || source.size < 0) throw new InvalidArgumentError(`upload source size ${source.size} is invalid`);
-    const { ep, info } = await this.#resolve(signal);
+    const { ep, info, dispatcher } = await this.#resolve(signal);
     if (!info.legacy && !info.allow.includes('PUT')) {
       throw new UnsupportedError('imageio ticket does not allow writes: create the image transfer with direction upload');
     }
@@ -275,7 +368,7 @@ export class ImageioClient implements AsyncDisposable {
       requestSize,
       diskIsZero: options.diskIsZero === true,
       openDispatcher: () => this.#openWorker(ep),
-      closeDispatcher: (d) => this.#closeWorker(d),
+      closeDispatcher: (d) => this.#closeWorker(d, dispatcher),
       put: (d, offset, data, s) => this.#retry(() => this.#put(d, ep, info, offset, data, false, s), s),
       zero: (d, offset, length, s) => this.#zero(d, ep, info, offset, length, false, s),
       flush: (d, s) => this.#flush(d, ep, info, s),
@@ -333,21 +426,47 @@ export class ImageioClient implements AsyncDisposable {
   async #probe(signal: AbortSignal | undefined): Promise<Resolved> {
     try {
       // with a proxy to fall back to, a refused daemon connection is final (as in the Python client)
-      const info = await this.#retry(() => this.#optionsAt(this.#transfer, signal), signal, { connectFailuresFinal: this.#proxy !== undefined });
-      return { ep: this.#transfer, info };
+      const info = await this.#retry(() => this.#optionsAt(this.#dispatcher, this.#transfer, signal), signal, { connectFailuresFinal: this.#proxy !== undefined });
+      return (await this.#overUnixSocket(this.#transfer, info, signal)) ?? { ep: this.#transfer, info, dispatcher: this.#dispatcher };
     } catch (err) {
       if (!this.#proxy || signal?.aborted || !isConnectFailure(err)) throw err;
       this.#logger.info({ err }, 'transfer_url unreachable, using proxy_url');
-      return { ep: this.#proxy, info: await this.#retry(() => this.#optionsAt(this.#proxy!, signal), signal) };
+      return { ep: this.#proxy, info: await this.#retry(() => this.#optionsAt(this.#dispatcher, this.#proxy!, signal), signal), dispatcher: this.#dispatcher };
     }
   }
 
-  async #optionsAt(ep: Endpoint, signal: AbortSignal | undefined): Promise<ImageioServerInfo> {
+  /**
+   * The Python client's local-socket shortcut: when the daemon reports `unix_socket` and the
+   * transfer URL's host is this machine, OPTIONS is asked again over the socket and, if that works,
+   * every later request goes there. Any failure keeps the TCP connection (logged).
+   */
+  async #overUnixSocket(ep: Endpoint, info: ImageioServerInfo, signal: AbortSignal | undefined): Promise<Resolved | undefined> {
+    const socketPath = info.unixSocket;
+    if (!this.#unixSocket || this.#userDispatcher || socketPath === undefined || socketPath === '' || info.legacy) return undefined;
+    if (!(await isLocalHost(new URL(ep.origin).hostname))) return undefined;
+    const unixEp: Endpoint = { origin: 'http://localhost', path: ep.path, via: ep.via, socketPath };
+    const pool = new Pool('http://localhost', { socketPath, connections: this.#maxConnections, keepAliveTimeout: 30_000 });
+    this.#extra.add(pool);
+    try {
+      const local = await this.#optionsAt(pool, unixEp, signal);
+      this.#logger.debug({ via: ep.via }, 'using the daemon unix socket');
+      return { ep: unixEp, info: { ...local, unixSocket: socketPath, via: ep.via, transport: 'unix' }, dispatcher: pool };
+    } catch (err) {
+      this.#extra.delete(pool);
+      await pool.destroy().catch(() => undefined);
+      if (signal?.aborted) throw err;
+      this.#logger.info({ err }, 'daemon unix socket unusable, staying on TCP');
+      return undefined;
+    }
+  }
+
+  async #optionsAt(dispatcher: Dispatcher, ep: Endpoint, signal: AbortSignal | undefined): Promise<ImageioServerInfo> {
     const req = this.#req('OPTIONS', 'OPTIONS', signal);
-    const res = await send(this.#dispatcher, ep, req);
+    const res = await send(dispatcher, ep, req);
+    const transport = ep.socketPath !== undefined ? 'unix' : 'tcp';
     if (res.statusCode === 405 || res.statusCode === 204) {
       await drain(res.body);
-      return { allow: ['GET', 'PUT'], features: [], maxReaders: 1, maxWriters: 1, legacy: true, via: ep.via };
+      return { allow: ['GET', 'PUT'], features: [], maxReaders: 1, maxWriters: 1, legacy: true, via: ep.via, transport };
     }
     if (res.statusCode !== 200) return failStatus(res, req);
     const allowHeader = res.headers['allow'];
@@ -374,14 +493,15 @@ export class ImageioClient implements AsyncDisposable {
       ...(typeof o.unix_socket === 'string' ? { unixSocket: o.unix_socket } : {}),
       legacy: false,
       via: ep.via,
+      transport,
     };
   }
 
   async #probeSize(signal: AbortSignal | undefined): Promise<number> {
-    const { ep } = await this.#resolve(signal);
+    const { ep, dispatcher } = await this.#resolve(signal);
     return this.#retry(async () => {
       const req = this.#req('GET', 'size', signal, { headers: { range: 'bytes=0-0' } });
-      const res = await send(this.#dispatcher, ep, req);
+      const res = await send(dispatcher, ep, req);
       if (res.statusCode === 416 || res.statusCode === 206) {
         const total = /\/(\d+)\s*$/.exec(String(res.headers['content-range'] ?? ''))?.[1];
         await drain(res.body);
@@ -490,16 +610,45 @@ export class ImageioClient implements AsyncDisposable {
   #openWorker(ep: Endpoint): Dispatcher {
     if (this.#userDispatcher) return this.#dispatcher;
     if (this.#closed) throw new InvalidArgumentError('ImageioClient is closed');
-    const c = new Client(ep.origin, { connect: this.#connect, pipelining: 1, keepAliveTimeout: 30_000 });
+    const c =
+      ep.socketPath !== undefined
+        ? new Client(ep.origin, { socketPath: ep.socketPath, pipelining: 1, keepAliveTimeout: 30_000 })
+        : new Client(ep.origin, { connect: this.#connect, pipelining: 1, keepAliveTimeout: 30_000 });
     this.#extra.add(c);
     return c;
   }
 
-  async #closeWorker(d: Dispatcher): Promise<void> {
-    if (d === this.#dispatcher) return;
+  async #closeWorker(d: Dispatcher, shared: Dispatcher): Promise<void> {
+    if (d === this.#dispatcher || d === shared) return;
     this.#extra.delete(d);
     await d.destroy();
   }
+}
+
+/** True when `host` names this machine: loopback, or an address of one of its interfaces. */
+async function isLocalHost(host: string): Promise<boolean> {
+  const bare = host.replace(/^\[|\]$/g, '');
+  if (bare === 'localhost') return true;
+  let addrs: string[];
+  try {
+    addrs = (await lookup(bare, { all: true })).map((a) => a.address);
+  } catch {
+    return false;
+  }
+  const local = new Set<string>();
+  for (const list of Object.values(networkInterfaces())) for (const a of list ?? []) local.add(a.address);
+  return addrs.some((a) => a === '::1' || /^(::ffff:)?127\./.test(a) || local.has(a) || local.has(a.replace(/^::ffff:/, '')));
+}
+
+function parseJsonObject(text: string, what: string): Record<string, unknown> {
+  let body: unknown;
+  try {
+    body = JSON.parse(text);
+  } catch (cause) {
+    throw new ImageioError(`imageio ${what}: response is not JSON`, { cause, status: 200 });
+  }
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new ImageioError(`imageio ${what}: response is not a JSON object`, { status: 200 });
+  return body as Record<string, unknown>;
 }
 
 function positiveInt(v: number, name: string): number {

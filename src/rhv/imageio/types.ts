@@ -37,6 +37,32 @@ export interface ImageioClientOptions {
   retries?: number;
   /** First retry delay in ms (doubles per attempt). @defaultValue 200 */
   retryDelayMs?: number;
+  /**
+   * When the daemon reports a `unix_socket` in OPTIONS and the transfer URL's host is this machine
+   * (loopback or one of its interface addresses), reconnect over that socket (plain HTTP), as the
+   * oVirt Python client does. Ignored with an injected `dispatcher`. @defaultValue true
+   */
+  unixSocket?: boolean;
+}
+
+/** Options for `ImageioClient.checksum`. */
+export interface ImageioChecksumOptions extends ImageioRequestOptions {
+  /** Python `hashlib` name (`blake2b`, `sha256`, ...). @defaultValue the server's (imageio: `blake2b`) */
+  algorithm?: string;
+  /** Block size of the block hash: a multiple of 4096 in [1 MiB, 16 MiB]. @defaultValue the server's (imageio: 4 MiB) */
+  blockSize?: number;
+  /** How long to wait for the answer (the server reads the whole image first). @defaultValue 1800000 */
+  timeoutMs?: number;
+}
+
+/** What `GET /images/<ticket>/checksum` answered. */
+export interface ImageioChecksum {
+  /** The hash algorithm used. */
+  algorithm: string;
+  /** The block size used, bytes. */
+  blockSize: number;
+  /** Lower-case hex digest. */
+  checksum: string;
 }
 
 /** Options of every single imageio request. */
@@ -54,12 +80,14 @@ export interface ImageioServerInfo {
   maxReaders: number;
   /** Parallel writers the server allows (1 for the file backend and legacy servers). */
   maxWriters: number;
-  /** The daemon's local Unix socket, when it reports one (not used by this client). */
+  /** The daemon's local Unix socket, when it reports one (used when the daemon runs on this machine). */
   unixSocket?: string;
   /** True when the server predates OPTIONS (405) or is an old proxy (204): GET/PUT only. */
   legacy: boolean;
   /** `transfer` when talking to `transferUrl`, `proxy` after falling back to `proxyUrl`. */
   via: 'transfer' | 'proxy';
+  /** `unix` after reconnecting over the daemon's Unix socket, `tcp` otherwise. */
+  transport: 'tcp' | 'unix';
 }
 
 /** Extents context: `zero` = allocation (data/zero/hole), `dirty` = changed since the checkpoint. */

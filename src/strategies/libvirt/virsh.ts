@@ -522,8 +522,8 @@ export class VirshStrategy implements BackupStrategy {
    * host (same paths, `targetDir`, or new names with `newName`), sets owner and mode, rewrites the XML
    * (new name: new UUID, new disk paths, MACs regenerated), defines it and optionally starts it.
    *
-   * @throws `ERR_NOT_FOUND` (no backup), `ERR_CONFLICT` (domain exists without `overwrite`, or is
-   * running), `ERR_REPO_CHAIN` (broken chain), `ERR_REMOTE_COMMAND`, `ERR_LIBVIRT`, `ERR_ABORTED`.
+   * @throws `ERR_NOT_FOUND` (no backup), `ERR_UNSUPPORTED` (made by another strategy), `ERR_CONFLICT`
+   * (domain exists without `overwrite`, or is running), `ERR_REPO_CHAIN` (broken chain), `ERR_REMOTE_COMMAND`, `ERR_LIBVIRT`, `ERR_ABORTED`.
    */
   async restore(vmName: string, source: RestoreSource, options: VirshRestoreOptions = {}): Promise<RestoreResult> {
     const { signal } = options;
@@ -537,6 +537,9 @@ export class VirshStrategy implements BackupStrategy {
     if (all.length === 0) throw new NotFoundError('backup', `no backups of ${JSON.stringify(vmName)}`);
     const chosen = options.backupId === undefined ? all[all.length - 1]! : all.find((r) => r.id === options.backupId);
     if (!chosen) throw new NotFoundError('backup', `backup ${options.backupId ?? ''} of ${JSON.stringify(vmName)} not found`);
+    if (chosen.strategy !== this.id) {
+      throw new UnsupportedError(`backup ${chosen.id} was made by the ${chosen.strategy} strategy; restore it with that strategy`);
+    }
     const byId = new Map(all.map((r) => [r.id, r]));
     const xml = (await source.readMetadata(vmName, chosen.id, VIRSH_DOMAIN_XML, so)).toString('utf8');
     const original = parseDomainXml(xml);

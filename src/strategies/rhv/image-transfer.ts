@@ -34,7 +34,8 @@ import { SnapshotChain } from '../../snapshot/snapshot-chain.js';
 import { ImageioClient } from '../../rhv/imageio/imageio-client.js';
 import type { RhvClient } from '../../rhv/rhv-client.js';
 import type { RhvPollOptions } from '../../rhv/rest/service-context.js';
-import type { RhvDisk, RhvVm } from '../../rhv/rest/types.js';
+import { RhvTransferError } from '../../rhv/rest/errors.js';
+import type { RhvCheckpoint, RhvDisk, RhvVm } from '../../rhv/rest/types.js';
 
 /** Options for {@link ImageTransferStrategy}. */
 export interface ImageTransferStrategyOptions {
@@ -49,13 +50,24 @@ export interface ImageTransferStrategyOptions {
   incrementalMode?: 'snapshot-chain' | 'backup-api';
   /** Keep the last backup snapshot as the base of the next incremental (snapshot-chain mode). @defaultValue true */
   keepLastSnapshot?: boolean;
+  /**
+   * backup-api mode: checkpoints kept after a successful backup, counting the new one (the base of
+   * the next incremental). Older checkpoints are removed, oldest first (each keeps a dirty bitmap on
+   * every disk); a failed removal is a warning, never a failed backup. `Infinity` keeps them all.
+   * @defaultValue 1
+   */
+  keepCheckpoints?: number;
   /** Storage domain (name or id) for restored disks. @defaultValue the first data domain */
   storageDomain?: string;
   /** Cluster (name or id) for restored VMs. @defaultValue the first cluster */
   cluster?: string;
   /** imageio data path settings. */
   imageio?: {
-    /** Use the engine proxy URL (port 54323) instead of the daemon URL. @defaultValue false */
+    /**
+     * Try the engine proxy URL (port 54323) first and fall back to the daemon URL when the proxy
+     * cannot be reached; otherwise the daemon URL is tried first and the proxy is the fallback.
+     * Applies to backups and restores. @defaultValue false
+     */
     preferProxy?: boolean;
     /** Parallel connections per disk (bounded by the server's max_readers/max_writers). @defaultValue 4 */
     connections?: number;
@@ -132,6 +144,10 @@ export class ImageTransferStrategy implements BackupStrategy {
     this.#client = client;
     const concurrency = options.concurrency ?? 2;
     if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 64) throw new InvalidArgumentError(`concurrency must be 1..64, got ${concurrency}`);
+    const keepCheckpoints = options.keepCheckpoints ?? 1;
+    if (keepCheckpoints !== Number.POSITIVE_INFINITY && (!Number.isSafeInteger(keepCheckpoints) || keepCheckpoints < 1)) {
+      throw new InvalidArgumentError(`keepCheckpoints must be a positive integer or Infinity, got ${keepCheckpoints}`);
+    }
     this.#options = Object.freeze({ ...options, imageio: Object.freeze({ ...(options.imageio ?? {}) }) });
   }
 
@@ -204,6 +220,7 @@ export class ImageTransferStrategy implements BackupStrategy {
 
       const results: DiskBackupResult[] = [];
       let previousSnapshot: string | undefined;
+      let newCheckpoint: string | undefined;
       if (mode === 'snapshot-chain') {
         progress({ type: 'phase', phase: 'snapshot' });
         // a unique description finds the snapshot again if the answer to the create is lost (abort, reset)
@@ -278,6 +295,7 @@ export class ImageTransferStrategy implements BackupStrategy {
           }
         }
         const checkpointId = ready.toCheckpointId ?? backup.toCheckpointId;
+        newCheckpoint = checkpointId;
         await this.#parallel(plans, signal, async (p, s) => {
           const extra: ArtifactExtra = { rhvDiskId: p.disk.id, ...attachmentExtra(p), mode, ...(checkpointId ? { checkpointId } : {}) };
           results.push(await this.#transferDisk(session, undo, p, { diskId: p.disk.id, backupId: backup.id, dirty: p.kind === 'incremental' }, extra, format, progress, log, s));
@@ -301,6 +319,12 @@ export class ImageTransferStrategy implements BackupStrategy {
           log.warn({ err, snapshotId: previousSnapshot }, 'previous snapshot removal failed');
         }
       }
+      if (newCheckpoint) {
+        for (const message of await this.#pruneCheckpoints(rhvVm.id, newCheckpoint, log)) {
+          warnings.push(message);
+          progress({ type: 'warning', message });
+        }
+      }
       for (const r of results) {
         if (r.fallbackReason) {
           warnings.push(`disk ${r.diskId}: full instead of incremental: ${r.fallbackReason}`);
@@ -322,6 +346,35 @@ export class ImageTransferStrategy implements BackupStrategy {
     }
   }
 
+  /**
+   * Checkpoint retention after a committed backup-api backup: removes the checkpoints older than the
+   * newest `keepCheckpoints` of the chain ending at `newest`, oldest first (the engine removes only
+   * the root of the chain). The first failure stops the pruning; failures come back as warnings.
+   */
+  async #pruneCheckpoints(vmId: string, newest: string, log: Logger): Promise<string[]> {
+    const keep = this.#options.keepCheckpoints ?? 1;
+    if (keep === Number.POSITIVE_INFINITY) return [];
+    const signal = cleanupSignal();
+    let chain: string[];
+    try {
+      chain = checkpointChain(await this.#client.checkpoints.list(vmId, { signal }), newest);
+    } catch (err) {
+      log.warn({ err }, 'could not list checkpoints');
+      return [`could not list checkpoints to remove old ones: ${(err as Error).message}`];
+    }
+    const old = chain.slice(0, Math.max(0, chain.length - keep));
+    for (const id of old) {
+      try {
+        await this.#client.checkpoints.remove(vmId, id, { signal });
+        log.info({ checkpointId: id }, 'old checkpoint removed');
+      } catch (err) {
+        log.warn({ err, checkpointId: id }, 'checkpoint removal failed');
+        return [`could not remove the old checkpoint ${id}: ${(err as Error).message}`];
+      }
+    }
+    return [];
+  }
+
   /** Cancels transfers of `disks` in one direction that are still running (created, but their undo never registered). */
   async #cancelLeftoverTransfers(disks: readonly { id: string }[], signal: AbortSignal, direction: 'download' | 'upload' = 'download'): Promise<void> {
     const ids = new Set(disks.map((d) => d.id));
@@ -340,6 +393,17 @@ export class ImageTransferStrategy implements BackupStrategy {
     }
   }
 
+  /**
+   * The URL tried first and its fallback: the daemon's `transfer_url` then the `proxy_url`, or the
+   * other way round with `preferProxy`. The client switches only when the first cannot be connected.
+   */
+  #urls(t: { id: string; transferUrl?: string; proxyUrl?: string }): { transferUrl: string; proxyUrl?: string } {
+    const [first, second] = this.#options.imageio?.preferProxy ? [t.proxyUrl, t.transferUrl] : [t.transferUrl, t.proxyUrl];
+    const url = first ?? second;
+    if (!url) throw new RhvTransferError(t.id, 'transferring', `image transfer ${t.id} is transferring but has neither transfer_url nor proxy_url`);
+    return { transferUrl: url, ...(second && second !== url ? { proxyUrl: second } : {}) };
+  }
+
   #poll(): RhvPollOptions {
     return this.#options.poll ?? {};
   }
@@ -349,7 +413,7 @@ export class ImageTransferStrategy implements BackupStrategy {
     if (!parent) return plans;
     const opts = signal ? { signal } : {};
     const snapshots = mode === 'snapshot-chain' ? new Set((await this.#client.snapshots.list(vm.id, opts)).filter((s) => s.status === 'ok').map((s) => s.id)) : undefined;
-    const checkpoints = mode === 'backup-api' ? new Set((await this.#client.checkpoints.list(vm.id, opts)).filter((c) => c.state !== 'invalid').map((c) => c.id)) : undefined;
+    const checkpoints = mode === 'backup-api' ? new Map((await this.#client.checkpoints.list(vm.id, opts)).map((c) => [c.id, c.state])) : undefined;
     for (const p of plans) {
       const reason = ((): string | undefined => {
         if (parent.strategy !== this.id) return `the parent backup was made by ${parent.strategy}`;
@@ -367,6 +431,7 @@ export class ImageTransferStrategy implements BackupStrategy {
           const cid = art.extra?.checkpointId;
           if (typeof cid !== 'string') return 'the parent backup recorded no checkpoint';
           if (!checkpoints!.has(cid)) return `checkpoint ${cid} no longer exists`;
+          if (checkpoints!.get(cid) === 'invalid') return `checkpoint ${cid} is invalid (its dirty bitmaps are gone, e.g. after a snapshot commit)`;
           if (p.disk.format !== 'cow' || p.disk.backup !== 'incremental') return 'the disk is not enabled for incremental backup (qcow2 with backup=incremental)';
         }
         p.parentArtifact = art;
@@ -459,12 +524,9 @@ export class ImageTransferStrategy implements BackupStrategy {
     const cancelHandle = undo.defer(`cancel transfer ${transfer.id}`, (s) => this.#client.imageTransfers.cancel(transfer.id, { ...this.#poll(), signal: s }));
     dlog = childLogger(dlog, { transferId: transfer.id });
     const ready = await this.#client.imageTransfers.waitUntilTransferring(transfer.id, { ...this.#poll(), signal });
-    const url = this.#options.imageio?.preferProxy ? (ready.proxyUrl ?? ready.transferUrl) : (ready.transferUrl ?? ready.proxyUrl);
-    const fallback = this.#options.imageio?.preferProxy ? ready.transferUrl : ready.proxyUrl;
     const tls = this.#client.tls;
     const io = new ImageioClient({
-      transferUrl: url!,
-      ...(fallback && fallback !== url ? { proxyUrl: fallback } : {}),
+      ...this.#urls(ready),
       ...(tls.ca !== undefined ? { ca: tls.ca } : {}),
       insecure: tls.insecure,
       logger: dlog,
@@ -634,10 +696,8 @@ export class ImageTransferStrategy implements BackupStrategy {
     const cancelHandle = undo.defer(`cancel transfer ${transfer.id}`, (s) => this.#client.imageTransfers.cancel(transfer.id, { ...this.#poll(), signal: s }));
     const ready = await this.#client.imageTransfers.waitUntilTransferring(transfer.id, { ...this.#poll(), signal });
     const tls = this.#client.tls;
-    const url = ready.transferUrl ?? ready.proxyUrl;
     const io = new ImageioClient({
-      transferUrl: url!,
-      ...(ready.proxyUrl && ready.proxyUrl !== url ? { proxyUrl: ready.proxyUrl } : {}),
+      ...this.#urls(ready),
       ...(tls.ca !== undefined ? { ca: tls.ca } : {}),
       insecure: tls.insecure,
       logger: dlog,
@@ -666,6 +726,28 @@ export class ImageTransferStrategy implements BackupStrategy {
 
 function attachmentExtra(p: DiskPlan): { attachmentIndex: number; bootable: boolean; interface: string } {
   return { attachmentIndex: p.attachment.index, bootable: p.attachment.bootable, interface: p.attachment.interface };
+}
+
+/**
+ * The ids of the checkpoint chain ending at `newest`, oldest first, following `parentId` links (the
+ * list's own order when a checkpoint has no parent link).
+ */
+function checkpointChain(list: readonly RhvCheckpoint[], newest: string): string[] {
+  const byId = new Map(list.map((c) => [c.id, c]));
+  if (!byId.has(newest)) return [];
+  const out: string[] = [];
+  const seen = new Set<string>();
+  let at: RhvCheckpoint | undefined = byId.get(newest);
+  while (at && !seen.has(at.id)) {
+    seen.add(at.id);
+    out.unshift(at.id);
+    at = at.parentId !== undefined ? byId.get(at.parentId) : undefined;
+  }
+  // without parent links: everything listed before the newest is older
+  if (out.length === 1 && list.every((c) => c.parentId === undefined)) {
+    return list.slice(0, list.findIndex((c) => c.id === newest) + 1).map((c) => c.id);
+  }
+  return out;
 }
 
 function checkpointOf(plans: readonly DiskPlan[]): string | undefined {

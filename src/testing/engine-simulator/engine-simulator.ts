@@ -14,6 +14,7 @@ import { mkdir, mkdtemp, rm, unlink, rename, writeFile } from 'node:fs/promises'
 import { createServer as createHttpServer } from 'node:http';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
+import { createServer as createNetServer } from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
@@ -52,8 +53,11 @@ export interface SimulatorTicket {
 export interface SimulatorImageioServer {
   /** Base URL, `https://127.0.0.1:PORT`. */
   readonly url: string;
+  /** Installs a ticket (the engine does this when a transfer starts). */
   addTicket(ticket: SimulatorTicket): unknown;
+  /** Removes a ticket (finalize, cancel). */
   removeTicket(uuid: string): unknown;
+  /** Stops the server. */
   close(): Promise<void>;
 }
 
@@ -74,6 +78,19 @@ export interface EngineSimulatorOptions {
   port?: number;
   /** The data path: a factory for the imageio server, or an already running one (not closed by the simulator). */
   imageio?: { factory?: ImageioServerFactory; server?: SimulatorImageioServer };
+  /**
+   * Run an imageio proxy (the engine host's role, port 54323) on its own port, relaying to the
+   * imageio server: transfers then carry a `proxy_url` distinct from `transfer_url`. Without it both
+   * URLs point at the imageio server. @defaultValue true
+   */
+  proxy?: boolean;
+}
+
+/** The part of the imageio proxy the simulator drives (the kit's `ImageioProxy` fits). */
+export interface SimulatorImageioProxy {
+  /** Base URL, `https://127.0.0.1:PORT`. */
+  readonly url: string;
+  close(): Promise<void>;
 }
 
 /** A disk for {@link EngineSimulator.addVm}. */
@@ -110,7 +127,7 @@ export interface SimulatorState {
     status: string;
     diskIds: string[];
     snapshots: { id: string; description: string; status: string; type: string }[];
-    checkpoints: { id: string; parentId?: string }[];
+    checkpoints: { id: string; parentId?: string; state: 'created' | 'invalid' }[];
     backups: { id: string; phase: string }[];
   }[];
   disks: { id: string; name: string; status: string; format: string; virtualSize: number; vmId?: string; images: { id: string; path: string; format: string; snapshotId?: string }[] }[];
@@ -164,6 +181,9 @@ export class EngineSimulator implements AsyncDisposable {
   readonly #server: Server;
   readonly #imageio: SimulatorImageioServer;
   readonly #ownsImageio: boolean;
+  #proxy: SimulatorImageioProxy | undefined;
+  /** An origin whose port refuses connections, for `faults.daemonUnreachable`. */
+  #refusedOrigin = '';
   readonly #dataDir: string;
   readonly #ownsDataDir: boolean;
   readonly #caPem: string | undefined;
@@ -239,6 +259,16 @@ export class EngineSimulator implements AsyncDisposable {
     const addr = server.address() as AddressInfo;
     const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
     sim.#url = `${tls ? 'https' : 'http'}://${host}:${addr.port}${API}`;
+    try {
+      if (options.proxy !== false) {
+        const mod = await import('../imageio-server/imageio-proxy.js');
+        sim.#proxy = await mod.ImageioProxy.start({ daemonUrl: imageio.url, ...(tls ? { tls: { key: tls.key, cert: tls.cert }, ca: tls.ca } : {}), host: '127.0.0.1' });
+      }
+      sim.#refusedOrigin = `${new URL(imageio.url).protocol}//127.0.0.1:${await refusedPort()}`;
+    } catch (err) {
+      await sim.close();
+      throw err;
+    }
     return sim;
   }
 
@@ -255,6 +285,23 @@ export class EngineSimulator implements AsyncDisposable {
   /** The imageio server serving the transfers' tickets (its own faults are there). */
   get imageio(): SimulatorImageioServer {
     return this.#imageio;
+  }
+
+  /** The imageio proxy relaying to {@link EngineSimulator.imageio}, unless started with `proxy: false`. */
+  get proxy(): SimulatorImageioProxy | undefined {
+    return this.#proxy;
+  }
+
+  /**
+   * Marks a checkpoint `invalid` (what the engine does after a snapshot commit or a failed bitmap):
+   * a backup from it then takes the disks full. `vm` is an id or a name.
+   *
+   * @throws `ERR_INVALID_ARGUMENT` for an unknown VM or checkpoint.
+   */
+  invalidateCheckpoint(vm: string, checkpointId: string): void {
+    const c = this.#findVm(vm).checkpoints.find((x) => x.id === checkpointId);
+    if (!c) throw new InvalidArgumentError(`no checkpoint ${checkpointId}`);
+    c.state = 'invalid';
   }
 
   /** Directory holding the image files. */
@@ -331,7 +378,7 @@ export class EngineSimulator implements AsyncDisposable {
         status: v.status,
         diskIds: [...v.diskIds],
         snapshots: v.snapshots.map((s) => ({ id: s.id, description: s.description, status: s.status, type: s.type })),
-        checkpoints: v.checkpoints.map((c) => ({ id: c.id, ...(c.parentId ? { parentId: c.parentId } : {}) })),
+        checkpoints: v.checkpoints.map((c) => ({ id: c.id, ...(c.parentId ? { parentId: c.parentId } : {}), state: c.state ?? 'created' })),
         backups: v.backups.map((b) => ({ id: b.id, phase: b.phase })),
       })),
       disks: [...this.#disks.values()].map((d) => ({
@@ -359,6 +406,7 @@ export class EngineSimulator implements AsyncDisposable {
       this.#server.closeAllConnections();
     });
     for (const t of [...this.#tickets]) await this.#removeTicket(t);
+    await this.#proxy?.close();
     if (this.#ownsImageio) await this.#imageio.close();
     if (this.#ownsDataDir) await rm(this.#dataDir, { recursive: true, force: true });
   }
@@ -828,7 +876,8 @@ export class EngineSimulator implements AsyncDisposable {
 
   /** types/ImageTransfer.java */
   #transferXml(t: SimTransfer): XmlObject {
-    const urls = t.phase === 'transferring' && t.ticketId ? { proxy_url: `${this.#imageio.url}/images/${t.ticketId}`, transfer_url: `${this.#imageio.url}/images/${t.ticketId}` } : {};
+    const daemon = this.faults.daemonUnreachable ? this.#refusedOrigin : this.#imageio.url;
+    const urls = t.phase === 'transferring' && t.ticketId ? { proxy_url: `${(this.#proxy ?? this.#imageio).url}/images/${t.ticketId}`, transfer_url: `${daemon}/images/${t.ticketId}` } : {};
     return {
       '@id': t.id,
       '@href': `${API}/imagetransfers/${t.id}`,
@@ -866,7 +915,7 @@ export class EngineSimulator implements AsyncDisposable {
 
   /** types/Checkpoint.java */
   #checkpointXml(vm: SimVm, c: SimCheckpoint): XmlObject {
-    return { '@id': c.id, '@href': `${API}/vms/${vm.id}/checkpoints/${c.id}`, creation_date: c.date, parent_id: c.parentId, state: 'created', vm: { '@id': vm.id }, link: [{ '@rel': 'disks', '@href': `${API}/vms/${vm.id}/checkpoints/${c.id}/disks` }] };
+    return { '@id': c.id, '@href': `${API}/vms/${vm.id}/checkpoints/${c.id}`, creation_date: c.date, parent_id: c.parentId, state: c.state ?? 'created', vm: { '@id': vm.id }, link: [{ '@rel': 'disks', '@href': `${API}/vms/${vm.id}/checkpoints/${c.id}/disks` }] };
   }
 
   // ---------------------------------------------------------------- behaviour
@@ -1162,6 +1211,18 @@ export class EngineSimulator implements AsyncDisposable {
       } else b.phase = 'ready';
     } else if (b.phase === 'finalizing') b.phase = 'succeeded';
   }
+}
+
+/** A loopback port nothing listens on (bound, then released), for an unreachable daemon URL. */
+async function refusedPort(): Promise<number> {
+  const srv = createNetServer();
+  await new Promise<void>((resolve, reject) => {
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => resolve());
+  });
+  const port = (srv.address() as AddressInfo).port;
+  await new Promise<void>((resolve) => srv.close(() => resolve()));
+  return port;
 }
 
 /** The default imageio server: the kit's `ImageioServer` in this process. */

@@ -39,6 +39,11 @@ export class SimulatorFaults {
   stuckPhase: 'initializing' | 'finalizing_success' | undefined = undefined;
   /** Next N backups end in `failed` instead of `ready`. */
   backupFailures = 0;
+  /**
+   * Transfers report a `transfer_url` whose port refuses connections (a daemon the client cannot
+   * reach); `proxy_url` still works through the simulator's imageio proxy.
+   */
+  daemonUnreachable = false;
   /** Disks shown `locked` for the given number of further disk reads, by disk id. */
   readonly lockedDisks: Map<string, number> = new Map();
 
@@ -61,6 +66,7 @@ export class SimulatorFaults {
     this.finalizeFailures = 0;
     this.stuckPhase = undefined;
     this.backupFailures = 0;
+    this.daemonUnreachable = false;
     this.lockedDisks.clear();
   }
 

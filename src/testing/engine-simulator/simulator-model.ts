@@ -56,6 +56,8 @@ export interface SimCheckpoint {
   seq: number;
   date: string;
   diskIds: string[];
+  /** `invalid` after `EngineSimulator.invalidateCheckpoint`. @defaultValue 'created' */
+  state?: 'created' | 'invalid';
 }
 
 /** A backup (4.4+). @internal */

@@ -1,4 +1,6 @@
+import { createHash } from 'node:crypto';
 import { once } from 'node:events';
+import { unlink } from 'node:fs/promises';
 import { createServer as createHttpServer } from 'node:http';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
@@ -22,6 +24,30 @@ const MiB = 1024 * 1024;
 const BUFFER = 8 * MiB;
 const WRITE_SLICE = 1024 * 1024;
 const FORBIDDEN = 'You are not allowed to access this resource';
+/** Checksum block size bounds (imageio: BLOCK_SIZE 4 MiB, accepted BLOCK_SIZE/4 .. BLOCK_SIZE*4 in 4 KiB steps). */
+const CHECKSUM_BLOCK = 4 * MiB;
+const MIN_CHECKSUM_BLOCK = MiB;
+const MAX_CHECKSUM_BLOCK = 16 * MiB;
+/**
+ * Checksum algorithms, by Python `hashlib` name → Node name. Only algorithms Node computes exactly as
+ * hashlib does with its default digest size are offered; `blake2b` (imageio's default, used there
+ * with a 32-byte digest) is not, because Node has no BLAKE2b-256.
+ */
+const CHECKSUM_ALGORITHMS: Readonly<Record<string, string>> = Object.freeze({
+  blake2s: 'blake2s256',
+  md5: 'md5',
+  sha1: 'sha1',
+  sha224: 'sha224',
+  sha256: 'sha256',
+  sha384: 'sha384',
+  sha512: 'sha512',
+  sha3_224: 'sha3-224',
+  sha3_256: 'sha3-256',
+  sha3_384: 'sha3-384',
+  sha3_512: 'sha3-512',
+});
+/** The server's default checksum algorithm (imageio's is `blake2b`, which this server lacks). */
+const DEFAULT_CHECKSUM_ALGORITHM = 'sha256';
 
 interface TicketState {
   ticket: Readonly<Required<Omit<ImageioTicket, 'dirtyExtents'>>> & { dirtyExtents: readonly Extent[] };
@@ -61,8 +87,14 @@ class HttpError extends Error {
  * served read-only as guest data, like the daemon's nbd backend. Faults (5xx on the Nth request,
  * stalls, dropped connections, short bodies, expiry) can be injected.
  *
- * Deviations from the daemon: no `checksum` endpoints (not advertised), no Unix socket, no control
- * API over HTTP (use the methods), and ticket URLs must be `file://`.
+ * `GET /images/<id>/checksum[?algorithm=&block_size=]` answers with a block hash (see
+ * {@link ImageioServer.checksumOf}), `/checksum/algorithms` lists the algorithms, `GET /info/` the
+ * version. With `unixSocket` the server also listens on a Unix socket (plain HTTP, the `/images`
+ * routes only, like imageio's local service) and OPTIONS reports it as `unix_socket`.
+ *
+ * Deviations from the daemon: the checksum's default algorithm is `sha256` and `blake2b` is not
+ * offered (imageio 2.5.3 defaults to `blake2b` with a 32-byte digest, which Node cannot compute), no
+ * control API over HTTP (use the methods), and ticket URLs must be `file://`.
  *
  * @example
  * ```ts
@@ -82,6 +114,8 @@ export class ImageioServer implements AsyncDisposable {
   readonly #maxLog: number;
   readonly #idleLimit = new WeakMap<Socket, number>();
   readonly #idleTimers = new WeakMap<Socket, NodeJS.Timeout>();
+  #local: Server | undefined;
+  #unixSocket: string | undefined;
   #port = 0;
   #closed = false;
 
@@ -115,7 +149,7 @@ export class ImageioServer implements AsyncDisposable {
     });
     server.on('tlsClientError', () => undefined);
     server.on('clientError', (_err, sock: Socket) => sock.destroy());
-    server.on('request', (req: IncomingMessage, res: ServerResponse) => void s.#handle(req, res));
+    server.on('request', (req: IncomingMessage, res: ServerResponse) => void s.#handle(req, res, false));
     server.listen(options.port ?? 0, host);
     try {
       await Promise.race([once(server, 'listening'), once(server, 'error').then(([e]) => Promise.reject(e as Error))]);
@@ -124,7 +158,64 @@ export class ImageioServer implements AsyncDisposable {
     }
     const addr = server.address();
     s.#port = typeof addr === 'object' && addr ? addr.port : 0;
+    if (options.unixSocket !== undefined) {
+      try {
+        await s.#listenLocal(options.unixSocket);
+      } catch (err) {
+        await s.close();
+        throw err;
+      }
+    }
     return s;
+  }
+
+  /** The local service: plain HTTP on a Unix socket, `/images` routes only. */
+  async #listenLocal(path: string): Promise<void> {
+    if (typeof path !== 'string' || path === '' || path.includes('\n')) throw new InvalidArgumentError('imageio server: unixSocket must be a non-empty path');
+    const local = createHttpServer();
+    local.keepAliveTimeout = 60_000;
+    local.requestTimeout = 0;
+    local.on('connection', (sock: Socket) => {
+      this.#sockets.add(sock);
+      sock.once('close', () => this.#sockets.delete(sock));
+    });
+    local.on('clientError', (_err, sock: Socket) => sock.destroy());
+    local.on('request', (req: IncomingMessage, res: ServerResponse) => void this.#handle(req, res, true));
+    // a stale socket file from a crashed run would make listen fail (abstract names have no file)
+    if (!path.startsWith('\0')) await unlink(path).catch(() => undefined);
+    local.listen(path);
+    try {
+      await Promise.race([once(local, 'listening'), once(local, 'error').then(([e]) => Promise.reject(e as Error))]);
+    } catch (cause) {
+      throw new InvalidArgumentError(`imageio server: cannot listen on unix socket ${JSON.stringify(path)}`, { cause });
+    }
+    this.#local = local;
+    this.#unixSocket = path;
+  }
+
+  /** The Unix socket the local service listens on, when `unixSocket` was given. */
+  get unixSocket(): string | undefined {
+    return this.#unixSocket;
+  }
+
+  /**
+   * The checksum the server answers for a ticket, computed the documented way (imageio's "blkhash"
+   * construction): the image is cut into `blockSize` blocks (the last one may be shorter); each block
+   * is hashed with `algorithm` (a block inside a zero or hole extent is hashed as that many zero
+   * bytes without being read), and the outer hash of the same algorithm is fed the block digests in
+   * order; the result is its hex digest. Memory holds one block.
+   *
+   * @throws `ERR_INVALID_ARGUMENT` for an unknown ticket or algorithm, or a bad block size.
+   */
+  async checksumOf(uuid: string, options: { algorithm?: string; blockSize?: number } = {}): Promise<{ algorithm: string; block_size: number; checksum: string }> {
+    const st = this.#tickets.get(uuid);
+    if (!st) throw new InvalidArgumentError(`No such ticket '${uuid}'`);
+    try {
+      return await this.#checksum(st, options.algorithm ?? DEFAULT_CHECKSUM_ALGORITHM, options.blockSize ?? CHECKSUM_BLOCK);
+    } catch (err) {
+      if (err instanceof HttpError) throw new InvalidArgumentError(err.message);
+      throw err;
+    }
   }
 
   /** Base URL, e.g. `https://127.0.0.1:40123`. */
@@ -246,9 +337,13 @@ export class ImageioServer implements AsyncDisposable {
     if (this.#closed) return;
     this.#closed = true;
     const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
+    const local = this.#local;
+    const localClosed = local ? new Promise<void>((resolve) => local.close(() => resolve())) : Promise.resolve();
     for (const sock of this.#sockets) sock.destroy();
     this.#server.closeAllConnections();
+    local?.closeAllConnections();
     await closed;
+    await localClosed;
     const states = [...this.#tickets.values()];
     this.#tickets.clear();
     await Promise.allSettled(states.map((st) => this.#drop(st)));
@@ -332,7 +427,7 @@ export class ImageioServer implements AsyncDisposable {
     return st;
   }
 
-  async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+  async #handle(req: IncomingMessage, res: ServerResponse, local: boolean): Promise<void> {
     res.setHeader('server', `imageio/${VERSION}`);
     const sock = req.socket;
     clearTimeout(this.#idleTimers.get(sock));
@@ -343,15 +438,15 @@ export class ImageioServer implements AsyncDisposable {
       timer.unref();
       this.#idleTimers.set(sock, timer);
     });
-    const rec: ImageioRequestRecord = { method: req.method ?? '', target: 'other', status: 0 };
+    const rec: ImageioRequestRecord = { method: req.method ?? '', target: 'other', status: 0, ...(local ? { local: true } : {}) };
     try {
       const url = new URL(req.url ?? '/', 'http://imageio');
-      if (url.pathname === '/info/' || url.pathname === '/info') {
+      if (!local && (url.pathname === '/info/' || url.pathname === '/info')) {
         rec.target = 'info';
         if (req.method !== 'GET') throw new HttpError(405, `Method not allowed: ${req.method ?? ''}`);
         return this.#json(res, rec, { version: VERSION });
       }
-      const m = /^\/images\/([^/]+)(\/extents)?\/?$/.exec(url.pathname);
+      const m = /^\/images\/([^/]+)(\/extents|\/checksum|\/checksum\/algorithms)?\/?$/.exec(url.pathname);
       if (!m) throw new HttpError(404, `No handler for ${url.pathname}`);
       let uuid: string;
       try {
@@ -360,6 +455,22 @@ export class ImageioServer implements AsyncDisposable {
         throw new HttpError(400, 'Invalid ticket id');
       }
       rec.ticket = uuid;
+      if (m[2] === '/checksum' || m[2] === '/checksum/algorithms') {
+        rec.target = 'checksum';
+        if (req.method !== 'GET') throw new HttpError(405, `Method not allowed: ${req.method ?? ''}`);
+        req.resume();
+        const st = this.#authorize(uuid, 'read', req);
+        if (m[2] === '/checksum/algorithms') return this.#json(res, rec, { algorithms: Object.keys(CHECKSUM_ALGORITHMS) });
+        const bs = url.searchParams.get('block_size');
+        if (bs !== null && !/^\d{1,12}$/.test(bs)) throw new HttpError(400, `Invalid value for 'block_size': ${oneLine(bs)}`);
+        st.ongoing++;
+        try {
+          return this.#json(res, rec, await this.#checksum(st, url.searchParams.get('algorithm') ?? DEFAULT_CHECKSUM_ALGORITHM, bs === null ? CHECKSUM_BLOCK : Number(bs)));
+        } finally {
+          st.ongoing--;
+          this.#touch(st);
+        }
+      }
       if (m[2]) {
         rec.target = 'extents';
         if (req.method !== 'GET') throw new HttpError(405, `Method not allowed: ${req.method ?? ''}`);
@@ -410,8 +521,9 @@ export class ImageioServer implements AsyncDisposable {
 
   #options(uuid: string, req: IncomingMessage, res: ServerResponse, rec: ImageioRequestRecord): void {
     req.resume();
+    const unix = this.#unixSocket !== undefined ? { unix_socket: this.#unixSocket } : {};
     if (uuid === '*') {
-      return this.#json(res, rec, { features: ['extents', 'flush', 'zero'] }, { allow: 'OPTIONS,GET,PUT,PATCH' });
+      return this.#json(res, rec, { ...unix, features: ['checksum', 'extents', 'flush', 'zero'] }, { allow: 'OPTIONS,GET,PUT,PATCH' });
     }
     const st = this.#authorize(uuid, 'read', req);
     const writable = st.ticket.ops.includes('write');
@@ -420,12 +532,42 @@ export class ImageioServer implements AsyncDisposable {
       res,
       rec,
       {
-        features: writable ? ['extents', 'flush', 'zero'] : ['extents'],
+        ...unix,
+        features: writable ? ['checksum', 'extents', 'flush', 'zero'] : ['checksum', 'extents'],
         max_readers: 8,
         max_writers: st.ticket.backend === 'file' ? 1 : 8,
       },
       { allow: writable ? 'OPTIONS,GET,PUT,PATCH' : 'OPTIONS,GET' },
     );
+  }
+
+  async #checksum(st: TicketState, algorithm: string, blockSize: number): Promise<{ algorithm: string; block_size: number; checksum: string }> {
+    const nodeName = Object.hasOwn(CHECKSUM_ALGORITHMS, algorithm) ? CHECKSUM_ALGORITHMS[algorithm] : undefined;
+    if (nodeName === undefined) {
+      throw new HttpError(400, `Unsupported value '${oneLine(algorithm)}' for 'algorithm', expecting one of ${JSON.stringify(Object.keys(CHECKSUM_ALGORITHMS))}`);
+    }
+    if (!Number.isSafeInteger(blockSize) || blockSize % 4096 !== 0 || blockSize < MIN_CHECKSUM_BLOCK || blockSize > MAX_CHECKSUM_BLOCK) {
+      throw new HttpError(400, `Invalid value for 'block_size': ${blockSize}: expecting a multiple of 4096 in [${MIN_CHECKSUM_BLOCK}, ${MAX_CHECKSUM_BLOCK}]`);
+    }
+    const size = st.ticket.size;
+    // the file backend reports everything as data; the nbd backend's map lets zero blocks go unread
+    const map = st.ticket.backend === 'file' ? [{ offset: 0, length: size, kind: 'data' as const }] : await st.backend.map(size);
+    const zeroDigests = new Map<number, Buffer>();
+    const zeroDigest = (n: number): Buffer => {
+      let d = zeroDigests.get(n);
+      if (!d) zeroDigests.set(n, (d = createHash(nodeName).update(Buffer.alloc(n)).digest()));
+      return d;
+    };
+    const outer = createHash(nodeName);
+    let mi = 0;
+    for (let off = 0; off < size; off += blockSize) {
+      const n = Math.min(blockSize, size - off);
+      while (mi < map.length && map[mi]!.offset + map[mi]!.length <= off) mi++;
+      const e = map[mi];
+      const allZero = e !== undefined && e.kind !== 'data' && e.offset <= off && e.offset + e.length >= off + n;
+      outer.update(allZero ? zeroDigest(n) : createHash(nodeName).update(await st.backend.read(off, n)).digest());
+    }
+    return { algorithm, block_size: blockSize, checksum: outer.digest('hex') };
   }
 
   #touch(st: TicketState): void {

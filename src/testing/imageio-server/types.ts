@@ -108,8 +108,8 @@ export type ImageioFault =
 export interface ImageioRequestRecord {
   /** HTTP method. */
   method: string;
-  /** `image`, `extents`, `info` or `other`. */
-  target: 'image' | 'extents' | 'info' | 'other';
+  /** `image`, `extents`, `checksum` (both checksum routes), `info` or `other`. */
+  target: 'image' | 'extents' | 'checksum' | 'info' | 'other';
   ticket?: string;
   /** Data range, for GET/PUT and PATCH zero. */
   offset?: number;
@@ -122,6 +122,8 @@ export interface ImageioRequestRecord {
   status: number;
   /** The fault injected into this request, if any. */
   fault?: ImageioFault['kind'];
+  /** True when the request came over the Unix socket (`unixSocket`). */
+  local?: boolean;
 }
 
 /** Options for `ImageioServer.start`. */
@@ -134,4 +136,10 @@ export interface ImageioServerOptions {
   port?: number;
   /** Requests kept in `requests` (oldest dropped). @defaultValue 10000 */
   maxRequestLog?: number;
+  /**
+   * Also listen on this Unix socket path (plain HTTP, `/images` routes only, like imageio's local
+   * service; a leading NUL byte names a Linux abstract socket) and report it as `unix_socket` in
+   * OPTIONS. A stale socket file at the path is replaced.
+   */
+  unixSocket?: string;
 }

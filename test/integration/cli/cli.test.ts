@@ -370,5 +370,11 @@ describe('virtstream CLI against the engine simulator', () => {
     expect(await run.exit, run.stderr()).toBe(0);
     expect(searches).toContain('nightly');
     expect(lines(run.output()).filter((l) => l.type === 'backup').map((l) => l.vm).sort()).toEqual(['bf01', 'web01']);
+    // a VM named on the command line is matched by its tag too; an untagged one has no rule
+    const one = runCliProcess(['backup', 'bf01', 'syn01', '-c', cfg, '--json', '--full'], env());
+    expect(await one.exit).toBe(5);
+    const out = lines(one.output());
+    expect(out.find((l) => l.type === 'backup')).toMatchObject({ vm: 'bf01' });
+    expect(out.find((l) => l.type === 'error')).toMatchObject({ vm: 'syn01', code: 'ERR_CONFIG' });
   });
 });

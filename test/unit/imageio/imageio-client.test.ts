@@ -44,7 +44,7 @@ describe('ImageioClient basics', () => {
   it('reads OPTIONS of a read-only nbd-like ticket over TLS', async () => {
     await using c = new ImageioClient({ transferUrl: server.transferUrl('ro'), ca: certs.ca });
     const info = await c.options();
-    expect(info).toEqual({ allow: ['OPTIONS', 'GET'], features: ['extents'], maxReaders: 8, maxWriters: 8, legacy: false, via: 'transfer' });
+    expect(info).toEqual({ allow: ['OPTIONS', 'GET'], features: ['checksum', 'extents'], maxReaders: 8, maxWriters: 8, legacy: false, via: 'transfer', transport: 'tcp' });
   });
 
   it('reports 1 writer for a file-backend read-write ticket', async () => {
@@ -54,7 +54,7 @@ describe('ImageioClient basics', () => {
     await using c = new ImageioClient({ transferUrl: server.transferUrl('rw-file'), ca: certs.ca });
     const info = await c.options();
     expect(info.allow).toEqual(['OPTIONS', 'GET', 'PUT', 'PATCH']);
-    expect(info.features).toEqual(['extents', 'flush', 'zero']);
+    expect(info.features).toEqual(['checksum', 'extents', 'flush', 'zero']);
     expect(info.maxWriters).toBe(1);
     expect(await c.extents()).toEqual([{ offset: 0, length: n, zero: false, hole: false }]);
   });

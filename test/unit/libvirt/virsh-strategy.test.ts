@@ -102,6 +102,7 @@ describe('VirshStrategy (no daemon)', () => {
     // the domain named in the backup exists: overwrite needed, and even then it must be shut off
     await expect(s.restore('vm', source([full]))).rejects.toMatchObject({ code: 'ERR_CONFLICT' });
     await expect(s.restore('vm', source([full]), { overwrite: true })).rejects.toMatchObject({ code: 'ERR_CONFLICT' });
+    await expect(s.restore('vm', source([{ ...full, strategy: 'lvm' }]), { newName: 'other' })).rejects.toMatchObject({ code: 'ERR_UNSUPPORTED' });
     const orphan = record('2', [artifact('vda', 'incremental', 'missing')], 'missing');
     await expect(s.restore('vm', source([orphan]), { newName: 'other' })).rejects.toMatchObject({ code: 'ERR_REPO_CHAIN' });
   });

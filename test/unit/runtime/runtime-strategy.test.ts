@@ -262,7 +262,7 @@ describe('RuntimeStrategy: the commit guard', () => {
     expect(target.stats().committed).toBe(0);
   });
 
-  it('waits for a commit in flight, and keeps (and reports) a backup committed before the strategy failed', async () => {
+  it('keeps (and reports) a backup committed before the strategy failed', async () => {
     const target = new MemoryTarget();
     const { logger, records } = captureLogger();
     const inner = new ScriptedStrategy(async (vm, t, options) => {
@@ -273,6 +273,40 @@ describe('RuntimeStrategy: the commit guard', () => {
     expect(err.code).toBe('ERR_LIBVIRT');
     expect(target.stats()).toEqual({ begun: 1, committed: 1, aborted: 0, open: 0 });
     expect(records.some((r) => r.level === 'warn' && /after committing/.test(r.msg ?? ''))).toBe(true);
+  });
+
+  it('waits for a commit still in flight when the strategy fails, before deciding', async () => {
+    let finishCommit!: () => void;
+    const gate = new Promise<void>((resolve) => (finishCommit = resolve));
+    const inner = new MemoryTarget();
+    const slowCommit: BackupTarget = {
+      begin: async (o) => {
+        const s = await inner.begin(o);
+        return Object.assign(Object.create(s) as typeof s, {
+          backupId: s.backupId,
+          commit: async () => {
+            await gate;
+            return s.commit();
+          },
+          abort: (r?: unknown) => s.abort(r),
+        });
+      },
+    };
+    const { logger, records } = captureLogger();
+    const strategy = new ScriptedStrategy(async (vm, t) => {
+      const session = await t.begin({ vm: { name: vm.name! }, strategy: 'scripted', kind: 'full' });
+      session.commit().catch(() => undefined);
+      throw new VirtstreamError('ERR_LIBVIRT', 'failed while committing');
+    });
+    const failing = new RuntimeStrategy(strategy, { logger }).backup({ name: 'vm' }, slowCommit);
+    let settled = false;
+    failing.catch(() => undefined).finally(() => (settled = true));
+    for (let i = 0; i < 10; i++) await new Promise((resolve) => setImmediate(resolve));
+    expect(settled).toBe(false);
+    finishCommit();
+    expect((await rejection(failing)).code).toBe('ERR_LIBVIRT');
+    expect(inner.stats()).toEqual({ begun: 1, committed: 1, aborted: 0, open: 0 });
+    expect(records.some((r) => /after committing/.test(r.msg ?? ''))).toBe(true);
   });
 
   it('passes a session the strategy aborted itself through unchanged', async () => {

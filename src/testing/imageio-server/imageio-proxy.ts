@@ -1,0 +1,258 @@
+import { once } from 'node:events';
+import { Agent as HttpAgent, createServer as createHttpServer, request as httpRequest } from 'node:http';
+import type { IncomingHttpHeaders, IncomingMessage, Server, ServerResponse } from 'node:http';
+import { Agent as HttpsAgent, createServer as createHttpsServer, request as httpsRequest } from 'node:https';
+import type { Socket } from 'node:net';
+import { pipeline } from 'node:stream/promises';
+import { InvalidArgumentError } from '../../core/errors.js';
+
+/** Options for {@link ImageioProxy.start}. */
+export interface ImageioProxyOptions {
+  /** The daemon to relay to: `https://127.0.0.1:54322` (origin only). */
+  daemonUrl: string;
+  /** PEM CA that signed the daemon's certificate; verification is always on for an `https` daemon. */
+  ca?: string;
+  /** PEM key and certificate: serve HTTPS (the proxy role requires TLS in imageio). Without it: plain HTTP. */
+  tls?: { key: string; cert: string };
+  /** @defaultValue '127.0.0.1' */
+  host?: string;
+  /** @defaultValue 0 (any free port; the engine's proxy uses 54323) */
+  port?: number;
+}
+
+/** One relayed request, for assertions ({@link ImageioProxy.requests}). */
+export interface ImageioProxyRecord {
+  /** HTTP method. */
+  method: string;
+  /** Path and query as received. */
+  path: string;
+  /** Status sent back (502 when the daemon could not be reached, 0 when the relay broke mid-way). */
+  status: number;
+}
+
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'trailer', 'host']);
+const MAX_LOG = 10_000;
+
+/**
+ * The imageio **proxy** role for tests (what the engine host runs on port 54323): a separate HTTP(S)
+ * server that relays `/images/…` and `/info/` requests to the daemon, streaming bodies both ways.
+ * As in imageio's proxy (`[local] enable=false`), the OPTIONS answer never carries `unix_socket`:
+ * the proxy strips it from the daemon's answer.
+ *
+ * Deviation: the real proxy holds its own tickets (installed by the engine, `url` pointing at the
+ * daemon); this one relays any ticket id to the daemon, which authorizes it.
+ *
+ * @example
+ * ```ts
+ * await using daemon = await ImageioServer.start({ tls });
+ * await using proxy = await ImageioProxy.start({ daemonUrl: daemon.url, ca, tls });
+ * const client = new ImageioClient({ transferUrl: daemon.transferUrl('t1'), proxyUrl: `${proxy.url}/images/t1`, ca });
+ * ```
+ */
+export class ImageioProxy implements AsyncDisposable {
+  readonly #server: Server;
+  readonly #tls: boolean;
+  readonly #host: string;
+  readonly #daemon: URL;
+  readonly #agent: HttpAgent;
+  readonly #ca: string | undefined;
+  readonly #sockets = new Set<Socket>();
+  readonly #log: ImageioProxyRecord[] = [];
+  #port = 0;
+  #closed = false;
+
+  private constructor(server: Server, tls: boolean, host: string, daemon: URL, ca: string | undefined) {
+    this.#server = server;
+    this.#tls = tls;
+    this.#host = host;
+    this.#daemon = daemon;
+    this.#ca = ca;
+    this.#agent = daemon.protocol === 'https:' ? new HttpsAgent({ keepAlive: true, ...(ca !== undefined ? { ca } : {}) }) : new HttpAgent({ keepAlive: true });
+  }
+
+  /**
+   * Starts the proxy on `host:port`.
+   *
+   * @throws `ERR_INVALID_ARGUMENT` for a daemon URL that is not an http(s) origin, unusable TLS
+   * material, or a port that cannot be bound.
+   */
+  static async start(options: ImageioProxyOptions): Promise<ImageioProxy> {
+    let daemon: URL;
+    try {
+      daemon = new URL(options.daemonUrl);
+    } catch (cause) {
+      throw new InvalidArgumentError('imageio proxy: daemonUrl is not a URL', { cause });
+    }
+    if ((daemon.protocol !== 'https:' && daemon.protocol !== 'http:') || (daemon.pathname !== '/' && daemon.pathname !== '')) {
+      throw new InvalidArgumentError('imageio proxy: daemonUrl must be an http(s) origin such as https://host:54322');
+    }
+    const host = options.host ?? '127.0.0.1';
+    let server: Server;
+    try {
+      server = options.tls ? createHttpsServer({ key: options.tls.key, cert: options.tls.cert }) : createHttpServer();
+    } catch (cause) {
+      throw new InvalidArgumentError('imageio proxy: unusable TLS key or certificate', { cause });
+    }
+    const p = new ImageioProxy(server, options.tls !== undefined, host, daemon, options.ca);
+    server.keepAliveTimeout = 60_000;
+    server.requestTimeout = 0;
+    server.on('connection', (sock: Socket) => {
+      p.#sockets.add(sock);
+      sock.once('close', () => p.#sockets.delete(sock));
+    });
+    server.on('tlsClientError', () => undefined);
+    server.on('clientError', (_err, sock: Socket) => sock.destroy());
+    server.on('request', (req: IncomingMessage, res: ServerResponse) => void p.#relay(req, res));
+    server.listen(options.port ?? 0, host);
+    try {
+      await Promise.race([once(server, 'listening'), once(server, 'error').then(([e]) => Promise.reject(e as Error))]);
+    } catch (cause) {
+      p.#agent.destroy();
+      throw new InvalidArgumentError(`imageio proxy: cannot listen on ${host}:${options.port ?? 0}`, { cause });
+    }
+    const addr = server.address();
+    p.#port = typeof addr === 'object' && addr ? addr.port : 0;
+    return p;
+  }
+
+  /** Base URL, e.g. `https://127.0.0.1:40124`. */
+  get url(): string {
+    const host = this.#host.includes(':') ? `[${this.#host}]` : this.#host;
+    return `${this.#tls ? 'https' : 'http'}://${host}:${this.#port}`;
+  }
+
+  /** The bound port. */
+  get port(): number {
+    return this.#port;
+  }
+
+  /** The proxy URL of a ticket: `<url>/images/<uuid>` (the uuid percent-encoded). */
+  proxyUrl(uuid: string): string {
+    return `${this.url}/images/${encodeURIComponent(uuid)}`;
+  }
+
+  /** Requests relayed so far (the last 10000), oldest first. */
+  requests(): ImageioProxyRecord[] {
+    return this.#log.map((r) => ({ ...r }));
+  }
+
+  /** Forgets the request log. */
+  clearRequests(): void {
+    this.#log.length = 0;
+  }
+
+  /** Stops listening and closes every connection (both sides). Safe to call twice. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
+    for (const sock of this.#sockets) sock.destroy();
+    this.#server.closeAllConnections();
+    this.#agent.destroy();
+    await closed;
+  }
+
+  /** Same as {@link ImageioProxy.close}. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
+  #record(r: ImageioProxyRecord): void {
+    this.#log.push(r);
+    if (this.#log.length > MAX_LOG) this.#log.splice(0, this.#log.length - MAX_LOG);
+  }
+
+  async #relay(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const rec: ImageioProxyRecord = { method: req.method ?? '', path: req.url ?? '/', status: 0 };
+    this.#record(rec);
+    const path = req.url ?? '/';
+    if (!/^\/(images\/[^?#]+|info\/?)(\?[^#]*)?$/.test(path)) {
+      req.resume();
+      rec.status = 404;
+      return plain(res, 404, `No handler for ${path.split('?')[0]!.slice(0, 200)}`);
+    }
+    const headers: Record<string, string | string[]> = {};
+    copyHeaders(req.headers, headers);
+    const send = this.#daemon.protocol === 'https:' ? httpsRequest : httpRequest;
+    const upstream = send({
+      protocol: this.#daemon.protocol,
+      hostname: this.#daemon.hostname.replace(/^\[|\]$/g, ''),
+      port: this.#daemon.port || (this.#daemon.protocol === 'https:' ? 443 : 80),
+      method: req.method,
+      path,
+      headers,
+      agent: this.#agent,
+      ...(this.#ca !== undefined ? { ca: this.#ca } : {}),
+    });
+    let answered = false;
+    upstream.on('response', (up: IncomingMessage) => {
+      answered = true;
+      void this.#answer(req, res, up, rec);
+    });
+    upstream.on('error', () => {
+      if (!answered && !res.headersSent) {
+        rec.status = 502;
+        plain(res, 502, 'Bad Gateway: cannot reach the imageio daemon');
+      } else res.destroy();
+    });
+    res.on('close', () => {
+      if (!res.writableFinished) upstream.destroy();
+    });
+    try {
+      await pipeline(req, upstream);
+    } catch {
+      // the client went away or the daemon broke: the error handler above answers or drops
+    }
+  }
+
+  async #answer(req: IncomingMessage, res: ServerResponse, up: IncomingMessage, rec: ImageioProxyRecord): Promise<void> {
+    const headers: Record<string, string | string[]> = {};
+    copyHeaders(up.headers, headers);
+    const status = up.statusCode ?? 502;
+    if (req.method === 'OPTIONS' && status === 200 && String(up.headers['content-type'] ?? '').includes('json')) {
+      // the proxy has no local service: never pass the daemon's unix_socket on
+      const parts: Buffer[] = [];
+      let n = 0;
+      try {
+        for await (const c of up) {
+          n += (c as Buffer).length;
+          if (n > 64 * 1024) throw new Error('OPTIONS answer too large');
+          parts.push(c as Buffer);
+        }
+        const body = JSON.parse(Buffer.concat(parts).toString('utf8')) as Record<string, unknown>;
+        delete body.unix_socket;
+        const text = JSON.stringify(body);
+        headers['content-length'] = String(Buffer.byteLength(text));
+        rec.status = status;
+        res.writeHead(status, headers);
+        res.end(text);
+      } catch {
+        rec.status = 502;
+        plain(res, 502, 'Bad Gateway: invalid OPTIONS answer from the imageio daemon');
+      }
+      return;
+    }
+    rec.status = status;
+    res.writeHead(status, headers);
+    try {
+      await pipeline(up, res);
+    } catch {
+      rec.status = 0;
+      res.destroy();
+    }
+  }
+}
+
+function copyHeaders(from: IncomingHttpHeaders, to: Record<string, string | string[]>): void {
+  for (const [k, v] of Object.entries(from)) if (v !== undefined && !HOP_BY_HOP.has(k)) to[k] = v;
+}
+
+function plain(res: ServerResponse, status: number, message: string): void {
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  const body = `${message}\n`;
+  res.writeHead(status, { 'content-type': 'text/plain; charset=UTF-8', 'content-length': Buffer.byteLength(body) });
+  res.end(body);
+}
