@@ -5,6 +5,8 @@
  * @module virtstream/rhv
  */
 export { ImageioClient } from '../rhv/imageio/imageio-client.js';
+export { BlockHash } from '../rhv/imageio/block-hash.js';
+export type { BlockHashOptions } from '../rhv/imageio/block-hash.js';
 export { ImageioError } from '../rhv/imageio/imageio-error.js';
 export type { ImageioErrorOptions, ImageioRange } from '../rhv/imageio/imageio-error.js';
 export type {

@@ -57,3 +57,4 @@ export {
   type SuiteTarget,
   type SuiteVm,
 } from '../testing/strategy-suite.js';
+export type { QemuFormat } from '../testing/engine-simulator/qemu-tools.js';

@@ -195,6 +195,8 @@ export class NetcatRunner implements CommandRunner {
               resolve();
             });
             s.once('error', (err) => reject(new SshError('ERR_NETCAT', this.#ssh.host, `data connection failed: ${err.message}`, { cause: err })));
+            // destroyed by kill() or by a reader that went away: no 'end' will come (no-op after 'end')
+            s.once('close', () => reject(new SshError('ERR_NETCAT', this.#ssh.host, `${display}: data connection closed before the end of the stream`)));
           }),
       );
       // end stdout only once the remote command is known to have succeeded: a broken transfer never looks complete

@@ -376,6 +376,7 @@ export class SshRunner implements CommandRunner, AsyncDisposable {
       },
       destroy: (err, cb) => {
         if (!stdoutEnded) kill(); // nobody reads any more: do not leave the remote command stalled
+        channel?.resume(); // a paused channel never reports its close: drain what is still in flight
         cb(err);
       },
     });
@@ -410,6 +411,7 @@ export class SshRunner implements CommandRunner, AsyncDisposable {
         new Promise<void>((resolve) => {
           channel = ch;
           ch.on('data', (c: Buffer) => {
+            if (stdout.destroyed) return; // dropped: the reader is gone and the command is being killed
             if (!stdout.push(c)) ch.pause();
           });
           // stdout EOF is passed on only once the exit status is known (in `done`), so that a channel

@@ -588,9 +588,9 @@ export class VirshStrategy implements BackupStrategy {
       const top = layerFiles[layerFiles.length - 1]!;
       const tmp = `${final}.vs-restore-${token}`;
       if (layers.length === 1 && layers[0]!.artifact.format === baseFormat) {
-        layerFiles.pop();
         layerFiles.push(tmp);
         await host.exec(['mv', '-f', '--', top, tmp], so);
+        layerFiles.splice(layerFiles.indexOf(top), 1);
       } else {
         layerFiles.push(tmp);
         await host.convert(top, tmp, baseFormat, so);

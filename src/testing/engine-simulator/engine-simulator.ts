@@ -90,6 +90,7 @@ export interface EngineSimulatorOptions {
 export interface SimulatorImageioProxy {
   /** Base URL, `https://127.0.0.1:PORT`. */
   readonly url: string;
+  /** Stops the proxy (called by `EngineSimulator.close`). */
   close(): Promise<void>;
 }
 
@@ -747,7 +748,7 @@ export class EngineSimulator implements AsyncDisposable {
       return [200, toXml('disks', {
         disk: b.diskIds.map((id) => {
           const d = this.#disks.get(id)!;
-          const incremental = from !== undefined && from.diskIds.includes(id) && d.backup === 'incremental' && d.format === 'cow';
+          const incremental = from !== undefined && from.state !== 'invalid' && from.diskIds.includes(id) && d.backup === 'incremental' && d.format === 'cow';
           return { ...this.#diskXml(d, false), backup_mode: incremental ? 'incremental' : 'full' };
         }),
       })];
@@ -1081,7 +1082,7 @@ export class EngineSimulator implements AsyncDisposable {
       const b = vm.backups.find((x) => x.id === t.backupId)!;
       const from = b.fromCheckpointId ? vm.checkpoints.find((c) => c.id === b.fromCheckpointId) : undefined;
       const active = disk.images[disk.images.length - 1]!;
-      const incremental = from !== undefined && from.diskIds.includes(disk.id) && disk.backup === 'incremental' && disk.format === 'cow';
+      const incremental = from !== undefined && from.state !== 'invalid' && from.diskIds.includes(disk.id) && disk.backup === 'incremental' && disk.format === 'cow';
       ticket = {
         uuid: ticketId,
         size: disk.virtualSize,

@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import { once } from 'node:events';
 import { unlink } from 'node:fs/promises';
 import { createServer as createHttpServer } from 'node:http';
@@ -8,6 +7,7 @@ import type { Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { InvalidArgumentError } from '../../core/errors.js';
 import type { Extent } from '../../formats/extent.js';
+import { BlockHash } from '../../rhv/imageio/block-hash.js';
 import { DiskImageBackend, RawFileBackend } from './backends.js';
 import type { ImageBackend } from './backends.js';
 import type {
@@ -24,30 +24,9 @@ const MiB = 1024 * 1024;
 const BUFFER = 8 * MiB;
 const WRITE_SLICE = 1024 * 1024;
 const FORBIDDEN = 'You are not allowed to access this resource';
-/** Checksum block size bounds (imageio: BLOCK_SIZE 4 MiB, accepted BLOCK_SIZE/4 .. BLOCK_SIZE*4 in 4 KiB steps). */
+/** imageio's checksum defaults (blkhash.py: BLOCK_SIZE 4 MiB, ALGORITHM blake2b, DIGEST_SIZE 32). */
 const CHECKSUM_BLOCK = 4 * MiB;
-const MIN_CHECKSUM_BLOCK = MiB;
-const MAX_CHECKSUM_BLOCK = 16 * MiB;
-/**
- * Checksum algorithms, by Python `hashlib` name → Node name. Only algorithms Node computes exactly as
- * hashlib does with its default digest size are offered; `blake2b` (imageio's default, used there
- * with a 32-byte digest) is not, because Node has no BLAKE2b-256.
- */
-const CHECKSUM_ALGORITHMS: Readonly<Record<string, string>> = Object.freeze({
-  blake2s: 'blake2s256',
-  md5: 'md5',
-  sha1: 'sha1',
-  sha224: 'sha224',
-  sha256: 'sha256',
-  sha384: 'sha384',
-  sha512: 'sha512',
-  sha3_224: 'sha3-224',
-  sha3_256: 'sha3-256',
-  sha3_384: 'sha3-384',
-  sha3_512: 'sha3-512',
-});
-/** The server's default checksum algorithm (imageio's is `blake2b`, which this server lacks). */
-const DEFAULT_CHECKSUM_ALGORITHM = 'sha256';
+const DEFAULT_CHECKSUM_ALGORITHM = 'blake2b';
 
 interface TicketState {
   ticket: Readonly<Required<Omit<ImageioTicket, 'dirtyExtents'>>> & { dirtyExtents: readonly Extent[] };
@@ -92,9 +71,8 @@ class HttpError extends Error {
  * version. With `unixSocket` the server also listens on a Unix socket (plain HTTP, the `/images`
  * routes only, like imageio's local service) and OPTIONS reports it as `unix_socket`.
  *
- * Deviations from the daemon: the checksum's default algorithm is `sha256` and `blake2b` is not
- * offered (imageio 2.5.3 defaults to `blake2b` with a 32-byte digest, which Node cannot compute), no
- * control API over HTTP (use the methods), and ticket URLs must be `file://`.
+ * Deviations from the daemon: no control API over HTTP (use the methods), and ticket URLs must be
+ * `file://`.
  *
  * @example
  * ```ts
@@ -199,11 +177,9 @@ export class ImageioServer implements AsyncDisposable {
   }
 
   /**
-   * The checksum the server answers for a ticket, computed the documented way (imageio's "blkhash"
-   * construction): the image is cut into `blockSize` blocks (the last one may be shorter); each block
-   * is hashed with `algorithm` (a block inside a zero or hole extent is hashed as that many zero
-   * bytes without being read), and the outer hash of the same algorithm is fed the block digests in
-   * order; the result is its hex digest. Memory holds one block.
+   * The checksum the server answers for a ticket: imageio's block hash ("blkhash", see
+   * `BlockHash`), default `blake2b` with a 32-byte digest and 4 MiB blocks. Zero and hole extents
+   * are hashed as zeros without being read. Memory holds one block.
    *
    * @throws `ERR_INVALID_ARGUMENT` for an unknown ticket or algorithm, or a bad block size.
    */
@@ -460,7 +436,7 @@ export class ImageioServer implements AsyncDisposable {
         if (req.method !== 'GET') throw new HttpError(405, `Method not allowed: ${req.method ?? ''}`);
         req.resume();
         const st = this.#authorize(uuid, 'read', req);
-        if (m[2] === '/checksum/algorithms') return this.#json(res, rec, { algorithms: Object.keys(CHECKSUM_ALGORITHMS) });
+        if (m[2] === '/checksum/algorithms') return this.#json(res, rec, { algorithms: [...BlockHash.algorithms] });
         const bs = url.searchParams.get('block_size');
         if (bs !== null && !/^\d{1,12}$/.test(bs)) throw new HttpError(400, `Invalid value for 'block_size': ${oneLine(bs)}`);
         st.ongoing++;
@@ -542,32 +518,37 @@ export class ImageioServer implements AsyncDisposable {
   }
 
   async #checksum(st: TicketState, algorithm: string, blockSize: number): Promise<{ algorithm: string; block_size: number; checksum: string }> {
-    const nodeName = Object.hasOwn(CHECKSUM_ALGORITHMS, algorithm) ? CHECKSUM_ALGORITHMS[algorithm] : undefined;
-    if (nodeName === undefined) {
-      throw new HttpError(400, `Unsupported value '${oneLine(algorithm)}' for 'algorithm', expecting one of ${JSON.stringify(Object.keys(CHECKSUM_ALGORITHMS))}`);
+    if (!BlockHash.algorithms.includes(algorithm)) {
+      throw new HttpError(400, `Unsupported value '${oneLine(algorithm)}' for 'algorithm', expecting one of ${JSON.stringify(BlockHash.algorithms)}`);
     }
-    if (!Number.isSafeInteger(blockSize) || blockSize % 4096 !== 0 || blockSize < MIN_CHECKSUM_BLOCK || blockSize > MAX_CHECKSUM_BLOCK) {
-      throw new HttpError(400, `Invalid value for 'block_size': ${blockSize}: expecting a multiple of 4096 in [${MIN_CHECKSUM_BLOCK}, ${MAX_CHECKSUM_BLOCK}]`);
+    if (!Number.isSafeInteger(blockSize) || blockSize % 4096 !== 0 || blockSize < MiB || blockSize > 16 * MiB) {
+      throw new HttpError(400, `Invalid value for 'block_size': ${blockSize}: expecting a multiple of 4096 in [${MiB}, ${16 * MiB}]`);
     }
+    const h = new BlockHash({ algorithm, blockSize });
     const size = st.ticket.size;
-    // the file backend reports everything as data; the nbd backend's map lets zero blocks go unread
+    // the file backend reports everything as data; the nbd backend's map lets zero ranges go unread
     const map = st.ticket.backend === 'file' ? [{ offset: 0, length: size, kind: 'data' as const }] : await st.backend.map(size);
-    const zeroDigests = new Map<number, Buffer>();
-    const zeroDigest = (n: number): Buffer => {
-      let d = zeroDigests.get(n);
-      if (!d) zeroDigests.set(n, (d = createHash(nodeName).update(Buffer.alloc(n)).digest()));
-      return d;
+    // reads end on block boundaries, so no read is larger than one block
+    const readData = async (from: number, to: number): Promise<void> => {
+      for (let off = from; off < to; ) {
+        const n = Math.min(blockSize - (off % blockSize), to - off);
+        h.update(await st.backend.read(off, n));
+        off += n;
+      }
     };
-    const outer = createHash(nodeName);
-    let mi = 0;
-    for (let off = 0; off < size; off += blockSize) {
-      const n = Math.min(blockSize, size - off);
-      while (mi < map.length && map[mi]!.offset + map[mi]!.length <= off) mi++;
-      const e = map[mi];
-      const allZero = e !== undefined && e.kind !== 'data' && e.offset <= off && e.offset + e.length >= off + n;
-      outer.update(allZero ? zeroDigest(n) : createHash(nodeName).update(await st.backend.read(off, n)).digest());
+    let pos = 0;
+    for (const e of map) {
+      const start = Math.max(pos, e.offset);
+      const end = Math.min(size, e.offset + e.length);
+      if (end <= start) continue;
+      if (start > pos) await readData(pos, start);
+      if (e.kind !== 'data') h.zero(end - start);
+      else await readData(start, end);
+      pos = end;
     }
-    return { algorithm, block_size: blockSize, checksum: outer.digest('hex') };
+    await readData(pos, size);
+    const r = h.digest();
+    return { algorithm: r.algorithm, block_size: r.blockSize, checksum: r.checksum };
   }
 
   #touch(st: TicketState): void {

@@ -27,6 +27,8 @@ export interface Faults {
   /** writeDisk fails (ENOSPC-like) after this many bytes of the nth disk written (0-based count over the target's life). */
   failAfterBytes?: number;
   failOnCommit?: boolean;
+  /** Delay per received chunk, ms: a slow target keeps the remote reader alive (and blocked). */
+  chunkDelayMs?: number;
 }
 
 export class DirTarget implements BackupTarget, RestoreSource {
@@ -56,14 +58,18 @@ export class DirTarget implements BackupTarget, RestoreSource {
         let bytes = 0;
         const count = new Transform({
           transform(chunk: Buffer, _enc, cb) {
-            bytes += chunk.length;
-            if (faults.failAfterBytes !== undefined && bytes > faults.failAfterBytes) {
-              cb(Object.assign(new Error('ENOSPC: no space left on device (injected)'), { code: 'ENOSPC' }));
-              return;
-            }
-            hash.update(chunk);
-            opts.onBytes?.(bytes);
-            cb(null, chunk);
+            const go = (): void => {
+              bytes += chunk.length;
+              if (faults.failAfterBytes !== undefined && bytes > faults.failAfterBytes) {
+                cb(Object.assign(new Error('ENOSPC: no space left on device (injected)'), { code: 'ENOSPC' }));
+                return;
+              }
+              hash.update(chunk);
+              opts.onBytes?.(bytes);
+              cb(null, chunk);
+            };
+            if (faults.chunkDelayMs) setTimeout(go, faults.chunkDelayMs);
+            else go();
           },
         });
         await pipeline(source as NodeJS.ReadableStream, count, createWriteStream(join(tmp, file)), ...(opts.signal ? [{ signal: opts.signal }] : []));

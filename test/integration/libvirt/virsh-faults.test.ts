@@ -5,6 +5,7 @@
  * and that nothing was committed or left behind. A final successful incremental proves the chain is
  * still usable and restores exactly.
  */
+import { execFileSync } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, posix } from 'node:path';
@@ -17,6 +18,25 @@ import { labVar, remoteRunner } from '../../support/lab.js';
 import { DirTarget } from './dir-target.js';
 import type { Fault } from './helpers.js';
 import { activeSources, chainOf, createDomain, FaultRunner, flushGuest, guestChecksum, guestWrite, listDir, OWNER, removeDomain } from './helpers.js';
+
+/**
+ * Kills (SIGKILL) the sshd session process whose child runs `comm` on a file under `dir`: the TCP
+ * connection of that session drops. Returns the killed pid, or 0. Only the one process this test's
+ * own connection created is signalled.
+ */
+function killSessionOf(comm: string, dir: string): number {
+  const ps = execFileSync('ps', ['-eo', 'pid=,ppid=,comm=,args='], { encoding: 'utf8' });
+  for (const line of ps.split('\n')) {
+    const m = /^\s*(\d+)\s+(\d+)\s+(\S+)\s+(.*)$/.exec(line);
+    if (!m || m[3] !== comm || !m[4]!.includes(dir)) continue;
+    const ppid = Number(m[2]);
+    const parent = execFileSync('ps', ['-o', 'args=', '-p', String(ppid)], { encoding: 'utf8' }).trim();
+    if (!parent.startsWith('sshd:')) continue;
+    process.kill(ppid, 'SIGKILL');
+    return ppid;
+  }
+  return 0;
+}
 
 describe('VirshStrategy failure semantics (fault injection)', () => {
   let ssh: SshRunner;
@@ -113,6 +133,42 @@ describe('VirshStrategy failure semantics (fault injection)', () => {
         expect(await plain.domainState(name), c.label).toBe('running');
       }
 
+      // a real SSH drop: the sshd session process serving the strategy's connection is killed
+      // while `cat` streams the frozen image; the undo steps run over a fresh connection
+      {
+        // 8 MiB of changes and a slow target keep `cat` alive long enough to find its session
+        await guestWrite(plain, name, 1, 0x5f, '1M', '8M');
+        const before = await snapshotState(name);
+        repo.faults = { chunkDelayMs: 20 };
+        const dropSsh = await remoteRunner();
+        const dropHost = new LibvirtHost(dropSsh, { uri: labVar('VS_LIBVIRT_URI'), fileOwner: OWNER });
+        let killed = 0;
+        const err = await new VirshStrategy({ host: dropHost, keepSnapshot: true })
+          .backup({ name }, repo, {
+            kind: 'incremental',
+            parent,
+            onProgress: (e) => {
+              if (e.type !== 'bytes' || killed !== 0) return;
+              killed = killSessionOf('cat', dir);
+            },
+          })
+          .then(
+            () => undefined,
+            (e: unknown) => e as { code?: string },
+          );
+        repo.faults = {};
+        await dropSsh.close();
+        expect(killed, 'found the sshd session of the transfer').toBeGreaterThan(0);
+        expect(err?.code).toMatch(/^ERR_/);
+        const after = await snapshotState(name);
+        expect(after.sources).toEqual(before.sources);
+        expect(after.chains).toEqual(before.chains);
+        expect(after.sums).toEqual(before.sums);
+        expect(after.files).toEqual(before.files);
+        expect((await repo.list(name)).length).toBe(committed);
+        expect(await repo.leftovers(name)).toEqual([]);
+      }
+
       // the chain is intact: the next incremental holds every write since the full. Its merge of the
       // previous snapshot fails after the commit: nothing is lost, the chain is one layer longer
       await guestWrite(plain, name, 1, 0x70, '5M', '64k');
@@ -141,6 +197,20 @@ describe('VirshStrategy failure semantics (fault injection)', () => {
       await removeDomain(plain, restored);
       const rdir = posix.join(dir, 'restored');
       await plain.mkdir(rdir);
+      // a failing restore (qemu-img convert of the flattened chain, then the final define) leaves
+      // neither files nor a definition behind
+      for (const fault of [
+        { match: (a: readonly string[]) => a[0] === 'qemu-img' && a[1] === 'convert', action: 'fail' as const },
+        { match: (a: readonly string[]) => a.includes('define'), action: 'fail' as const },
+      ]) {
+        faulty.fault = fault;
+        await expect(strategy.restore(name, repo, { backupId: parent.id, newName: restored, targetDir: rdir })).rejects.toMatchObject({
+          code: expect.stringMatching(/ERR_REMOTE_COMMAND|ERR_LIBVIRT/) as unknown as string,
+        });
+        expect(faulty.fault).toBeUndefined();
+        expect(await listDir(plain, rdir)).toEqual([]);
+        expect(await plain.hasDomain(restored)).toBe(false);
+      }
       await strategy.restore(name, repo, { backupId: parent.id, newName: restored, targetDir: rdir });
       const files = Object.fromEntries((await plain.getDomain(restored, { inactive: true })).disks.map((d) => [d.target, d.file!]));
       expect(await guestChecksum(plain, files.vda!, scratch)).toBe(state.sums.vda);

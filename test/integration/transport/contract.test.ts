@@ -194,6 +194,25 @@ describe.each(factories)('CommandRunner contract: %s', (_name, make) => {
     expect((await runner.run(['echo', 'still-ok'])).stdout.toString()).toBe('still-ok\n');
   });
 
+  it('settles done when the reader destroys stdout early (no process left)', async () => {
+    const marker = `vs-destroy-${randomBytes(6).toString('hex')}`;
+    const p = runner.spawn(['sh', '-c', `cat /dev/zero; : ${marker}`]);
+    p.stdin.end();
+    let n = 0;
+    for await (const c of p.stdout) {
+      n += (c as Buffer).length;
+      if (n > 1024 * 1024) break; // leaving for-await destroys the stream
+    }
+    expect(p.stdout.destroyed).toBe(true);
+    const outcome = await p.done.then(
+      () => 'resolved',
+      (e: unknown) => (isVirtstreamError(e) ? 'typed' : 'untyped'),
+    );
+    // the command may finish normally (SIGPIPE, then `:`) or end with a typed error: it must settle
+    expect(['resolved', 'typed']).toContain(outcome);
+    expect(await waitGone(marker)).toEqual([]);
+  });
+
   it('kill() ends a command that neither reads nor writes', async () => {
     const marker = `vs-kill-${randomBytes(6).toString('hex')}`;
     const p = runner.spawn(['sh', '-c', `sleep 600; : ${marker}`]);

@@ -52,12 +52,12 @@ describe('ImageioServer protocol (imageio 2.5.3 behaviour)', () => {
     expect(ro.status).toBe(200);
     expect(ro.headers['server']).toBe('imageio/2.5.3');
     expect(ro.headers['allow']).toBe('OPTIONS,GET');
-    expect(JSON.parse(ro.text)).toEqual({ features: ['extents'], max_readers: 8, max_writers: 8 });
+    expect(JSON.parse(ro.text)).toEqual({ features: ['checksum', 'extents'], max_readers: 8, max_writers: 8 });
     const rw = await call('/images/rw', { method: 'OPTIONS' });
     expect(rw.headers['allow']).toBe('OPTIONS,GET,PUT,PATCH');
-    expect(JSON.parse(rw.text)).toEqual({ features: ['extents', 'flush', 'zero'], max_readers: 8, max_writers: 8 });
+    expect(JSON.parse(rw.text)).toEqual({ features: ['checksum', 'extents', 'flush', 'zero'], max_readers: 8, max_writers: 8 });
     const star = await call('/images/*', { method: 'OPTIONS' });
-    expect(JSON.parse(star.text)).toEqual({ features: ['extents', 'flush', 'zero'] });
+    expect(JSON.parse(star.text)).toEqual({ features: ['checksum', 'extents', 'flush', 'zero'] });
     expect(star.headers['allow']).toBe('OPTIONS,GET,PUT,PATCH');
   });
 
