@@ -84,6 +84,8 @@ interface DiskPlan {
   /** The top image at the start of this backup (kept overlay or base). */
   top: string;
   topFormat: 'raw' | 'qcow2';
+  /** The base has a backing chain of its own (a disk made from a template): full backups flatten it. */
+  baseHasBacking: boolean;
 }
 
 function fmt(f: string, what: string): 'raw' | 'qcow2' {
@@ -342,6 +344,7 @@ export class VirshStrategy implements BackupStrategy {
         kind: 'full',
         top: top.filename,
         topFormat,
+        baseHasBacking: chain.length > i + 1,
       };
       if (kept !== undefined) plan.kept = kept;
       if (options.kind === 'incremental' && options.parent) {
@@ -439,8 +442,7 @@ export class VirshStrategy implements BackupStrategy {
         p.top = p.base;
         p.topFormat = p.baseFormat;
       }
-      const chain = await host.imageInfo(p.base, { chain: true, ...so });
-      if (chain.length > 1) {
+      if (p.baseHasBacking) {
         // the base has its own backing chain: store the disk as the VM sees it (flattened)
         source = `${p.base}.vs-flat-${randomUUID().slice(0, 8)}`;
         undo.defer('remove flattened copy', (s) => host.removeFiles([source], { signal: s }));

@@ -111,6 +111,8 @@ interface DiskPlan {
 }
 
 const OVF_NAME = 'vm.ovf';
+/** Descriptions of the snapshots this strategy creates start with this (found again after a lost answer, and superseded ones removed). */
+const SNAPSHOT_DESCRIPTION_PREFIX = 'virtstream backup ';
 
 /**
  * Backs up RHV/oVirt VMs through image transfers (REST API v4 + imageio) and restores them.
@@ -219,12 +221,12 @@ export class ImageTransferStrategy implements BackupStrategy {
       const sessionHandle = undo.defer('abort backup session', () => session.abort(new Error('backup failed')));
 
       const results: DiskBackupResult[] = [];
-      let previousSnapshot: string | undefined;
+      let keptSnapshot: string | undefined;
       let newCheckpoint: string | undefined;
       if (mode === 'snapshot-chain') {
         progress({ type: 'phase', phase: 'snapshot' });
         // a unique description finds the snapshot again if the answer to the create is lost (abort, reset)
-        const description = `virtstream backup ${new Date().toISOString()} ${randomUUID()}`;
+        const description = `${SNAPSHOT_DESCRIPTION_PREFIX}${new Date().toISOString()} ${randomUUID()}`;
         const lost = undo.defer('remove a snapshot whose creation answer was lost', async (s) => {
           const found = (await this.#client.snapshots.list(rhvVm.id, { signal: s })).filter((x) => x.description === description);
           for (const f of found) await this.#client.snapshots.remove(rhvVm.id, f.id, { ...this.#poll(), signal: s });
@@ -260,9 +262,8 @@ export class ImageTransferStrategy implements BackupStrategy {
         await session.writeMetadata(OVF_NAME, withOvf.ovf ?? '', signal ? { signal } : {});
         progress({ type: 'phase', phase: 'cleanup' });
         if (keep) {
-          // the new snapshot supersedes the parent's, whether or not its disks were used as a base
-          const kept = options.parent?.strategy === this.id ? options.parent.disks.map((d) => d.extra?.snapshotId).find((x): x is string => typeof x === 'string') : undefined;
-          if (kept !== snap.id) previousSnapshot = kept;
+          // the new snapshot supersedes every earlier kept one (removed after the commit)
+          keptSnapshot = snap.id;
           undo.release(snapHandle);
           undo.release(sweepHandle);
           // if commit fails the new snapshot must still go
@@ -309,14 +310,10 @@ export class ImageTransferStrategy implements BackupStrategy {
       const record = await session.commit(signal ? { signal } : {});
       undo.release(sessionHandle);
       committed = true;
-      if (previousSnapshot) {
-        try {
-          await this.#client.snapshots.remove(rhvVm.id, previousSnapshot, { ...this.#poll(), signal: cleanupSignal() });
-        } catch (err) {
-          const message = `could not remove the previous backup snapshot ${previousSnapshot}: ${(err as Error).message}`;
+      if (keptSnapshot) {
+        for (const message of await this.#removeSupersededSnapshots(rhvVm.id, keptSnapshot, log)) {
           warnings.push(message);
           progress({ type: 'warning', message });
-          log.warn({ err, snapshotId: previousSnapshot }, 'previous snapshot removal failed');
         }
       }
       if (newCheckpoint) {
@@ -453,6 +450,31 @@ export class ImageTransferStrategy implements BackupStrategy {
       }
     }
     return plans;
+  }
+
+  /**
+   * Removes the snapshots earlier backups kept (recognised by their `virtstream backup` description),
+   * so only the newest one stays on the VM, whether this backup was full or incremental. Failures are
+   * returned as warnings: the backup itself is committed.
+   */
+  async #removeSupersededSnapshots(vmId: string, keep: string, log: Logger): Promise<string[]> {
+    const warnings: string[] = [];
+    const signal = cleanupSignal();
+    let earlier: { id: string }[];
+    try {
+      earlier = (await this.#client.snapshots.list(vmId, { signal })).filter((x) => x.id !== keep && x.description?.startsWith(SNAPSHOT_DESCRIPTION_PREFIX));
+    } catch (err) {
+      return [`could not list snapshots to remove earlier backup snapshots: ${(err as Error).message}`];
+    }
+    for (const old of earlier) {
+      try {
+        await this.#client.snapshots.remove(vmId, old.id, { ...this.#poll(), signal });
+      } catch (err) {
+        warnings.push(`could not remove the earlier backup snapshot ${old.id}: ${(err as Error).message}`);
+        log.warn({ err, snapshotId: old.id }, 'earlier backup snapshot removal failed');
+      }
+    }
+    return warnings;
   }
 
   /** For snapshot-chain incrementals: the new layer must sit directly on the kept snapshot's volume. */

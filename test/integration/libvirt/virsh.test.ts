@@ -171,6 +171,42 @@ describe('VirshStrategy over SSH', () => {
     }
   });
 
+  it('a disk made from a template is stored flattened (the chain as the VM sees it)', async () => {
+    const name = `vs-it-template-${process.pid}`;
+    const template = posix.join(dir, 'template.qcow2');
+    const vda = posix.join(dir, 'from-template.qcow2');
+    await removeDomain(host, name);
+    await host.exec(['qemu-img', 'create', '-q', '-f', 'qcow2', '--', template, '16M']);
+    await host.exec(['qemu-io', '-f', 'qcow2', '-c', 'write -q -P 0x77 4M 2M', '--', template]);
+    await createDomain(host, name, [{ target: 'vda', file: vda, format: 'qcow2', sizeMb: 16, backing: template }], true);
+    try {
+      const templateSum = (await host.exec(['sha256sum', '--', template])).toString().slice(0, 64);
+      await guestWrite(host, name, 0, 0x78, '5M', '64k');
+      const strategy = new VirshStrategy({ host, keepSnapshot: true });
+      const r = await strategy.backup({ name }, repo);
+      await flushGuest(host, name, 1);
+      const sum = await guestChecksum(host, (await activeSources(host, name)).vda!, scratch);
+      expect(r.record.disks[0]!.extra?.flattened).toBe(true);
+      // the kept snapshot sits on the disk, which still sits on the untouched template
+      const src = (await activeSources(host, name)).vda!;
+      expect(await chainOf(host, src)).toEqual([src, vda, template]);
+      expect((await host.exec(['sha256sum', '--', template])).toString().slice(0, 64)).toBe(templateSum);
+      expect((await listDir(host, dir)).filter((f) => f.includes('.vs-flat-'))).toEqual([]);
+      const copy = `vs-it-template-copy-${process.pid}`;
+      await removeDomain(host, copy);
+      const res = await strategy.restore(name, repo, { backupId: r.record.id, newName: copy });
+      try {
+        const file = res.disks[0]!.location!;
+        expect(await chainOf(host, file)).toEqual([file]);
+        expect(await guestChecksum(host, file, scratch)).toBe(sum);
+      } finally {
+        await removeDomain(host, copy, res.disks.map((d) => d.location!));
+      }
+    } finally {
+      await removeDomain(host, name);
+    }
+  });
+
   it('falls back to full per disk when the kept snapshot is gone, and says why', async () => {
     const name = `vs-it-fallback-${process.pid}`;
     const vda = posix.join(dir, 'fb-a.qcow2');

@@ -189,6 +189,25 @@ describe('snapshot-chain specifics', () => {
     expect(texts.filter((t) => /failed \(ERR_RHV_RESPONSE\)$/.test(t))).toHaveLength(1);
   });
 
+  it('repeated full backups keep only the newest backup snapshot; user snapshots are left alone', async () => {
+    const s = strategy();
+    await s.backup({ name: vmName }, repo);
+    expectEngineClean(1);
+    const vmId = sim.vmId(vmName);
+    const user = await rhv.snapshots.create(vmId, { description: 'user snapshot' });
+    await rhv.snapshots.waitUntilOk(vmId, user.id);
+    const second = await s.backup({ name: vmName }, repo);
+    const third = await s.backup({ name: vmName }, repo);
+    const snaps = sim.state().vms.find((v) => v.name === vmName)!.snapshots;
+    expect(snaps.map((x) => x.description).sort()).toEqual(['user snapshot', expect.stringMatching(/^virtstream backup /)]);
+    const keptId = third.record.disks[0]!.extra?.snapshotId;
+    expect(snaps.map((x) => x.id)).toContain(keptId);
+    expect(second.warnings).toEqual([]);
+    // the newest backup is still a usable base
+    const inc = await s.backup({ name: vmName }, repo, { kind: 'incremental', parent: third.record });
+    expect(inc.disks.every((d) => d.kind === 'full' || d.kind === 'incremental')).toBe(true);
+  });
+
   it('keepLastSnapshot: false leaves no snapshot, and the next incremental is a full with the reason', async () => {
     const s = strategy({ keepLastSnapshot: false });
     const full = await s.backup({ name: vmName }, repo);
