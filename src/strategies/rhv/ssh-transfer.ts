@@ -493,10 +493,12 @@ function backingPath(backupId: string, parentId: string, parent: StoredDiskArtif
   return posix.relative(dir, posix.join(parentId, parent.file));
 }
 
+// module level: esbuild's CJS output runs class static initializers out of order
+const ZERO_GRANULE = Buffer.alloc(65536);
+
 /** Builds the data/zero map of a byte stream in 64 KiB granules as it passes (a partial last granule counts by its bytes). */
 class ZeroMap {
   static readonly GRANULE = 65536;
-  static readonly #zero = Buffer.alloc(ZeroMap.GRANULE);
   readonly #extents: Extent[] = [];
   #pos = 0;
   /** Whether the granule being filled has non-zero bytes so far. */
@@ -507,7 +509,7 @@ class ZeroMap {
     while (off < chunk.length) {
       const inGranule = this.#pos % ZeroMap.GRANULE;
       const take = Math.min(ZeroMap.GRANULE - inGranule, chunk.length - off);
-      if (!this.#dirty && !chunk.subarray(off, off + take).equals(ZeroMap.#zero.subarray(0, take))) this.#dirty = true;
+      if (!this.#dirty && !chunk.subarray(off, off + take).equals(ZERO_GRANULE.subarray(0, take))) this.#dirty = true;
       this.#pos += take;
       off += take;
       if (this.#pos % ZeroMap.GRANULE === 0) this.#flush(ZeroMap.GRANULE);
