@@ -31,6 +31,14 @@ describe('redactString', () => {
   });
 });
 
+describe('redactString keeps plain paths', () => {
+  it('redacts bare ticket paths with a UUID ticket but not image file paths', () => {
+    const s = redactString('GET /images/0f4c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b and /var/lib/libvirt/images/vm.qcow2');
+    expect(s).not.toContain('0f4c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b');
+    expect(s).toContain('/var/lib/libvirt/images/vm.qcow2');
+  });
+});
+
 describe('redact', () => {
   it('replaces secret-looking keys at any depth and keeps the rest', () => {
     const out = redact({
