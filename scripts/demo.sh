@@ -10,8 +10,10 @@ need=()
 for tool in qemu-img qemu-io openssl; do command -v "$tool" >/dev/null 2>&1 || need+=("$tool"); done
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
-    echo "[demo] installing Debian packages (missing: ${need[*]})" >&2
-    bash scripts/lab/install-packages.sh
+    echo "[demo] installing qemu-utils and openssl (missing: ${need[*]})" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get -q -y -o DPkg::Lock::Timeout=600 update >&2
+    apt-get -q -y -o DPkg::Lock::Timeout=600 install --no-install-recommends qemu-utils openssl >&2
   else
     echo "[demo] missing ${need[*]}: run this script as root once, or install qemu-utils and openssl" >&2
     exit 1

@@ -221,14 +221,22 @@ export class LibvirtHost {
     // XML goes through a private temporary file on the host
     const tmp = (await this.exec(['mktemp', '--tmpdir', 'virtstream-domain-XXXXXXXX.xml'], { signal: options.signal })).toString('utf8').trim();
     if (!tmp.startsWith('/')) throw new VirtstreamError('ERR_REMOTE_COMMAND', `mktemp printed ${JSON.stringify(tmp)}`);
+    let defined = false;
     try {
       await this.exec(['dd', `of=${tmp}`, 'status=none'], { signal: options.signal, input: xml });
       await this.virsh(['define', '--file', tmp], { signal: options.signal });
+      defined = true;
     } finally {
-      await this.exec(['rm', '-f', '--', tmp], { signal: AbortSignal.timeout(30_000) }).catch(() => undefined);
+      if (!defined) await this.exec(['rm', '-f', '--', tmp], { signal: AbortSignal.timeout(30_000) }).catch(() => undefined);
     }
     this.#logger.info({ domain: name }, 'domain defined');
-    return this.getDomain(name, { ...options, inactive: true });
+    // the temporary file is removed while the stored definition is read back (one round trip less)
+    const removed = this.exec(['rm', '-f', '--', tmp], { signal: AbortSignal.timeout(30_000) }).catch(() => undefined);
+    try {
+      return await this.getDomain(name, { ...options, inactive: true });
+    } finally {
+      await removed;
+    }
   }
 
   /** Removes a domain definition (snapshot and checkpoint metadata too); `nvram` removes its NVRAM file. */
@@ -383,8 +391,10 @@ export class LibvirtHost {
 
   /** Sets owner ({@link fileOwner}) and mode ({@link fileMode}) of a file the SDK created. */
   async setOwner(path: string, options: SignalOptions & { mode?: string } = {}): Promise<void> {
-    await this.exec(['chown', '--', this.fileOwner, path], { signal: options.signal });
-    await this.exec(['chmod', '--', options.mode ?? this.fileMode, path], { signal: options.signal });
+    // independent: both run at once (the mode has no set-id bits a chown could clear)
+    const owner = this.exec(['chown', '--', this.fileOwner, path], { signal: options.signal });
+    const mode = this.exec(['chmod', '--', options.mode ?? this.fileMode, path], { signal: options.signal });
+    await Promise.all([owner, mode]);
   }
 
   /**

@@ -146,6 +146,8 @@ const STAGING_DIR = '.staging';
 const TRASH_DIR = '.trash';
 const BLOCK = 64 * 1024;
 const ZERO_BLOCK = Buffer.alloc(BLOCK);
+/** Most buffers one `writev` call gets (below every platform's IOV_MAX). */
+const WRITEV_MAX = 512;
 
 /**
  * Lock nonces held by this process, to tell our live locks from leftovers. Kept on `globalThis` so
@@ -238,6 +240,65 @@ class FileSink extends Writable {
       }
     }
     if (runStart >= 0) await this.#writeAll(chunk.subarray(runStart), start + runStart);
+  }
+
+  /** Chunks that queued up while a write ran: their data runs go out in few `writev` calls. */
+  override _writev(chunks: { chunk: Buffer }[], callback: (err?: Error | null) => void): void {
+    this.#writeChunks(chunks).then(() => callback(), callback);
+  }
+
+  async #writeChunks(chunks: readonly { chunk: Buffer }[]): Promise<void> {
+    // a run: contiguous data pieces (possibly from several chunks) that one writev writes
+    let run: Buffer[] = [];
+    let runAt = 0;
+    let runEnd = -1;
+    const add = async (piece: Buffer, position: number): Promise<void> => {
+      if (piece.length === 0) return;
+      if (position !== runEnd || run.length >= WRITEV_MAX) await flush();
+      if (run.length === 0) runAt = position;
+      run.push(piece);
+      runEnd = position + piece.length;
+    };
+    const flush = async (): Promise<void> => {
+      if (run.length > 0) await this.#writevAll(run, runAt);
+      run = [];
+      runEnd = -1;
+    };
+    for (const { chunk } of chunks) {
+      const start = this.#position;
+      this.#position += chunk.length;
+      if (!this.#sparse) {
+        await add(chunk, start);
+        continue;
+      }
+      // 64 KiB blocks of the chunk (native compares); zero blocks end the run and stay holes
+      let dataStart = -1;
+      for (let off = 0; off < chunk.length; off += BLOCK) {
+        const end = Math.min(off + BLOCK, chunk.length);
+        const zero = chunk.compare(ZERO_BLOCK, 0, end - off, off, end) === 0;
+        if (!zero && dataStart < 0) dataStart = off;
+        if (zero && dataStart >= 0) {
+          await add(chunk.subarray(dataStart, off), start + dataStart);
+          dataStart = -1;
+        }
+      }
+      if (dataStart >= 0) await add(chunk.subarray(dataStart), start + dataStart);
+    }
+    await flush();
+  }
+
+  async #writevAll(buffers: Buffer[], position: number): Promise<void> {
+    let rest = buffers;
+    let at = position;
+    while (rest.length > 0) {
+      let { bytesWritten } = await this.#fh.writev(rest, at);
+      at += bytesWritten;
+      // drop what was written; a short write continues inside a buffer
+      let i = 0;
+      while (i < rest.length && bytesWritten >= rest[i]!.length) bytesWritten -= rest[i++]!.length;
+      rest = rest.slice(i);
+      if (bytesWritten > 0 && rest.length > 0) rest[0] = rest[0]!.subarray(bytesWritten);
+    }
   }
 
   override _final(callback: (err?: Error | null) => void): void {

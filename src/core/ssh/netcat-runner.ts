@@ -207,8 +207,10 @@ export class NetcatRunner implements CommandRunner {
         },
         (err: unknown) => {
           ended = true;
-          // a command that exited non-zero ends its stream like a local process; transport failures error it
-          if (err instanceof RemoteCommandError || signal?.aborted) out.push(null);
+          // a command that exited non-zero or was killed ends its stream like a local process (and like
+          // SshRunner); transport failures error it. A kill may close the data connection before the
+          // wrapper reports its exit, so it is recognised by the flag, not by the error that came first.
+          if (err instanceof RemoteCommandError || signal?.aborted || killed) out.push(null);
           else out.destroy(err as Error);
         },
       );
@@ -282,7 +284,9 @@ export class NetcatRunner implements CommandRunner {
   async #connect(port: number, token: string, signal: AbortSignal | undefined, ctlSettled: () => boolean): Promise<Socket> {
     const host = this.#options.connectHost ?? this.#options.listenAddress;
     const deadline = performance.now() + (this.#options.connectTimeoutMs ?? 15_000);
-    let delay = 20;
+    // the listener comes up one SSH exec later (plus the login shell's start-up): poll briefly and
+    // often, a refused connect costs nothing and a long back-off only delays the transfer
+    let delay = 10;
     for (;;) {
       if (signal?.aborted) throw new AbortedError(signal.reason);
       if (ctlSettled()) throw new SshError('ERR_NETCAT', this.#ssh.host, 'remote command ended before the data connection was made');
@@ -309,7 +313,7 @@ export class NetcatRunner implements CommandRunner {
         }
       }
       await sleep(delay, signal);
-      delay = Math.min(250, delay * 2);
+      delay = Math.min(50, delay * 2);
     }
   }
 

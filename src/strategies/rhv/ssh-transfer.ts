@@ -451,6 +451,7 @@ export class SshTransferStrategy implements BackupStrategy {
       const zeros = new ZeroMap();
       let n = 0;
       const count = new Transform({
+        highWaterMark: 1024 * 1024,
         transform(chunk: Buffer, _enc, cb) {
           zeros.add(chunk);
           n += chunk.length;
@@ -459,7 +460,8 @@ export class SshTransferStrategy implements BackupStrategy {
         },
       });
       try {
-        await pipeline(proc.stdout, count, createWriteStream(local), signal ? { signal } : {});
+        // a large write buffer: chunks that arrive while a write runs go out together (writev)
+        await pipeline(proc.stdout, count, createWriteStream(local, { highWaterMark: 4 * 1024 * 1024 }), signal ? { signal } : {});
       } catch (err) {
         proc.kill();
         if (signal?.aborted) throw normalizeAbort(err, signal);
