@@ -3,6 +3,7 @@ import { randomUUID } from 'node:crypto';
 import { PassThrough } from 'node:stream';
 import { cleanupSignal, throwIfAborted } from '../../core/abort.js';
 import { CleanupStack } from '../../core/cleanup-stack.js';
+import type { CommandProcess } from '../../core/exec/command-runner.js';
 import { AbortedError, InvalidArgumentError, isVirtstreamError, NotFoundError, UnsupportedError, VirtstreamError } from '../../core/errors.js';
 import type { Logger } from '../../core/logger.js';
 import { childLogger, redactingLogger, silentLogger } from '../../core/logger.js';
@@ -464,7 +465,7 @@ export class VirshStrategy implements BackupStrategy {
     // the size query and the transfer start together (one round trip less); the command's output
     // waits in its bounded channel window until the size is known
     const size = host.fileSize(source, so);
-    let proc;
+    let proc: CommandProcess;
     try {
       proc = host.readFile(source, so);
     } catch (err) {
