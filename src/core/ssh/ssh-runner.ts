@@ -381,6 +381,11 @@ export class SshRunner implements CommandRunner, AsyncDisposable {
       },
     });
 
+    let exitCode: number | null = null;
+    let exitSignal: string | null = null;
+    // ssh2 may parse the exec reply, the output, the exit status and the close from one TCP read and
+    // emit them synchronously after calling back: listen for exit and close inside the callback itself
+    let channelGone!: Promise<void>;
     const opened = (async (): Promise<SshChannel> => {
       const conn = await this.#connection(signal);
       const release = await this.#slots.acquire(signal);
@@ -391,7 +396,14 @@ export class SshRunner implements CommandRunner, AsyncDisposable {
         ch = await new Promise<SshChannel>((resolve, reject) => {
           conn.exec(command, (err, c) => {
             if (err) reject(new SshError('ERR_SSH_CHANNEL', this.host, `cannot open a channel for ${display}: ${err.message}`, { cause: err, retryable: true }));
-            else resolve(c);
+            else {
+              c.on('exit', (code: unknown, sig: unknown) => {
+                exitCode = typeof code === 'number' ? code : null;
+                exitSignal = signalName(sig);
+              });
+              channelGone = new Promise<void>((done) => c.once('close', () => done()));
+              resolve(c);
+            }
           });
         });
       } catch (err) {
@@ -404,8 +416,6 @@ export class SshRunner implements CommandRunner, AsyncDisposable {
       return ch;
     })();
 
-    let exitCode: number | null = null;
-    let exitSignal: string | null = null;
     const closed = opened.then(
       (ch) =>
         new Promise<void>((resolve) => {
@@ -433,11 +443,8 @@ export class SshRunner implements CommandRunner, AsyncDisposable {
             head = undefined;
             if (rest.length > 0) tail.push(rest);
           });
-          ch.on('exit', (code: unknown, sig: unknown) => {
-            exitCode = typeof code === 'number' ? code : null;
-            exitSignal = signalName(sig);
-          });
-          ch.once('close', () => {
+          // let output that ssh2 buffered before these listeners existed flow first
+          void channelGone.then(() => new Promise((r) => setImmediate(r))).then(() => {
             channelClosed = true;
             if (head !== undefined && head.length > 0) tail.push(head); // no marker seen: keep what came
             head = undefined;

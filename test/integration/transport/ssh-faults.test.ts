@@ -72,4 +72,18 @@ describe('connection loss', () => {
       await runner.close();
     }
   });
+
+  it('the first command on a fresh connection reports its exit status (reply, output, exit and close in one read)', async () => {
+    // ssh2 may emit exit and close synchronously right after the exec callback; the runner must not miss them
+    for (let i = 0; i < 15; i++) {
+      const runner = new SshRunner(labSshOptions());
+      try {
+        const r = await runner.run(['sh', '-c', 'echo fast; exit 3'], { okExitCodes: [3] });
+        expect(r.exitCode).toBe(3);
+        expect(r.stdout.toString()).toBe('fast\n');
+      } finally {
+        await runner.close();
+      }
+    }
+  });
 });
