@@ -804,6 +804,8 @@ export class FileRepository implements BackupTarget, RestoreSource {
         if (other !== undefined && other !== 'malformed' && this.#isStale(other)) await rm(guard, { force: true });
         return;
       }
+      // a live breaker in this process must not look stale to the others (its pid is ours)
+      heldLocks.add(nonce);
       try {
         const current = await this.#readLock(path);
         if (current !== undefined && current !== 'malformed' && current.nonce === stale.nonce) {
@@ -813,6 +815,7 @@ export class FileRepository implements BackupTarget, RestoreSource {
       } finally {
         const mine = await this.#readLock(guard).catch(() => undefined);
         if (mine !== undefined && mine !== 'malformed' && mine.nonce === nonce) await rm(guard, { force: true });
+        heldLocks.delete(nonce);
       }
     } finally {
       await rm(tmp, { force: true });

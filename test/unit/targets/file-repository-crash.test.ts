@@ -133,7 +133,7 @@ describe('FileRepository stale lock race', () => {
     const repo = new FileRepository(root);
     const vmDir = join(root, FileRepository.vmFolderName(VM));
     await (await repo.begin({ vm: { name: VM }, strategy: 'test', kind: 'full' })).abort();
-    for (let round = 0; round < 5; round++) {
+    for (let round = 0; round < 25; round++) {
       await writeFile(join(vmDir, '.lock'), JSON.stringify({ pid: dead.pid, host: hostname(), since: 'x', nonce: `dead${round}`, purpose: 'backup' }));
       const writers = Array.from({ length: 4 }, () => new FileRepository(root));
       const outcomes = await Promise.allSettled(writers.map((w) => w.begin({ vm: { name: VM }, strategy: 'test', kind: 'full' })));
