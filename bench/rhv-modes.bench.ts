@@ -90,7 +90,7 @@ const suite: BenchSuite = {
             : await runBaseline(['sh', '-c', `"$@" "nc -N -l ${host} 45201 < '${volume}'" & until nc -d ${host} 45201 > '${out}' 2>/dev/null; do sleep 0.02; done; wait`, 'sh', ...sshArgv]);
         rmSync(out, { force: true });
         rows.push({
-          case: `ssh-transfer full of ${sizeMb} MiB over ${channel === 'ssh' ? 'SSH' : 'netcat'} (spool + QCOW2 into repo)`,
+          case: `ssh-transfer full of ${sizeMb} MiB over ${channel === 'ssh' ? 'SSH' : 'netcat'} (streamed to QCOW2 in repo)`,
           bytes,
           virtstreamSeconds: vs.seconds,
           baseline: channel === 'ssh' ? 'ssh host cat > file' : 'ssh host nc -l + nc > file',

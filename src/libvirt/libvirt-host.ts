@@ -1,7 +1,7 @@
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { throwIfAborted } from '../core/abort.js';
-import { InvalidArgumentError, isVirtstreamError, NotFoundError, VirtstreamError } from '../core/errors.js';
+import { InvalidArgumentError, isVirtstreamError, NotFoundError, RemoteCommandError, VirtstreamError } from '../core/errors.js';
 import type { CommandArg, CommandProcess, CommandRunner, RunOptions } from '../core/exec/command-runner.js';
 import type { Logger } from '../core/logger.js';
 import { redactingLogger, silentLogger } from '../core/logger.js';
@@ -57,6 +57,27 @@ export interface BlockCommitOptions {
 export interface SignalOptions {
   signal?: AbortSignal;
 }
+
+/**
+ * `define` in one round trip. Positional arguments: `$1` libvirt URI, `$2` domain name, `$3` the
+ * virsh verb `define` (an argv element, so logs and fault injection see which verb runs); the XML on
+ * stdin. The temporary file is removed on every exit path (a signal included). Exit 70/71: mktemp or
+ * the write failed; 72: `virsh define` failed (nothing defined); 73: the read-back failed (defined).
+ * Values are never part of the script text: the runner quotes each argv element.
+ */
+const DEFINE_SCRIPT = [
+  't=$(mktemp --tmpdir virtstream-domain-XXXXXXXX.xml) || exit 70',
+  'case $t in /*) ;; *) exit 70 ;; esac',
+  "trap 'rm -f -- \"$t\"' EXIT",
+  "trap 'exit 129' HUP INT TERM PIPE",
+  'cat > "$t" || exit 71',
+  'virsh -q -c "$1" "$3" --file "$t" > /dev/null || { s=$?; [ "$s" -eq 127 ] && exit 127; exit 72; }',
+  'rm -f -- "$t"',
+  'virsh -q -c "$1" dumpxml --domain "$2" --inactive || exit 73',
+].join('\n');
+
+/** Owner, then mode: `$1` owner, `$2` mode, `$3` path. */
+const SET_OWNER_SCRIPT = 'chown -- "$1" "$3" && chmod -- "$2" "$3"';
 
 const ACL_OWNER_RE = /^[A-Za-z0-9_.][A-Za-z0-9_.-]*(:[A-Za-z0-9_.][A-Za-z0-9_.-]*)?$/;
 
@@ -213,10 +234,14 @@ export class LibvirtHost {
    * Defines (or redefines) a domain from XML (through a private temporary file on the host);
    * returns the definition libvirt stored.
    *
+   * With `oneRoundTrip`, the temporary file, `virsh define`, its removal and the read-back run as one
+   * remote command (`sh -c` with every value a positional argument) instead of five.
+   *
    * @throws `ERR_LIBVIRT_XML` for XML that does not parse, `ERR_LIBVIRT` when libvirt refuses it.
    */
-  async define(xml: string, options: SignalOptions = {}): Promise<DomainInfo> {
+  async define(xml: string, options: SignalOptions & { oneRoundTrip?: boolean } = {}): Promise<DomainInfo> {
     const { name } = parseDomainXml(xml, { allowMissingUuid: true });
+    if (options.oneRoundTrip) return this.#defineOnce(xml, name, options.signal);
     // virsh reads a file; /dev/stdin cannot be opened when stdin is a socket (local runners), so the
     // XML goes through a private temporary file on the host
     const tmp = (await this.exec(['mktemp', '--tmpdir', 'virtstream-domain-XXXXXXXX.xml'], { signal: options.signal })).toString('utf8').trim();
@@ -237,6 +262,27 @@ export class LibvirtHost {
     } finally {
       await removed;
     }
+  }
+
+  async #defineOnce(xml: string, name: string, signal: AbortSignal | undefined): Promise<DomainInfo> {
+    throwIfAborted(signal);
+    let stored: string;
+    try {
+      const r = await this.#runner.run(['sh', '-c', DEFINE_SCRIPT, 'virtstream-define', this.#uri, name, 'define'], {
+        input: xml,
+        maxOutputBytes: 16 * 1024 * 1024,
+        ...(signal ? { signal } : {}),
+      });
+      stored = r.stdout.toString('utf8');
+    } catch (err) {
+      if (!(err instanceof RemoteCommandError) || (err.exitCode !== 72 && err.exitCode !== 73)) throw err;
+      const tail = err.stderrTail.trim();
+      const detail = tail !== '' ? `: ${tail.split('\n').slice(-2).join(' | ')}` : '';
+      const what = err.exitCode === 72 ? 'define' : 'dumpxml';
+      throw new VirtstreamError('ERR_LIBVIRT', `virsh ${what} failed on ${this.#runner.host}${detail}`, { cause: err });
+    }
+    this.#logger.info({ domain: name }, 'domain defined');
+    return parseDomainXml(stored);
   }
 
   /** Removes a domain definition (snapshot and checkpoint metadata too); `nvram` removes its NVRAM file. */
@@ -391,10 +437,8 @@ export class LibvirtHost {
 
   /** Sets owner ({@link fileOwner}) and mode ({@link fileMode}) of a file the SDK created. */
   async setOwner(path: string, options: SignalOptions & { mode?: string } = {}): Promise<void> {
-    // independent: both run at once (the mode has no set-id bits a chown could clear)
-    const owner = this.exec(['chown', '--', this.fileOwner, path], { signal: options.signal });
-    const mode = this.exec(['chmod', '--', options.mode ?? this.fileMode, path], { signal: options.signal });
-    await Promise.all([owner, mode]);
+    // one remote command: chown, then chmod (after it, so a chown cannot clear mode bits)
+    await this.exec(['sh', '-c', SET_OWNER_SCRIPT, 'virtstream-owner', this.fileOwner, options.mode ?? this.fileMode, path], { signal: options.signal });
   }
 
   /**

@@ -89,6 +89,12 @@ interface DiskPlan {
   baseHasBacking: boolean;
 }
 
+/** Awaits every promise; then throws the first rejection (in order), if any. */
+async function settleAll(promises: readonly Promise<unknown>[]): Promise<void> {
+  const results = await Promise.allSettled(promises);
+  for (const r of results) if (r.status === 'rejected') throw r.reason;
+}
+
 function fmt(f: string, what: string): 'raw' | 'qcow2' {
   if (f === 'raw' || f === 'qcow2') return f;
   throw new UnsupportedError(`${what}: image format ${f} is not supported by the virsh strategy (convert it to qcow2 or raw)`);
@@ -319,6 +325,7 @@ export class VirshStrategy implements BackupStrategy {
     const exclude = new Set(options.excludeDisks ?? []);
     const plans: DiskPlan[] = [];
     const token = randomUUID().replaceAll('-', '').slice(0, 12);
+    const selected: { disk: DomainDisk; file: string }[] = [];
     for (const disk of live.disks) {
       const label = disk.file ? posix.basename(disk.file) : disk.target;
       if (exclude.has(disk.target) || exclude.has(label) || (disk.file !== undefined && exclude.has(disk.file))) continue;
@@ -333,7 +340,12 @@ export class VirshStrategy implements BackupStrategy {
         continue;
       }
       if (disk.driverType === 'other') fmt(disk.driverTypeName, `disk ${disk.target}`);
-      const chain = await this.#host.imageInfo(disk.file, { chain: true, ...(signal ? { signal } : {}) });
+      selected.push({ disk, file: disk.file });
+    }
+    // the backing chains are read-only queries: all disks at once (one round trip)
+    const chains = await Promise.all(selected.map((d) => this.#host.imageInfo(d.file, { chain: true, ...(signal ? { signal } : {}) })));
+    for (const [n, { disk }] of selected.entries()) {
+      const chain = chains[n]!;
       const top = chain[0]!;
       const topFormat = fmt(top.format, `disk ${disk.target}`);
       // our overlays on top of the base: the kept snapshot, and below it any whose merge failed
@@ -401,11 +413,13 @@ export class VirshStrategy implements BackupStrategy {
   async #snapshotStopped(name: string, inactiveXml: string, plans: DiskPlan[], undo: CleanupStack, signal: AbortSignal | undefined): Promise<void> {
     const host = this.#host;
     this.#chainHandle(undo, undo.defer('remove overlay files', (s) => this.#removeUnreferenced(name, plans.map((p) => p.overlay), s)));
-    for (const p of plans) await host.createOverlay(p.overlay, p.top, p.topFormat, signal ? { signal } : {});
+    // independent files, their removal registered above: created at once, and every creation has
+    // ended before a failure is reported (so the undo never races a creation still running)
+    await settleAll(plans.map((p) => host.createOverlay(p.overlay, p.top, p.topFormat, signal ? { signal } : {})));
     const edits: Record<string, DiskFileEdit> = {};
     for (const p of plans) edits[p.disk.target] = { file: p.overlay, driverType: 'qcow2' };
     throwIfAborted(signal);
-    await host.define(rewriteDomainXml(inactiveXml, { disks: edits }), signal ? { signal } : {});
+    await host.define(rewriteDomainXml(inactiveXml, { disks: edits }), { oneRoundTrip: true, ...(signal ? { signal } : {}) });
     // undo: merge the overlays down (they hold writes only if the domain was started meanwhile) and
     // define the domain on the layer below them again (read when it runs: a kept snapshot may have
     // been merged by then)
@@ -413,13 +427,12 @@ export class VirshStrategy implements BackupStrategy {
       undo,
       undo.defer('restore domain definition', async (s) => {
         const running = (await host.domainState(name, { signal: s })) !== 'shut off';
-        for (const p of plans) {
-          if (running) await host.blockCommit(name, p.disk.target, { active: true, base: p.top, signal: s });
-          else await host.commitImage(p.overlay, { signal: s });
-        }
+        if (running) for (const p of plans) await host.blockCommit(name, p.disk.target, { active: true, base: p.top, signal: s });
+        // separate images of a stopped domain: merged at once, all finished before a failure is reported
+        else await settleAll(plans.map((p) => host.commitImage(p.overlay, { signal: s })));
         const back: Record<string, DiskFileEdit> = {};
         for (const p of plans) back[p.disk.target] = { file: p.top, driverType: p.topFormat };
-        await host.define(rewriteDomainXml(inactiveXml, { disks: back }), { signal: s });
+        await host.define(rewriteDomainXml(inactiveXml, { disks: back }), { signal: s, oneRoundTrip: true });
       }),
     );
   }
@@ -643,7 +656,7 @@ export class VirshStrategy implements BackupStrategy {
       await host.exec(['mv', '-f', '--', f.tmp, f.final], so);
       if (!exists) keepOnSuccess.push(undo.defer(`remove ${f.final}`, (s) => host.removeFiles([f.final], { signal: s })));
     }
-    const { uuid } = await host.define(newXml, so);
+    const { uuid } = await host.define(newXml, { ...so, oneRoundTrip: true });
     if (!exists) keepOnSuccess.push(undo.defer('undefine restored domain', (s) => host.undefine(domName, { signal: s })));
     if (options.start) await host.start(domName, so);
     // success: keep files and definition; the remaining steps remove temporary layers

@@ -1,7 +1,9 @@
 /**
  * `SshTransferStrategy`: RHV/oVirt backups that use the REST API only for metadata and read the disk
  * volumes over SSH straight from a hypervisor that sees the storage (optionally over a netcat data
- * channel). Full and incremental (the QCOW2 layers created since the kept snapshot); restore goes
+ * channel): `qemu-img map` of each volume, then one remote read of the data ranges streamed into the
+ * QCOW2 writer, with no local spool file (a local spool is the fallback for volumes that cannot be
+ * streamed). Full and incremental (the QCOW2 layers created since the kept snapshot); restore goes
  * through imageio like {@link ImageTransferStrategy}.
  *
  * @module
@@ -11,7 +13,7 @@ import { createWriteStream } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, posix } from 'node:path';
-import { Transform } from 'node:stream';
+import { PassThrough, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { cleanupSignal, normalizeAbort, sleep, throwIfAborted } from '../../core/abort.js';
 import { CleanupStack } from '../../core/cleanup-stack.js';
@@ -37,12 +39,16 @@ import type {
 } from '../../core/strategy.js';
 import type { BackupRecord, BackupSession, BackupTarget, RestoreSource, StoredDiskArtifact } from '../../core/target.js';
 import type { DiskImage } from '../../formats/disk-image.js';
-import type { Extent } from '../../formats/extent.js';
+import type { Extent, ExtentChunk, ExtentStream } from '../../formats/extent.js';
 import { coalesceExtents } from '../../formats/extent-map.js';
 import { openDiskImage } from '../../formats/open-disk-image.js';
+import { QCOW2_MAGIC } from '../../formats/qcow2/qcow2-header.js';
 import { probeFormat } from '../../formats/qcow2/qcow2-image.js';
 import { RawImage } from '../../formats/raw-image.js';
 import { writeQcow2 } from '../../formats/qcow2/qcow2-writer.js';
+import type { WriteQcow2Options } from '../../formats/qcow2/qcow2-writer.js';
+import { parseQemuImgMap } from '../../rhv/qemu-img-map.js';
+import type { LayerMapExtent } from '../../rhv/qemu-img-map.js';
 import type { RhvClient } from '../../rhv/rhv-client.js';
 import type { RhvPollOptions } from '../../rhv/rest/service-context.js';
 import { seg } from '../../rhv/rest/service-context.js';
@@ -52,6 +58,8 @@ import { blockVolume, fileVolumePath, requireUuid, storageKindOf } from '../../r
 import { mergeLayers } from '../../snapshot/merge-layers.js';
 import type { RandomAccessLayer } from '../../snapshot/merge-layers.js';
 import { ImageTransferStrategy } from './image-transfer.js';
+import { layerReadScript, planLayerReads } from './ssh-read-plan.js';
+import type { LayerReadPlan } from './ssh-read-plan.js';
 import type { ImageTransferStrategyOptions } from './image-transfer.js';
 
 /** A hypervisor as the engine lists it. */
@@ -75,7 +83,11 @@ export interface SshTransferStrategyOptions {
   netcat?: NetcatRunnerOptions;
   /** vdsm's data-center root on the hypervisor. @defaultValue '/rhev/data-center' */
   rhevRoot?: string;
-  /** Local directory for spooled volumes (they are parsed with random access, then deleted). @defaultValue os.tmpdir() */
+  /**
+   * Local directory for the fallback spool: used only for a disk whose volumes cannot be streamed
+   * (compressed clusters, or data in too many ranges for one remote read); the files are parsed with
+   * random access, then deleted. @defaultValue os.tmpdir()
+   */
   spoolDir?: string;
   /** Keep the last backup snapshot as the base of the next incremental. @defaultValue true */
   keepLastSnapshot?: boolean;
@@ -105,6 +117,12 @@ interface DiskPlan {
 }
 
 const OVF_NAME = 'vm.ovf';
+/** Largest read script sent as one `sh -c` argument (Linux caps one argument at 128 KiB). */
+const MAX_SCRIPT = 96 * 1024;
+/** Bytes read ahead of the QCOW2 writer from the remote read. */
+const READ_AHEAD = 16 * 1024 * 1024;
+/** Largest data chunk handed to the QCOW2 writer. */
+const MAX_CHUNK = 4 * 1024 * 1024;
 
 /**
  * Backs up RHV/oVirt VMs by reading their volumes over SSH from a hypervisor.
@@ -113,7 +131,7 @@ const OVF_NAME = 'vm.ovf';
  * |---|---|
  * | incremental | yes: the QCOW2 layers since the kept snapshot, stored as one delta on the parent |
  * | live | yes (snapshot first) |
- * | sparse | yes (only allocated clusters are stored; the wire carries the whole volume file) |
+ * | sparse | yes (`qemu-img map` on the host first: only allocated data crosses the wire and is stored) |
  * | restore | yes, through imageio |
  *
  * @example
@@ -198,7 +216,9 @@ export class SshTransferStrategy implements BackupStrategy {
     const undo = new CleanupStack({ logger: log });
     let committed = false;
     let runner: CommandRunner | undefined;
-    const spool = await mkdtemp(join(this.#options.spoolDir ?? tmpdir(), 'vs-ssh-transfer-'));
+    // the spool directory exists only when a volume cannot be streamed (see #backupDisk)
+    let spoolDir: string | undefined;
+    const spool = async (): Promise<string> => (spoolDir ??= await mkdtemp(join(this.#options.spoolDir ?? tmpdir(), 'vs-ssh-transfer-')));
     try {
       const sshOptions = await this.#sshOptions(host);
       const ssh = this.#options.connect ? this.#options.connect(sshOptions) : new SshRunner({ ...sshOptions, ...(sshOptions.logger ? {} : { logger: log }) });
@@ -269,7 +289,7 @@ export class SshTransferStrategy implements BackupStrategy {
         await undo.unwind();
       }
       await runner?.close().catch(() => undefined);
-      await rm(spool, { recursive: true, force: true });
+      if (spoolDir) await rm(spoolDir, { recursive: true, force: true });
     }
   }
 
@@ -346,7 +366,7 @@ export class SshTransferStrategy implements BackupStrategy {
     snapshotId: string,
     domain: DomainInfo,
     runner: CommandRunner,
-    spool: string,
+    spool: () => Promise<string>,
     keep: boolean,
     progress: ProgressListener,
     log: Logger,
@@ -371,12 +391,180 @@ export class SshTransferStrategy implements BackupStrategy {
         delete plan.parentArtifact;
       } else layers = chain.slice(i + 1);
     }
+    const incremental = plan.kind === 'incremental' && plan.parentArtifact && plan.parentBackupId;
+    const qcow2Options = {
+      ...(incremental ? { backingFile: backingPath(session.backupId, plan.parentBackupId!, plan.parentArtifact!), backingFormat: 'qcow2' as const } : {}),
+      ...opts,
+    };
+    const artifact: Parameters<BackupSession['writeDisk']>[0] = {
+      diskId: disk.id,
+      name: disk.name,
+      format: 'qcow2',
+      virtualSize: disk.provisionedSize,
+      kind: plan.kind,
+      ...(incremental ? { parentBackupId: plan.parentBackupId! } : {}),
+      ...(plan.fallbackReason ? { fallbackReason: plan.fallbackReason } : {}),
+      extra: {
+        rhvDiskId: disk.id,
+        attachmentIndex: plan.attachment.index,
+        bootable: plan.attachment.bootable,
+        interface: plan.attachment.interface,
+        layers: layers.length,
+        ...(keep ? { snapshotId } : {}),
+      },
+    };
+    const onBytes = (n: number): void => progress({ type: 'bytes', disk: disk.name, transferred: n });
+    const located = await this.#locate(runner, domain, disk.id, layers, dlog, signal);
+    let written: { bytes: number };
+    try {
+      const readPlan = await this.#mapLayers(runner, located.paths, disk.provisionedSize, dlog, signal);
+      if (typeof readPlan !== 'string') written = await this.#streamLayers(session, artifact, runner, located.paths, readPlan, qcow2Options, onBytes, dlog, signal);
+      else {
+        dlog.info({ reason: readPlan }, 'volumes are spooled locally instead of streamed');
+        written = await this.#spoolLayers(session, artifact, runner, located.paths, disk, await spool(), qcow2Options, onBytes, dlog, signal);
+      }
+    } finally {
+      await located.release();
+    }
+    dlog.info({ bytes: written.bytes, kind: plan.kind, layers: layers.length }, 'disk stored');
+    return { diskId: disk.id, kind: plan.kind, bytes: written.bytes, ...(plan.fallbackReason ? { fallbackReason: plan.fallbackReason } : {}) };
+  }
+
+  /** The hypervisor paths of `layers` (oldest first); block volumes are activated until `release`. */
+  async #locate(
+    runner: CommandRunner,
+    domain: DomainInfo,
+    diskId: string,
+    layers: readonly RhvDiskSnapshot[],
+    log: Logger,
+    signal: AbortSignal | undefined,
+  ): Promise<{ paths: string[]; release: () => Promise<void> }> {
+    if (domain.kind === 'file') {
+      const root = this.#options.rhevRoot ? { root: this.#options.rhevRoot } : {};
+      const paths = layers.map((v) => fileVolumePath({ ...root, server: domain.server, exportPath: domain.exportPath, storageDomainId: domain.id, diskId, volumeId: requireUuid(v.id, 'volume id') }));
+      return { paths, release: async () => undefined };
+    }
+    const active: string[] = [];
+    const release = async (): Promise<void> => {
+      for (const lv of active.splice(0).reverse()) {
+        await runner.run(['lvchange', '-an', lv], { signal: cleanupSignal() }).catch((err: unknown) => log.warn({ err, lv }, 'could not deactivate LV'));
+      }
+    };
+    const paths: string[] = [];
+    try {
+      for (const v of layers) {
+        const lv = blockVolume(domain.id, requireUuid(v.id, 'volume id'));
+        throwIfAborted(signal);
+        await runner.run(['lvchange', '-ay', lv.lvName], signal ? { signal } : {});
+        active.push(lv.lvName);
+        paths.push(lv.devicePath);
+      }
+    } catch (err) {
+      await release();
+      throw err;
+    }
+    return { paths, release };
+  }
+
+  /**
+   * The read plan of the layers from `qemu-img map` of each layer alone (its backing file not opened),
+   * or the reason they must be spooled instead (compressed clusters, too many ranges for one script).
+   */
+  async #mapLayers(
+    runner: CommandRunner,
+    paths: readonly string[],
+    size: number,
+    log: Logger,
+    signal: AbortSignal | undefined,
+  ): Promise<LayerReadPlan | string> {
+    const opts = signal ? { signal } : {};
+    const maps: LayerMapExtent[][] = [];
+    for (const path of paths) {
+      const magic = (await runner.run(['head', '-c', '4', '--', path], opts)).stdout;
+      const format = magic.length === 4 && magic.readUInt32BE(0) === QCOW2_MAGIC ? 'qcow2' : 'raw';
+      const spec = { driver: format, ...(format === 'qcow2' ? { backing: null } : {}), file: { filename: path } }; // qemu picks host_device for block devices
+      const out = await runner.run(['qemu-img', 'map', '--output=json', '-U', `json:${JSON.stringify(spec)}`], opts);
+      try {
+        maps.push(parseQemuImgMap(out.stdout, size));
+      } catch (err) {
+        if (isVirtstreamError(err, 'ERR_FORMAT_UNSUPPORTED')) return `${path}: ${err.message}`;
+        throw err;
+      }
+    }
+    const plan = planLayerReads(maps, size);
+    const script = layerReadScript(paths, plan.reads);
+    if (Buffer.byteLength(script) > MAX_SCRIPT) return `the data is in ${plan.reads.length} ranges, too many for one remote read`;
+    log.debug({ ranges: plan.reads.length, dataBytes: plan.dataBytes }, 'read plan');
+    return plan;
+  }
+
+  /** Streams the planned ranges in one remote command straight into the QCOW2 writer and the session. */
+  async #streamLayers(
+    session: BackupSession,
+    artifact: Parameters<BackupSession['writeDisk']>[0],
+    runner: CommandRunner,
+    paths: readonly string[],
+    plan: LayerReadPlan,
+    qcow2Options: WriteQcow2Options,
+    onBytes: (n: number) => void,
+    log: Logger,
+    signal: AbortSignal | undefined,
+  ): Promise<{ bytes: number }> {
+    throwIfAborted(signal);
+    const opts = signal ? { signal } : {};
+    log.debug({ files: paths.length }, 'streaming volumes');
+    const proc = runner.spawn(['sh', '-c', layerReadScript(paths, plan.reads)], { bulk: 'stdout', ...opts });
+    // whether the failure came from the read side (then the command's own error explains it best)
+    let readFailed = false;
+    const chunks = async function* (): AsyncGenerator<ExtentChunk> {
+      try {
+        // a bounded buffer keeps the channel draining while the writer and the target work
+        const buffered = proc.stdout.pipe(new PassThrough({ highWaterMark: READ_AHEAD }));
+        proc.stdout.once('error', (err) => buffered.destroy(err));
+        yield* mappedChunks(buffered, plan, onBytes);
+      } catch (err) {
+        readFailed = true;
+        throw err;
+      }
+    };
+    const source: ExtentStream = { size: artifact.virtualSize, map: plan.map, [Symbol.asyncIterator]: chunks };
+    let written: { bytes: number };
+    try {
+      written = await session.writeDisk(artifact, writeQcow2(source, qcow2Options), opts);
+    } catch (err) {
+      proc.kill();
+      if (signal?.aborted) throw normalizeAbort(err, signal);
+      // a failure of the target is the target's: the killed command's exit says nothing more
+      if (!readFailed) throw err;
+      // the command's own failure (exit status, lost channel) explains a broken stream best; bounded,
+      // as a destroyed stdout may keep `done` from settling
+      const outcome = await Promise.race([proc.done.then(() => undefined, (e: unknown) => e), sleep(10_000).then(() => undefined)]);
+      throw isVirtstreamError(outcome) ? outcome : normalizeAbort(err, signal);
+    }
+    await proc.done;
+    return written;
+  }
+
+  /** The fallback: each layer copied to the spool directory, parsed with random access, merged and written. */
+  async #spoolLayers(
+    session: BackupSession,
+    artifact: Parameters<BackupSession['writeDisk']>[0],
+    runner: CommandRunner,
+    paths: readonly string[],
+    disk: RhvDisk,
+    spool: string,
+    qcow2Options: WriteQcow2Options,
+    onBytes: (n: number) => void,
+    log: Logger,
+    signal: AbortSignal | undefined,
+  ): Promise<{ bytes: number }> {
+    const opts = signal ? { signal } : {};
     const images: (DiskImage | RandomAccessLayer)[] = [];
     let read = 0;
     try {
-      for (const v of layers) {
-        const local = join(spool, `${disk.id}-${requireUuid(v.id, 'volume id')}`);
-        const spooled = await this.#spool(runner, domain, disk.id, v.id, local, (n) => progress({ type: 'bytes', disk: disk.name, transferred: read + n }), dlog, signal);
+      for (const [i, path] of paths.entries()) {
+        const local = join(spool, `${disk.id}-${i}`);
+        const spooled = await this.#spool(runner, path, local, (n) => onBytes(read + n), log, signal);
         read += spooled.bytes;
         if ((await probeFormat(local, signal)) === 'raw') {
           // a RAW volume's map was computed while it streamed in
@@ -389,92 +577,42 @@ export class SshTransferStrategy implements BackupStrategy {
         if (img.virtualSize !== disk.provisionedSize) throw new VirtstreamError('ERR_FORMAT_CORRUPT', `volume of disk ${disk.name} has size ${img.virtualSize}, the engine says ${disk.provisionedSize}`);
       }
       const merged = await mergeLayers(images, disk.provisionedSize, opts);
-      const incremental = plan.kind === 'incremental' && plan.parentArtifact && plan.parentBackupId;
-      const body = writeQcow2(merged, {
-        ...(incremental ? { backingFile: backingPath(session.backupId, plan.parentBackupId!, plan.parentArtifact!), backingFormat: 'qcow2' as const } : {}),
-        ...opts,
-      });
-      const written = await session.writeDisk(
-        {
-          diskId: disk.id,
-          name: disk.name,
-          format: 'qcow2',
-          virtualSize: disk.provisionedSize,
-          kind: plan.kind,
-          ...(incremental ? { parentBackupId: plan.parentBackupId! } : {}),
-          ...(plan.fallbackReason ? { fallbackReason: plan.fallbackReason } : {}),
-          extra: {
-            rhvDiskId: disk.id,
-            attachmentIndex: plan.attachment.index,
-            bootable: plan.attachment.bootable,
-            interface: plan.attachment.interface,
-            layers: layers.length,
-            ...(keep ? { snapshotId } : {}),
-          },
-        },
-        body,
-        opts,
-      );
-      dlog.info({ bytes: written.bytes, kind: plan.kind, layers: layers.length }, 'disk stored');
-      return { diskId: disk.id, kind: plan.kind, bytes: written.bytes, ...(plan.fallbackReason ? { fallbackReason: plan.fallbackReason } : {}) };
+      return await session.writeDisk(artifact, writeQcow2(merged, qcow2Options), opts);
     } finally {
       for (const img of images) await img.close?.().catch(() => undefined);
     }
   }
 
-  /** Copies one volume from the hypervisor into `local`; returns its size. Block volumes are activated only for the read. */
-  async #spool(
-    runner: CommandRunner,
-    domain: DomainInfo,
-    diskId: string,
-    volumeId: string,
-    local: string,
-    onBytes: (n: number) => void,
-    log: Logger,
-    signal: AbortSignal | undefined,
-  ): Promise<{ bytes: number; map: Extent[] }> {
+  /** Copies one volume file from the hypervisor into `local`; returns its size and (for RAW) its zero map. */
+  async #spool(runner: CommandRunner, path: string, local: string, onBytes: (n: number) => void, log: Logger, signal: AbortSignal | undefined): Promise<{ bytes: number; map: Extent[] }> {
     throwIfAborted(signal);
-    let path: string;
-    let deactivate: string | undefined;
-    if (domain.kind === 'file') {
-      path = fileVolumePath({ ...(this.#options.rhevRoot ? { root: this.#options.rhevRoot } : {}), server: domain.server, exportPath: domain.exportPath, storageDomainId: domain.id, diskId, volumeId });
-    } else {
-      const lv = blockVolume(domain.id, volumeId);
-      await runner.run(['lvchange', '-ay', lv.lvName], signal ? { signal } : {});
-      deactivate = lv.lvName;
-      path = lv.devicePath;
-    }
+    log.debug({ path }, 'reading volume');
+    const proc = runner.spawn(['cat', '--', path], { bulk: 'stdout', ...(signal ? { signal } : {}) });
+    // the zero map of the stream, so a RAW volume needs no second scan
+    const zeros = new ZeroMap();
+    let n = 0;
+    const count = new Transform({
+      highWaterMark: 1024 * 1024,
+      transform(chunk: Buffer, _enc, cb) {
+        zeros.add(chunk);
+        n += chunk.length;
+        onBytes(n);
+        cb(null, chunk);
+      },
+    });
     try {
-      log.debug({ path }, 'reading volume');
-      const proc = runner.spawn(['cat', '--', path], { bulk: 'stdout', ...(signal ? { signal } : {}) });
-      // the zero map of the stream, so a RAW volume needs no second scan
-      const zeros = new ZeroMap();
-      let n = 0;
-      const count = new Transform({
-        highWaterMark: 1024 * 1024,
-        transform(chunk: Buffer, _enc, cb) {
-          zeros.add(chunk);
-          n += chunk.length;
-          onBytes(n);
-          cb(null, chunk);
-        },
-      });
-      try {
-        // a large write buffer: chunks that arrive while a write runs go out together (writev)
-        await pipeline(proc.stdout, count, createWriteStream(local, { highWaterMark: 4 * 1024 * 1024 }), signal ? { signal } : {});
-      } catch (err) {
-        proc.kill();
-        if (signal?.aborted) throw normalizeAbort(err, signal);
-        // the command's own failure (exit status, lost channel) explains a broken stream best; bounded,
-        // as a destroyed stdout may keep `done` from settling
-        const outcome = await Promise.race([proc.done.then(() => undefined, (e: unknown) => e), sleep(10_000).then(() => undefined)]);
-        throw isVirtstreamError(outcome) ? outcome : normalizeAbort(err, signal);
-      }
-      await proc.done;
-      return { bytes: n, map: zeros.extents() };
-    } finally {
-      if (deactivate) await runner.run(['lvchange', '-an', deactivate], { signal: cleanupSignal() }).catch((err: unknown) => log.warn({ err, lv: deactivate }, 'could not deactivate LV'));
+      // a large write buffer: chunks that arrive while a write runs go out together (writev)
+      await pipeline(proc.stdout, count, createWriteStream(local, { highWaterMark: 4 * 1024 * 1024 }), signal ? { signal } : {});
+    } catch (err) {
+      proc.kill();
+      if (signal?.aborted) throw normalizeAbort(err, signal);
+      // the command's own failure (exit status, lost channel) explains a broken stream best; bounded,
+      // as a destroyed stdout may keep `done` from settling
+      const outcome = await Promise.race([proc.done.then(() => undefined, (e: unknown) => e), sleep(10_000).then(() => undefined)]);
+      throw isVirtstreamError(outcome) ? outcome : normalizeAbort(err, signal);
     }
+    await proc.done;
+    return { bytes: n, map: zeros.extents() };
   }
 
   /**
@@ -486,6 +624,57 @@ export class SshTransferStrategy implements BackupStrategy {
   async restore(vmName: string, source: RestoreSource, options: RestoreOptions = {}): Promise<RestoreResult> {
     const inner = new ImageTransferStrategy(this.#client, { ...(this.#options.restore ?? {}), ...(this.#options.poll ? { poll: this.#options.poll } : {}) });
     return inner.restore(vmName, source, options);
+  }
+}
+
+/**
+ * The chunks of a disk whose data ranges (per `plan.map`) arrive concatenated on `stdout`, in order.
+ * Fails with `ERR_TRUNCATED` when the stream ends early and `ERR_REMOTE_COMMAND` when it carries more.
+ */
+async function* mappedChunks(stdout: AsyncIterable<Uint8Array>, plan: LayerReadPlan, onBytes: (n: number) => void): AsyncGenerator<ExtentChunk> {
+  const it = stdout[Symbol.asyncIterator]();
+  let pending: Buffer = Buffer.alloc(0);
+  let total = 0;
+  try {
+    for (const e of plan.map) {
+      if (e.kind !== 'data') {
+        yield { offset: e.offset, length: e.length, kind: e.kind };
+        continue;
+      }
+      let done = 0;
+      while (done < e.length) {
+        // gather up to MAX_CHUNK bytes: few large chunks pass through the QCOW2 writer without copies
+        const want = Math.min(e.length - done, MAX_CHUNK);
+        let data: Buffer;
+        if (pending.length >= want) {
+          data = pending.subarray(0, want);
+          pending = pending.subarray(want);
+        } else {
+          data = Buffer.allocUnsafe(want);
+          let got = 0;
+          while (got < want) {
+            if (pending.length === 0) {
+              const r = await it.next();
+              if (r.done) throw new VirtstreamError('ERR_TRUNCATED', `the volume data ended after ${total + got} of ${plan.dataBytes} bytes`);
+              pending = Buffer.from(r.value.buffer, r.value.byteOffset, r.value.byteLength);
+              continue;
+            }
+            const n = Math.min(pending.length, want - got);
+            pending.copy(data, got, 0, n);
+            pending = pending.subarray(n);
+            got += n;
+            onBytes(total + got);
+          }
+        }
+        yield { offset: e.offset + done, length: want, kind: 'data', data };
+        done += want;
+        total += want;
+        onBytes(total);
+      }
+    }
+    if (pending.length > 0 || !(await it.next()).done) throw new VirtstreamError('ERR_REMOTE_COMMAND', `the remote read printed more than the ${plan.dataBytes} mapped bytes`);
+  } finally {
+    await it.return?.();
   }
 }
 

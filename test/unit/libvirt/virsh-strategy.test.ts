@@ -1,4 +1,6 @@
 import { describe, expect, it } from 'vitest';
+import type { CommandArg, CommandProcess, CommandRunner, RunOptions, RunResult, SpawnOptions } from '../../../src/core/exec/command-runner.js';
+import { collectProcess } from '../../../src/core/exec/process-helpers.js';
 import type { BackupRecord, BackupTarget, RestoreSource, StoredDiskArtifact } from '../../../src/core/target.js';
 import { LibvirtHost } from '../../../src/libvirt/libvirt-host.js';
 import { VirshStrategy } from '../../../src/strategies/libvirt/virsh.js';
@@ -112,5 +114,155 @@ describe('VirshStrategy (no daemon)', () => {
     const s = new VirshStrategy({ host: new LibvirtHost(runner) });
     const full = record('1', [artifact('vda', 'full')]);
     await expect(s.restore('vm', source([full]), { newName: '../etc' })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
+  });
+});
+
+const STOPPED_XML = `<domain type='kvm'><name>two</name><uuid>00000000-0000-0000-0000-000000000002</uuid><devices>
+<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='/img/a.qcow2'/><target dev='vda' bus='virtio'/></disk>
+<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='/img/b.raw'/><target dev='vdb' bus='virtio'/></disk>
+</devices></domain>`;
+
+/**
+ * Wraps a runner and gives every command its round-trip wave: one more than the latest wave that had
+ * finished when it started (the length of the chain of commands it waited for).
+ */
+class WaveRunner implements CommandRunner {
+  readonly host = 'waves';
+  readonly trace: string[] = [];
+  #finished = 0;
+  constructor(readonly inner: ScriptedRunner) {}
+
+  spawn(argv: readonly CommandArg[], options: SpawnOptions = {}): CommandProcess {
+    const wave = this.#finished + 1;
+    const a = argv.map(String);
+    const what = a[0] === 'virsh' ? `virsh ${a[4]!}${a.includes('--inactive') ? ' --inactive' : ''}` : a[0] === 'sh' ? `sh ${a[3]!}` : `${a[0]!} ${a[1]!}`;
+    this.trace.push(`${wave} ${what}`);
+    const proc = this.inner.spawn(argv, options);
+    proc.done.then(
+      () => (this.#finished = Math.max(this.#finished, wave)),
+      () => (this.#finished = Math.max(this.#finished, wave)),
+    );
+    return proc;
+  }
+
+  run(argv: readonly CommandArg[], options: RunOptions = {}): Promise<RunResult> {
+    return collectProcess(this.spawn(argv, options), options);
+  }
+
+  async close(): Promise<void> {}
+}
+
+describe('VirshStrategy round trips (recording runner)', () => {
+  it('stopped domain, two disks, full backup: 12 sequential round trips, 21 commands, undo order kept', async () => {
+    const scripted = new ScriptedRunner((a) => {
+      if (a[0] === 'virsh' && a[4] === 'domstate') return { stdout: 'shut off\n' };
+      if (a[0] === 'virsh' && a[4] === 'dumpxml') return { stdout: STOPPED_XML };
+      if (a[0] === 'sh' && a[3] === 'virtstream-define') return { stdout: STOPPED_XML };
+      if (a[0] === 'qemu-img' && a[1] === 'info') {
+        const file = a[a.length - 1]!;
+        return { stdout: JSON.stringify([{ filename: file, format: file.endsWith('.raw') ? 'raw' : 'qcow2', 'virtual-size': 4 }]) };
+      }
+      if (a[0] === 'stat') return { stdout: '4\n' };
+      if (a[0] === 'cat') return { stdout: 'data' };
+      return {};
+    });
+    const runner = new WaveRunner(scripted);
+    const stored: string[] = [];
+    const target: BackupTarget = {
+      begin: async () => ({
+        backupId: 'b1',
+        writeMetadata: async () => undefined,
+        writeDisk: async (info, src) => {
+          let bytes = 0;
+          for await (const c of src as AsyncIterable<Uint8Array>) bytes += c.length;
+          stored.push(`${info.diskId}:${bytes}`);
+          return { diskId: info.diskId, bytes, sha256: 'x' };
+        },
+        commit: async () => record('b1', []),
+        abort: async () => undefined,
+        [Symbol.asyncDispose]: async () => undefined,
+      }),
+    };
+    const s = new VirshStrategy({ host: new LibvirtHost(runner) });
+    const result = await s.backup({ name: 'two' }, target);
+    expect(stored).toEqual(['vda:4', 'vdb:4']);
+    expect(result.warnings).toEqual([]);
+    const trace = runner.trace.map((t) => t.replace(/\.vs-ovl-[0-9a-f]+/g, '.ovl'));
+    expect(trace).toEqual([
+      '1 virsh domstate',
+      '1 virsh dumpxml',
+      '1 virsh dumpxml --inactive',
+      // both chains at once
+      '2 qemu-img info',
+      '2 qemu-img info',
+      // both overlays at once, each then owned and moded in one command
+      '3 qemu-img create',
+      '3 qemu-img create',
+      '4 sh virtstream-owner',
+      '4 sh virtstream-owner',
+      // mktemp + write + define + rm + dumpxml in one command
+      '5 sh virtstream-define',
+      '6 stat -L',
+      '6 cat --',
+      '7 stat -L',
+      '7 cat --',
+      // undo, newest first: merge the overlays back and redefine on the bases...
+      '8 virsh domstate',
+      '9 qemu-img commit',
+      '9 qemu-img commit',
+      '10 sh virtstream-define',
+      // ...then remove the overlays the domain no longer uses
+      '11 virsh dumpxml',
+      '11 virsh dumpxml --inactive',
+      '12 rm -f',
+    ]);
+    const commits = scripted.calls.filter((c) => c.argv[0] === 'qemu-img' && c.argv[1] === 'commit').map((c) => c.argv[c.argv.length - 1]!.replace(/\.vs-ovl-[0-9a-f]+/, '.ovl'));
+    expect(commits).toEqual(['/img/a.qcow2.ovl', '/img/b.raw.ovl']);
+    const rm = scripted.calls.find((c) => c.argv[0] === 'rm')!.argv.map((x) => x.replace(/\.vs-ovl-[0-9a-f]+/, '.ovl'));
+    expect(rm).toEqual(['rm', '-f', '--', '/img/a.qcow2.ovl', '/img/b.raw.ovl']);
+    // the definition pointing at the overlays, then the one pointing back at the bases
+    const defined = scripted.calls.filter((c) => c.argv[0] === 'sh' && c.argv[3] === 'virtstream-define').map((c) => c.input ?? '');
+    expect(defined).toHaveLength(2);
+    expect(defined[0]).toMatch(/a\.qcow2\.vs-ovl-[0-9a-f]+/);
+    expect(defined[1]).not.toMatch(/vs-ovl-/);
+    expect(defined[1]).toContain('/img/b.raw');
+  });
+
+  it('stopped domain: when one overlay cannot be created, both creations end before the undo removes them', async () => {
+    const order: string[] = [];
+    const scripted = new ScriptedRunner((a) => {
+      if (a[0] === 'virsh' && a[4] === 'domstate') return { stdout: 'shut off\n' };
+      if (a[0] === 'virsh' && a[4] === 'dumpxml') return { stdout: STOPPED_XML };
+      if (a[0] === 'qemu-img' && a[1] === 'info') {
+        const file = a[a.length - 1]!;
+        return { stdout: JSON.stringify([{ filename: file, format: file.endsWith('.raw') ? 'raw' : 'qcow2', 'virtual-size': 4 }]) };
+      }
+      if (a[0] === 'qemu-img' && a[1] === 'create') {
+        const file = a[a.length - 1]!;
+        order.push(`create ${file.replace(/\.vs-ovl-[0-9a-f]+/, '.ovl')}`);
+        return file.startsWith('/img/a') ? { exitCode: 1, stderr: 'qemu-img: no space' } : {};
+      }
+      if (a[0] === 'rm') order.push('rm');
+      return {};
+    });
+    const target: BackupTarget = {
+      begin: async () => ({
+        backupId: 'b1',
+        writeMetadata: async () => undefined,
+        writeDisk: async (info) => ({ diskId: info.diskId, bytes: 0, sha256: 'x' }),
+        commit: async () => record('b1', []),
+        abort: async () => {
+          order.push('abort');
+        },
+        [Symbol.asyncDispose]: async () => undefined,
+      }),
+    };
+    const s = new VirshStrategy({ host: new LibvirtHost(scripted) });
+    await expect(s.backup({ name: 'two' }, target)).rejects.toMatchObject({ code: 'ERR_REMOTE_COMMAND', message: expect.stringContaining('no space') });
+    expect(order).toEqual(['create /img/a.qcow2.ovl', 'create /img/b.raw.ovl', 'rm', 'abort']);
+    // nothing was defined, nothing committed
+    expect(scripted.calls.some((c) => c.argv[3] === 'virtstream-define' || c.argv[1] === 'commit')).toBe(false);
+    const rm = scripted.calls.find((c) => c.argv[0] === 'rm')!.argv.map((x) => x.replace(/\.vs-ovl-[0-9a-f]+/, '.ovl'));
+    expect(rm).toEqual(['rm', '-f', '--', '/img/a.qcow2.ovl', '/img/b.raw.ovl']);
   });
 });
