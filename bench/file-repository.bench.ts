@@ -7,13 +7,12 @@
  * - `openDisk` read with on-the-fly size+sha256 check versus `cat > /dev/null`.
  */
 import { execFileSync } from 'node:child_process';
-import { randomFillSync } from 'node:crypto';
 import { createReadStream, mkdtempSync, rmSync } from 'node:fs';
-import { open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FileRepository } from '../src/targets/file-repository.js';
 import type { BenchRow, BenchSuite } from './lib.js';
+import { createHalfDataRaw, sampleRss } from './lib.js';
 
 const MiB = 1024 * 1024;
 
@@ -27,36 +26,7 @@ function sh(cmd: string, args: string[]): number {
   return seconds(start);
 }
 
-function rssSampler(): { stop(): number } {
-  let peak = process.memoryUsage().rss;
-  const timer = setInterval(() => {
-    peak = Math.max(peak, process.memoryUsage().rss);
-  }, 50);
-  return {
-    stop(): number {
-      clearInterval(timer);
-      return Math.round(Math.max(peak, process.memoryUsage().rss) / MiB);
-    },
-  };
-}
 
-async function makeRaw(path: string, size: number): Promise<void> {
-  const fh = await open(path, 'w');
-  const block = Buffer.allocUnsafe(8 * MiB);
-  try {
-    for (let start = 0; start < size; start += 64 * MiB) {
-      const end = Math.min(size, start + 32 * MiB);
-      for (let off = start; off < end; off += block.length) {
-        const n = Math.min(block.length, end - off);
-        randomFillSync(block, 0, n);
-        await fh.write(block, 0, n, off);
-      }
-    }
-    await fh.truncate(size);
-  } finally {
-    await fh.close();
-  }
-}
 
 const suite: BenchSuite = {
   name: 'file-repository',
@@ -65,11 +35,11 @@ const suite: BenchSuite = {
     const dir = mkdtempSync(join(tmpdir(), 'vs-bench-repo-'));
     try {
       const src = join(dir, 'source.raw');
-      await makeRaw(src, size);
+      await createHalfDataRaw(src, size);
       const repo = new FileRepository(join(dir, 'repo'));
       const rows: BenchRow[] = [];
 
-      let rss = rssSampler();
+      let rss = sampleRss();
       let start = process.hrtime.bigint();
       const session = await repo.begin({ vm: { name: 'bench' }, strategy: 'bench', kind: 'full' });
       await session.writeDisk({ diskId: 'vda', name: 'vda', format: 'raw', virtualSize: size, kind: 'full' }, createReadStream(src, { highWaterMark: MiB }), {
@@ -82,7 +52,7 @@ const suite: BenchSuite = {
       rows.push({ case: 'writeDisk (sha256 + sparse + fsync)', bytes: size, virtstreamSeconds: writeSeconds, baseline: 'cp --sparse=always', baselineSeconds: baselineCp, peakRssMb: peak });
 
       const stored = await repo.diskPath('bench', record.id, 'vda');
-      rss = rssSampler();
+      rss = sampleRss();
       start = process.hrtime.bigint();
       const report = await repo.verify('bench', record.id);
       const verifySeconds = seconds(start);
@@ -90,7 +60,7 @@ const suite: BenchSuite = {
       if (!report.ok) throw new Error(`verify failed: ${report.problems.map((p) => p.message).join('; ')}`);
       rows.push({ case: 'verify (re-read + sha256)', bytes: size, virtstreamSeconds: verifySeconds, baseline: 'sha256sum', baselineSeconds: sh('sha256sum', [stored]), peakRssMb: peak });
 
-      rss = rssSampler();
+      rss = sampleRss();
       start = process.hrtime.bigint();
       for await (const _chunk of await repo.openDisk('bench', record.id, 'vda')) {
         // drain

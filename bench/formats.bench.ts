@@ -5,9 +5,7 @@
  * - write a QCOW2 from a raw image with `writeQcow2`, versus `qemu-img convert -O qcow2`.
  */
 import { execFileSync } from 'node:child_process';
-import { randomFillSync } from 'node:crypto';
 import { createWriteStream, mkdtempSync, rmSync } from 'node:fs';
-import { open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -17,6 +15,7 @@ import { writeQcow2 } from '../src/formats/qcow2/qcow2-writer.js';
 import { writeExtentsToFile } from '../src/formats/write-extents-to-file.js';
 import { SnapshotChain } from '../src/snapshot/snapshot-chain.js';
 import type { BenchRow, BenchSuite } from './lib.js';
+import { createHalfDataRaw, sampleRss } from './lib.js';
 
 const MiB = 1024 * 1024;
 
@@ -28,37 +27,7 @@ function seconds(start: bigint): number {
   return Number(process.hrtime.bigint() - start) / 1e9;
 }
 
-function rssSampler(): { stop(): number } {
-  let peak = process.memoryUsage().rss;
-  const timer = setInterval(() => {
-    peak = Math.max(peak, process.memoryUsage().rss);
-  }, 50);
-  return {
-    stop(): number {
-      clearInterval(timer);
-      return Math.round(Math.max(peak, process.memoryUsage().rss) / MiB);
-    },
-  };
-}
 
-/** A raw file with alternating 32 MiB runs of random data and holes (half data). */
-async function makeRaw(path: string, size: number): Promise<void> {
-  const fh = await open(path, 'w');
-  const block = Buffer.allocUnsafe(8 * MiB);
-  try {
-    for (let start = 0; start < size; start += 64 * MiB) {
-      const end = Math.min(size, start + 32 * MiB);
-      for (let off = start; off < end; off += block.length) {
-        const n = Math.min(block.length, end - off);
-        randomFillSync(block, 0, n);
-        await fh.write(block, 0, n, off);
-      }
-    }
-    await fh.truncate(size);
-  } finally {
-    await fh.close();
-  }
-}
 
 function record(id: string, minute: number, parentId: string | undefined, size: number): BackupRecord {
   const t = new Date(Date.UTC(2026, 0, 1, 0, minute)).toISOString();
@@ -96,13 +65,13 @@ const suite: BenchSuite = {
     try {
       const rows: BenchRow[] = [];
       const raw = join(dir, 'src.raw');
-      await makeRaw(raw, size);
+      await createHalfDataRaw(raw, size);
 
       // 1. write QCOW2 from raw
       let t = process.hrtime.bigint();
       sh('qemu-img', ['convert', '-O', 'qcow2', raw, join(dir, 'qemu.qcow2')]);
       const baseQcow2 = seconds(t);
-      let rss = rssSampler();
+      let rss = sampleRss();
       t = process.hrtime.bigint();
       {
         await using img = await openDiskImage(raw);
@@ -131,7 +100,7 @@ const suite: BenchSuite = {
       const baseFlat = seconds(t);
       const files: Record<string, string> = { b1: base, b2: l2, b3: l3 };
       const chain = SnapshotChain.fromRecords([record('b1', 1, undefined, size), record('b2', 2, 'b1', size), record('b3', 3, 'b2', size)]);
-      rss = rssSampler();
+      rss = sampleRss();
       t = process.hrtime.bigint();
       {
         await using flat = await chain.flatten('vda', 'latest', (id) => openDiskImage(files[id]!, { backing: 'ignore' }));

@@ -4,7 +4,7 @@
  * measured in the same run on the same data, their ratio, and virtstream's peak RSS.
  */
 import { spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { createHash, randomFillSync } from 'node:crypto';
 import { open } from 'node:fs/promises';
 
 /** One data path measured against its baseline. */
@@ -92,6 +92,25 @@ export async function createTestFile(path: string, mib: number): Promise<string>
     await fh.close();
   }
   return hash.digest('hex');
+}
+
+/** Writes a raw file of `size` bytes with alternating 32 MiB runs of random data and holes (half data). */
+export async function createHalfDataRaw(path: string, size: number): Promise<void> {
+  const fh = await open(path, 'w');
+  const block = Buffer.allocUnsafe(8 * MiB);
+  try {
+    for (let start = 0; start < size; start += 64 * MiB) {
+      const end = Math.min(size, start + 32 * MiB);
+      for (let off = start; off < end; off += block.length) {
+        const n = Math.min(block.length, end - off);
+        randomFillSync(block, 0, n);
+        await fh.write(block, 0, n, off);
+      }
+    }
+    await fh.truncate(size);
+  } finally {
+    await fh.close();
+  }
 }
 
 /**
