@@ -4,7 +4,6 @@
  *
  * @module
  */
-import { randomUUID } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -30,6 +29,7 @@ import type { DeviceDiscovery } from '../../rhv/device-discovery.js';
 import { ByIdDeviceDiscovery, waitForDevice } from '../../rhv/device-discovery.js';
 import { checkLvmFilter, checkVirtioScsi, detectProxyVm } from '../../rhv/proxy-vm.js';
 import type { RhvClient } from '../../rhv/rhv-client.js';
+import { createBackupSnapshot } from './backup-snapshot.js';
 import type { RhvPollOptions } from '../../rhv/rest/service-context.js';
 import type { RhvDisk, RhvVm } from '../../rhv/rest/types.js';
 
@@ -140,8 +140,7 @@ export class DiskAttachStrategy implements BackupStrategy {
     const opts = signal ? { signal } : {};
     const progress = throttleProgress(options.onProgress);
     const warnings: string[] = [];
-    const rhvVm = vm.id ? await this.#client.vms.get(vm.id, opts) : vm.name ? await this.#client.vms.findByName(vm.name, opts) : undefined;
-    if (!rhvVm) throw new InvalidArgumentError('VmRef needs an id or a name');
+    const rhvVm = await this.#client.vms.resolve(vm, opts);
     const log = this.#log(options, { vm: rhvVm.name });
     progress({ type: 'phase', phase: 'prepare' });
     const proxy = await this.#proxy(log, warnings, progress, signal);
@@ -163,14 +162,12 @@ export class DiskAttachStrategy implements BackupStrategy {
       const session = await target.begin({ vm: { id: rhvVm.id, name: rhvVm.name }, strategy: this.id, kind: 'full', ...(options.labels ? { labels: options.labels } : {}), ...opts });
       undo.defer('abort backup session', () => session.abort(new Error('backup failed')));
       progress({ type: 'phase', phase: 'snapshot' });
-      const description = `virtstream disk-attach ${new Date().toISOString()} ${randomUUID()}`;
-      const lost = undo.defer('remove a snapshot whose creation answer was lost', async (s) => {
-        const found = (await this.#client.snapshots.list(rhvVm.id, { signal: s })).filter((x) => x.description === description);
-        for (const f of found) await this.#client.snapshots.remove(rhvVm.id, f.id, { ...this.#poll(), signal: s });
+      const { snapshot: snap, removal: snapHandle } = await createBackupSnapshot(this.#client, undo, rhvVm.id, {
+        descriptionPrefix: 'virtstream disk-attach ',
+        diskIds: disks.map((d) => d.disk.id),
+        poll: this.#poll(),
+        ...opts,
       });
-      const snap = await this.#client.snapshots.create(rhvVm.id, { description, diskIds: disks.map((d) => d.disk.id), persistMemoryState: false, ...opts });
-      undo.release(lost);
-      const snapHandle = undo.defer(`remove snapshot ${snap.id}`, (s) => this.#client.snapshots.remove(rhvVm.id, snap.id, { ...this.#poll(), signal: s }));
       await this.#client.snapshots.waitUntilOk(rhvVm.id, snap.id, { ...this.#poll(), ...opts });
 
       const results: DiskBackupResult[] = [];

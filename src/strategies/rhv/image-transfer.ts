@@ -33,6 +33,7 @@ import { writeQcow2 } from '../../formats/qcow2/qcow2-writer.js';
 import { SnapshotChain } from '../../snapshot/snapshot-chain.js';
 import { ImageioClient } from '../../rhv/imageio/imageio-client.js';
 import type { RhvClient } from '../../rhv/rhv-client.js';
+import { createBackupSnapshot } from './backup-snapshot.js';
 import type { RhvPollOptions } from '../../rhv/rest/service-context.js';
 import { RhvTransferError } from '../../rhv/rest/errors.js';
 import type { RhvCheckpoint, RhvDisk, RhvVm } from '../../rhv/rest/types.js';
@@ -158,13 +159,6 @@ export class ImageTransferStrategy implements BackupStrategy {
     return childLogger(base, { strategy: this.id, ...bindings });
   }
 
-  async #findVm(vm: VmRef, signal: AbortSignal | undefined): Promise<RhvVm> {
-    const opts = signal ? { signal } : {};
-    if (vm.id) return this.#client.vms.get(vm.id, opts);
-    if (vm.name) return this.#client.vms.findByName(vm.name, opts);
-    throw new InvalidArgumentError('VmRef needs an id or a name');
-  }
-
   /**
    * Backs up a VM: snapshot (or backup API), download of each disk through imageio as QCOW2 (or raw),
    * the OVF, and cleanup. `kind: 'incremental'` with `parent` stores deltas; a disk without a usable
@@ -176,7 +170,7 @@ export class ImageTransferStrategy implements BackupStrategy {
     const signal = options.signal;
     throwIfAborted(signal);
     const progress = throttleProgress(options.onProgress);
-    const rhvVm = await this.#findVm(vm, signal);
+    const rhvVm = await this.#client.vms.resolve(vm, signal ? { signal } : {});
     const log = this.#log(options, { vm: rhvVm.name });
     const mode = this.#options.incrementalMode ?? 'snapshot-chain';
     const format = this.#options.format ?? 'qcow2';
@@ -225,20 +219,12 @@ export class ImageTransferStrategy implements BackupStrategy {
       let newCheckpoint: string | undefined;
       if (mode === 'snapshot-chain') {
         progress({ type: 'phase', phase: 'snapshot' });
-        // a unique description finds the snapshot again if the answer to the create is lost (abort, reset)
-        const description = `${SNAPSHOT_DESCRIPTION_PREFIX}${new Date().toISOString()} ${randomUUID()}`;
-        const lost = undo.defer('remove a snapshot whose creation answer was lost', async (s) => {
-          const found = (await this.#client.snapshots.list(rhvVm.id, { signal: s })).filter((x) => x.description === description);
-          for (const f of found) await this.#client.snapshots.remove(rhvVm.id, f.id, { ...this.#poll(), signal: s });
-        });
-        const snap = await this.#client.snapshots.create(rhvVm.id, {
-          description,
+        const { snapshot: snap, removal: snapHandle } = await createBackupSnapshot(this.#client, undo, rhvVm.id, {
+          descriptionPrefix: SNAPSHOT_DESCRIPTION_PREFIX,
           diskIds: disks.map((d) => d.id),
-          persistMemoryState: false,
+          poll: this.#poll(),
           ...(signal ? { signal } : {}),
         });
-        undo.release(lost);
-        const snapHandle = undo.defer(`remove snapshot ${snap.id}`, (s) => this.#client.snapshots.remove(rhvVm.id, snap.id, { ...this.#poll(), signal: s }));
         // transfers whose creation answer was lost (abort, reset) have no undo of their own: sweep them first
         const sweepHandle = undo.defer('cancel leftover transfers', (s) => this.#cancelLeftoverTransfers(disks, s));
         log.info({ snapshotId: snap.id }, 'snapshot created');

@@ -8,7 +8,6 @@
  *
  * @module
  */
-import { randomUUID } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -50,6 +49,7 @@ import type { WriteQcow2Options } from '../../formats/qcow2/qcow2-writer.js';
 import { parseQemuImgMap } from '../../rhv/qemu-img-map.js';
 import type { LayerMapExtent } from '../../rhv/qemu-img-map.js';
 import type { RhvClient } from '../../rhv/rhv-client.js';
+import { createBackupSnapshot } from './backup-snapshot.js';
 import type { RhvPollOptions } from '../../rhv/rest/service-context.js';
 import { seg } from '../../rhv/rest/service-context.js';
 import type { RhvDisk, RhvDiskSnapshot, RhvVm } from '../../rhv/rest/types.js';
@@ -169,13 +169,6 @@ export class SshTransferStrategy implements BackupStrategy {
     return this.#options.poll ?? {};
   }
 
-  async #findVm(vm: VmRef, signal: AbortSignal | undefined): Promise<RhvVm> {
-    const opts = signal ? { signal } : {};
-    if (vm.id) return this.#client.vms.get(vm.id, opts);
-    if (vm.name) return this.#client.vms.findByName(vm.name, opts);
-    throw new InvalidArgumentError('VmRef needs an id or a name');
-  }
-
   /**
    * Backs up a VM: snapshot, each disk's chain (or the layers since the kept snapshot) read over SSH,
    * stored as QCOW2 (incrementals backed by the parent artifact), the OVF, and cleanup.
@@ -187,7 +180,7 @@ export class SshTransferStrategy implements BackupStrategy {
     throwIfAborted(signal);
     const opts = signal ? { signal } : {};
     const progress = throttleProgress(options.onProgress);
-    const rhvVm = await this.#findVm(vm, signal);
+    const rhvVm = await this.#client.vms.resolve(vm, signal ? { signal } : {});
     const log = this.#log(options, { vm: rhvVm.name });
     const kindAsked: BackupKind = options.kind ?? (options.parent ? 'incremental' : 'full');
     if (kindAsked === 'incremental' && !options.parent) throw new InvalidArgumentError('an incremental backup needs options.parent');
@@ -240,14 +233,12 @@ export class SshTransferStrategy implements BackupStrategy {
       const sessionHandle = undo.defer('abort backup session', () => session.abort(new Error('backup failed')));
 
       progress({ type: 'phase', phase: 'snapshot' });
-      const description = `virtstream ssh-transfer ${new Date().toISOString()} ${randomUUID()}`;
-      const lost = undo.defer('remove a snapshot whose creation answer was lost', async (s) => {
-        const found = (await this.#client.snapshots.list(rhvVm.id, { signal: s })).filter((x) => x.description === description);
-        for (const f of found) await this.#client.snapshots.remove(rhvVm.id, f.id, { ...this.#poll(), signal: s });
+      const { snapshot: snap, removal: snapHandle } = await createBackupSnapshot(this.#client, undo, rhvVm.id, {
+        descriptionPrefix: 'virtstream ssh-transfer ',
+        diskIds: plans.map((p) => p.disk.id),
+        poll: this.#poll(),
+        ...opts,
       });
-      const snap = await this.#client.snapshots.create(rhvVm.id, { description, diskIds: plans.map((p) => p.disk.id), persistMemoryState: false, ...opts });
-      undo.release(lost);
-      const snapHandle = undo.defer(`remove snapshot ${snap.id}`, (s) => this.#client.snapshots.remove(rhvVm.id, snap.id, { ...this.#poll(), signal: s }));
       await this.#client.snapshots.waitUntilOk(rhvVm.id, snap.id, { ...this.#poll(), ...opts });
       log.info({ snapshotId: snap.id }, 'snapshot created');
 

@@ -1,4 +1,5 @@
-import { NotFoundError } from '../../../core/errors.js';
+import { InvalidArgumentError, NotFoundError } from '../../../core/errors.js';
+import type { VmRef } from '../../../core/model.js';
 import { mapVm } from '../mappers.js';
 import type { ServiceContext, RhvWaitCallOptions } from '../service-context.js';
 import { orUndefined, pollUntil, seg } from '../service-context.js';
@@ -45,6 +46,17 @@ export class VmsService {
     const vm = vms.find((v) => v.name === name);
     if (!vm) throw new NotFoundError('vm', `no VM named ${JSON.stringify(name)}`);
     return vm;
+  }
+
+  /**
+   * The VM a {@link VmRef} names: by id when it has one, else by exact name.
+   *
+   * @throws InvalidArgumentError `ERR_INVALID_ARGUMENT` (neither id nor name), NotFoundError `ERR_NOT_FOUND`, RhvFaultError `ERR_RHV_FAULT`
+   */
+  async resolve(vm: VmRef, options: { signal?: AbortSignal } = {}): Promise<RhvVm> {
+    if (vm.id) return this.get(vm.id, options);
+    if (vm.name) return this.findByName(vm.name, options);
+    throw new InvalidArgumentError('VmRef needs an id or a name');
   }
 
   /** Gets a VM; `allContent` includes the OVF. @throws RhvFaultError `ERR_RHV_FAULT` (404 when missing) */
