@@ -3,9 +3,11 @@
  * {@link BenchSuite}; `bench/run.ts` runs them and prints MB/s of virtstream and of the baseline
  * measured in the same run on the same data, their ratio, and virtstream's peak RSS.
  */
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
 import { createHash, randomFillSync } from 'node:crypto';
 import { open } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
 
 /** One data path measured against its baseline. */
 export interface BenchRow {
@@ -111,6 +113,40 @@ export async function createHalfDataRaw(path: string, size: number): Promise<voi
   } finally {
     await fh.close();
   }
+}
+
+/**
+ * The integration lab's variables: from the file named by `VS_LAB_ENV`, else from this process's
+ * environment when the lab was already loaded into it (`VS_SSH_HOST` set), else by starting
+ * `components` with `scripts/lab/up.sh` (all of them when none are named). Throws when a variable
+ * read through the returned `get` is missing.
+ */
+export function labEnv(components: readonly string[] = []): { vars: Record<string, string>; get(name: string): string } {
+  const given = process.env.VS_LAB_ENV;
+  let vars: Record<string, string>;
+  if (given && existsSync(given)) vars = parseExports(readFileSync(given, 'utf8'));
+  else if (process.env.VS_SSH_HOST) vars = { ...(process.env as Record<string, string>) };
+  else {
+    const up = fileURLToPath(new URL('../scripts/lab/up.sh', import.meta.url));
+    vars = parseExports(execFileSync('bash', [up, ...components], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] }));
+  }
+  return {
+    vars,
+    get(name: string): string {
+      const v = vars[name];
+      if (!v) throw new Error(`${name} is not set`);
+      return v;
+    },
+  };
+}
+
+function parseExports(text: string): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const line of text.split('\n')) {
+    const m = /^export ([A-Za-z_][A-Za-z0-9_]*)=(.*)$/.exec(line.trim());
+    if (m) env[m[1]!] = m[2]!.replace(/^'(.*)'$/, '$1');
+  }
+  return env;
 }
 
 /**

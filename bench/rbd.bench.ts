@@ -8,35 +8,21 @@
  * Needs the lab (`scripts/lab/up.sh`, run here when `VS_LAB_ENV` does not name a lab.env).
  */
 import { execFileSync } from 'node:child_process';
-import { createReadStream, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createReadStream, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { fileURLToPath } from 'node:url';
 import { LocalRunner } from '../src/core/exec/local-runner.js';
 import { NetcatRunner } from '../src/core/ssh/netcat-runner.js';
 import { SshRunner } from '../src/core/ssh/ssh-runner.js';
 import type { RbdImageRef } from '../src/libvirt/storage/rbd.js';
 import { RbdClient } from '../src/libvirt/storage/rbd.js';
 import type { BenchRow, BenchSuite } from './lib.js';
-import { createTestFile, runBaseline, sampleRss, timed } from './lib.js';
+import { createTestFile, labEnv, runBaseline, sampleRss, timed } from './lib.js';
 
 const MiB = 1024 * 1024;
 
-function labEnv(): Record<string, string> {
-  const given = process.env.VS_LAB_ENV;
-  const text =
-    given && existsSync(given)
-      ? readFileSync(given, 'utf8')
-      : execFileSync('bash', [fileURLToPath(new URL('../scripts/lab/up.sh', import.meta.url))], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
-  const env: Record<string, string> = {};
-  for (const line of text.split('\n')) {
-    const m = /^export ([A-Za-z_][A-Za-z0-9_]*)=(.*)$/.exec(line.trim());
-    if (m) env[m[1]!] = m[2]!.replace(/^'(.*)'$/, '$1');
-  }
-  return env;
-}
 
 /** A sink that counts and drops bytes (the baseline writes to /dev/null). */
 function countingSink(): Writable & { bytes: number } {
@@ -54,7 +40,7 @@ function countingSink(): Writable & { bytes: number } {
 const suite: BenchSuite = {
   name: 'rbd',
   async run(ctx): Promise<BenchRow[]> {
-    const env = labEnv();
+    const env = labEnv().vars;
     const sizeMb = Math.max(16, ctx.sizeMb(1024));
     const ceph = { conf: env.VS_CEPH_CONF!, keyring: env.VS_CEPH_KEYRING!, id: env.VS_CEPH_ID ?? 'admin' };
     const ref: RbdImageRef = { pool: env.VS_CEPH_POOL ?? 'rbd', image: `bench-${process.pid}` };

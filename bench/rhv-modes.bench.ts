@@ -12,7 +12,6 @@ import { execFileSync } from 'node:child_process';
 import { writeFileSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { ByIdDeviceDiscovery } from '../src/rhv/device-discovery.js';
 import { RhvClient } from '../src/rhv/rhv-client.js';
 import { fileVolumePath } from '../src/rhv/storage-paths.js';
@@ -23,30 +22,15 @@ import { EngineSimulator } from '../src/testing/engine-simulator/engine-simulato
 import { HypervisorTree, SIMULATOR_STORAGE_DOMAIN_ID } from '../src/testing/engine-simulator/hypervisor-tree.js';
 import { ProxyVmSimulator } from '../src/testing/engine-simulator/proxy-vm-sim.js';
 import type { BenchContext, BenchRow, BenchSuite } from './lib.js';
-import { createTestFile, runBaseline, sampleRss, timed } from './lib.js';
+import { createTestFile, labEnv, runBaseline, sampleRss, timed } from './lib.js';
 
-function ensureLab(): void {
-  if (process.env.VS_SSH_HOST) return;
-  const up = fileURLToPath(new URL('../scripts/lab/up.sh', import.meta.url));
-  const text = execFileSync('bash', [up, '10-sshd'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
-  for (const line of text.split('\n')) {
-    const m = /^export ([A-Za-z_][A-Za-z0-9_]*)=(.*)$/.exec(line.trim());
-    if (m) process.env[m[1]!] = m[2]!.replace(/^'(.*)'$/, '$1');
-  }
-}
-
-function env(name: string): string {
-  const v = process.env[name];
-  if (!v) throw new Error(`${name} is not set`);
-  return v;
-}
 
 const POLL = { minDelayMs: 5, maxDelayMs: 50 };
 
 const suite: BenchSuite = {
   name: 'rhv-modes',
   async run(ctx: BenchContext): Promise<BenchRow[]> {
-    ensureLab();
+    const { get: env } = labEnv(['10-sshd']);
     const sizeMb = ctx.sizeMb(2048);
     const bytes = sizeMb * 1024 * 1024;
     const dir = mkdtempSync(join(tmpdir(), 'vs-bench-rhv-modes-'));

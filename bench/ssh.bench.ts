@@ -11,29 +11,13 @@ import { createWriteStream, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import { fileURLToPath } from 'node:url';
 import type { CommandRunner } from '../src/core/exec/command-runner.js';
 import { NetcatRunner } from '../src/core/ssh/netcat-runner.js';
 import { SshRunner } from '../src/core/ssh/ssh-runner.js';
 import type { BenchContext, BenchRow, BenchSuite } from './lib.js';
-import { createTestFile, runBaseline, sampleRss, timed } from './lib.js';
+import { createTestFile, labEnv, runBaseline, sampleRss, timed } from './lib.js';
 
 /** Loads the lab sshd variables, starting it when needed. */
-function ensureLab(): void {
-  if (process.env.VS_SSH_HOST) return;
-  const up = fileURLToPath(new URL('../scripts/lab/up.sh', import.meta.url));
-  const text = execFileSync('bash', [up, '10-sshd'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
-  for (const line of text.split('\n')) {
-    const m = /^export ([A-Za-z_][A-Za-z0-9_]*)=(.*)$/.exec(line.trim());
-    if (m) process.env[m[1]!] = m[2]!.replace(/^'(.*)'$/, '$1');
-  }
-}
-
-function env(name: string): string {
-  const v = process.env[name];
-  if (!v) throw new Error(`${name} is not set`);
-  return v;
-}
 
 /** Streams `cat file` through a runner into /dev/null. */
 async function drain(runner: CommandRunner, file: string): Promise<void> {
@@ -46,7 +30,7 @@ async function drain(runner: CommandRunner, file: string): Promise<void> {
 const suite: BenchSuite = {
   name: 'ssh',
   async run(ctx: BenchContext): Promise<BenchRow[]> {
-    ensureLab();
+    const { get: env } = labEnv(['10-sshd']);
     const sizeMb = ctx.sizeMb(1024);
     const bytes = sizeMb * 1024 * 1024;
     const dir = mkdtempSync(join(tmpdir(), 'vs-bench-ssh-'));

@@ -8,11 +8,9 @@
  * - over SSH versus `qemu-img convert -O qcow2 IMG COPY` on the host (a local copy).
  * Needs the lab (`scripts/lab/up.sh`, run here when `VS_LAB_ENV` does not name a lab.env).
  */
-import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, posix } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { LocalRunner } from '../src/core/exec/local-runner.js';
 import { NetcatRunner } from '../src/core/ssh/netcat-runner.js';
 import { SshRunner } from '../src/core/ssh/ssh-runner.js';
@@ -20,26 +18,13 @@ import { LibvirtHost } from '../src/libvirt/libvirt-host.js';
 import { VirshStrategy } from '../src/strategies/libvirt/virsh.js';
 import { FileRepository } from '../src/targets/file-repository.js';
 import type { BenchRow, BenchSuite } from './lib.js';
-import { createTestFile, runBaseline, sampleRss, timed } from './lib.js';
+import { createTestFile, labEnv, runBaseline, sampleRss, timed } from './lib.js';
 
-function labEnv(): Record<string, string> {
-  const given = process.env.VS_LAB_ENV;
-  const text =
-    given && existsSync(given)
-      ? readFileSync(given, 'utf8')
-      : execFileSync('bash', [fileURLToPath(new URL('../scripts/lab/up.sh', import.meta.url))], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
-  const env: Record<string, string> = {};
-  for (const line of text.split('\n')) {
-    const m = /^export ([A-Za-z_][A-Za-z0-9_]*)=(.*)$/.exec(line.trim());
-    if (m) env[m[1]!] = m[2]!.replace(/^'(.*)'$/, '$1');
-  }
-  return env;
-}
 
 const suite: BenchSuite = {
   name: 'virsh',
   async run(ctx): Promise<BenchRow[]> {
-    const env = labEnv();
+    const env = labEnv().vars;
     const sizeMb = Math.max(32, ctx.sizeMb(2048));
     const imgDir = posix.join(env.VS_LIBVIRT_IMAGE_DIR!, `bench-${process.pid}`);
     const img = posix.join(imgDir, 'disk.qcow2');
