@@ -753,12 +753,15 @@ export class FileRepository implements BackupTarget, RestoreSource {
     const nonce = randomBytes(8).toString('hex');
     const content: LockContent = { pid: process.pid, host: this.#host, since: new Date().toISOString(), nonce, purpose };
     const tmp = join(vmDir, `${LOCK_FILE}.${nonce}.tmp`);
+    // live from now on: a sweep in this process leaves our temp file alone
+    heldLocks.add(nonce);
+    let won = false;
     try {
       for (let attempt = 0; attempt < 5; attempt++) {
         await writeFile(tmp, JSON.stringify(content), { flag: 'w' });
         try {
           await link(tmp, path);
-          heldLocks.add(nonce);
+          won = true;
           return { path, nonce };
         } catch (err) {
           if (errnoCode(err) === 'ENOENT') continue; // our temp file was swept; write it again
@@ -781,6 +784,7 @@ export class FileRepository implements BackupTarget, RestoreSource {
       throw new RepositoryLockedError(`could not take ${path}: it keeps changing`, undefined, { path });
     } finally {
       await rm(tmp, { force: true });
+      if (!won) heldLocks.delete(nonce);
     }
   }
 
@@ -793,19 +797,20 @@ export class FileRepository implements BackupTarget, RestoreSource {
     const guard = `${path}.break`;
     const nonce = randomBytes(8).toString('hex');
     const tmp = `${guard}.${nonce}.tmp`;
-    await writeFile(tmp, JSON.stringify({ pid: process.pid, host: this.#host, since: new Date().toISOString(), nonce, purpose: 'break' }));
+    // a live breaker in this process (guard and temp file) must not look stale to the others: its pid is ours
+    heldLocks.add(nonce);
     try {
+      await writeFile(tmp, JSON.stringify({ pid: process.pid, host: this.#host, since: new Date().toISOString(), nonce, purpose: 'break' }));
       try {
         await link(tmp, guard);
       } catch (err) {
+        if (errnoCode(err) === 'ENOENT') return; // our temp file was swept: the caller tries again
         if (errnoCode(err) !== 'EEXIST') throw err;
         // another breaker is at work; if it died on the way, clear its guard for the next attempt
         const other = await this.#readLock(guard).catch(() => undefined);
         if (other !== undefined && other !== 'malformed' && this.#isStale(other)) await rm(guard, { force: true });
         return;
       }
-      // a live breaker in this process must not look stale to the others (its pid is ours)
-      heldLocks.add(nonce);
       try {
         const current = await this.#readLock(path);
         if (current !== undefined && current !== 'malformed' && current.nonce === stale.nonce) {
@@ -815,10 +820,10 @@ export class FileRepository implements BackupTarget, RestoreSource {
       } finally {
         const mine = await this.#readLock(guard).catch(() => undefined);
         if (mine !== undefined && mine !== 'malformed' && mine.nonce === nonce) await rm(guard, { force: true });
-        heldLocks.delete(nonce);
       }
     } finally {
       await rm(tmp, { force: true });
+      heldLocks.delete(nonce);
     }
   }
 
@@ -848,6 +853,9 @@ export class FileRepository implements BackupTarget, RestoreSource {
     for (const name of await readdir(vmDir)) {
       // `.lock.break` (a lock breaker that died), `.lock.*.tmp` (an interrupted acquire or break)
       if (name === `${LOCK_FILE}.break` || (name.startsWith(`${LOCK_FILE}.`) && name.endsWith('.tmp'))) {
+        // only leftovers: a live acquirer or breaker (here or in another process) keeps its files
+        const holder = await this.#readLock(join(vmDir, name)).catch(() => undefined);
+        if (holder !== undefined && holder !== 'malformed' && !this.#isStale(holder)) continue;
         await rm(join(vmDir, name), { force: true });
         removed.push(join(vmDir, name));
       }
