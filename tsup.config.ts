@@ -12,9 +12,14 @@ export default defineConfig({
   format: ['esm', 'cjs'],
   dts: true,
   clean: true,
+  // The lowest Node line in `engines` (>=20.19), on purpose: what builds for 20 runs on 22 and 24.
   target: 'node20',
   splitting: true,
-  sourcemap: true,
-  // p-retry and p-limit are ESM-only; bundle them so the CJS build never needs require(esm).
+  // No source maps: dist is unminified, so stack traces already point at readable code, and maps
+  // would either embed every source (55% of the tarball) or point at src/ files that are not shipped.
+  sourcemap: false,
+  // p-retry and p-limit (with their dependencies) are ESM-only and tiny: bundled, so the CJS build
+  // loads in every CommonJS loader (Jest's runtime and ts-node lack require(esm)). They are
+  // therefore devDependencies, not dependencies; scripts/check-package.mjs keeps both in sync.
   noExternal: ['p-retry', 'p-limit', 'yocto-queue', 'is-network-error'],
 });
