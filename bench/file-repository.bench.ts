@@ -26,8 +26,6 @@ function sh(cmd: string, args: string[]): number {
   return seconds(start);
 }
 
-
-
 const suite: BenchSuite = {
   name: 'file-repository',
   async run(): Promise<BenchRow[]> {
@@ -49,7 +47,14 @@ const suite: BenchSuite = {
       const writeSeconds = seconds(start);
       let peak = rss.stop();
       const baselineCp = sh('cp', ['--sparse=always', src, join(dir, 'copy.raw')]);
-      rows.push({ case: 'writeDisk (sha256 + sparse + fsync)', bytes: size, virtstreamSeconds: writeSeconds, baseline: 'cp --sparse=always', baselineSeconds: baselineCp, peakRssMb: peak });
+      rows.push({
+        case: 'writeDisk (sha256 + sparse + fsync)',
+        bytes: size,
+        virtstreamSeconds: writeSeconds,
+        baseline: 'cp --sparse=always',
+        baselineSeconds: baselineCp,
+        peakRssMb: peak,
+      });
 
       const stored = await repo.diskPath('bench', record.id, 'vda');
       rss = sampleRss();
@@ -58,7 +63,14 @@ const suite: BenchSuite = {
       const verifySeconds = seconds(start);
       peak = rss.stop();
       if (!report.ok) throw new Error(`verify failed: ${report.problems.map((p) => p.message).join('; ')}`);
-      rows.push({ case: 'verify (re-read + sha256)', bytes: size, virtstreamSeconds: verifySeconds, baseline: 'sha256sum', baselineSeconds: sh('sha256sum', [stored]), peakRssMb: peak });
+      rows.push({
+        case: 'verify (re-read + sha256)',
+        bytes: size,
+        virtstreamSeconds: verifySeconds,
+        baseline: 'sha256sum',
+        baselineSeconds: sh('sha256sum', [stored]),
+        peakRssMb: peak,
+      });
 
       rss = sampleRss();
       start = process.hrtime.bigint();
@@ -67,7 +79,14 @@ const suite: BenchSuite = {
       }
       const readSeconds = seconds(start);
       peak = rss.stop();
-      rows.push({ case: 'openDisk (size + sha256 check)', bytes: size, virtstreamSeconds: readSeconds, baseline: 'cat > /dev/null', baselineSeconds: sh('cat', [stored]), peakRssMb: peak });
+      rows.push({
+        case: 'openDisk (size + sha256 check)',
+        bytes: size,
+        virtstreamSeconds: readSeconds,
+        baseline: 'cat > /dev/null',
+        baselineSeconds: sh('cat', [stored]),
+        peakRssMb: peak,
+      });
       return rows;
     } finally {
       rmSync(dir, { recursive: true, force: true });

@@ -27,8 +27,6 @@ function seconds(start: bigint): number {
   return Number(process.hrtime.bigint() - start) / 1e9;
 }
 
-
-
 function record(id: string, minute: number, parentId: string | undefined, size: number): BackupRecord {
   const t = new Date(Date.UTC(2026, 0, 1, 0, minute)).toISOString();
   return {
@@ -78,7 +76,14 @@ const suite: BenchSuite = {
         await pipeline(writeQcow2(img.extents()), createWriteStream(join(dir, 'vs.qcow2')));
       }
       const vsQcow2 = seconds(t);
-      rows.push({ case: 'raw -> qcow2 (writeQcow2)', bytes: size, virtstreamSeconds: vsQcow2, baseline: 'qemu-img convert -O qcow2', baselineSeconds: baseQcow2, peakRssMb: rss.stop() });
+      rows.push({
+        case: 'raw -> qcow2 (writeQcow2)',
+        bytes: size,
+        virtstreamSeconds: vsQcow2,
+        baseline: 'qemu-img convert -O qcow2',
+        baselineSeconds: baseQcow2,
+        peakRssMb: rss.stop(),
+      });
       sh('qemu-img', ['compare', '-q', join(dir, 'qemu.qcow2'), join(dir, 'vs.qcow2')]);
 
       // 2. a 3-layer chain: base (from the raw) + two deltas with scattered writes
@@ -107,7 +112,14 @@ const suite: BenchSuite = {
         await writeExtentsToFile(flat, join(dir, 'vs-flat.raw'));
       }
       const vsFlat = seconds(t);
-      rows.push({ case: 'flatten 3-layer qcow2 chain -> raw', bytes: size, virtstreamSeconds: vsFlat, baseline: 'qemu-img convert -O raw', baselineSeconds: baseFlat, peakRssMb: rss.stop() });
+      rows.push({
+        case: 'flatten 3-layer qcow2 chain -> raw',
+        bytes: size,
+        virtstreamSeconds: vsFlat,
+        baseline: 'qemu-img convert -O raw',
+        baselineSeconds: baseFlat,
+        peakRssMb: rss.stop(),
+      });
       sh('cmp', ['-s', join(dir, 'qemu-flat.raw'), join(dir, 'vs-flat.raw')]);
       return rows;
     } finally {

@@ -139,7 +139,14 @@ const suite: BenchSuite = {
       const curlUp = elapsed(t0);
       sh('cmp', [src, upVs]);
       sh('cmp', [src, upCurl]);
-      rows.push({ case: `imageio upload ${sizeMb} MiB (half zeros), 4 conns, TLS`, bytes: size, virtstreamSeconds: vsUp, baseline: 'curl PUT', baselineSeconds: curlUp, peakRssMb: vsUpRss });
+      rows.push({
+        case: `imageio upload ${sizeMb} MiB (half zeros), 4 conns, TLS`,
+        bytes: size,
+        virtstreamSeconds: vsUp,
+        baseline: 'curl PUT',
+        baselineSeconds: curlUp,
+        peakRssMb: vsUpRss,
+      });
       return rows;
     } finally {
       child.stdin.end();

@@ -174,7 +174,15 @@ export function formatTable(rows: readonly (BenchRow & { suite: string })[]): st
   const body = rows.map((r) => {
     const vs = mbps(r.bytes, r.virtstreamSeconds);
     const base = mbps(r.bytes, r.baselineSeconds);
-    return [r.suite, r.case, vs.toFixed(0), r.baseline, base.toFixed(0), base > 0 ? (vs / base).toFixed(2) : '-', r.peakRssMb === undefined ? '-' : String(r.peakRssMb)];
+    return [
+      r.suite,
+      r.case,
+      vs.toFixed(0),
+      r.baseline,
+      base.toFixed(0),
+      base > 0 ? (vs / base).toFixed(2) : '-',
+      r.peakRssMb === undefined ? '-' : String(r.peakRssMb),
+    ];
   });
   const widths = header.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)));
   const line = (cells: string[]): string => cells.map((c, i) => (i >= 2 && i !== 3 ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join('  ');

@@ -16,13 +16,12 @@ import { pipeline } from 'node:stream/promises';
 import { LocalRunner } from '../src/core/exec/local-runner.js';
 import { NetcatRunner } from '../src/core/ssh/netcat-runner.js';
 import { SshRunner } from '../src/core/ssh/ssh-runner.js';
-import type { RbdImageRef } from '../src/libvirt/storage/rbd.js';
-import { RbdClient } from '../src/libvirt/storage/rbd.js';
+import type { RbdImageRef } from '../src/libvirt/storage/rbd-client.js';
+import { RbdClient } from '../src/libvirt/storage/rbd-client.js';
 import type { BenchRow, BenchSuite } from './lib.js';
 import { createTestFile, labEnv, runBaseline, sampleRss, timed } from './lib.js';
 
 const MiB = 1024 * 1024;
-
 
 /** A sink that counts and drops bytes (the baseline writes to /dev/null). */
 function countingSink(): Writable & { bytes: number } {
@@ -55,8 +54,23 @@ const suite: BenchSuite = {
     });
     const rbd = new RbdClient(ssh, ceph);
     const sshArgv = (args: string[]): string[] => [
-      'ssh', '-p', env.VS_SSH_PORT!, '-i', env.VS_SSH_KEY!, '-o', `UserKnownHostsFile=${env.VS_SSH_KNOWN_HOSTS!}`, '-o', 'StrictHostKeyChecking=yes', '-o', 'BatchMode=yes',
-      `${env.VS_SSH_USER!}@${env.VS_SSH_HOST!}`, 'rbd', `--conf=${ceph.conf}`, `--id=${ceph.id}`, `--keyring=${ceph.keyring}`, ...args,
+      'ssh',
+      '-p',
+      env.VS_SSH_PORT!,
+      '-i',
+      env.VS_SSH_KEY!,
+      '-o',
+      `UserKnownHostsFile=${env.VS_SSH_KNOWN_HOSTS!}`,
+      '-o',
+      'StrictHostKeyChecking=yes',
+      '-o',
+      'BatchMode=yes',
+      `${env.VS_SSH_USER!}@${env.VS_SSH_HOST!}`,
+      'rbd',
+      `--conf=${ceph.conf}`,
+      `--id=${ceph.id}`,
+      `--keyring=${ceph.keyring}`,
+      ...args,
     ];
     const spec = [`--pool=${ref.pool}`, `--image=${ref.image}`];
     const rows: BenchRow[] = [];
@@ -68,7 +82,21 @@ const suite: BenchSuite = {
       await local.importImage(ref, createReadStream(file, { highWaterMark: 4 * MiB }));
       rmSync(file);
       await local.createSnapshot(ref, 's1');
-      execFileSync('rbd', [`--conf=${ceph.conf}`, `--id=${ceph.id}`, `--keyring=${ceph.keyring}`, 'bench', '--io-type=write', '--io-size=64K', `--io-total=${Math.max(1, Math.floor(sizeMb / 10))}M`, '--io-pattern=rand', ...spec], { stdio: 'ignore' });
+      execFileSync(
+        'rbd',
+        [
+          `--conf=${ceph.conf}`,
+          `--id=${ceph.id}`,
+          `--keyring=${ceph.keyring}`,
+          'bench',
+          '--io-type=write',
+          '--io-size=64K',
+          `--io-total=${Math.max(1, Math.floor(sizeMb / 10))}M`,
+          '--io-pattern=rand',
+          ...spec,
+        ],
+        { stdio: 'ignore' },
+      );
       await local.createSnapshot(ref, 's2');
 
       // full export
@@ -81,7 +109,14 @@ const suite: BenchSuite = {
         await exp.done;
         return sink.bytes;
       });
-      rows.push({ case: `full ${sizeMb} MiB (rbd export over SSH)`, bytes: full.value, virtstreamSeconds: full.seconds, baseline: 'ssh host rbd export - > /dev/null', baselineSeconds: base1, peakRssMb: rss.stop() });
+      rows.push({
+        case: `full ${sizeMb} MiB (rbd export over SSH)`,
+        bytes: full.value,
+        virtstreamSeconds: full.seconds,
+        baseline: 'ssh host rbd export - > /dev/null',
+        baselineSeconds: base1,
+        peakRssMb: rss.stop(),
+      });
 
       // full export through the netcat data channel (metadata over SSH, bytes over plain TCP)
       const ncRbd = new RbdClient(new NetcatRunner(ssh, { listenAddress: env.VS_SSH_HOST! }), ceph);
@@ -93,7 +128,14 @@ const suite: BenchSuite = {
         await exp.done;
         return sink.bytes;
       });
-      rows.push({ case: `full ${sizeMb} MiB (rbd export over netcat)`, bytes: viaNc.value, virtstreamSeconds: viaNc.seconds, baseline: 'ssh host rbd export - > /dev/null', baselineSeconds: base1, peakRssMb: rss.stop() });
+      rows.push({
+        case: `full ${sizeMb} MiB (rbd export over netcat)`,
+        bytes: viaNc.value,
+        virtstreamSeconds: viaNc.seconds,
+        baseline: 'ssh host rbd export - > /dev/null',
+        baselineSeconds: base1,
+        peakRssMb: rss.stop(),
+      });
 
       // incremental export-diff
       const base2 = await runBaseline(sshArgv(['export-diff', ...spec, '--snap=s2', '--from-snap=s1', '--no-progress', '-']));
@@ -105,7 +147,14 @@ const suite: BenchSuite = {
         await exp.done;
         return sink.bytes;
       });
-      rows.push({ case: `incremental ~${Math.floor(sizeMb / 10)} MiB written (export-diff over SSH)`, bytes: inc.value, virtstreamSeconds: inc.seconds, baseline: 'ssh host rbd export-diff - > /dev/null', baselineSeconds: base2, peakRssMb: rss.stop() });
+      rows.push({
+        case: `incremental ~${Math.floor(sizeMb / 10)} MiB written (export-diff over SSH)`,
+        bytes: inc.value,
+        virtstreamSeconds: inc.seconds,
+        baseline: 'ssh host rbd export-diff - > /dev/null',
+        baselineSeconds: base2,
+        peakRssMb: rss.stop(),
+      });
     } finally {
       await local.removeImage(ref).catch(() => undefined);
       rmSync(dir, { recursive: true, force: true });

@@ -24,7 +24,6 @@ import { ProxyVmSimulator } from '../src/testing/engine-simulator/proxy-vm-sim.j
 import type { BenchContext, BenchRow, BenchSuite } from './lib.js';
 import { createTestFile, labEnv, runBaseline, sampleRss, timed } from './lib.js';
 
-
 const POLL = { minDelayMs: 5, maxDelayMs: 50 };
 
 const suite: BenchSuite = {
@@ -49,8 +48,28 @@ const suite: BenchSuite = {
       const key = env('VS_SSH_KEY');
       const knownHosts = env('VS_SSH_KNOWN_HOSTS');
       const ssh = { host, port: Number(port), username: env('VS_SSH_USER'), privateKeyPath: key, knownHostsPath: knownHosts };
-      const sshArgv = ['ssh', '-p', port, '-i', key, '-o', `UserKnownHostsFile=${knownHosts}`, '-o', 'StrictHostKeyChecking=yes', '-o', 'BatchMode=yes', `root@${host}`];
-      const volume = fileVolumePath({ root: tree.root, server: 'nfs.sim.test', exportPath: '/exports/data', storageDomainId: SIMULATOR_STORAGE_DOMAIN_ID, diskId: disk.id, volumeId: sim.state().disks.find((d) => d.id === disk.id)!.images[0]!.id });
+      const sshArgv = [
+        'ssh',
+        '-p',
+        port,
+        '-i',
+        key,
+        '-o',
+        `UserKnownHostsFile=${knownHosts}`,
+        '-o',
+        'StrictHostKeyChecking=yes',
+        '-o',
+        'BatchMode=yes',
+        `root@${host}`,
+      ];
+      const volume = fileVolumePath({
+        root: tree.root,
+        server: 'nfs.sim.test',
+        exportPath: '/exports/data',
+        storageDomainId: SIMULATOR_STORAGE_DOMAIN_ID,
+        diskId: disk.id,
+        volumeId: sim.state().disks.find((d) => d.id === disk.id)!.images[0]!.id,
+      });
       await tree.sync();
       execFileSync('cat', [volume], { stdio: ['ignore', 'ignore', 'inherit'] }); // warm the page cache
 
@@ -71,7 +90,13 @@ const suite: BenchSuite = {
         const baseline =
           channel === 'ssh'
             ? await runBaseline(['sh', '-c', `"$@" > '${out}'`, 'sh', ...sshArgv, 'cat', volume])
-            : await runBaseline(['sh', '-c', `"$@" "nc -N -l ${host} 45201 < '${volume}'" & until nc -d ${host} 45201 > '${out}' 2>/dev/null; do sleep 0.02; done; wait`, 'sh', ...sshArgv]);
+            : await runBaseline([
+                'sh',
+                '-c',
+                `"$@" "nc -N -l ${host} 45201 < '${volume}'" & until nc -d ${host} 45201 > '${out}' 2>/dev/null; do sleep 0.02; done; wait`,
+                'sh',
+                ...sshArgv,
+              ]);
         rmSync(out, { force: true });
         rows.push({
           case: `ssh-transfer full of ${sizeMb} MiB over ${channel === 'ssh' ? 'SSH' : 'netcat'} (streamed to QCOW2 in repo)`,
@@ -90,10 +115,19 @@ const suite: BenchSuite = {
         writeFileSync(join(dir, 'uuid'), proxy.id);
         writeFileSync(join(dir, 'lvm.conf'), 'devices {\n filter = [ "r|.*|" ]\n}\n');
         const repo = new FileRepository(join(dir, 'repo-attach'), { fsync: false });
-        const strategy = new DiskAttachStrategy(rhv, { uuidFile: join(dir, 'uuid'), lvmConfPath: join(dir, 'lvm.conf'), deviceDiscovery: new ByIdDeviceDiscovery({ folder: proxies.byIdDir }), poll: POLL });
+        const strategy = new DiskAttachStrategy(rhv, {
+          uuidFile: join(dir, 'uuid'),
+          lvmConfPath: join(dir, 'lvm.conf'),
+          deviceDiscovery: new ByIdDeviceDiscovery({ folder: proxies.byIdDir }),
+          poll: POLL,
+        });
         let firstByte = 0n;
         const rss = sampleRss();
-        await strategy.backup({ name: 'bench' }, repo, { onProgress: (e) => { if (e.type === 'bytes' && firstByte === 0n) firstByte = process.hrtime.bigint(); } });
+        await strategy.backup({ name: 'bench' }, repo, {
+          onProgress: (e) => {
+            if (e.type === 'bytes' && firstByte === 0n) firstByte = process.hrtime.bigint();
+          },
+        });
         const readSeconds = Number(process.hrtime.bigint() - firstByte) / 1e9;
         const peak = rss.stop();
         // the same bytes the device showed, as a plain file for cp
@@ -102,7 +136,14 @@ const suite: BenchSuite = {
         if (statSync(same).size !== bytes) throw new Error('unexpected size');
         execFileSync('cat', [same], { stdio: ['ignore', 'ignore', 'inherit'] });
         const baseline = await runBaseline(['cp', '--sparse=never', same, join(dir, 'same.copy')]);
-        rows.push({ case: `disk-attach read of ${sizeMb} MiB device into repo`, bytes, virtstreamSeconds: readSeconds, baseline: 'cp', baselineSeconds: baseline, peakRssMb: peak });
+        rows.push({
+          case: `disk-attach read of ${sizeMb} MiB device into repo`,
+          bytes,
+          virtstreamSeconds: readSeconds,
+          baseline: 'cp',
+          baselineSeconds: baseline,
+          peakRssMb: peak,
+        });
         ctx.log(rows.at(-1)!.case);
       }
     } finally {

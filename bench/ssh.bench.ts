@@ -46,8 +46,19 @@ const suite: BenchSuite = {
       const knownHosts = env('VS_SSH_KNOWN_HOSTS');
       const base = { host, port: Number(port), username: env('VS_SSH_USER'), privateKeyPath: key, knownHostsPath: knownHosts };
       const sshArgv = (extra: string[]): string[] => [
-        'ssh', '-p', port, '-i', key, '-o', `UserKnownHostsFile=${knownHosts}`, '-o', 'StrictHostKeyChecking=yes', '-o', 'BatchMode=yes',
-        ...extra, `root@${host}`,
+        'ssh',
+        '-p',
+        port,
+        '-i',
+        key,
+        '-o',
+        `UserKnownHostsFile=${knownHosts}`,
+        '-o',
+        'StrictHostKeyChecking=yes',
+        '-o',
+        'BatchMode=yes',
+        ...extra,
+        `root@${host}`,
       ];
 
       for (const cipher of [undefined, 'aes128-gcm@openssh.com']) {
@@ -59,7 +70,14 @@ const suite: BenchSuite = {
         const peak = rss.stop();
         await runner.close();
         const baseline = await runBaseline(['sh', '-c', `"$@" > /dev/null`, 'sh', ...sshArgv(cipher ? ['-c', cipher] : []), 'cat', file]);
-        rows.push({ case: `${sizeMb} MiB cat over SSH${label}`, bytes, virtstreamSeconds: vs.seconds, baseline: `ssh host cat${label}`, baselineSeconds: baseline, peakRssMb: peak });
+        rows.push({
+          case: `${sizeMb} MiB cat over SSH${label}`,
+          bytes,
+          virtstreamSeconds: vs.seconds,
+          baseline: `ssh host cat${label}`,
+          baselineSeconds: baseline,
+          peakRssMb: peak,
+        });
         ctx.log(rows.at(-1)!.case);
       }
 
@@ -74,7 +92,14 @@ const suite: BenchSuite = {
         const remote = `nc -N -l ${host} 45101 < '${file}'`;
         const script = `"$@" "${remote}" & until nc -d ${host} 45101 > /dev/null 2>/dev/null; do sleep 0.02; done; wait`;
         const baseline = await runBaseline(['sh', '-c', script, 'sh', ...sshArgv([])]);
-        rows.push({ case: `${sizeMb} MiB cat over netcat channel`, bytes, virtstreamSeconds: vs.seconds, baseline: 'ssh host nc -l + nc', baselineSeconds: baseline, peakRssMb: peak });
+        rows.push({
+          case: `${sizeMb} MiB cat over netcat channel`,
+          bytes,
+          virtstreamSeconds: vs.seconds,
+          baseline: 'ssh host nc -l + nc',
+          baselineSeconds: baseline,
+          peakRssMb: peak,
+        });
       }
     } finally {
       rmSync(dir, { recursive: true, force: true });

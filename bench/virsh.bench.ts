@@ -20,7 +20,6 @@ import { FileRepository } from '../src/targets/file-repository.js';
 import type { BenchRow, BenchSuite } from './lib.js';
 import { createTestFile, labEnv, runBaseline, sampleRss, timed } from './lib.js';
 
-
 const suite: BenchSuite = {
   name: 'virsh',
   async run(ctx): Promise<BenchRow[]> {
@@ -55,9 +54,25 @@ const suite: BenchSuite = {
       // the baseline writes into a local file too (virtstream writes into a FileRepository)
       const catOut = join(repoDir, 'ssh-cat.out');
       const sshCat = await runBaseline([
-        'sh', '-c', 'f=$1; shift; exec "$@" > "$f"', 'sh', catOut,
-        'ssh', '-p', String(sshOptions.port), '-i', sshOptions.privateKeyPath, '-o', `UserKnownHostsFile=${sshOptions.knownHostsPath}`,
-        '-o', 'StrictHostKeyChecking=yes', '-o', 'BatchMode=yes', `${sshOptions.username}@${sshOptions.host}`, 'cat', img,
+        'sh',
+        '-c',
+        'f=$1; shift; exec "$@" > "$f"',
+        'sh',
+        catOut,
+        'ssh',
+        '-p',
+        String(sshOptions.port),
+        '-i',
+        sshOptions.privateKeyPath,
+        '-o',
+        `UserKnownHostsFile=${sshOptions.knownHostsPath}`,
+        '-o',
+        'StrictHostKeyChecking=yes',
+        '-o',
+        'BatchMode=yes',
+        `${sshOptions.username}@${sshOptions.host}`,
+        'cat',
+        img,
       ]);
       rmSync(catOut, { force: true });
 
@@ -70,14 +85,35 @@ const suite: BenchSuite = {
         return { seconds, peak };
       };
       const viaSsh = await overSsh(new LibvirtHost(ssh, { uri: env.VS_LIBVIRT_URI ?? 'qemu:///system', fileOwner: 'root:root' }));
-      rows.push({ case: `${sizeMb} MiB qcow2 (half data), full over SSH`, bytes, virtstreamSeconds: viaSsh.seconds, baseline: 'ssh host cat > file', baselineSeconds: sshCat, peakRssMb: viaSsh.peak });
+      rows.push({
+        case: `${sizeMb} MiB qcow2 (half data), full over SSH`,
+        bytes,
+        virtstreamSeconds: viaSsh.seconds,
+        baseline: 'ssh host cat > file',
+        baselineSeconds: sshCat,
+        peakRssMb: viaSsh.peak,
+      });
       const nc = new NetcatRunner(ssh, { listenAddress: '127.0.0.1' });
       const viaNc = await overSsh(new LibvirtHost(ssh, { uri: env.VS_LIBVIRT_URI ?? 'qemu:///system', fileOwner: 'root:root', dataRunner: nc }));
-      rows.push({ case: `${sizeMb} MiB qcow2 (half data), full over netcat`, bytes, virtstreamSeconds: viaNc.seconds, baseline: 'ssh host cat > file', baselineSeconds: sshCat, peakRssMb: viaNc.peak });
+      rows.push({
+        case: `${sizeMb} MiB qcow2 (half data), full over netcat`,
+        bytes,
+        virtstreamSeconds: viaNc.seconds,
+        baseline: 'ssh host cat > file',
+        baselineSeconds: sshCat,
+        peakRssMb: viaNc.peak,
+      });
       const copy = posix.join(imgDir, 'copy.qcow2');
       const convert = await runBaseline(['qemu-img', 'convert', '-O', 'qcow2', img, copy]);
       await local.removeFiles([copy]);
-      rows.push({ case: `${sizeMb} MiB qcow2 (half data), full over SSH`, bytes, virtstreamSeconds: viaSsh.seconds, baseline: 'qemu-img convert (local)', baselineSeconds: convert, peakRssMb: viaSsh.peak });
+      rows.push({
+        case: `${sizeMb} MiB qcow2 (half data), full over SSH`,
+        bytes,
+        virtstreamSeconds: viaSsh.seconds,
+        baseline: 'qemu-img convert (local)',
+        baselineSeconds: convert,
+        peakRssMb: viaSsh.peak,
+      });
     } finally {
       await local.undefine(name).catch(() => undefined);
       await local.exec(['rm', '-rf', '--', imgDir]).catch(() => undefined);

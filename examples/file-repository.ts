@@ -20,11 +20,11 @@ const format = (process.env.VS_FORMAT ?? (image.endsWith('.qcow2') ? 'qcow2' : '
 
 await using session = await repo.begin({ vm: { name: vmName }, strategy: 'example', kind: 'full', signal });
 await session.writeMetadata('source.json', JSON.stringify({ image, size }));
-const written = await session.writeDisk(
-  { diskId: 'disk0', name: image, format, virtualSize: size, kind: 'full' },
-  createReadStream(image),
-  { signal, expectedBytes: size, onBytes: (n) => process.stderr.write(`\r${((n / Math.max(size, 1)) * 100).toFixed(0)}%`) },
-);
+const written = await session.writeDisk({ diskId: 'disk0', name: image, format, virtualSize: size, kind: 'full' }, createReadStream(image), {
+  signal,
+  expectedBytes: size,
+  onBytes: (n) => process.stderr.write(`\r${((n / Math.max(size, 1)) * 100).toFixed(0)}%`),
+});
 const record = await session.commit({ signal });
 console.log(`\ncommitted ${record.id}: ${written.bytes} bytes, sha256 ${written.sha256}`);
 

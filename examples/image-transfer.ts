@@ -34,7 +34,12 @@ if (sim) {
 await using client = new RhvClient(
   sim
     ? { url: sim.url, username: 'admin@internal', password: 'secret', ca: sim.caPem! }
-    : { url: env.RHV_URL!, username: env.RHV_USERNAME ?? 'admin@internal', password: env.RHV_PASSWORD ?? '', ...(env.RHV_CA_FILE ? { caFile: env.RHV_CA_FILE } : {}) },
+    : {
+        url: env.RHV_URL!,
+        username: env.RHV_USERNAME ?? 'admin@internal',
+        password: env.RHV_PASSWORD ?? '',
+        ...(env.RHV_CA_FILE ? { caFile: env.RHV_CA_FILE } : {}),
+      },
 );
 const vmName = env.VM_NAME ?? 'example-vm';
 const repo = new FileRepository(env.VIRTSTREAM_REPO ?? (await mkdtemp(join(tmpdir(), 'virtstream-example-'))));

@@ -22,7 +22,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FileRepository, isVirtstreamError } from 'virtstream';
 import type { ProgressEvent } from 'virtstream';
-import { LibvirtHost, RbdSnapshotStrategy, SshRunner } from 'virtstream/libvirt';
+import { LibvirtHost, RbdSnapshotStrategy } from 'virtstream/libvirt';
+import { SshRunner } from 'virtstream/ssh';
 
 const env = process.env;
 const vmName = env.VM_NAME;

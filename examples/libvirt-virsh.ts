@@ -21,7 +21,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FileRepository, isVirtstreamError } from 'virtstream';
 import type { ProgressEvent } from 'virtstream';
-import { LibvirtHost, NetcatRunner, SshRunner, VirshStrategy } from 'virtstream/libvirt';
+import { LibvirtHost, VirshStrategy } from 'virtstream/libvirt';
+import { NetcatRunner, SshRunner } from 'virtstream/ssh';
 
 const env = process.env;
 const vmName = env.VM_NAME;

@@ -35,7 +35,12 @@ const chain = await SnapshotChain.load(repo, vmName, { signal });
 for (const p of chain.validate()) console.error(`${p.severity}: ${p.message}`);
 chain.assertValid();
 const target = chain.resolve(point);
-console.log(`restoring ${diskId} at ${target.id} (${target.completedAt}) through ${chain.diskPath(target.id, diskId).map((s) => s.backupId).join(' -> ')}`);
+console.log(
+  `restoring ${diskId} at ${target.id} (${target.completedAt}) through ${chain
+    .diskPath(target.id, diskId)
+    .map((s) => s.backupId)
+    .join(' -> ')}`,
+);
 
 /** Opens one stored artifact as a chain layer: QCOW2 deltas alone (no backing), raw, or an export-diff. */
 async function openLayer(backupId: string, disk: string, options: { signal?: AbortSignal }): Promise<ChainLayer> {

@@ -16,7 +16,12 @@ if (!root) {
 }
 const num = (name: string): number | undefined => (process.env[name] ? Number(process.env[name]) : undefined);
 const rules: RetentionRules = {};
-for (const [env, key] of [['KEEP_LAST', 'keepLast'], ['KEEP_DAILY', 'keepDaily'], ['KEEP_WEEKLY', 'keepWeekly'], ['KEEP_MONTHLY', 'keepMonthly']] as const) {
+for (const [env, key] of [
+  ['KEEP_LAST', 'keepLast'],
+  ['KEEP_DAILY', 'keepDaily'],
+  ['KEEP_WEEKLY', 'keepWeekly'],
+  ['KEEP_MONTHLY', 'keepMonthly'],
+] as const) {
   const n = num(env);
   if (n !== undefined) rules[key] = n;
 }

@@ -36,13 +36,23 @@ if (sim && proxies) {
   // what /sys/class/dmi/id/product_uuid and /etc/lvm/lvm.conf hold inside a real proxy VM
   await writeFile(join(work, 'product_uuid'), `${proxy.id}\n`);
   await writeFile(join(work, 'lvm.conf'), 'devices {\n  filter = [ "a|^/dev/vda2$|", "r|.*|" ]\n}\n');
-  options = { uuidFile: join(work, 'product_uuid'), lvmConfPath: join(work, 'lvm.conf'), deviceDiscovery: new ByIdDeviceDiscovery({ folder: proxies.byIdDir }), poll: { minDelayMs: 20, maxDelayMs: 200 } };
+  options = {
+    uuidFile: join(work, 'product_uuid'),
+    lvmConfPath: join(work, 'lvm.conf'),
+    deviceDiscovery: new ByIdDeviceDiscovery({ folder: proxies.byIdDir }),
+    poll: { minDelayMs: 20, maxDelayMs: 200 },
+  };
 } else if (env.VS_PROXY_VM_ID) options = { proxyVmId: env.VS_PROXY_VM_ID };
 
 await using rhv = new RhvClient(
   sim
     ? { url: sim.url, username: 'admin@internal', password: 'secret', ...(sim.caPem ? { ca: sim.caPem } : {}), poll: { minDelayMs: 20, maxDelayMs: 200 } }
-    : { url: env.RHV_URL!, username: env.RHV_USERNAME ?? 'admin@internal', password: env.RHV_PASSWORD ?? '', ...(env.RHV_CA_FILE ? { caFile: env.RHV_CA_FILE } : {}) },
+    : {
+        url: env.RHV_URL!,
+        username: env.RHV_USERNAME ?? 'admin@internal',
+        password: env.RHV_PASSWORD ?? '',
+        ...(env.RHV_CA_FILE ? { caFile: env.RHV_CA_FILE } : {}),
+      },
 );
 const strategy = new DiskAttachStrategy(rhv, options);
 const repo = new FileRepository(env.VS_REPO ?? join(work, 'repo'));

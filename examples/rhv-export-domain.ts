@@ -22,20 +22,33 @@ import { EngineSimulator, ExportDomainSimulator } from 'virtstream/testing';
 
 const env = process.env;
 const simulate = env.VS_EXAMPLE_SIMULATOR === '1';
-if (!simulate && (!env.RHV_URL || !env.VS_STAGING)) throw new Error('set RHV_URL, VS_STAGING (and RHV_USERNAME, RHV_PASSWORD, RHV_CA_FILE, VM_NAME) or VS_EXAMPLE_SIMULATOR=1');
+if (!simulate && (!env.RHV_URL || !env.VS_STAGING))
+  throw new Error('set RHV_URL, VS_STAGING (and RHV_USERNAME, RHV_PASSWORD, RHV_CA_FILE, VM_NAME) or VS_EXAMPLE_SIMULATOR=1');
 
-await using sim = simulate ? await EngineSimulator.start() : undefined;
+// a 4.3 engine: the last one serving API v3 (with SSO; profile '3.6' would use HTTP Basic)
+await using sim = simulate ? await EngineSimulator.start({ profile: '4.3' }) : undefined;
 const exportSim = sim ? await ExportDomainSimulator.install(sim, { perDataCenter: env.VS_PER_DC === '1' }) : undefined;
 const vmName = sim ? 'demo-vm' : (env.VM_NAME ?? '');
-if (sim) await sim.addVm({ name: vmName, disks: [{ name: 'root', virtualSize: 64 << 20, format: 'cow', contents: [{ offset: 0, length: 8 << 20, pattern: 0x5a }] }] });
+if (sim)
+  await sim.addVm({ name: vmName, disks: [{ name: 'root', virtualSize: 64 << 20, format: 'cow', contents: [{ offset: 0, length: 8 << 20, pattern: 0x5a }] }] });
 
 await using rhv = new RhvClient({
   ...(sim
     ? { url: sim.url, username: 'admin@internal', password: 'secret', ...(sim.caPem ? { ca: sim.caPem } : {}), poll: { minDelayMs: 20, maxDelayMs: 200 } }
-    : { url: env.RHV_URL!, username: env.RHV_USERNAME ?? 'admin@internal', password: env.RHV_PASSWORD ?? '', ...(env.RHV_CA_FILE ? { caFile: env.RHV_CA_FILE } : {}) }),
+    : {
+        url: env.RHV_URL!,
+        username: env.RHV_USERNAME ?? 'admin@internal',
+        password: env.RHV_PASSWORD ?? '',
+        ...(env.RHV_CA_FILE ? { caFile: env.RHV_CA_FILE } : {}),
+      }),
   apiVersion: 3,
 });
-const exportDomains = Object.fromEntries((env.VS_EXPORT_MAP ?? '').split(',').filter(Boolean).map((kv) => kv.split('=') as [string, string]));
+const exportDomains = Object.fromEntries(
+  (env.VS_EXPORT_MAP ?? '')
+    .split(',')
+    .filter(Boolean)
+    .map((kv) => kv.split('=') as [string, string]),
+);
 const strategy = new ExportDomainStrategy(rhv, {
   stagingPath: exportSim ? exportSim.stagingPath : env.VS_STAGING!,
   layout: env.VS_PER_DC === '1' ? 'per-data-center' : 'single',
@@ -52,7 +65,8 @@ try {
   console.log(`full ${full.record.id}: ${full.disks.map((d) => `${d.diskId} ${d.bytes} B`).join(', ')}`);
   const restored = await strategy.restore(vmName, repo, { newName: `${vmName}-restored`, signal: controller.signal });
   console.log(`imported as ${restored.vm.name} (${restored.vm.id})`);
-  if (exportSim) console.log(`clones left: ${exportSim.state().vms.filter((v) => v.kind === 'clone').length}, snapshots left: ${exportSim.state().snapshots.length}`);
+  if (exportSim)
+    console.log(`clones left: ${exportSim.state().vms.filter((v) => v.kind === 'clone').length}, snapshots left: ${exportSim.state().snapshots.length}`);
 } catch (err) {
   if (isVirtstreamError(err)) {
     console.error(`failed with ${err.code}: ${err.message} (the clone, the snapshot and the export were undone)`);

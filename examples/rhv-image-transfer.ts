@@ -37,7 +37,12 @@ if (sim) {
 await using rhv = new RhvClient(
   sim
     ? { url: sim.url, username: 'admin@internal', password: 'secret', ...(sim.caPem ? { ca: sim.caPem } : {}), poll: { minDelayMs: 20, maxDelayMs: 200 } }
-    : { url: env.RHV_URL!, username: env.RHV_USERNAME ?? 'admin@internal', password: env.RHV_PASSWORD ?? '', ...(env.RHV_CA_FILE ? { caFile: env.RHV_CA_FILE } : {}) },
+    : {
+        url: env.RHV_URL!,
+        username: env.RHV_USERNAME ?? 'admin@internal',
+        password: env.RHV_PASSWORD ?? '',
+        ...(env.RHV_CA_FILE ? { caFile: env.RHV_CA_FILE } : {}),
+      },
 );
 const mode = env.VS_MODE === 'snapshot-chain' ? 'snapshot-chain' : 'backup-api';
 const strategy = new ImageTransferStrategy(rhv, { incrementalMode: mode, concurrency: 2 });

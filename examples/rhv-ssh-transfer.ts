@@ -30,12 +30,18 @@ if (!env.VS_SSH_HOST) throw new Error('set VS_SSH_HOST, VS_SSH_USER, VS_SSH_KEY 
 await using sim = simulate ? await EngineSimulator.start() : undefined;
 const tree = sim ? await HypervisorTree.install(sim) : undefined;
 const vmName = sim ? 'demo-vm' : (env.VM_NAME ?? '');
-if (sim) await sim.addVm({ name: vmName, disks: [{ name: 'root', virtualSize: 64 << 20, format: 'cow', contents: [{ offset: 0, length: 8 << 20, pattern: 0x5a }] }] });
+if (sim)
+  await sim.addVm({ name: vmName, disks: [{ name: 'root', virtualSize: 64 << 20, format: 'cow', contents: [{ offset: 0, length: 8 << 20, pattern: 0x5a }] }] });
 
 await using rhv = new RhvClient(
   sim
     ? { url: sim.url, username: 'admin@internal', password: 'secret', ...(sim.caPem ? { ca: sim.caPem } : {}), poll: { minDelayMs: 20, maxDelayMs: 200 } }
-    : { url: env.RHV_URL!, username: env.RHV_USERNAME ?? 'admin@internal', password: env.RHV_PASSWORD ?? '', ...(env.RHV_CA_FILE ? { caFile: env.RHV_CA_FILE } : {}) },
+    : {
+        url: env.RHV_URL!,
+        username: env.RHV_USERNAME ?? 'admin@internal',
+        password: env.RHV_PASSWORD ?? '',
+        ...(env.RHV_CA_FILE ? { caFile: env.RHV_CA_FILE } : {}),
+      },
 );
 const ssh = {
   host: env.VS_SSH_HOST,

@@ -93,13 +93,27 @@ export const COMMANDS: readonly CommandSpec[] = [
     notes: 'Rules given as flags replace the "retention" rules of the config file. A full that a kept incremental needs is never deleted.',
   },
   {
+    name: 'cleanup',
+    summary: 'find and undo what interrupted runs left on VMs (snapshots, transfers, overlays)',
+    usage: '[VM ...] [--from NAME] [--all] [--strategy ID] [--dry-run]',
+    options: {
+      from: { type: 'string', value: 'NAME', description: 'every VM of this manager or host that a config rule gives to it (with VM names: where they are)' },
+      strategy: { type: 'string', value: 'ID', description: 'strategy id (overrides the VM rules)' },
+      all: { type: 'boolean', description: 'every VM the config rules select' },
+      'dry-run': { type: 'boolean', description: 'list what would be undone; change nothing' },
+    },
+    notes:
+      'backup recovers its own VM first by itself; cleanup is for VMs that are not backed up soon, or to look first (--dry-run). Exit code 1 (5 with several VMs) when a leftover could not be undone.',
+  },
+  {
     name: 'demo',
     summary: 'run a full + incremental backup and a restore against the built-in engine simulator',
     usage: '[--repo DIR] [--size-mb N]',
     options: {
       'size-mb': { type: 'string', value: 'N', description: 'size of each demo disk in MiB (default 64)' },
     },
-    notes: 'Needs no root and no services: the oVirt engine simulator and its imageio server run in-process (qemu-img from qemu-utils must be installed). Without --repo the repository is a temporary directory that is kept for you to look at.',
+    notes:
+      'Needs no root and no services: the oVirt engine simulator and its imageio server run in-process (qemu-img from qemu-utils must be installed). Without --repo the repository is a temporary directory that is kept for you to look at.',
   },
 ];
 

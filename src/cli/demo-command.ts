@@ -25,8 +25,13 @@ export async function demoCommand(ctx: CommandContext): Promise<number> {
   const lines = [
     '',
     `virtstream demo: ${report.ok ? 'OK' : 'FAILED'} in ${total.toFixed(1)}s`,
-    ...report.steps.map((s) => `  ${s.name.padEnd(24)} ${s.seconds.toFixed(2).padStart(6)}s${s.bytes !== undefined ? `  ${formatBytes(s.bytes).padStart(10)}` : ''}${s.backupId ? `  ${s.backupId}` : ''}`),
-    ...report.disks.map((d) => `  disk ${d.name.padEnd(19)} ${formatBytes(d.virtualSize).padStart(10)}  ${d.identical ? 'restored copy identical' : 'restored copy DIFFERS'}`),
+    ...report.steps.map(
+      (s) =>
+        `  ${s.name.padEnd(24)} ${s.seconds.toFixed(2).padStart(6)}s${s.bytes !== undefined ? `  ${formatBytes(s.bytes).padStart(10)}` : ''}${s.backupId ? `  ${s.backupId}` : ''}`,
+    ),
+    ...report.disks.map(
+      (d) => `  disk ${d.name.padEnd(19)} ${formatBytes(d.virtualSize).padStart(10)}  ${d.identical ? 'restored copy identical' : 'restored copy DIFFERS'}`,
+    ),
     `  repository check        ${report.repositoryVerified ? 'ok (sizes, sha256, chain)' : 'FAILED'}`,
     `  repository              ${report.repository}`,
     '',

@@ -13,7 +13,7 @@ export interface DemoOptions {
   repo?: string;
   /** Size of each demo disk in MiB. @defaultValue 64 */
   sizeMb?: number;
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
   onProgress?: (vm: string, event: ProgressEvent) => void;
   /** One line per step, for people. */
   onStep?: (line: string) => void;
@@ -138,7 +138,13 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoReport> {
   });
   step(`VM ${VM}: disk "system" (qcow2, ${size / MiB} MiB, 6 MiB of data) and disk "data" (raw, sparse, 2 MiB of data)`);
 
-  await using client = new RhvClient({ url: sim.url, username: 'admin@internal', password: 'secret', ...(sim.caPem ? { ca: sim.caPem } : {}), ...(options.logger ? { logger: options.logger } : {}) });
+  await using client = new RhvClient({
+    url: sim.url,
+    username: 'admin@internal',
+    password: 'secret',
+    ...(sim.caPem ? { ca: sim.caPem } : {}),
+    ...(options.logger ? { logger: options.logger } : {}),
+  });
   const strategy: BackupStrategy = new ImageTransferStrategy(client);
   const repo = new FileRepository(repository, options.logger ? { logger: options.logger } : {});
   const onProgress = (vm: string) => (e: ProgressEvent) => options.onProgress?.(vm, e);
@@ -159,7 +165,14 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoReport> {
   const incr = await timed(
     steps,
     'incremental backup',
-    () => strategy.backup({ name: VM }, repo, { kind: 'incremental', parent: full.record, signal, onProgress: onProgress(VM), ...(options.logger ? { logger: options.logger } : {}) }),
+    () =>
+      strategy.backup({ name: VM }, repo, {
+        kind: 'incremental',
+        parent: full.record,
+        signal,
+        onProgress: onProgress(VM),
+        ...(options.logger ? { logger: options.logger } : {}),
+      }),
     (r) => ({ bytes: backupBytes(r), backupId: r.record.id }),
   );
   for (const d of incr.disks) if (d.fallbackReason) step(`  disk ${d.diskId}: full instead of incremental (${d.fallbackReason})`);
@@ -168,7 +181,14 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoReport> {
   const restored = await timed(
     steps,
     'restore to a new VM',
-    () => strategy.restore(VM, repo, { backupId: incr.record.id, newName: RESTORED, signal, onProgress: onProgress(RESTORED), ...(options.logger ? { logger: options.logger } : {}) }),
+    () =>
+      strategy.restore(VM, repo, {
+        backupId: incr.record.id,
+        newName: RESTORED,
+        signal,
+        onProgress: onProgress(RESTORED),
+        ...(options.logger ? { logger: options.logger } : {}),
+      }),
     (r) => ({ bytes: r.disks.reduce((n, d) => n + d.bytes, 0) }),
   );
 
@@ -191,7 +211,10 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoReport> {
         const a = sim.activeImage(src.id);
         const b = sim.activeImage(dst.id);
         // exit 0: identical guest contents; 1: they differ. (Not -s: allocation may differ, bytes may not.)
-        const r = await runner.run(['qemu-img', 'compare', '-f', a.format, '-F', b.format, a.path, b.path], { okExitCodes: [0, 1], ...(signal ? { signal } : {}) });
+        const r = await runner.run(['qemu-img', 'compare', '-f', a.format, '-F', b.format, a.path, b.path], {
+          okExitCodes: [0, 1],
+          ...(signal ? { signal } : {}),
+        });
         identical = r.exitCode === 0 && src.virtualSize === dst.virtualSize;
       }
       disks.push({ name: src.name, virtualSize: src.virtualSize, identical });

@@ -8,22 +8,22 @@ export const EXIT: Readonly<{ OK: 0; FAILURE: 1; USAGE: 2; CONFIG: 3; VERIFY_FAI
   FAILURE: 1,
   /** Bad command line: unknown command or flag, missing argument. */
   USAGE: 2,
-  /** Bad configuration file, flag value or secret reference (`ERR_CONFIG`). */
+  /** Bad configuration file, flag value or secret reference (`ERR_CONFIG`, `ERR_CONFIG_INVALID`). */
   CONFIG: 3,
   /** `verify` (or the demo's byte comparison) found damaged or missing data. */
   VERIFY_FAILED: 4,
   /** Several VMs were asked for and some, not all, failed. */
   PARTIAL: 5,
-  /** Cancelled by SIGINT/SIGTERM (or a second signal forced the exit). */
+  /** Cancelled by SIGINT/SIGTERM (or a second signal forced the exit). An interrupt after the work was done (a committed backup) keeps the command's own code. */
   ABORTED: 130,
 });
 
-const INTEGRITY = new Set(['ERR_CHECKSUM_MISMATCH', 'ERR_SIZE_MISMATCH', 'ERR_TRUNCATED', 'ERR_FORMAT_CORRUPT', 'ERR_REPO_MANIFEST']);
+const INTEGRITY = new Set(['ERR_CHECKSUM_MISMATCH', 'ERR_SIZE_MISMATCH', 'ERR_TRUNCATED', 'ERR_FORMAT_CORRUPT', 'ERR_REPO_MANIFEST', 'ERR_VERIFY_FAILED']);
 
 /** The exit code for an error that ended a command. */
 export function exitCodeFor(err: unknown): number {
   if (isVirtstreamError(err, 'ERR_ABORTED')) return EXIT.ABORTED;
-  if (isVirtstreamError(err, 'ERR_CONFIG')) return EXIT.CONFIG;
+  if (isVirtstreamError(err, 'ERR_CONFIG') || isVirtstreamError(err, 'ERR_CONFIG_INVALID')) return EXIT.CONFIG;
   if (err instanceof UsageError) return EXIT.USAGE;
   if (isVirtstreamError(err) && INTEGRITY.has(err.code)) return EXIT.VERIFY_FAILED;
   return EXIT.FAILURE;
@@ -41,4 +41,11 @@ export class UsageError extends Error {
     this.name = 'UsageError';
     this.command = command;
   }
+}
+
+/** The name of the signal that aborted `signal` (`SIGINT`), for messages. */
+export function interruptName(signal: AbortSignal): string {
+  const reason: unknown = signal.reason;
+  const cause = isVirtstreamError(reason, 'ERR_ABORTED') ? reason.cause : undefined;
+  return typeof cause === 'string' ? cause : 'the interrupt';
 }

@@ -35,13 +35,36 @@ export async function listCommand(ctx: CommandContext): Promise<number> {
     }
     return EXIT.OK;
   }
-  const records = await repo.list(vm, { signal: ctx.signal });
+  const { records, unreadable } = await repo.scan(vm, { signal: ctx.signal });
   const rows = records.map((r) => [r.id, r.kind, r.parentId ?? '-', r.strategy, r.completedAt, String(r.disks.length), formatBytes(storedBytes(r))]);
   for (const r of records) {
-    ctx.reporter.result('backup-record', { vm, id: r.id, kind: r.kind, parentId: r.parentId, strategy: r.strategy, startedAt: r.startedAt, completedAt: r.completedAt, disks: r.disks.map((d) => ({ diskId: d.diskId, name: d.name, kind: d.kind, bytes: d.bytes, virtualSize: d.virtualSize, format: d.format })), labels: r.labels }, []);
+    ctx.reporter.result(
+      'backup-record',
+      {
+        vm,
+        id: r.id,
+        kind: r.kind,
+        parentId: r.parentId,
+        strategy: r.strategy,
+        startedAt: r.startedAt,
+        completedAt: r.completedAt,
+        disks: r.disks.map((d) => ({ diskId: d.diskId, name: d.name, kind: d.kind, bytes: d.bytes, virtualSize: d.virtualSize, format: d.format })),
+        labels: r.labels,
+      },
+      [],
+    );
   }
+  // a backup that cannot be read is shown as such, never hidden
+  for (const u of unreadable) ctx.reporter.result('backup-unreadable', { vm, id: u.id, code: u.code, reason: u.reason, mayDependOn: u.mayDependOn }, []);
   if (ctx.reporter.mode !== 'json') {
-    ctx.reporter.result('backups', {}, rows.length === 0 ? [`no backups of ${printable(vm)} in ${repo.root}`] : table(['ID', 'KIND', 'PARENT', 'STRATEGY', 'COMPLETED', 'DISKS', 'STORED'], rows));
+    const lines =
+      rows.length === 0 && unreadable.length === 0
+        ? [`no backups of ${printable(vm)} in ${repo.root}`]
+        : rows.length === 0
+          ? []
+          : table(['ID', 'KIND', 'PARENT', 'STRATEGY', 'COMPLETED', 'DISKS', 'STORED'], rows);
+    for (const u of unreadable) lines.push(`UNREADABLE ${printable(u.id)}: ${printable(u.reason)} [${u.code}]`);
+    ctx.reporter.result('backups', {}, lines);
   }
   return EXIT.OK;
 }

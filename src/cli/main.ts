@@ -9,7 +9,7 @@ let signals = 0;
 const onSignal = (signal: NodeJS.Signals): void => {
   signals++;
   if (signals === 1) {
-    process.stderr.write(`\n${signal}: aborting, cleaning up (snapshots, transfers, partial backups). Press Ctrl-C again to force.\n`);
+    // runCli prints the notice through its reporter (above the progress bars)
     controller.abort(new AbortedError(signal));
     return;
   }
@@ -33,7 +33,13 @@ void runCli(process.argv.slice(2), {
   env: process.env,
   signal: controller.signal,
 }).then((code) => {
+  // runCli decides: an interrupt that came after the work was done (a committed backup) is no failure
+  process.exitCode = code;
   process.off('SIGINT', onSignal);
   process.off('SIGTERM', onSignal);
-  process.exitCode = controller.signal.aborted ? EXIT.ABORTED : code;
+  // the result is decided; a signal while sockets and timers wind down must not turn it into a kill
+  // (signal listeners hold no event-loop reference, so this never delays the exit)
+  const exitWithResult = (): never => process.exit(code);
+  process.on('SIGINT', exitWithResult);
+  process.on('SIGTERM', exitWithResult);
 });

@@ -2,6 +2,17 @@ import { isVirtstreamError, redact, redactString } from '../index.js';
 import type { ProgressEvent } from '../index.js';
 import { fit, formatBytes, formatDuration, formatRate, printable } from './format.js';
 
+/** The innermost virtstream error in the `cause` chain below `err`, if any. */
+function rootCause(err: unknown): { code: string; message: string } | undefined {
+  let found: { code: string; message: string } | undefined;
+  const seen = new Set<unknown>([err]);
+  for (let e = (err as { cause?: unknown })?.cause; e !== null && typeof e === 'object' && !seen.has(e); e = (e as { cause?: unknown }).cause) {
+    seen.add(e);
+    if (isVirtstreamError(e)) found = { code: e.code, message: e.message };
+  }
+  return found;
+}
+
 /** How the CLI writes: bars on a terminal, plain lines in logs, one JSON object per line for machines. */
 export type OutputMode = 'tty' | 'plain' | 'json';
 
@@ -50,6 +61,7 @@ export class Reporter {
   readonly #rows = new Map<string, DiskRow>();
   #drawnLines = 0;
   #lastDraw = -Infinity;
+  #lateInterrupt = false;
 
   constructor(options: ReporterOptions) {
     this.mode = options.mode;
@@ -81,7 +93,9 @@ export class Reporter {
     const who = printable(vm);
     if (event.type === 'phase') {
       if (this.mode === 'plain' || event.phase !== 'transfer') {
-        this.#note(`${who}: ${event.phase}${event.disk ? ` ${printable(event.disk)}` : ''}${event.detail ? ` (${printable(redactString(event.detail))})` : ''}`);
+        this.#note(
+          `${who}: ${event.phase}${event.disk ? ` ${printable(event.name ?? event.disk)}` : ''}${event.detail ? ` (${printable(redactString(event.detail))})` : ''}`,
+        );
       }
       return;
     }
@@ -94,7 +108,18 @@ export class Reporter {
     let row = this.#rows.get(key);
     const isNew = row === undefined;
     if (!row) {
-      row = { key, label: `${who} ${printable(event.disk)}`, transferred: 0, total: event.total, firstAt: now, firstBytes: event.transferred, lastAt: now, done: false, lastQuarter: 0 };
+      row = {
+        key,
+        // the human name when the event carries one beside the stable id
+        label: `${who} ${printable(event.name ?? event.disk)}`,
+        transferred: 0,
+        total: event.total,
+        firstAt: now,
+        firstBytes: event.transferred,
+        lastAt: now,
+        done: false,
+        lastQuarter: 0,
+      };
       this.#rows.set(key, row);
     }
     row.transferred = event.transferred;
@@ -168,6 +193,28 @@ export class Reporter {
     this.#rows.clear();
   }
 
+  /**
+   * The notice of a first Ctrl-C/SIGTERM (also when quiet). It goes through the progress block like
+   * every note, so that the next redraw of the bars does not erase it; `{ type: 'interrupt' }` in json mode.
+   */
+  interrupt(signal: string): void {
+    const message = `${signal}: aborting, cleaning up (snapshots, transfers, partial backups). Press Ctrl-C again to force.`;
+    if (this.mode === 'json') this.#json({ type: 'interrupt', signal, message });
+    else this.#note(message);
+  }
+
+  /** Says that an interrupt came after the work was done (the command still succeeds); `{ type: 'late-interrupt' }` in json mode. */
+  lateInterrupt(message: string, fields: Record<string, unknown> = {}): void {
+    this.#lateInterrupt = true;
+    if (this.mode === 'json') this.#json({ type: 'late-interrupt', message, ...fields });
+    else this.#note(`note: ${printable(redactString(message))}`);
+  }
+
+  /** True once {@link lateInterrupt} was said. */
+  get lateInterruptNoted(): boolean {
+    return this.#lateInterrupt;
+  }
+
   /** A note for humans (stderr); `{ type: 'info' }` in json mode. */
   info(message: string, fields: Record<string, unknown> = {}): void {
     if (this.mode === 'json') this.#json({ type: 'info', message, ...fields });
@@ -193,10 +240,19 @@ export class Reporter {
     this.#drawBlock(true);
   }
 
-  /** Reports a failure: code and message (never a stack or a secret). */
+  /**
+   * Reports a failure: code and message (never a stack or a secret). When the error wraps a
+   * virtstream error with another code (an SSH key problem under "virsh list failed"), the cause's
+   * code and message are added, so the reason is on top.
+   */
   error(err: unknown, fields: Record<string, unknown> = {}): void {
     const code = isVirtstreamError(err) ? err.code : typeof (err as { code?: unknown })?.code === 'string' ? (err as { code: string }).code : 'ERR_INTERNAL';
-    const message = err instanceof Error ? err.message : String(err);
+    const root = rootCause(err);
+    const outer = err instanceof Error ? err.message : String(err);
+    // a failed remote command's stderr is already in its wrapper's message
+    const addCause = root !== undefined && root.code !== code && root.code !== 'ERR_REMOTE_COMMAND' && !outer.includes(root.message);
+    const message = addCause ? `${outer}: ${root.message} [${root.code}]` : outer;
+    if (root && root.code !== code) fields = { cause: { code: root.code, message: root.message }, ...fields };
     const field = (err as { field?: unknown })?.field;
     if (this.mode === 'json') {
       this.#json({ type: 'error', code, message, ...(typeof field === 'string' ? { field } : {}), ...fields });

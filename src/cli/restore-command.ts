@@ -1,4 +1,4 @@
-import { SnapshotChain } from '../index.js';
+import { selectRestorePoint } from '../index.js';
 import type { BackupRecord } from '../index.js';
 import { ConfigError } from './config-error.js';
 import { formatBytes, formatDuration, printable } from './format.js';
@@ -21,19 +21,25 @@ export async function restoreCommand(ctx: CommandContext): Promise<number> {
   const before = typeof v.before === 'string' ? v.before : undefined;
   const newName = typeof v.name === 'string' ? v.name : undefined;
   if (backupId !== undefined && before !== undefined) throw new UsageError('--backup and --before exclude each other', 'restore');
-  if (before !== undefined && Number.isNaN(Date.parse(before))) throw new ConfigError('--before', `not an ISO 8601 time: ${JSON.stringify(before)}`);
+  if (before !== undefined && Number.isNaN(Date.parse(before))) throw new ConfigError(`not an ISO 8601 time: ${JSON.stringify(before)}`, { field: '--before' });
   // The record says which strategy wrote it; the config (or flags) say where to restore.
   let record: BackupRecord | undefined;
   if (backupId !== undefined) record = await repo.get(vm, backupId, { signal: ctx.signal });
   else {
-    const records = await repo.list(vm, { signal: ctx.signal });
-    if (records.length === 0) throw new UsageError(`the repository has no backup of ${JSON.stringify(vm)}`, 'restore');
-    record = SnapshotChain.fromRecords(records).resolve(before !== undefined ? { before } : 'latest');
+    const scan = await repo.scan(vm, { signal: ctx.signal });
+    if (scan.records.length === 0 && scan.unreadable.length === 0) throw new UsageError(`the repository has no backup of ${JSON.stringify(vm)}`, 'restore');
+    const chosen = selectRestorePoint(scan, before !== undefined ? { before } : {});
+    record = chosen.record;
+    // what "latest" passed over is said without -v
+    for (const w of chosen.warnings) ctx.reporter.warn(`${vm}: ${w}`, { vm });
   }
-  const rule = ruleFor(config, { name: vm }, { ...(typeof v.from === 'string' ? { from: v.from } : {}), strategy: typeof v.strategy === 'string' ? v.strategy : record.strategy });
+  const rule = ruleFor(
+    config,
+    { name: vm },
+    { ...(typeof v.from === 'string' ? { from: v.from } : {}), strategy: typeof v.strategy === 'string' ? v.strategy : record.strategy },
+  );
   await using pool = new SourcePool(config, ctx);
-  const source = await pool.get(rule.from);
-  const strategy = await source.strategy(rule.strategy, rule.options ?? {});
+  const strategy = await pool.strategy(rule);
   const started = performance.now();
   ctx.reporter.info(`${vm}: restoring ${record.id} (${record.kind}) with ${strategy.id} to ${rule.from}${newName ? ` as ${newName}` : ''}`);
   const result = await strategy.restore(vm, repo, {

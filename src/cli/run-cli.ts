@@ -2,9 +2,10 @@ import { AbortedError, isVirtstreamError, redact, redactString } from '../index.
 import type { Logger } from '../index.js';
 import { COMMANDS, commandHelp, findCommand, mainHelp, parseCommandArgs } from './commands.js';
 import type { ParsedArgs } from './commands.js';
-import { EXIT, exitCodeFor, UsageError } from './exit-codes.js';
+import { EXIT, exitCodeFor, interruptName, UsageError } from './exit-codes.js';
 import { Reporter } from './reporter.js';
 import type { OutputMode, OutputStream } from './reporter.js';
+import type { SourceOpener } from './sources.js';
 
 /** What the CLI talks to: injected so tests run it in-process. */
 export interface CliIo {
@@ -15,6 +16,8 @@ export interface CliIo {
   signal: AbortSignal;
   /** Working directory for relative paths. @defaultValue process.cwd() */
   cwd?: string;
+  /** Opens managers and hosts (tests inject fakes). @defaultValue the real RHV/libvirt sources */
+  openSource?: SourceOpener;
 }
 
 /** Everything a command handler gets. */
@@ -77,6 +80,8 @@ async function loadHandler(name: string): Promise<CommandHandler> {
       return (await import('./verify-command.js')).verifyCommand;
     case 'prune':
       return (await import('./prune-command.js')).pruneCommand;
+    case 'cleanup':
+      return (await import('./cleanup-command.js')).cleanupCommand;
     case 'demo':
       return (await import('./demo-command.js')).demoCommand;
     default:
@@ -101,7 +106,9 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
   }
   const spec = findCommand(first);
   if (!spec) {
-    io.stderr.write(`error: unknown command ${JSON.stringify(first)} (commands: ${COMMANDS.map((c) => c.name).join(', ')}) [ERR_USAGE]\nRun \`virtstream --help\`.\n`);
+    io.stderr.write(
+      `error: unknown command ${JSON.stringify(first)} (commands: ${COMMANDS.map((c) => c.name).join(', ')}) [ERR_USAGE]\nRun \`virtstream --help\`.\n`,
+    );
     return EXIT.USAGE;
   }
   let args: ParsedArgs;
@@ -117,11 +124,19 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
   }
   const mode = pickMode(args.values, io.stderr, io.env);
   const reporter = new Reporter({ mode, stdout: io.stdout, stderr: io.stderr, quiet: args.values.quiet === true });
-  const logger: Logger = args.values.verbose === true ? stderrLogger(mode === 'json' ? io.stdout : io.stderr, mode === 'json') : { debug() {}, info() {}, warn() {}, error() {} };
+  const logger: Logger =
+    args.values.verbose === true ? stderrLogger(mode === 'json' ? io.stdout : io.stderr, mode === 'json') : { debug() {}, info() {}, warn() {}, error() {} };
+  // the interrupt notice goes through the reporter, so that redrawn progress bars never erase it
+  const onAbort = (): void => reporter.interrupt(interruptName(io.signal));
+  if (io.signal.aborted) onAbort();
+  else io.signal.addEventListener('abort', onAbort, { once: true });
   try {
     const handler = await loadHandler(spec.name);
     const code = await handler({ args, io, reporter, logger, signal: io.signal });
     reporter.endProgress();
+    // the command finished its work before it noticed the interrupt: its result stands
+    if (io.signal.aborted && !reporter.lateInterruptNoted)
+      reporter.lateInterrupt(`${interruptName(io.signal)} came too late to cancel: ${spec.name} had completed`);
     return code;
   } catch (caught) {
     reporter.endProgress();
@@ -134,5 +149,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     reporter.error(err);
     if (args.values.verbose === true && err instanceof Error && err.stack) io.stderr.write(`${redactString(err.stack)}\n`);
     return exitCodeFor(err);
+  } finally {
+    io.signal.removeEventListener('abort', onAbort);
   }
 }

@@ -20,9 +20,17 @@ export function repositoryPath(ctx: CommandContext, config: CliConfig): string {
   const flag = ctx.args.values.repo;
   const chosen = typeof flag === 'string' ? flag : (config.repository ?? ctx.io.env.VIRTSTREAM_REPO);
   if (chosen === undefined || chosen === '') {
-    throw new ConfigError('--repo', 'no repository: pass --repo DIR, set "repository" in the config file, or set VIRTSTREAM_REPO');
+    throw new ConfigError('no repository: pass --repo DIR, set "repository" in the config file, or set VIRTSTREAM_REPO', { field: '--repo' });
   }
   return isAbsolute(chosen) ? chosen : resolve(ctx.io.cwd ?? process.cwd(), chosen);
+}
+
+/** The repository the flags, config or environment name, or `undefined` when none is named. */
+export function configuredRepository(ctx: CommandContext, config: CliConfig): FileRepository | undefined {
+  const flag = ctx.args.values.repo;
+  const named = typeof flag === 'string' ? flag : (config.repository ?? ctx.io.env.VIRTSTREAM_REPO);
+  if (named === undefined || named === '') return undefined;
+  return new FileRepository(repositoryPath(ctx, config), { logger: ctx.logger });
 }
 
 /** Opens the repository for a command. */
@@ -36,6 +44,7 @@ export async function openRepository(ctx: CommandContext): Promise<{ config: Cli
 export function intFlag(ctx: CommandContext, name: string, max = 1_000_000): number | undefined {
   const v = ctx.args.values[name];
   if (v === undefined) return undefined;
-  if (typeof v !== 'string' || !/^\d+$/.test(v) || Number(v) > max) throw new ConfigError(`--${name}`, `must be an integer from 0 to ${max}, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'string' || !/^\d+$/.test(v) || Number(v) > max)
+    throw new ConfigError(`must be an integer from 0 to ${max}, got ${JSON.stringify(v)}`, { field: `--${name}` });
   return Number(v);
 }

@@ -17,14 +17,10 @@ export async function verifyCommand(ctx: CommandContext): Promise<number> {
     for (const b of report.backups) {
       checked++;
       if (!b.ok) bad++;
-      ctx.reporter.result(
-        'verify',
-        { vm: name, backupId: b.backupId, ok: b.ok, files: b.files, bytes: b.bytes, problems: b.problems },
-        [
-          `${b.ok ? 'ok     ' : 'DAMAGED'} ${printable(name)} ${b.backupId} (${b.files} files)`,
-          ...b.problems.map((p) => `        ${p.kind}${p.file ? ` ${printable(p.file)}` : ''}: ${printable(p.message)} [${p.code}]`),
-        ],
-      );
+      ctx.reporter.result('verify', { vm: name, backupId: b.backupId, ok: b.ok, files: b.files, bytes: b.bytes, problems: b.problems }, [
+        `${b.ok ? 'ok     ' : 'DAMAGED'} ${printable(name)} ${b.backupId} (${b.files} files)`,
+        ...b.problems.map((p) => `        ${p.kind}${p.file ? ` ${printable(p.file)}` : ''}: ${printable(p.message)} [${p.code}]`),
+      ]);
     }
   }
   ctx.reporter.result('verify-summary', { checked, damaged: bad, ok: bad === 0 }, [`${checked} backup(s) checked, ${bad} damaged`]);

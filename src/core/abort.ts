@@ -28,11 +28,7 @@ export function normalizeAbort(err: unknown, signal: AbortSignal | undefined): u
  * Runs `fn` with a listener that fires `onAbort` once when `signal` aborts; the listener is
  * removed when `fn` settles.
  */
-export async function withAbortListener<T>(
-  signal: AbortSignal | undefined,
-  onAbort: () => void,
-  fn: () => Promise<T>,
-): Promise<T> {
+export async function withAbortListener<T>(signal: AbortSignal | undefined, onAbort: () => void, fn: () => Promise<T>): Promise<T> {
   if (!signal) return fn();
   throwIfAborted(signal);
   const disposable = addAbortListener(signal, onAbort);
@@ -66,7 +62,7 @@ export function raceAbort<T>(promise: Promise<T>, signal: AbortSignal | undefine
 }
 
 /** Sleeps `ms`, rejecting with {@link AbortedError} when `signal` aborts first. */
-export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+export function sleep(ms: number, signal?: AbortSignal | undefined): Promise<void> {
   throwIfAborted(signal);
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {

@@ -9,8 +9,8 @@ import { InvalidArgumentError } from './errors.js';
 
 /** SHA-512's initial values, as (low, high) 32-bit halves. */
 const IV = new Uint32Array([
-  0xf3bcc908, 0x6a09e667, 0x84caa73b, 0xbb67ae85, 0xfe94f82b, 0x3c6ef372, 0x5f1d36f1, 0xa54ff53a,
-  0xade682d1, 0x510e527f, 0x2b3e6c1f, 0x9b05688c, 0xfb41bd6b, 0x1f83d9ab, 0x137e2179, 0x5be0cd19,
+  0xf3bcc908, 0x6a09e667, 0x84caa73b, 0xbb67ae85, 0xfe94f82b, 0x3c6ef372, 0x5f1d36f1, 0xa54ff53a, 0xade682d1, 0x510e527f, 0x2b3e6c1f, 0x9b05688c, 0xfb41bd6b,
+  0x1f83d9ab, 0x137e2179, 0x5be0cd19,
 ]);
 
 /** Message word schedule per round (rounds 10 and 11 repeat 0 and 1), times 2 for the 32-bit halves. */
@@ -75,7 +75,7 @@ function mix(v: Uint32Array, m: Uint32Array, a: number, b: number, c: number, d:
  * An incremental, unkeyed BLAKE2b hash with a digest of 1..64 bytes (RFC 7693).
  *
  * @example
- * ```ts
+ * ```ts fragment
  * const hex = new Blake2b(32).update(Buffer.from('abc')).digest().toString('hex');
  * ```
  */
@@ -148,7 +148,7 @@ export class Blake2b {
     for (let i = 0; i < 32; i++) m[i] = b[4 * i]! | (b[4 * i + 1]! << 8) | (b[4 * i + 2]! << 16) | (b[4 * i + 3]! << 24);
     v.set(h, 0);
     v.set(IV, 16);
-    v[24] = v[24]! ^ this.#count % 0x100000000;
+    v[24] = v[24]! ^ (this.#count % 0x100000000);
     v[25] = v[25]! ^ Math.floor(this.#count / 0x100000000);
     if (last) {
       v[28] = ~v[28]!;

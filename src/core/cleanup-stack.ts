@@ -72,7 +72,7 @@ export class CleanupStack implements AsyncDisposable {
     const signal = AbortSignal.timeout(this.#timeout);
     let onAbort: (() => void) | undefined;
     const bound = new Promise<never>((_, reject) => {
-      onAbort = () => reject(new TimeoutError(`cleanup step "${entry.label}" did not finish in ${this.#timeout} ms`, this.#timeout));
+      onAbort = () => reject(new TimeoutError(`cleanup step "${entry.label}" did not finish in ${this.#timeout} ms`, { waitedMs: this.#timeout }));
       signal.addEventListener('abort', onAbort, { once: true });
     });
     try {

@@ -15,11 +15,19 @@ export type ErrorCode =
   | 'ERR_NOT_FOUND'
   | 'ERR_CONFLICT'
   | 'ERR_INTERNAL'
+  | 'ERR_DEPENDENCY_MISSING'
   // data integrity
   | 'ERR_SIZE_MISMATCH'
   | 'ERR_TRUNCATED'
   | 'ERR_CHECKSUM_MISMATCH'
+  | 'ERR_VERIFY_FAILED'
   | 'ERR_STREAM_STALLED'
+  // local file system (errno mapped by fileSystemError)
+  | 'ERR_NO_SPACE'
+  | 'ERR_PERMISSION_DENIED'
+  | 'ERR_READ_ONLY'
+  | 'ERR_PATH_TYPE'
+  | 'ERR_IO'
   // commands and transports
   | 'ERR_REMOTE_COMMAND'
   | 'ERR_COMMAND_NOT_FOUND'
@@ -28,6 +36,8 @@ export type ErrorCode =
   | 'ERR_SSH_HOST_KEY_MISMATCH'
   | 'ERR_SSH_UNKNOWN_HOST'
   | 'ERR_SSH_CHANNEL'
+  | 'ERR_SSH_KNOWN_HOSTS'
+  | 'ERR_SSH_KEY_ENCRYPTED'
   | 'ERR_NETCAT'
   // repository
   | 'ERR_REPO_LOCKED'
@@ -47,15 +57,19 @@ export type ErrorCode =
   | 'ERR_RHV_TRANSFER'
   | 'ERR_RHV_PROXY_VM'
   | 'ERR_RHV_EXPORT'
+  | 'ERR_RHV_PLACEMENT'
   | 'ERR_IMAGEIO'
   | 'ERR_TLS'
   | 'ERR_HTTP'
   | 'ERR_LIBVIRT'
   | 'ERR_LIBVIRT_XML'
+  | 'ERR_LIBVIRT_DOMAIN_STATE'
+  | 'ERR_LIBVIRT_DISK_MISMATCH'
   | 'ERR_HOOK_FAILED'
   | 'ERR_LVM'
   | 'ERR_RBD'
-  | 'ERR_CONFIG';
+  | 'ERR_CONFIG'
+  | 'ERR_CONFIG_INVALID';
 
 /** Options shared by every error constructor. */
 export interface VirtstreamErrorOptions {
@@ -95,19 +109,82 @@ export function isVirtstreamError(err: unknown, code?: ErrorCode): err is Virtst
   return code === undefined || (err as unknown as VirtstreamError).code === code;
 }
 
-/** The operation was cancelled through its `AbortSignal`. `cause` is the signal's reason. */
+/**
+ * The operation was cancelled through its `AbortSignal`. `cause` is the signal's reason.
+ *
+ * A deadline (`AbortSignal.timeout(ms)`, or any reason named `TimeoutError`) and a caller's
+ * `abort()` share the code `ERR_ABORTED`; {@link AbortedError.timedOut} and the message tell them
+ * apart ("operation timed out: …" versus "operation aborted: …").
+ *
+ * @example
+ * ```ts
+ * import { AbortedError } from 'virtstream';
+ *
+ * export async function withDeadline(run: (signal: AbortSignal) => Promise<void>): Promise<void> {
+ *   try {
+ *     await run(AbortSignal.timeout(60 * 60_000));
+ *   } catch (err) {
+ *     if (err instanceof AbortedError && err.timedOut) console.error('gave up after an hour:', err.message);
+ *     else throw err;
+ *   }
+ * }
+ * ```
+ */
 export class AbortedError extends VirtstreamError {
+  /** True when the signal's reason is a timeout (`AbortSignal.timeout`) rather than a caller's abort. */
+  readonly timedOut: boolean;
   constructor(reason?: unknown) {
-    super('ERR_ABORTED', 'operation aborted', { cause: reason });
+    const timedOut = isTimeoutReason(reason);
+    super('ERR_ABORTED', `${timedOut ? 'operation timed out' : 'operation aborted'}${describeReason(reason)}`, {
+      cause: reason,
+    });
+    this.timedOut = timedOut;
+  }
+}
+
+function isTimeoutReason(reason: unknown): boolean {
+  return typeof reason === 'object' && reason !== null && (reason as { name?: unknown }).name === 'TimeoutError';
+}
+
+// The reason's own words, bounded: a caller may abort with any value.
+function describeReason(reason: unknown): string {
+  // a bare abort() carries DOMException AbortError, whose text only repeats "aborted"
+  if (reason === undefined || reason === null || (reason as { name?: unknown }).name === 'AbortError') return '';
+  const text =
+    typeof reason === 'object' && typeof (reason as { message?: unknown }).message === 'string'
+      ? (reason as { message: string }).message
+      : typeof reason === 'string'
+        ? reason
+        : '';
+  const trimmed = text.trim().replace(/\s+/g, ' ');
+  if (!trimmed) return '';
+  return `: ${trimmed.length > 200 ? `${trimmed.slice(0, 200)}…` : trimmed}`;
+}
+
+/**
+ * An optional dependency that the called feature needs is not installed (or cannot be loaded).
+ * The message names the `npm install` command that fixes it; `cause` is the loader's error.
+ */
+export class DependencyMissingError extends VirtstreamError {
+  /** The npm package to install, e.g. `ssh2`. */
+  readonly dependency: string;
+  constructor(init: VirtstreamErrorOptions & { dependency: string; feature: string }) {
+    const { dependency, feature } = init;
+    super(
+      'ERR_DEPENDENCY_MISSING',
+      `${feature} needs the optional dependency ${dependency}, which could not be loaded: run \`npm install ${dependency}\``,
+      init,
+    );
+    this.dependency = dependency;
   }
 }
 
 /** A bounded wait ran out. */
 export class TimeoutError extends VirtstreamError {
   readonly waitedMs: number;
-  constructor(message: string, waitedMs: number, options: VirtstreamErrorOptions = {}) {
+  constructor(message: string, options: VirtstreamErrorOptions & { waitedMs: number }) {
     super('ERR_TIMEOUT', message, options);
-    this.waitedMs = waitedMs;
+    this.waitedMs = options.waitedMs;
   }
 }
 
@@ -127,10 +204,11 @@ export class UnsupportedError extends VirtstreamError {
 
 /** A named thing (VM, disk, backup, snapshot) does not exist. */
 export class NotFoundError extends VirtstreamError {
+  /** What kind of thing is missing (`vm`, `disk`, `backup`, ...). */
   readonly what: string;
-  constructor(what: string, message: string, options: VirtstreamErrorOptions = {}) {
+  constructor(message: string, options: VirtstreamErrorOptions & { what: string }) {
     super('ERR_NOT_FOUND', message, options);
-    this.what = what;
+    this.what = options.what;
   }
 }
 
@@ -138,12 +216,9 @@ export class NotFoundError extends VirtstreamError {
 export class SizeMismatchError extends VirtstreamError {
   readonly expected: number;
   readonly actual: number;
-  constructor(what: string, expected: number, actual: number, options: VirtstreamErrorOptions = {}) {
-    super(
-      actual < expected ? 'ERR_TRUNCATED' : 'ERR_SIZE_MISMATCH',
-      `${what}: expected ${expected} bytes, got ${actual}`,
-      options,
-    );
+  constructor(init: VirtstreamErrorOptions & { what: string; expected: number; actual: number }) {
+    const { what, expected, actual } = init;
+    super(actual < expected ? 'ERR_TRUNCATED' : 'ERR_SIZE_MISMATCH', `${what}: expected ${expected} bytes, got ${actual}`, init);
     this.expected = expected;
     this.actual = actual;
   }
@@ -154,11 +229,11 @@ export class ChecksumMismatchError extends VirtstreamError {
   readonly expected: string;
   readonly actual: string;
   readonly path: string;
-  constructor(path: string, expected: string, actual: string) {
-    super('ERR_CHECKSUM_MISMATCH', `${path}: sha256 ${actual} does not match recorded ${expected}`);
-    this.path = path;
-    this.expected = expected;
-    this.actual = actual;
+  constructor(init: VirtstreamErrorOptions & { path: string; expected: string; actual: string }) {
+    super('ERR_CHECKSUM_MISMATCH', `${init.path}: sha256 ${init.actual} does not match recorded ${init.expected}`, init);
+    this.path = init.path;
+    this.expected = init.expected;
+    this.actual = init.actual;
   }
 }
 
@@ -192,10 +267,10 @@ export class RemoteCommandError extends VirtstreamError {
 export class HostKeyMismatchError extends VirtstreamError {
   readonly host: string;
   readonly fingerprint: string;
-  constructor(host: string, fingerprint: string) {
-    super('ERR_SSH_HOST_KEY_MISMATCH', `host key for ${host} does not match known_hosts (offered ${fingerprint})`);
-    this.host = host;
-    this.fingerprint = fingerprint;
+  constructor(init: { host: string; fingerprint: string }) {
+    super('ERR_SSH_HOST_KEY_MISMATCH', `host key for ${init.host} does not match known_hosts (offered ${init.fingerprint})`);
+    this.host = init.host;
+    this.fingerprint = init.fingerprint;
   }
 }
 
@@ -203,19 +278,20 @@ export class HostKeyMismatchError extends VirtstreamError {
 export class UnknownHostError extends VirtstreamError {
   readonly host: string;
   readonly fingerprint: string;
-  constructor(host: string, fingerprint: string) {
-    super('ERR_SSH_UNKNOWN_HOST', `host ${host} is not in known_hosts (offered ${fingerprint})`);
-    this.host = host;
-    this.fingerprint = fingerprint;
+  constructor(init: { host: string; fingerprint: string }) {
+    super('ERR_SSH_UNKNOWN_HOST', `host ${init.host} is not in known_hosts (offered ${init.fingerprint})`);
+    this.host = init.host;
+    this.fingerprint = init.fingerprint;
   }
 }
 
 /** A stored or streamed file does not follow its format (bad magic, offsets past EOF, loops). */
 export class FormatError extends VirtstreamError {
+  /** The format (`qcow2`, `rbd-diff`, `manifest`, ...). */
   readonly format: string;
-  constructor(format: string, message: string, options: VirtstreamErrorOptions & { unsupported?: boolean } = {}) {
-    super(options.unsupported ? 'ERR_FORMAT_UNSUPPORTED' : 'ERR_FORMAT_CORRUPT', `${format}: ${message}`, options);
-    this.format = format;
+  constructor(message: string, options: VirtstreamErrorOptions & { format: string; unsupported?: boolean }) {
+    super(options.unsupported ? 'ERR_FORMAT_UNSUPPORTED' : 'ERR_FORMAT_CORRUPT', `${options.format}: ${message}`, options);
+    this.format = options.format;
   }
 }
 
@@ -255,4 +331,38 @@ export function isRetryable(err: unknown): boolean {
     if (s !== undefined && TRANSIENT_STATUS.has(s)) return true;
   }
   return false;
+}
+
+/** One damaged or missing piece found while verifying a restore point (see {@link VerifyFailedError}). */
+export interface IntegrityProblem {
+  /** The backup the piece belongs to. */
+  backupId: string;
+  /** The disk, for a disk layer. */
+  diskId?: string;
+  /** The stored file, relative to its backup folder, when known. */
+  file?: string;
+  /** The stable code of the problem (`ERR_CHECKSUM_MISMATCH`, `ERR_TRUNCATED`, `ERR_NOT_FOUND`, `ERR_REPO_PATH`...). */
+  code: string;
+  message: string;
+}
+
+/**
+ * `ERR_VERIFY_FAILED`: a restore point failed verification before anything was written. `problems`
+ * names every damaged layer or file (with its backup); `cause` is the first problem's error.
+ */
+export class VerifyFailedError extends VirtstreamError {
+  readonly problems: readonly IntegrityProblem[];
+  constructor(init: VirtstreamErrorOptions & { what: string; problems: readonly IntegrityProblem[] }) {
+    const { what, problems } = init;
+    const shown = problems
+      .slice(0, 3)
+      .map((p) => `${p.backupId}${p.file ? `/${p.file}` : ''}: ${p.message}`)
+      .join('; ');
+    super(
+      'ERR_VERIFY_FAILED',
+      `${what} failed verification, nothing was written: ${shown}${problems.length > 3 ? ` (+${problems.length - 3} more)` : ''}`,
+      init,
+    );
+    this.problems = Object.freeze(problems.map((p) => ({ ...p })));
+  }
 }

@@ -35,15 +35,17 @@ const REDACTED = '[redacted]';
 
 /** Strips secrets from one string: bearer tokens, imageio ticket URLs, PEM private keys, URL passwords. */
 export function redactString(s: string): string {
-  return s
-    .replace(/-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----/g, REDACTED)
-    .replace(/(Bearer\s+)[A-Za-z0-9._~+/=-]+/gi, `$1${REDACTED}`)
-    // imageio ticket URLs (https://host:54322/images/<ticket>) and bare ticket paths with a UUID ticket;
-    // plain file paths such as /var/lib/libvirt/images/vm.qcow2 stay readable
-    .replace(/(https?:\/\/[^\s/"']+\/images\/)[^/?\s"']+/g, `$1${REDACTED}`)
-    .replace(/(\/images\/)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/gi, `$1${REDACTED}`)
-    .replace(/(\/\/[^/:@\s]+:)[^@/\s]+@/g, `$1${REDACTED}@`)
-    .replace(/((?:password|passwd|token|access_token)=)[^&\s]+/gi, `$1${REDACTED}`);
+  return (
+    s
+      .replace(/-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----/g, REDACTED)
+      .replace(/(Bearer\s+)[A-Za-z0-9._~+/=-]+/gi, `$1${REDACTED}`)
+      // imageio ticket URLs (https://host:54322/images/<ticket>) and bare ticket paths with a UUID ticket;
+      // plain file paths such as /var/lib/libvirt/images/vm.qcow2 stay readable
+      .replace(/(https?:\/\/[^\s/"']+\/images\/)[^/?\s"']+/g, `$1${REDACTED}`)
+      .replace(/(\/images\/)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/gi, `$1${REDACTED}`)
+      .replace(/(\/\/[^/:@\s]+:)[^@/\s]+@/g, `$1${REDACTED}@`)
+      .replace(/((?:password|passwd|token|access_token)=)[^&\s]+/gi, `$1${REDACTED}`)
+  );
 }
 
 /**

@@ -1,20 +1,11 @@
 /** Phases every strategy reports, in roughly this order. */
-export type ProgressPhase =
-  | 'prepare'
-  | 'pre-hook'
-  | 'snapshot'
-  | 'post-hook'
-  | 'transfer'
-  | 'finalize'
-  | 'commit'
-  | 'cleanup'
-  | 'restore'
-  | 'verify';
+export type ProgressPhase = 'prepare' | 'pre-hook' | 'snapshot' | 'post-hook' | 'transfer' | 'finalize' | 'commit' | 'cleanup' | 'restore' | 'verify';
 
 /** A typed progress event delivered to `onProgress`. */
 export type ProgressEvent =
-  | { type: 'phase'; phase: ProgressPhase; disk?: string; detail?: string }
-  | { type: 'bytes'; disk: string; transferred: number; total?: number }
+  | { type: 'phase'; phase: ProgressPhase; disk?: string; name?: string; detail?: string }
+  /** `disk` is the disk id (as in results); `name` its human name, where the strategy knows one. */
+  | { type: 'bytes'; disk: string; name?: string; transferred: number; total?: number }
   | { type: 'warning'; message: string; disk?: string; code?: string };
 
 /** Callback that receives progress events. Exceptions it throws are swallowed. */

@@ -45,8 +45,8 @@ export interface LockHolder {
 export class RepositoryLockedError extends RepositoryError {
   /** The lock holder, when known. */
   readonly holder: LockHolder | undefined;
-  constructor(message: string, holder: LockHolder | undefined, options: RepositoryErrorOptions = {}) {
+  constructor(message: string, options: RepositoryErrorOptions & { holder?: LockHolder | undefined } = {}) {
     super('ERR_REPO_LOCKED', message, options);
-    this.holder = holder;
+    this.holder = options.holder;
   }
 }

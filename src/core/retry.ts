@@ -10,7 +10,7 @@ export interface RetryOptions {
   minTimeoutMs?: number;
   /** @defaultValue 5000 */
   maxTimeoutMs?: number;
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined | undefined;
   /** Overrides the default decision ({@link isRetryable}). */
   shouldRetry?: (error: unknown) => boolean;
   /** Called before each retry with the error and the number of the failed attempt. */

@@ -8,6 +8,7 @@
 import { tracingChannel } from 'node:diagnostics_channel';
 import { throwIfAborted } from './abort.js';
 import { AbortedError, InvalidArgumentError, isVirtstreamError, UnsupportedError, VirtstreamError } from './errors.js';
+import { fileSystemError } from './fs-error.js';
 import type { Logger } from './logger.js';
 import { childLogger, redactingLogger, silentLogger } from './logger.js';
 import type { BackupKind, VmRef } from './model.js';
@@ -16,6 +17,8 @@ import type {
   BackupOptions,
   BackupResult,
   BackupStrategy,
+  RecoverOptions,
+  RecoverResult,
   RestoreOptions,
   RestoreResult,
   StrategyCapabilities,
@@ -197,6 +200,28 @@ export class RuntimeStrategy implements BackupStrategy {
   }
 
   /**
+   * Finds and undoes what interrupted runs of the wrapped strategy left on `vm`. A strategy without
+   * `recover()` has nothing to find: the result lists no actions.
+   *
+   * @throws `ERR_INVALID_ARGUMENT` for a malformed VM ref; `ERR_ABORTED`; whatever the strategy throws.
+   */
+  async recover(vm: VmRef, options: RecoverOptions = {}): Promise<RecoverResult> {
+    validateVmRef(vm);
+    throwIfAborted(options.signal);
+    if (!this.#inner.recover) return { vm: copyVmRef(vm), actions: [] };
+    const log = this.#logger(options.logger, { strategy: this.id, vm: vm.name ?? vm.id });
+    try {
+      const result = await this.#inner.recover(vm, { ...options, logger: log });
+      for (const action of result.actions) {
+        log.info({ kind: action.kind, id: action.id, done: action.done, error: action.error }, action.description);
+      }
+      return result;
+    } catch (err) {
+      throw toVirtstreamError(err, options.signal, `${this.id} recover`);
+    }
+  }
+
+  /**
    * Restores a backup of `vmName` from `source` through the wrapped strategy.
    *
    * @throws `ERR_UNSUPPORTED` when the strategy cannot restore; `ERR_INVALID_ARGUMENT`; `ERR_ABORTED`;
@@ -254,7 +279,11 @@ export class RuntimeStrategy implements BackupStrategy {
  *
  * @example
  * ```ts
- * const strategy = withRuntime(new ImageTransferStrategy({ client }), { logger });
+ * import { withRuntime } from 'virtstream';
+ * import { ImageTransferStrategy, RhvClient } from 'virtstream/rhv';
+ *
+ * const client = new RhvClient({ url: 'https://engine.example.com/ovirt-engine/api', username: 'admin@internal', password: 'secret' });
+ * const strategy = withRuntime(new ImageTransferStrategy(client, { concurrency: 2 }), { logger: console });
  * ```
  */
 export function withRuntime(strategy: BackupStrategy, options?: RuntimeStrategyOptions): RuntimeStrategy {
@@ -346,6 +375,8 @@ function toVirtstreamError(err: unknown, signal: AbortSignal | undefined, what: 
   }
   if (signal?.aborted) return new AbortedError(signal.reason ?? err);
   if (isAbortLike(err)) return new AbortedError(err);
+  const mapped = fileSystemError(err);
+  if (isVirtstreamError(mapped)) return mapped;
   const message = err instanceof Error ? err.message : String(err);
   return new VirtstreamError('ERR_INTERNAL', `${what} failed: ${message}`, { cause: err });
 }
@@ -432,19 +463,15 @@ class TrackedSession implements BackupSession {
     await this.#committing;
   }
 
-  writeMetadata(name: string, data: string | Uint8Array, options?: { signal?: AbortSignal }): Promise<void> {
+  writeMetadata(name: string, data: string | Uint8Array, options?: { signal?: AbortSignal | undefined | undefined }): Promise<void> {
     return this.#inner.writeMetadata(name, data, options);
   }
 
-  writeDisk(
-    info: DiskArtifactInfo,
-    source: AsyncIterable<Uint8Array> | NodeJS.ReadableStream,
-    options?: WriteOptions,
-  ): Promise<DiskArtifactResult> {
+  writeDisk(info: DiskArtifactInfo, source: AsyncIterable<Uint8Array> | NodeJS.ReadableStream, options?: WriteOptions): Promise<DiskArtifactResult> {
     return this.#inner.writeDisk(info, source, options);
   }
 
-  async commit(options?: { signal?: AbortSignal }): Promise<BackupRecord> {
+  async commit(options?: { signal?: AbortSignal | undefined | undefined }): Promise<BackupRecord> {
     if (this.#guard.failed) {
       throw new AbortedError(new VirtstreamError('ERR_ABORTED', `backup ${this.backupId} cannot be committed: its backup operation already failed`));
     }
@@ -526,9 +553,9 @@ class SessionGuard {
     for (const session of this.#sessions) {
       if (session.state === 'open') {
         this.#log.warn({ backupId: session.backupId }, 'the strategy returned with a backup session neither committed nor aborted: aborting it');
-        await session.abort(new VirtstreamError('ERR_INTERNAL', 'session left open by the strategy')).catch((err: unknown) =>
-          this.#log.warn({ backupId: session.backupId, err }, 'aborting the backup session failed'),
-        );
+        await session
+          .abort(new VirtstreamError('ERR_INTERNAL', 'session left open by the strategy'))
+          .catch((err: unknown) => this.#log.warn({ backupId: session.backupId, err }, 'aborting the backup session failed'));
       }
     }
   }

@@ -5,7 +5,7 @@ import type { BackupRecord, BackupTarget, RestoreSource } from './target.js';
 
 /** Options every public async operation takes. */
 export interface OperationOptions {
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined | undefined;
   onProgress?: ProgressListener;
   logger?: Logger;
 }
@@ -58,11 +58,64 @@ export interface RestoreOptions extends OperationOptions {
   newName?: string;
 }
 
+/** One disk written by a restore (see {@link RestoreResult.disks}). */
+export interface RestoredDisk {
+  /** The new disk: the platform's disk id (oVirt/RHV), or the target device in the new domain (libvirt). */
+  diskId: string;
+  /** The disk of the backup it was restored from (`StoredDiskArtifact.diskId`). */
+  sourceDiskId: string;
+  /** Bytes written (data only, for sparse writes). */
+  bytes: number;
+  /** Where the data lives now (a path, an LV, an `rbd:` spec), when known. */
+  location?: string;
+}
+
 /** What {@link BackupStrategy.restore} returns. */
 export interface RestoreResult {
   vm: VmRef;
-  disks: readonly { diskId: string; bytes: number; location?: string }[];
+  /**
+   * Every restored disk: `diskId` is the new disk (the platform's id, or the libvirt target such as
+   * `vda`), `sourceDiskId` the backed-up disk it was restored from (`StoredDiskArtifact.diskId`), so
+   * a caller can map old disks to new ones. `location` is where its data now lives, when known.
+   */
+  disks: readonly RestoredDisk[];
   warnings: readonly string[];
+}
+
+/** What a leftover of an interrupted run is. */
+export type LeftoverKind = 'snapshot' | 'transfer' | 'overlay' | 'checkpoint' | 'backup-job' | 'disk-attachment' | 'clone' | 'lock' | 'staging';
+
+/**
+ * One leftover of an earlier interrupted run (crash, `kill -9`, lost connection) that
+ * {@link BackupStrategy.recover} found and, unless `dryRun`, undid.
+ */
+export interface RecoveryAction {
+  readonly kind: LeftoverKind;
+  /** Engine id, host path or name of the leftover. */
+  readonly id: string;
+  /** What it is and what was (or would be) done, for a log line. */
+  readonly description: string;
+  /** True once undone; false on a dry run or when undoing failed (`error` says why). */
+  readonly done: boolean;
+  readonly error?: string;
+}
+
+/** Options for {@link BackupStrategy.recover}. */
+export interface RecoverOptions extends OperationOptions {
+  /** Only report what would be undone. @defaultValue false */
+  dryRun?: boolean;
+  /**
+   * The repository the VM's backups are in: what its committed backups still need (a snapshot kept
+   * as the next incremental's base) is never removed. Without it, such possibly-needed leftovers are
+   * left alone. `backup()` passes its target when the target can list.
+   */
+  source?: Pick<RestoreSource, 'list'> | undefined;
+}
+
+/** What {@link BackupStrategy.recover} returns. */
+export interface RecoverResult {
+  vm: VmRef;
+  actions: readonly RecoveryAction[];
 }
 
 /**
@@ -81,4 +134,10 @@ export interface BackupStrategy {
   backup(vm: VmRef, target: BackupTarget, options?: BackupOptions): Promise<BackupResult>;
   /** Restores a backup of `vmName` (the chain up to `options.backupId`) from `source`. */
   restore(vmName: string, source: RestoreSource, options?: RestoreOptions): Promise<RestoreResult>;
+  /**
+   * Finds what earlier interrupted runs of this strategy left on `vm` (everything virtstream
+   * creates is tagged) and undoes it. `backup()` runs it first by itself; `virtstream cleanup`
+   * calls it directly. Optional: a strategy without leftovers to find has none.
+   */
+  recover?(vm: VmRef, options?: RecoverOptions): Promise<RecoverResult>;
 }

@@ -111,7 +111,7 @@ export class ExactSizeStream extends Transform {
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
     this.#bytes += chunk.length;
     if (this.#bytes > this.#expected) {
-      callback(new SizeMismatchError(this.#what, this.#expected, this.#bytes));
+      callback(new SizeMismatchError({ what: this.#what, expected: this.#expected, actual: this.#bytes }));
       return;
     }
     callback(null, chunk);
@@ -119,7 +119,7 @@ export class ExactSizeStream extends Transform {
 
   /** Stream implementation: fails when the input ended short. */
   override _flush(callback: TransformCallback): void {
-    if (this.#bytes !== this.#expected) callback(new SizeMismatchError(this.#what, this.#expected, this.#bytes));
+    if (this.#bytes !== this.#expected) callback(new SizeMismatchError({ what: this.#what, expected: this.#expected, actual: this.#bytes }));
     else callback();
   }
 }
@@ -128,9 +128,9 @@ export class ExactSizeStream extends Transform {
 export class StreamStalledError extends VirtstreamError {
   /** The idle timeout that ran out, in ms. */
   readonly idleMs: number;
-  constructor(what: string, idleMs: number, options: { cause?: unknown } = {}) {
-    super('ERR_STREAM_STALLED', `${what}: no data for ${idleMs} ms`, { ...options, retryable: true });
-    this.idleMs = idleMs;
+  constructor(init: { what: string; idleMs: number; cause?: unknown }) {
+    super('ERR_STREAM_STALLED', `${init.what}: no data for ${init.idleMs} ms`, { cause: init.cause, retryable: true });
+    this.idleMs = init.idleMs;
   }
 }
 
@@ -144,8 +144,9 @@ export type ChunkTransform<T = Uint8Array> = (source: AsyncIterable<T>) => Async
  *
  * @example
  * ```ts
- * await pipeline(response.body, stallGuard(60_000, 'disk vda'), file, { signal });
+ * await pipeline(download, stallGuard(60_000, 'disk vda'), createWriteStream('/var/tmp/vda.raw'), { signal });
  * ```
+ * @internal Exported for virtstream's own strategies; not part of the stable API.
  */
 export function stallGuard<T = Uint8Array>(idleMs: number, what = 'stream'): ChunkTransform<T> {
   return async function* guard(source) {
@@ -157,7 +158,7 @@ export function stallGuard<T = Uint8Array>(idleMs: number, what = 'stream'): Chu
     });
     stalled.catch(() => undefined);
     const timer = setTimeout(() => {
-      if (waiting) fire?.(new StreamStalledError(what, idleMs));
+      if (waiting) fire?.(new StreamStalledError({ what, idleMs }));
     }, idleMs);
     try {
       for (;;) {
@@ -214,7 +215,7 @@ export interface StreamDigest {
  * const { bytes, sha256 } = await measureStream(createReadStream(path), { signal });
  * ```
  */
-export async function measureStream(source: ByteSource, options: { signal?: AbortSignal } = {}): Promise<StreamDigest> {
+export async function measureStream(source: ByteSource, options: { signal?: AbortSignal | undefined | undefined } = {}): Promise<StreamDigest> {
   throwIfAborted(options.signal);
   const hash = createHash('sha256');
   let bytes = 0;

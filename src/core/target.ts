@@ -10,7 +10,7 @@ export interface BeginBackupOptions {
   parentId?: string;
   /** Free-form string labels kept in the manifest. */
   labels?: Readonly<Record<string, string>>;
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined | undefined;
 }
 
 /** Describes one disk artifact being written. */
@@ -43,7 +43,7 @@ export interface DiskArtifactResult {
 
 /** Options for the write calls of a {@link BackupSession}. */
 export interface WriteOptions {
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined | undefined;
   /** Called with the running byte count (the caller throttles). */
   onBytes?: (bytes: number) => void;
   /** When known, the exact number of bytes the stream carries: a difference fails with `ERR_SIZE_MISMATCH`/`ERR_TRUNCATED`. */
@@ -54,15 +54,11 @@ export interface WriteOptions {
 export interface BackupSession extends AsyncDisposable {
   readonly backupId: string;
   /** Stores a metadata file (OVF, libvirt XML, JSON facts) beside the disks. `name` is a plain file name. */
-  writeMetadata(name: string, data: string | Uint8Array, options?: { signal?: AbortSignal }): Promise<void>;
+  writeMetadata(name: string, data: string | Uint8Array, options?: { signal?: AbortSignal | undefined | undefined }): Promise<void>;
   /** Streams one disk artifact in. Memory stays bounded: the source is consumed with backpressure. */
-  writeDisk(
-    info: DiskArtifactInfo,
-    source: AsyncIterable<Uint8Array> | NodeJS.ReadableStream,
-    options?: WriteOptions,
-  ): Promise<DiskArtifactResult>;
+  writeDisk(info: DiskArtifactInfo, source: AsyncIterable<Uint8Array> | NodeJS.ReadableStream, options?: WriteOptions): Promise<DiskArtifactResult>;
   /** Makes the backup visible, atomically. */
-  commit(options?: { signal?: AbortSignal }): Promise<BackupRecord>;
+  commit(options?: { signal?: AbortSignal | undefined | undefined }): Promise<BackupRecord>;
   /** Discards everything written. Idempotent; a no-op after commit. */
   abort(reason?: unknown): Promise<void>;
 }
@@ -105,11 +101,110 @@ export interface BackupRecord {
 /** Where restores read from. */
 export interface RestoreSource {
   /** Committed backups of a VM (by name), oldest first. */
-  list(vmName: string, options?: { signal?: AbortSignal }): Promise<BackupRecord[]>;
+  list(vmName: string, options?: { signal?: AbortSignal | undefined | undefined }): Promise<BackupRecord[]>;
   /** One committed backup (`ERR_NOT_FOUND` when absent). */
-  get(vmName: string, backupId: string, options?: { signal?: AbortSignal }): Promise<BackupRecord>;
+  get(vmName: string, backupId: string, options?: { signal?: AbortSignal | undefined | undefined }): Promise<BackupRecord>;
   /** Streams a stored disk artifact, exactly the bytes written. */
-  openDisk(vmName: string, backupId: string, diskId: string, options?: { signal?: AbortSignal }): Promise<NodeJS.ReadableStream & AsyncIterable<Buffer>>;
+  openDisk(
+    vmName: string,
+    backupId: string,
+    diskId: string,
+    options?: { signal?: AbortSignal | undefined | undefined },
+  ): Promise<NodeJS.ReadableStream & AsyncIterable<Buffer>>;
   /** A stored metadata file, whole (metadata files are small). */
-  readMetadata(vmName: string, backupId: string, name: string, options?: { signal?: AbortSignal }): Promise<Buffer>;
+  readMetadata(vmName: string, backupId: string, name: string, options?: { signal?: AbortSignal | undefined | undefined }): Promise<Buffer>;
+  /**
+   * Optional random access: a local path to a stored disk artifact (`FileRepository` has one).
+   * Without it, a restore that needs random access (QCOW2 layers) copies each such layer to a
+   * private temporary file while verifying it, and removes the copy afterwards.
+   */
+  diskPath?(vmName: string, backupId: string, diskId: string, options?: { signal?: AbortSignal | undefined | undefined }): Promise<string>;
+  /**
+   * Optional: every backup of a VM, with the unreadable ones and why. Without it, `list()` is taken as
+   * complete.
+   */
+  scan?(vmName: string, options?: { signal?: AbortSignal | undefined | undefined }): Promise<RepositoryScan>;
+  /**
+   * Optional: resolves a restore point, verifies its whole chain and returns it ready to read (see
+   * {@link VerifiedRestore}). Every strategy restores through `openVerifiedRestore()`, which uses this
+   * when present and otherwise verifies through `openDisk`/`readMetadata`.
+   */
+  openRestore?(vmName: string, selection?: RestoreSelection): Promise<VerifiedRestore>;
+}
+
+/** A backup a {@link RestoreSource} holds but cannot read (invalid, future-schema or unreadable manifest, wrong file type). */
+export interface UnreadableBackup {
+  /** The backup's folder name (its id, when it is a valid one). */
+  id: string;
+  /** Stable code of the reason (`ERR_REPO_MANIFEST`, `ERR_REPO_PATH`, ...). */
+  code: string;
+  /** Why it cannot be read. */
+  reason: string;
+  /**
+   * Backups it may depend on, to be protected as its parents: what its partial manifest names, or
+   * every older backup of the VM when nothing can be told.
+   */
+  mayDependOn: readonly string[];
+}
+
+/** What {@link RestoreSource.scan} returns: every backup of a VM, readable or not. */
+export interface RepositoryScan {
+  /** Readable, committed backups, oldest first (what `list` returns). */
+  records: BackupRecord[];
+  /** Backups present but unreadable, by folder name. */
+  unreadable: UnreadableBackup[];
+}
+
+/** Which backup to restore: `backupId`, else the newest completed at or before `before`, else the newest. */
+export interface RestoreSelection {
+  signal?: AbortSignal | undefined | undefined;
+  backupId?: string;
+  before?: Date | string;
+  /** For `latest`/`before`: consider only backups written by this strategy id. */
+  strategy?: string;
+  /**
+   * Called once the point is chosen, its chain checked and its metadata verified, before any layer is
+   * read: the place for cheap refusals (a name in use, the wrong strategy) so that they come before
+   * reading every layer. What it throws is thrown.
+   */
+  precheck?: (point: { record: BackupRecord; readMetadata(name: string): Buffer }) => Promise<void> | void;
+}
+
+/** One layer of a disk in a {@link VerifiedRestore}: the artifact of one backup of the chain. */
+export interface RestoreLayer {
+  backupId: string;
+  artifact: StoredDiskArtifact;
+}
+
+/**
+ * A restore point whose whole chain was verified before anything is written: the manifests of every
+ * backup it needs, and the size and sha256 of every layer and metadata file it reads. Reads come from
+ * what was verified (FileRepository: file descriptors opened, checked and held open). Dispose it.
+ */
+export interface VerifiedRestore extends AsyncDisposable {
+  readonly vmName: string;
+  /** The backup restored. */
+  readonly record: BackupRecord;
+  /** Every backup the restore reads, base first (the record last). */
+  readonly chain: readonly BackupRecord[];
+  /** Things the caller should be told, e.g. newer backups that could not be read and were skipped. */
+  readonly warnings: readonly string[];
+  /** The layers of one disk of the record, base (a full artifact) first. */
+  layers(diskId: string): readonly RestoreLayer[];
+  /** Streams a verified layer: exactly the bytes that were verified, checked again while read. */
+  openLayer(
+    backupId: string,
+    diskId: string,
+    options?: { signal?: AbortSignal | undefined | undefined },
+  ): Promise<NodeJS.ReadableStream & AsyncIterable<Buffer>>;
+  /**
+   * A local path to the verified bytes of a layer, for random access (QCOW2 readers), or `undefined`
+   * when the source has no local files. On Linux it names the held file descriptor, so a rename in
+   * the repository cannot swap the file.
+   */
+  layerPath(backupId: string, diskId: string): string | undefined;
+  /** A metadata file of the record, as verified (held in memory: metadata files are small). */
+  readMetadata(name: string): Buffer;
+  /** Releases what the verification holds. Safe to call twice. */
+  close(): Promise<void>;
 }

@@ -34,9 +34,9 @@ export class TlsError extends VirtstreamError {
   /** The TLS layer's own code (`UNABLE_TO_VERIFY_LEAF_SIGNATURE`, `ERR_TLS_CERT_ALTNAME_INVALID`, ...). */
   readonly tlsCode: string;
 
-  constructor(tlsCode: string, message: string, options: Omit<VirtstreamErrorOptions, 'retryable'> = {}) {
+  constructor(message: string, options: Omit<VirtstreamErrorOptions, 'retryable'> & { tlsCode: string }) {
     super('ERR_TLS', message, { ...options, retryable: false });
-    this.tlsCode = tlsCode;
+    this.tlsCode = options.tlsCode;
   }
 }
 

@@ -12,7 +12,7 @@ export interface WaitOptions {
   maxDelayMs?: number;
   /** Total wait before {@link TimeoutError}, ms. @defaultValue 600000 */
   maxWaitMs?: number;
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined | undefined;
   /** What is being waited for, used in the timeout message. */
   what?: string;
 }
@@ -38,7 +38,7 @@ export async function waitFor<T>(check: () => Promise<WaitResult<T>>, options: W
     if (elapsed >= maxWait) {
       throw new TimeoutError(
         `timed out after ${Math.round(elapsed)} ms waiting for ${options.what ?? 'condition'}${lastState ? ` (last state: ${lastState})` : ''}`,
-        elapsed,
+        { waitedMs: elapsed },
       );
     }
     await sleep(Math.min(delay, Math.max(1, maxWait - elapsed)), options.signal);

@@ -27,6 +27,8 @@ export type {
   SimulatorVmInfo,
   SimulatorWrite,
 } from '../testing/engine-simulator/engine-simulator.js';
+export { ENGINE_PROFILES, engineProfile } from '../testing/engine-simulator/engine-profiles.js';
+export type { EngineProfile, EngineProfileName } from '../testing/engine-simulator/engine-profiles.js';
 export { SimulatorFaults } from '../testing/engine-simulator/simulator-faults.js';
 export type { RequestFault } from '../testing/engine-simulator/simulator-faults.js';
 export { generateTlsMaterial } from '../testing/engine-simulator/tls-material.js';
@@ -57,4 +59,6 @@ export {
   type SuiteTarget,
   type SuiteVm,
 } from '../testing/strategy-suite.js';
+export { defineTargetSuite, TARGET_SUITE_CASES } from '../testing/target-suite.js';
+export type { TargetFixture } from '../testing/target-suite.js';
 export type { QemuFormat } from '../testing/engine-simulator/qemu-tools.js';

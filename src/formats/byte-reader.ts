@@ -14,7 +14,7 @@ export class ByteReader {
   /** Bytes consumed so far. */
   position = 0;
 
-  constructor(source: AsyncIterable<Uint8Array>, format: string, signal?: AbortSignal) {
+  constructor(source: AsyncIterable<Uint8Array>, format: string, signal?: AbortSignal | undefined) {
     this.#it = source[Symbol.asyncIterator]();
     this.#format = format;
     this.#signal = signal;
@@ -42,7 +42,7 @@ export class ByteReader {
    */
   async read(n: number): Promise<Buffer> {
     while (this.#buf.length < n) {
-      if (!(await this.#fill())) throw new FormatError(this.#format, `truncated: needed ${n} bytes at offset ${this.position}, stream ended`);
+      if (!(await this.#fill())) throw new FormatError(`truncated: needed ${n} bytes at offset ${this.position}, stream ended`, { format: this.#format });
     }
     const out = this.#buf.subarray(0, n);
     this.#buf = this.#buf.subarray(n);
@@ -53,7 +53,7 @@ export class ByteReader {
   /** Reads between 1 and `max` bytes of the next `n` without copying more than one chunk. */
   async readSome(max: number): Promise<Buffer> {
     if (this.#buf.length === 0 && !(await this.#fill())) {
-      throw new FormatError(this.#format, `truncated: stream ended at offset ${this.position}`);
+      throw new FormatError(`truncated: stream ended at offset ${this.position}`, { format: this.#format });
     }
     const n = Math.min(max, this.#buf.length);
     const out = this.#buf.subarray(0, n);

@@ -26,7 +26,7 @@ const ZEROS = Buffer.alloc(1024 * 1024);
  * ```
  * @throws `ERR_INVALID_ARGUMENT` for malformed streams, `ERR_ABORTED`, and the source's errors.
  */
-export async function digestExtents(stream: ExtentStream, options: { signal?: AbortSignal } = {}): Promise<ExtentDigest> {
+export async function digestExtents(stream: ExtentStream, options: { signal?: AbortSignal | undefined } = {}): Promise<ExtentDigest> {
   const hash = createHash('sha256');
   let dataBytes = 0;
   let zeroBytes = 0;

@@ -17,9 +17,7 @@ export interface Extent {
 }
 
 /** A range with its bytes when it is data. `data.length === length` for data chunks. */
-export type ExtentChunk =
-  | { offset: number; length: number; kind: 'data'; data: Uint8Array }
-  | { offset: number; length: number; kind: 'zero' | 'hole' };
+export type ExtentChunk = { offset: number; length: number; kind: 'data'; data: Uint8Array } | { offset: number; length: number; kind: 'zero' | 'hole' };
 
 /**
  * A disk as a stream: chunks in increasing, non-overlapping offset order, covering `[0, size)`

@@ -19,7 +19,7 @@ function zeroSlice(n: number): Buffer {
  *
  * @throws `ERR_INVALID_ARGUMENT` for out-of-order or malformed chunks.
  */
-export async function* orderedChunks(stream: ExtentStream, signal?: AbortSignal): AsyncGenerator<ExtentChunk> {
+export async function* orderedChunks(stream: ExtentStream, signal?: AbortSignal | undefined): AsyncGenerator<ExtentChunk> {
   let pos = 0;
   for await (const c of stream) {
     throwIfAborted(signal);
@@ -43,11 +43,11 @@ export async function* orderedChunks(stream: ExtentStream, signal?: AbortSignal)
  *
  * @example
  * ```ts
- * await pipeline(extentsToRawStream(chain.extents()), createWriteStream('/dev/sdb'));
+ * await pipeline(extentsToRawStream(source), createWriteStream('/dev/sdb'));
  * ```
  * @throws (as a stream error) `ERR_INVALID_ARGUMENT` for out-of-order chunks, `ERR_ABORTED`.
  */
-export function extentsToRawStream(stream: ExtentStream, options: { signal?: AbortSignal } = {}): Readable {
+export function extentsToRawStream(stream: ExtentStream, options: { signal?: AbortSignal | undefined } = {}): Readable {
   async function* gen(): AsyncGenerator<Uint8Array> {
     let total = 0;
     for await (const c of orderedChunks(stream, options.signal)) {
@@ -58,7 +58,7 @@ export function extentsToRawStream(stream: ExtentStream, options: { signal?: Abo
       }
       total += c.length;
     }
-    if (total !== stream.size) throw new SizeMismatchError('raw stream', stream.size, total);
+    if (total !== stream.size) throw new SizeMismatchError({ what: 'raw stream', expected: stream.size, actual: total });
   }
   return Readable.from(gen(), { objectMode: false, highWaterMark: 4 * 1024 * 1024 });
 }

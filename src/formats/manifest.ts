@@ -96,6 +96,7 @@ export function isValidBackupId(id: unknown): id is string {
  * ```ts
  * assertPlainName('domain.xml', 'metadata name'); // ok
  * ```
+ * @internal Exported for virtstream's own targets and strategies; not part of the stable API.
  */
 export function assertPlainName(name: unknown, what = 'name'): string {
   if (typeof name !== 'string' || name.length === 0) throw new RepositoryError('ERR_REPO_PATH', `${what} must be a non-empty string`);
@@ -116,6 +117,7 @@ export function assertPlainName(name: unknown, what = 'name'): string {
  * ```ts
  * assertArtifactPath('disks/vda.qcow2', 'disks'); // ok
  * ```
+ * @internal Exported for virtstream's own targets and strategies; not part of the stable API.
  */
 export function assertArtifactPath(path: unknown, dir: typeof DISKS_DIR | typeof META_DIR): string {
   if (typeof path !== 'string' || path.length === 0) throw new RepositoryError('ERR_REPO_PATH', `${dir} path must be a non-empty string`);
@@ -385,4 +387,63 @@ export function manifestToRecord(manifest: BackupManifest): BackupRecord {
   };
   if (manifest.parentId !== undefined) record.parentId = manifest.parentId;
   return record;
+}
+
+/**
+ * The backups one backup builds on: its `parentId` and the `parentBackupId` of each incremental disk
+ * (records and manifests both fit).
+ *
+ * @example
+ * ```ts
+ * const parents = backupParents(await repo.get('web01', '20261121T233000.123Z-ab12cd34'));
+ * ```
+ */
+export function backupParents(backup: {
+  parentId?: string | undefined;
+  disks: readonly { kind: BackupKind; parentBackupId?: string | undefined }[];
+}): string[] {
+  const out = new Set<string>();
+  if (backup.parentId !== undefined) out.add(backup.parentId);
+  for (const d of backup.disks) if (d.kind === 'incremental' && d.parentBackupId !== undefined) out.add(d.parentBackupId);
+  return [...out];
+}
+
+/**
+ * What an unreadable manifest (invalid, or of another schema version) still tells about the backups
+ * it builds on, for protecting them: the valid backup ids in its `parentId` and `disks[].parentBackupId`.
+ * `undefined` when nothing can be told (not JSON, another schema version, an incremental naming no
+ * parent): the caller then assumes it may build on every older backup.
+ *
+ * @example
+ * ```ts
+ * partialManifestParents('{"schema":"virtstream.backup/v1","kind":"incremental","parentId":"a1"}'); // ['a1']
+ * ```
+ */
+export function partialManifestParents(text: string | undefined): string[] | undefined {
+  if (text === undefined) return undefined;
+  let root: unknown;
+  try {
+    root = JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+  if (typeof root !== 'object' || root === null || Array.isArray(root)) return undefined;
+  const doc = root as { schema?: unknown; kind?: unknown; parentId?: unknown; disks?: unknown };
+  // a newer schema may record dependencies elsewhere: nothing can be told
+  if (doc.schema !== MANIFEST_SCHEMA) return undefined;
+  const parents = new Set<string>();
+  if (isValidBackupId(doc.parentId)) parents.add(doc.parentId);
+  let unknownDisks = !Array.isArray(doc.disks);
+  for (const d of Array.isArray(doc.disks) ? (doc.disks as unknown[]) : []) {
+    if (typeof d !== 'object' || d === null) {
+      unknownDisks = true;
+      continue;
+    }
+    const { kind, parentBackupId } = d as { kind?: unknown; parentBackupId?: unknown };
+    if (isValidBackupId(parentBackupId)) parents.add(parentBackupId);
+    else if (kind !== 'full') unknownDisks = true;
+  }
+  if (doc.kind === 'full' && parents.size === 0 && !unknownDisks) return [];
+  if (doc.kind === 'incremental' && parents.size > 0 && (isValidBackupId(doc.parentId) || !unknownDisks)) return [...parents];
+  return undefined;
 }

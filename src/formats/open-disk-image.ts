@@ -23,7 +23,7 @@ export interface OpenDiskImageOptions extends Qcow2ImageOptions {
 export async function openDiskImage(path: string, options: OpenDiskImageOptions = {}): Promise<DiskImage> {
   const format = options.format ?? (await probeFormat(path, options.signal));
   if (format === 'qcow2') return Qcow2Image.open(path, options);
-  const rawOptions: { signal?: AbortSignal; map?: 'scan' | 'data' } = { map: options.rawMap ?? 'scan' };
+  const rawOptions: { signal?: AbortSignal | undefined; map?: 'scan' | 'data' } = { map: options.rawMap ?? 'scan' };
   if (options.signal) rawOptions.signal = options.signal;
   return RawImage.open(path, rawOptions);
 }

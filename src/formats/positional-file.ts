@@ -28,14 +28,14 @@ export class PositionalFile {
    *
    * @throws `ERR_NOT_FOUND` when the file does not exist; `ERR_INVALID_ARGUMENT` when it is not a regular file.
    */
-  static async open(path: string, format: string, options: { signal?: AbortSignal } = {}): Promise<PositionalFile> {
+  static async open(path: string, format: string, options: { signal?: AbortSignal | undefined } = {}): Promise<PositionalFile> {
     throwIfAborted(options.signal);
     let handle: FileHandle;
     try {
       handle = await open(path, 'r');
     } catch (err) {
       const code = (err as { code?: unknown }).code;
-      if (code === 'ENOENT') throw new NotFoundError('file', `${format}: ${path} does not exist`, { cause: err });
+      if (code === 'ENOENT') throw new NotFoundError(`${format}: ${path} does not exist`, { what: 'file', cause: err });
       throw new VirtstreamError('ERR_INVALID_ARGUMENT', `${format}: cannot open ${path}`, { cause: err });
     }
     try {
@@ -55,14 +55,14 @@ export class PositionalFile {
    *
    * @throws `ERR_FORMAT_CORRUPT` when the range extends past the end of the file.
    */
-  async readAt(position: number, length: number, signal?: AbortSignal): Promise<Buffer> {
+  async readAt(position: number, length: number, signal?: AbortSignal | undefined): Promise<Buffer> {
     const buf = Buffer.allocUnsafe(length);
     await this.readInto(buf, 0, length, position, signal);
     return buf;
   }
 
   /** Reads up to `length` bytes at `position` (fewer at EOF). */
-  async readUpTo(position: number, length: number, signal?: AbortSignal): Promise<Buffer> {
+  async readUpTo(position: number, length: number, signal?: AbortSignal | undefined): Promise<Buffer> {
     const n = Math.max(0, Math.min(length, this.size - position));
     return this.readAt(position, n, signal);
   }
@@ -72,17 +72,17 @@ export class PositionalFile {
    *
    * @throws `ERR_FORMAT_CORRUPT` when the range extends past the end of the file.
    */
-  async readInto(target: Uint8Array, offset: number, length: number, position: number, signal?: AbortSignal): Promise<void> {
+  async readInto(target: Uint8Array, offset: number, length: number, position: number, signal?: AbortSignal | undefined): Promise<void> {
     throwIfAborted(signal);
     if (position < 0 || position + length > this.size) {
-      throw new FormatError(this.#format, `${this.path}: read of ${length} bytes at ${position} is past the end of the file (${this.size} bytes)`);
+      throw new FormatError(`${this.path}: read of ${length} bytes at ${position} is past the end of the file (${this.size} bytes)`, { format: this.#format });
     }
     let done = 0;
     try {
       while (done < length) {
         const { bytesRead } = await this.#handle.read(target, offset + done, length - done, position + done);
         if (bytesRead === 0) {
-          throw new FormatError(this.#format, `${this.path}: file shrank while reading at ${position + done}`);
+          throw new FormatError(`${this.path}: file shrank while reading at ${position + done}`, { format: this.#format });
         }
         done += bytesRead;
       }

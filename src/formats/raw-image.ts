@@ -11,7 +11,7 @@ export type RawMapMode = 'scan' | 'data';
 
 /** Options for {@link RawImage.open}. */
 export interface RawImageOptions {
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
   /**
    * `scan` reads the file once at open and reports every all-zero 64 KiB granule as `zero`;
    * `data` reports the whole file as data without reading it.

@@ -23,7 +23,7 @@ export interface WriteExtentsResult {
  * ```
  * @throws `ERR_INVALID_ARGUMENT` for malformed streams or an unwritable path, `ERR_ABORTED`.
  */
-export async function writeExtentsToFile(stream: ExtentStream, path: string, options: { signal?: AbortSignal } = {}): Promise<WriteExtentsResult> {
+export async function writeExtentsToFile(stream: ExtentStream, path: string, options: { signal?: AbortSignal | undefined } = {}): Promise<WriteExtentsResult> {
   const signal = options.signal;
   throwIfAborted(signal);
   let fh;

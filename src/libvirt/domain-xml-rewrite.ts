@@ -1,6 +1,19 @@
 import { InvalidArgumentError, VirtstreamError } from '../core/errors.js';
 import type { XmlNode } from './xml-tree.js';
-import { appendChild, attr, attrs, buildXmlTree, element, elements, makeElement, parseXmlTree, removeElements, rootElement, setText, tagOf } from './xml-tree.js';
+import {
+  appendChild,
+  attr,
+  attrs,
+  buildXmlTree,
+  element,
+  elements,
+  makeElement,
+  parseXmlTree,
+  removeElements,
+  rootElement,
+  setText,
+  tagOf,
+} from './xml-tree.js';
 
 /** New location of one disk's file in {@link DomainXmlEdits.disks}. */
 export interface DiskFileEdit {

@@ -235,8 +235,7 @@ function readDisk(node: XmlNode, i: number): DomainDisk {
   const where = `disk ${target}`;
   const driver = element(node, 'driver');
   const deviceName = attr(node, 'device') ?? 'disk';
-  const device: DomainDiskDevice =
-    deviceName === 'cdrom' || deviceName === 'floppy' || deviceName === 'lun' ? deviceName : 'disk';
+  const device: DomainDiskDevice = deviceName === 'cdrom' || deviceName === 'floppy' || deviceName === 'lun' ? deviceName : 'disk';
   const disk: DomainDisk = {
     ...readSource(node, driver, where),
     target,
@@ -303,7 +302,19 @@ export function parseDomainXml(xml: string, options: ParseDomainXmlOptions = {})
   const mem = toInt(textOf(memNode));
   if (mem !== undefined) {
     const unit = (attr(memNode, 'unit') ?? 'KiB').toLowerCase();
-    const factor: Record<string, number> = { b: 1 / 1024, bytes: 1 / 1024, k: 1, kib: 1, kb: 1000 / 1024, m: 1024, mib: 1024, mb: 1e6 / 1024, g: 1024 * 1024, gib: 1024 * 1024, gb: 1e9 / 1024 };
+    const factor: Record<string, number> = {
+      b: 1 / 1024,
+      bytes: 1 / 1024,
+      k: 1,
+      kib: 1,
+      kb: 1000 / 1024,
+      m: 1024,
+      mib: 1024,
+      mb: 1e6 / 1024,
+      g: 1024 * 1024,
+      gib: 1024 * 1024,
+      gb: 1e9 / 1024,
+    };
     const f = factor[unit];
     if (f !== undefined) info.memoryKiB = Math.round(mem * f);
   }

@@ -31,7 +31,7 @@ export interface HookResult {
 
 /** Options for {@link runHooks}. */
 export interface RunHooksOptions {
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
   /** Receives each result as it completes (for logs and warnings). */
   onResult?: (result: HookResult) => void;
 }
@@ -44,7 +44,8 @@ export function validateHook(hook: HookCommand): void {
     throw new InvalidArgumentError('hook argv must be a non-empty array of strings');
   }
   if (hook.where !== undefined && hook.where !== 'host' && hook.where !== 'guest') throw new InvalidArgumentError(`hook where must be host or guest`);
-  if (hook.onFailure !== undefined && hook.onFailure !== 'abort' && hook.onFailure !== 'continue') throw new InvalidArgumentError(`hook onFailure must be abort or continue`);
+  if (hook.onFailure !== undefined && hook.onFailure !== 'abort' && hook.onFailure !== 'continue')
+    throw new InvalidArgumentError(`hook onFailure must be abort or continue`);
 }
 
 async function runOnHost(host: LibvirtHost, hook: HookCommand, signal: AbortSignal): Promise<HookResult> {
@@ -100,12 +101,7 @@ async function runInGuest(host: LibvirtHost, domain: string, hook: HookCommand, 
  * ```
  * @throws `ERR_HOOK_FAILED`, `ERR_ABORTED`, `ERR_INVALID_ARGUMENT`.
  */
-export async function runHooks(
-  host: LibvirtHost,
-  domain: string,
-  hooks: readonly HookCommand[],
-  options: RunHooksOptions = {},
-): Promise<HookResult[]> {
+export async function runHooks(host: LibvirtHost, domain: string, hooks: readonly HookCommand[], options: RunHooksOptions = {}): Promise<HookResult[]> {
   hooks.forEach(validateHook);
   const results: HookResult[] = [];
   for (const hook of hooks) {
@@ -140,7 +136,7 @@ export async function resolveQuiesce(
   host: LibvirtHost,
   domain: string,
   wanted: boolean | 'require' | undefined,
-  options: { signal?: AbortSignal } = {},
+  options: { signal?: AbortSignal | undefined } = {},
 ): Promise<QuiesceDecision> {
   if (!wanted) return { quiesce: false };
   if (await host.agentAvailable(domain, options)) return { quiesce: true };

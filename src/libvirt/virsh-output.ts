@@ -17,7 +17,10 @@ const STATES: readonly DomainState[] = ['running', 'idle', 'paused', 'in shutdow
  * @throws `ERR_LIBVIRT` for empty output.
  */
 export function parseDomainState(text: string): DomainState {
-  const line = text.split('\n').map((l) => l.trim()).find((l) => l !== '');
+  const line = text
+    .split('\n')
+    .map((l) => l.trim())
+    .find((l) => l !== '');
   if (line === undefined) throw new VirtstreamError('ERR_LIBVIRT', 'virsh domstate printed nothing');
   const state = line.replace(/\s*\(.*\)$/, '');
   return (STATES as readonly string[]).includes(state) ? (state as DomainState) : 'unknown';

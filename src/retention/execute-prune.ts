@@ -1,30 +1,43 @@
 import { throwIfAborted } from '../core/abort.js';
 import type { Logger } from '../core/logger.js';
 import { silentLogger } from '../core/logger.js';
-import type { BackupRecord, BackupSession, BeginBackupOptions } from '../core/target.js';
+import type { BackupRecord, BackupSession, BeginBackupOptions, RepositoryScan, RestoreSelection, VerifiedRestore } from '../core/target.js';
+import { backupParents } from '../formats/manifest.js';
 import { extentsToRawStream } from '../formats/extents-to-raw-stream.js';
 import { openDiskImage } from '../formats/open-disk-image.js';
 import { writeQcow2 } from '../formats/qcow2/qcow2-writer.js';
 import { readRbdExportDiff } from '../formats/rbd/rbd-export-diff.js';
 import type { ArtifactOpener } from '../snapshot/snapshot-chain.js';
 import { SnapshotChain } from '../snapshot/snapshot-chain.js';
-import type { PrunePlan, SynthesizeStep } from './plan-prune.js';
+import type { PruneDecision, PrunePlan, SynthesizeStep } from './plan-prune.js';
 import { POINT_IN_TIME_LABEL, SYNTHESIZED_FROM_LABEL } from './plan-prune.js';
 
 /** The repository operations a prune needs (`FileRepository` fits). */
 export interface PruneRepository {
   /** Committed backups of a VM, oldest first. */
-  list(vmName: string, options?: { signal?: AbortSignal }): Promise<BackupRecord[]>;
+  list(vmName: string, options?: { signal?: AbortSignal | undefined }): Promise<BackupRecord[]>;
   /** Deletes one backup; refuses while other backups build on it. */
-  delete(vmName: string, backupId: string, options?: { signal?: AbortSignal }): Promise<unknown>;
+  delete(vmName: string, backupId: string, options?: { signal?: AbortSignal | undefined }): Promise<unknown>;
   /** Starts writing a new backup (a synthesized full). */
   begin(options: BeginBackupOptions): Promise<BackupSession>;
   /** Local path of a stored artifact (random access for QCOW2 layers). */
-  diskPath(vmName: string, backupId: string, diskId: string, options?: { signal?: AbortSignal }): Promise<string>;
+  diskPath(vmName: string, backupId: string, diskId: string, options?: { signal?: AbortSignal | undefined }): Promise<string>;
   /** Streams a stored artifact (for `rbd-diff` layers). */
-  openDisk(vmName: string, backupId: string, diskId: string, options?: { signal?: AbortSignal }): Promise<NodeJS.ReadableStream & AsyncIterable<Buffer>>;
+  openDisk(
+    vmName: string,
+    backupId: string,
+    diskId: string,
+    options?: { signal?: AbortSignal | undefined },
+  ): Promise<NodeJS.ReadableStream & AsyncIterable<Buffer>>;
   /** Reads a stored metadata file, copied into the synthesized full. */
-  readMetadata(vmName: string, backupId: string, name: string, options?: { signal?: AbortSignal }): Promise<Buffer>;
+  readMetadata(vmName: string, backupId: string, name: string, options?: { signal?: AbortSignal | undefined }): Promise<Buffer>;
+  /**
+   * Every backup of a VM including the unreadable ones (`FileRepository` has it). With it, nothing an
+   * unreadable backup may build on is deleted; without it, `list()` is taken as complete.
+   */
+  scan?(vmName: string, options?: { signal?: AbortSignal | undefined }): Promise<RepositoryScan>;
+  /** Verifies a restore point's whole chain before a synthesized full is read from it (`FileRepository` has it). */
+  openRestore?(vmName: string, selection?: RestoreSelection): Promise<VerifiedRestore>;
 }
 
 /** What {@link executePrune} reports as it goes. */
@@ -36,7 +49,7 @@ export type PruneStepEvent =
 
 /** Options for {@link executePrune}. */
 export interface ExecutePruneOptions {
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
   /** Called after each synthesized full and each deletion. */
   onStep?: (event: PruneStepEvent) => void;
   logger?: Logger;
@@ -48,6 +61,10 @@ export interface ExecutePruneResult {
   synthesized: { vm: string; from: string; record: BackupRecord }[];
   /** Deleted backups, in deletion order. */
   removed: { vm: string; backupId: string }[];
+  /** Planned removals that were kept because an unreadable backup may build on them (see {@link protectUnreadable}). */
+  kept: PruneDecision[];
+  /** Why they were kept. */
+  warnings: string[];
 }
 
 /**
@@ -60,11 +77,16 @@ async function synthesize(repo: PruneRepository, step: SynthesizeStep, signal: A
   const opts = signal ? { signal } : {};
   const chain = SnapshotChain.fromRecords(await repo.list(step.vm, opts));
   const target = chain.get(step.backupId);
+  chain.planSyntheticFull({ id: target.id }); // a chain that cannot be flattened fails first, as ERR_CHAIN_INVALID
+  // the chain is verified (sizes, sha256) before a byte of the new full is written from it
+  await using point = typeof repo.openRestore === 'function' ? await repo.openRestore(step.vm, { backupId: step.backupId, ...opts }) : undefined;
   const open: ArtifactOpener = async (backupId, diskId, o) => {
     const art = chain.get(backupId).disks.find((d) => d.diskId === diskId);
-    if (art?.format === 'rbd-diff') return readRbdExportDiff(await repo.openDisk(step.vm, backupId, diskId, o), o);
+    if (art?.format === 'rbd-diff')
+      return readRbdExportDiff(point ? await point.openLayer(backupId, diskId, o) : await repo.openDisk(step.vm, backupId, diskId, o), o);
     // each QCOW2 layer alone: the chain merges them (newest wins)
-    return openDiskImage(await repo.diskPath(step.vm, backupId, diskId, o), { format: art?.format === 'qcow2' ? 'qcow2' : 'raw', backing: 'ignore', ...o });
+    const path = point?.layerPath(backupId, diskId) ?? (await repo.diskPath(step.vm, backupId, diskId, o));
+    return openDiskImage(path, { format: art?.format === 'qcow2' ? 'qcow2' : 'raw', backing: 'ignore', ...o });
   };
   await using full = await chain.synthesizeFull({ id: target.id }, open, opts);
   throwIfAborted(signal);
@@ -80,17 +102,69 @@ async function synthesize(repo: PruneRepository, step: SynthesizeStep, signal: A
       const qcow2 = info.format === 'qcow2' && stream.map !== undefined;
       const bytes = qcow2 ? writeQcow2(stream, opts) : extentsToRawStream(stream, opts);
       await session.writeDisk(
-        { diskId: info.diskId, name: info.name, format: qcow2 ? 'qcow2' : 'raw', virtualSize: stream.size, kind: 'full', ...(info.extra ? { extra: info.extra } : {}) },
+        {
+          diskId: info.diskId,
+          name: info.name,
+          format: qcow2 ? 'qcow2' : 'raw',
+          virtualSize: stream.size,
+          kind: 'full',
+          ...(info.extra ? { extra: info.extra } : {}),
+        },
         bytes,
         opts,
       );
     }
-    for (const m of target.metadata) await session.writeMetadata(m.name, await repo.readMetadata(step.vm, target.id, m.name, opts), opts);
+    for (const m of target.metadata)
+      await session.writeMetadata(m.name, point ? point.readMetadata(m.name) : await repo.readMetadata(step.vm, target.id, m.name, opts), opts);
     return await session.commit(opts);
   } catch (err) {
     await session.abort(err);
     throw err;
   }
+}
+
+/**
+ * Keeps what unreadable backups may build on: a removal of a possible ancestor of a backup the
+ * repository cannot read (invalid or future-schema manifest) moves to `keep`, with the reason, and a
+ * warning says so. Safe to call on a plan twice; {@link executePrune} calls it itself, and the CLI
+ * before it prints the plan.
+ *
+ * @throws `ERR_ABORTED`; repository errors of `scan`.
+ * @example
+ * ```ts
+ * const plan = await protectUnreadable(repo, planPrune(await repo.list('web01'), { keepLast: 1 }, new Date()));
+ * ```
+ */
+export async function protectUnreadable(
+  repo: Pick<PruneRepository, 'scan'>,
+  plan: PrunePlan,
+  options: { signal?: AbortSignal | undefined } = {},
+): Promise<PrunePlan> {
+  if (typeof repo.scan !== 'function' || plan.remove.length === 0) return plan;
+  const protectedBy = new Map<string, string>(); // `${vm}\0${id}` → why
+  for (const vm of new Set(plan.remove.map((d) => d.vm))) {
+    throwIfAborted(options.signal);
+    const scan = await repo.scan(vm, options.signal ? { signal: options.signal } : {});
+    const parentsOf = new Map<string, readonly string[]>(scan.records.map((r) => [r.id, backupParents(r)]));
+    for (const u of scan.unreadable) parentsOf.set(u.id, u.mayDependOn);
+    for (const u of scan.unreadable) {
+      // everything it may build on, and their ancestors in turn
+      const why = `possible ancestor of ${u.id}, which cannot be read (${u.reason})`;
+      for (const stack = [...u.mayDependOn]; stack.length > 0; ) {
+        const id = stack.pop()!;
+        const key = `${vm}\0${id}`;
+        if (protectedBy.has(key)) continue;
+        protectedBy.set(key, why);
+        stack.push(...(parentsOf.get(id) ?? []));
+      }
+    }
+  }
+  if (protectedBy.size === 0) return plan;
+  const remove = plan.remove.filter((d) => !protectedBy.has(`${d.vm}\0${d.id}`));
+  if (remove.length === plan.remove.length) return plan;
+  const kept = plan.remove.filter((d) => protectedBy.has(`${d.vm}\0${d.id}`)).map((d) => ({ ...d, reasons: [protectedBy.get(`${d.vm}\0${d.id}`)!] }));
+  const warnings = kept.map((d) => `kept ${d.vm} ${d.id}: ${d.reasons[0]}`);
+  return { ...plan, keep: [...plan.keep, ...kept], remove, warnings: [...plan.warnings, ...warnings] };
 }
 
 /**
@@ -107,10 +181,18 @@ async function synthesize(repo: PruneRepository, step: SynthesizeStep, signal: A
  * await executePrune(repo, plan, { signal });
  * ```
  */
-export async function executePrune(repo: PruneRepository, plan: PrunePlan, options: ExecutePruneOptions = {}): Promise<ExecutePruneResult> {
+export async function executePrune(repo: PruneRepository, given: PrunePlan, options: ExecutePruneOptions = {}): Promise<ExecutePruneResult> {
   const { signal } = options;
   const logger = options.logger ?? silentLogger;
-  const result: ExecutePruneResult = { synthesized: [], removed: [] };
+  // checked again here: the repository may have changed since the plan was made
+  const plan = await protectUnreadable(repo, given, signal ? { signal } : {});
+  const result: ExecutePruneResult = {
+    synthesized: [],
+    removed: [],
+    kept: plan.keep.filter((d) => !given.keep.includes(d)),
+    warnings: plan.warnings.slice(given.warnings.length),
+  };
+  for (const w of result.warnings) logger.warn({}, w);
   for (const step of plan.synthesize) {
     throwIfAborted(signal);
     const record = await synthesize(repo, step, signal);

@@ -164,12 +164,7 @@ function parentsOf(record: RetentionRecord): string[] {
  * for (const d of plan.remove) console.log('would delete', d.id);
  * ```
  */
-export function planPrune(
-  records: readonly RetentionRecord[],
-  rules: RetentionRules,
-  now: Date,
-  options: PlanPruneOptions = {},
-): PrunePlan {
+export function planPrune(records: readonly RetentionRecord[], rules: RetentionRules, now: Date, options: PlanPruneOptions = {}): PrunePlan {
   validateRules(rules);
   const nowMs = now.getTime();
   if (!Number.isFinite(nowMs)) throw new InvalidArgumentError('planPrune: `now` is not a valid date');
@@ -190,14 +185,7 @@ export function planPrune(
   return plan;
 }
 
-function planVm(
-  vm: string,
-  records: readonly RetentionRecord[],
-  rules: RetentionRules,
-  nowMs: number,
-  mode: 'chains' | 'synthesize',
-  plan: PrunePlan,
-): void {
+function planVm(vm: string, records: readonly RetentionRecord[], rules: RetentionRules, nowMs: number, mode: 'chains' | 'synthesize', plan: PrunePlan): void {
   const nodes = new Map<string, Node>();
   for (const record of records) {
     const when = record.labels?.[POINT_IN_TIME_LABEL] ?? record.completedAt;
@@ -219,7 +207,7 @@ function planVm(
 
   for (const n of ordered) if (n.time > nowMs) want(n.record.id, 'newer than now');
   const past = ordered.filter((n) => n.time <= nowMs);
-  past.slice(0, rules.keepLast ?? 0).forEach((n, i) => want(n.record.id, `last ${i + 1}`));
+  for (const [i, n] of past.slice(0, rules.keepLast ?? 0).entries()) want(n.record.id, `last ${i + 1}`);
   const bucketRule = (count: number | undefined, label: string, key: (t: number) => string): void => {
     if (!count) return;
     let last: string | undefined;
@@ -319,7 +307,10 @@ function planVm(
       chains.set(id, a.chain);
     }
     // keep only replacements that free something the other kept backups do not need anyway
-    const others = closure([...wanted].filter((id) => !replaced.has(id)), false);
+    const others = closure(
+      [...wanted].filter((id) => !replaced.has(id)),
+      false,
+    );
     for (const id of [...replaced]) {
       if (chains.get(id)!.every((x) => others.has(x))) replaced.delete(id);
     }
@@ -331,7 +322,10 @@ function planVm(
     }
   }
   // Cycle members are all ancestors of each other: keeping one keeps the whole cycle.
-  const keep = closure([...wanted].filter((id) => !replaced.has(id)), true);
+  const keep = closure(
+    [...wanted].filter((id) => !replaced.has(id)),
+    true,
+  );
 
   const decision = (n: Node, why: string[]): PruneDecision => ({
     vm,

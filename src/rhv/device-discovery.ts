@@ -14,7 +14,7 @@ import { requireUuid } from './storage-paths.js';
 /** Looks up the device node of an attached disk; `undefined` while it has not appeared. */
 export interface DeviceDiscovery {
   /** The device path of the attached disk `diskId`, or `undefined` while it is not visible. */
-  find(diskId: string, options?: { signal?: AbortSignal }): Promise<string | undefined>;
+  find(diskId: string, options?: { signal?: AbortSignal | undefined }): Promise<string | undefined>;
 }
 
 /** Options for {@link ByIdDeviceDiscovery}. */
@@ -43,7 +43,7 @@ export class ByIdDeviceDiscovery implements DeviceDiscovery {
   }
 
   /** The resolved device path, or `undefined`. */
-  async find(diskId: string, options: { signal?: AbortSignal } = {}): Promise<string | undefined> {
+  async find(diskId: string, options: { signal?: AbortSignal | undefined } = {}): Promise<string | undefined> {
     options.signal?.throwIfAborted();
     const id = requireUuid(diskId, 'disk id');
     let names: string[];
@@ -77,7 +77,7 @@ export class ByIdDeviceDiscovery implements DeviceDiscovery {
 export async function waitForDevice(
   discovery: DeviceDiscovery,
   diskId: string,
-  options: { signal?: AbortSignal; maxWaitMs?: number; minDelayMs?: number } = {},
+  options: { signal?: AbortSignal | undefined; maxWaitMs?: number; minDelayMs?: number } = {},
 ): Promise<string> {
   try {
     return await waitFor(
@@ -85,11 +85,20 @@ export async function waitForDevice(
         const dev = await discovery.find(diskId, options.signal ? { signal: options.signal } : {});
         return dev ? { done: true, value: dev } : { done: false, state: 'no device' };
       },
-      { maxWaitMs: options.maxWaitMs ?? 60_000, minDelayMs: options.minDelayMs ?? 100, maxDelayMs: 2000, what: `device of disk ${diskId}`, ...(options.signal ? { signal: options.signal } : {}) },
+      {
+        maxWaitMs: options.maxWaitMs ?? 60_000,
+        minDelayMs: options.minDelayMs ?? 100,
+        maxDelayMs: 2000,
+        what: `device of disk ${diskId}`,
+        ...(options.signal ? { signal: options.signal } : {}),
+      },
     );
   } catch (err) {
     if ((err as { code?: string }).code === 'ERR_TIMEOUT') {
-      throw new NotFoundError('device', `the device of disk ${diskId} did not appear on the proxy VM (is the disk attached with virtio_scsi, is udev running?)`, { cause: err });
+      throw new NotFoundError(`the device of disk ${diskId} did not appear on the proxy VM (is the disk attached with virtio_scsi, is udev running?)`, {
+        what: 'device',
+        cause: err,
+      });
     }
     throw err;
   }

@@ -71,7 +71,10 @@ export class ExportDomainLayout {
     this.#uid = options.uid ?? 36;
     this.#gid = options.gid ?? 36;
     this.#chown = options.chown ?? true;
-    for (const [k, v] of [['uid', this.#uid], ['gid', this.#gid]] as const) {
+    for (const [k, v] of [
+      ['uid', this.#uid],
+      ['gid', this.#gid],
+    ] as const) {
       if (!Number.isInteger(v) || v < 0) throw new InvalidArgumentError(`${k} must be a non-negative integer`);
     }
   }
@@ -118,7 +121,8 @@ export class ExportDomainLayout {
     try {
       return await readFile(this.ovfPath(vmId), 'utf8');
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new NotFoundError('ovf', `no OVF of VM ${vmId} in export domain ${this.#sd}`, { cause: err });
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT')
+        throw new NotFoundError(`no OVF of VM ${vmId} in export domain ${this.#sd}`, { what: 'ovf', cause: err });
       throw err;
     }
   }
@@ -129,7 +133,8 @@ export class ExportDomainLayout {
     try {
       textContent = await readFile(this.metaPath(imageId, volumeId), 'utf8');
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new NotFoundError('volume metadata', `no metadata of volume ${imageId}/${volumeId}`, { cause: err });
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT')
+        throw new NotFoundError(`no metadata of volume ${imageId}/${volumeId}`, { what: 'volume metadata', cause: err });
       throw err;
     }
     return parseVolumeMeta(textContent);
@@ -204,7 +209,8 @@ export function parseVolumeMeta(content: string): VolumeMeta {
   }
   if (!sawEof) throw new VirtstreamError('ERR_FORMAT_CORRUPT', 'volume metadata: no EOF marker (truncated file)');
   const format = raw.FORMAT;
-  if (format !== 'RAW' && format !== 'COW') throw new VirtstreamError('ERR_FORMAT_CORRUPT', `volume metadata: FORMAT must be RAW or COW, got ${JSON.stringify(String(format).slice(0, 20))}`);
+  if (format !== 'RAW' && format !== 'COW')
+    throw new VirtstreamError('ERR_FORMAT_CORRUPT', `volume metadata: FORMAT must be RAW or COW, got ${JSON.stringify(String(format).slice(0, 20))}`);
   const cap = raw.CAP !== undefined ? Number(raw.CAP) : Number(raw.SIZE) * 512;
   if (!Number.isSafeInteger(cap) || cap <= 0) throw new VirtstreamError('ERR_FORMAT_CORRUPT', 'volume metadata: no valid SIZE/CAP');
   const domain = raw.DOMAIN ?? '';
@@ -223,7 +229,8 @@ export function parseVolumeMeta(content: string): VolumeMeta {
 
 /** Renders the `.meta` of a base (leaf, parentless) volume. */
 export function formatVolumeMeta(m: { domain: string; image: string; format: 'RAW' | 'COW'; sizeBytes: number; description?: string }): string {
-  if (!Number.isSafeInteger(m.sizeBytes) || m.sizeBytes <= 0 || m.sizeBytes % 512 !== 0) throw new InvalidArgumentError(`volume size must be a positive multiple of 512: ${m.sizeBytes}`);
+  if (!Number.isSafeInteger(m.sizeBytes) || m.sizeBytes <= 0 || m.sizeBytes % 512 !== 0)
+    throw new InvalidArgumentError(`volume size must be a positive multiple of 512: ${m.sizeBytes}`);
   const now = Math.floor(Date.now() / 1000);
   const lines = [
     `CAP=${m.sizeBytes}`,

@@ -29,7 +29,15 @@ export interface OvfSummary {
   disks: OvfDisk[];
 }
 
-const parser = new XMLParser({ ignoreAttributes: false, attributeNamePrefix: '', removeNSPrefix: true, parseTagValue: false, parseAttributeValue: false, processEntities: true, htmlEntities: false });
+const parser = new XMLParser({
+  ignoreAttributes: false,
+  attributeNamePrefix: '',
+  removeNSPrefix: true,
+  parseTagValue: false,
+  parseAttributeValue: false,
+  processEntities: true,
+  htmlEntities: false,
+});
 
 function corrupt(message: string): VirtstreamError {
   return new VirtstreamError('ERR_FORMAT_CORRUPT', `OVF: ${message}`);

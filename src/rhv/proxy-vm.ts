@@ -23,7 +23,7 @@ export interface DetectProxyVmOptions {
   vmId?: string;
   /** File holding the system UUID. @defaultValue {@link PRODUCT_UUID_FILE} */
   uuidFile?: string;
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
 }
 
 /** A proxy-VM problem: not found, no Virtio-SCSI, unsafe LVM filter. Code `ERR_RHV_PROXY_VM`. */
@@ -65,7 +65,9 @@ export async function detectProxyVm(client: RhvClient, options: DetectProxyVmOpt
       last = err;
     }
   }
-  throw new ProxyVmError(`no VM of the engine has the id ${uuid}: the SDK does not run inside a VM of this engine (pass proxyVmId to override)`, { cause: last });
+  throw new ProxyVmError(`no VM of the engine has the id ${uuid}: the SDK does not run inside a VM of this engine (pass proxyVmId to override)`, {
+    cause: last,
+  });
 }
 
 /** The UUID with its first three fields byte-swapped (the SMBIOS < 2.6 encoding). */
@@ -76,16 +78,20 @@ export function swapUuidEndianness(uuid: string): string {
 }
 
 /**
- * Checks that the proxy VM has a Virtio-SCSI controller (`virtio_scsi/enabled` of the VM).
+ * Checks that the proxy VM has a Virtio-SCSI controller (`virtio_scsi/enabled` of the VM). The engine
+ * fills `virtio_scsi` only when asked for all content (BackendVmResource.doPopulate), hence
+ * `all_content=true`.
  *
  * @throws ProxyVmError `ERR_RHV_PROXY_VM` when it is disabled
  */
-export async function checkVirtioScsi(client: RhvClient, vmId: string, options: { signal?: AbortSignal } = {}): Promise<void> {
-  const node = await client.connection.get(`/vms/${seg(vmId)}`, 'vm', options);
+export async function checkVirtioScsi(client: RhvClient, vmId: string, options: { signal?: AbortSignal | undefined } = {}): Promise<void> {
+  const node = await client.connection.get(`/vms/${seg(vmId)}`, 'vm', { ...options, query: { all_content: true } });
   const enabled = text(child(node, 'virtio_scsi'), 'enabled');
   if (enabled !== 'true') {
     const vm = mapVm(node);
-    throw new ProxyVmError(`the proxy VM ${vm.name} has no Virtio-SCSI controller: enable it (Edit VM > Resource Allocation > VirtIO-SCSI Enabled) and restart the VM`);
+    throw new ProxyVmError(
+      `the proxy VM ${vm.name} has no Virtio-SCSI controller: enable it (Edit VM > Resource Allocation > VirtIO-SCSI Enabled) and restart the VM`,
+    );
   }
 }
 

@@ -8,6 +8,9 @@ import { InvalidArgumentError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import { redactingLogger, silentLogger } from '../core/logger.js';
 import type { Dispatcher } from 'undici';
+import type { EngineFeatures, EngineVersion } from './engine-version.js';
+import { engineFeatures, parseEngineVersion } from './engine-version.js';
+import { isFaultStatus } from './rest/service-context.js';
 import type { HttpInterceptor, HttpTransport } from './rest/http-transport.js';
 import { UndiciTransport, loadCa } from './rest/http-transport.js';
 import { RhvConnection, engineUrls } from './rest/rhv-connection.js';
@@ -35,7 +38,7 @@ export interface RhvClientOptions {
    * PEM CA that signs the engine certificate. Download it from
    * `https://<engine>/ovirt-engine/services/pki-resource?resource=ca-certificate&format=X509-PEM-CA`.
    */
-  ca?: string | Buffer;
+  ca?: string | Buffer | undefined;
   /** Path of the PEM CA file (alternative to `ca`). */
   caFile?: string;
   /** Turn TLS verification off (development only; logged as a warning). @defaultValue false */
@@ -48,6 +51,11 @@ export interface RhvClientOptions {
   interceptors?: readonly HttpInterceptor[];
   /** REST API version (`Version` header). @defaultValue 4 */
   apiVersion?: number;
+  /**
+   * `sso` (OAuth token, 4.0+), `basic` (HTTP Basic, what 3.x engines take), or `auto`: SSO, and
+   * Basic when the engine has no token endpoint. @defaultValue 'auto'
+   */
+  auth?: 'auto' | 'sso' | 'basic';
   /** Waiting defaults for long engine states. */
   poll?: RhvPollOptions;
   /** Retries of idempotent requests on transient failures. @defaultValue 3 */
@@ -79,6 +87,7 @@ export class RhvClient implements AsyncDisposable {
   readonly #logger: Logger;
   readonly #tls: { ca?: string | Buffer; insecure: boolean };
   #closed = false;
+  #engineVersion: Promise<EngineVersion> | undefined;
 
   /** VMs: search, get with OVF, add from OVF, remove. */
   readonly vms: VmsService;
@@ -148,6 +157,7 @@ export class RhvClient implements AsyncDisposable {
       transport: lazy,
       apiVersion: options.apiVersion ?? 4,
       logger: this.#logger,
+      ...(options.auth ? { auth: options.auth } : {}),
       ...(options.retries !== undefined ? { retries: options.retries } : {}),
       ...(options.interceptors ? { interceptors: options.interceptors } : {}),
     });
@@ -194,14 +204,52 @@ export class RhvClient implements AsyncDisposable {
     return this.#tls;
   }
 
+  /**
+   * The engine's version, from `product_info/version` of the API root, asked once per client. When
+   * the engine does not serve the client's API version (v3 on 4.4+, v4 on 3.x: a 400), it asks in
+   * the other one, so modes can name the version they stop at.
+   *
+   * @throws RhvResponseError `ERR_RHV_RESPONSE` when the root carries no version; RhvFaultError `ERR_RHV_FAULT`
+   */
+  async engineVersion(options: { signal?: AbortSignal | undefined } = {}): Promise<EngineVersion> {
+    this.#engineVersion ??= this.#fetchEngineVersion(options.signal);
+    try {
+      return await this.#engineVersion;
+    } catch (err) {
+      this.#engineVersion = undefined;
+      throw err;
+    }
+  }
+
+  /** {@link engineVersion} with its capabilities ({@link engineFeatures}). */
+  async engineFeatures(options: { signal?: AbortSignal | undefined } = {}): Promise<{ version: EngineVersion; features: EngineFeatures }> {
+    const version = await this.engineVersion(options);
+    return { version, features: engineFeatures(version) };
+  }
+
+  async #fetchEngineVersion(signal: AbortSignal | undefined): Promise<EngineVersion> {
+    const opts = signal ? { signal } : {};
+    let root;
+    try {
+      root = await this.#connection.get('/', 'api', opts);
+    } catch (err) {
+      // VersionFilter answers 400 to an API version the engine does not serve: ask in the other one
+      if (!isFaultStatus(err, 400)) throw err;
+      root = await this.#connection.get('/', 'api', { ...opts, headers: { version: this.#connection.apiVersion === 3 ? '4' : '3' } });
+    }
+    const version = parseEngineVersion(root);
+    this.#logger.debug({ engineVersion: version.fullVersion ?? `${version.major}.${version.minor}.${version.build}` }, 'rhv: engine version');
+    return version;
+  }
+
   /** Logs in now (otherwise the first request does). @throws RhvAuthError `ERR_RHV_AUTH`; TlsError `ERR_TLS` */
-  async login(options: { signal?: AbortSignal } = {}): Promise<void> {
+  async login(options: { signal?: AbortSignal | undefined } = {}): Promise<void> {
     await this.#transport;
     await this.#connection.login(options);
   }
 
   /** Revokes the SSO token. Errors are logged, not thrown. */
-  async logout(options: { signal?: AbortSignal } = {}): Promise<void> {
+  async logout(options: { signal?: AbortSignal | undefined } = {}): Promise<void> {
     await this.#connection.logout(options);
   }
 

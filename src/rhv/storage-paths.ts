@@ -28,7 +28,9 @@ export function storageKindOf(storageType: string): StorageDomainKind {
     case 'fcp':
       return 'block';
     default:
-      throw new InvalidArgumentError(`unsupported storage type ${JSON.stringify(storageType.slice(0, 30))}: file (nfs, glusterfs, posixfs, localfs) or block (iscsi, fcp) expected`);
+      throw new InvalidArgumentError(
+        `unsupported storage type ${JSON.stringify(storageType.slice(0, 30))}: file (nfs, glusterfs, posixfs, localfs) or block (iscsi, fcp) expected`,
+      );
   }
 }
 
@@ -48,7 +50,8 @@ export function requireUuid(id: string, what: string): string {
  */
 export function mountDirName(server: string, exportPath: string): string {
   if (/[\0/]/.test(server) || server === '.' || server === '..') throw new InvalidArgumentError(`bad storage server ${JSON.stringify(server.slice(0, 60))}`);
-  if (!exportPath.startsWith('/') || exportPath.includes('\0')) throw new InvalidArgumentError(`storage path must be absolute: ${JSON.stringify(exportPath.slice(0, 60))}`);
+  if (!exportPath.startsWith('/') || exportPath.includes('\0'))
+    throw new InvalidArgumentError(`storage path must be absolute: ${JSON.stringify(exportPath.slice(0, 60))}`);
   if (exportPath.split('/').includes('..')) throw new InvalidArgumentError(`storage path must not contain ..: ${JSON.stringify(exportPath.slice(0, 60))}`);
   const clean = posix.normalize(exportPath).replace(/\/+$/, '') || '/';
   if (clean.split('/').includes('..')) throw new InvalidArgumentError(`storage path must not contain ..: ${JSON.stringify(exportPath.slice(0, 60))}`);

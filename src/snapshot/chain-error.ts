@@ -24,12 +24,13 @@ export interface ChainProblem {
 /** A chain is broken (`ERR_CHAIN_INVALID`); `problems` lists why. */
 export class ChainError extends VirtstreamError {
   readonly problems: readonly ChainProblem[];
-  constructor(problems: readonly ChainProblem[], options: { cause?: unknown } = {}) {
+  constructor(init: { problems: readonly ChainProblem[]; cause?: unknown }) {
+    const { problems } = init;
     const first = problems[0];
     super(
       'ERR_CHAIN_INVALID',
       `backup chain is invalid${first ? `: ${first.message}` : ''}${problems.length > 1 ? ` (and ${problems.length - 1} more)` : ''}`,
-      options,
+      init,
     );
     this.problems = Object.freeze([...problems]);
   }

@@ -1,5 +1,5 @@
 import { throwIfAborted } from '../core/abort.js';
-import { InvalidArgumentError, NotFoundError, VirtstreamError } from '../core/errors.js';
+import { FormatError, InvalidArgumentError, NotFoundError, VirtstreamError } from '../core/errors.js';
 import type { ArtifactFormat } from '../core/model.js';
 import type { BackupRecord, StoredDiskArtifact } from '../core/target.js';
 import { digestExtents } from '../formats/digest-extents.js';
@@ -8,7 +8,7 @@ import type { ExtentStream } from '../formats/extent.js';
 import type { ChainProblem } from './chain-error.js';
 import { ChainError } from './chain-error.js';
 import type { ChainLayer, MergeLayersOptions } from './merge-layers.js';
-import { mergeLayers } from './merge-layers.js';
+import { isRandomAccessLayer, mergeLayers } from './merge-layers.js';
 
 /** A restore point: the newest backup, one by id, or the newest completed at or before a time. */
 export type RestorePoint = 'latest' | { id: string } | { before: Date | string };
@@ -17,12 +17,12 @@ export type RestorePoint = 'latest' | { id: string } | { before: Date | string }
  * Opens the stored artifact of one disk of one backup as a chain layer. A `DiskImage` (QCOW2 opened
  * with `backing: 'ignore'`, raw) or an export-diff stream fits. The chain closes what it opened.
  */
-export type ArtifactOpener = (backupId: string, diskId: string, options: { signal?: AbortSignal }) => Promise<ChainLayer>;
+export type ArtifactOpener = (backupId: string, diskId: string, options: { signal?: AbortSignal | undefined }) => Promise<ChainLayer>;
 
 /** The small part of a repository the chain reads records from (`FileRepository` and every `RestoreSource` fit). */
 export interface ChainRecordSource {
   /** Committed backups of a VM. */
-  list(vmName: string, options?: { signal?: AbortSignal }): Promise<BackupRecord[]>;
+  list(vmName: string, options?: { signal?: AbortSignal | undefined }): Promise<BackupRecord[]>;
 }
 
 /** One step of a disk's path: the backup and its artifact of that disk. */
@@ -95,7 +95,7 @@ const time = (r: BackupRecord): number => {
  * const chain = await SnapshotChain.load(repo, 'web01');
  * chain.assertValid();
  * const point = chain.resolve({ before: new Date('2026-11-01') });
- * await using disk = await chain.flatten('vda', { id: point.id }, (b, d) => repo.openLayer('web01', b, d));
+ * await using disk = await chain.flatten('vda', { id: point.id }, backupLayerOpener(repo, 'web01', chain));
  * await writeExtentsToFile(disk, '/restore/vda.raw');
  * ```
  */
@@ -122,7 +122,7 @@ export class SnapshotChain {
   }
 
   /** Builds the chain of one VM from a record source such as a repository. */
-  static async load(source: ChainRecordSource, vmName: string, options: { signal?: AbortSignal } = {}): Promise<SnapshotChain> {
+  static async load(source: ChainRecordSource, vmName: string, options: { signal?: AbortSignal | undefined } = {}): Promise<SnapshotChain> {
     throwIfAborted(options.signal);
     return new SnapshotChain(await source.list(vmName, options));
   }
@@ -159,23 +159,48 @@ export class SnapshotChain {
       if (this.#hasCycle(r)) add({ kind: 'cycle', severity: 'error', backupId: r.id, message: `the parent links of backup ${r.id} form a loop` });
       for (const d of r.disks) {
         if (d.kind === 'incremental' && r.kind === 'full') {
-          add({ kind: 'kind-mismatch', severity: 'error', backupId: r.id, diskId: d.diskId, message: `full backup ${r.id} holds an incremental artifact of disk ${d.diskId}` });
+          add({
+            kind: 'kind-mismatch',
+            severity: 'error',
+            backupId: r.id,
+            diskId: d.diskId,
+            message: `full backup ${r.id} holds an incremental artifact of disk ${d.diskId}`,
+          });
         }
         if (d.kind !== 'incremental') continue;
         const parentId = d.parentBackupId ?? r.parentId;
         const parent = parentId === undefined ? undefined : this.#byId.get(parentId);
         if (!parent) {
           if (parentId !== undefined && parentId !== r.parentId) {
-            add({ kind: 'missing-parent', severity: 'error', backupId: r.id, diskId: d.diskId, message: `parent ${parentId} of disk ${d.diskId} in backup ${r.id} is missing` });
+            add({
+              kind: 'missing-parent',
+              severity: 'error',
+              backupId: r.id,
+              diskId: d.diskId,
+              message: `parent ${parentId} of disk ${d.diskId} in backup ${r.id} is missing`,
+            });
           }
           continue;
         }
         if (time(parent) > time(r)) {
-          if (parent.id !== r.parentId) add({ kind: 'out-of-order', severity: 'error', backupId: r.id, diskId: d.diskId, message: `disk ${d.diskId} of backup ${r.id} builds on the later backup ${parent.id}` });
+          if (parent.id !== r.parentId)
+            add({
+              kind: 'out-of-order',
+              severity: 'error',
+              backupId: r.id,
+              diskId: d.diskId,
+              message: `disk ${d.diskId} of backup ${r.id} builds on the later backup ${parent.id}`,
+            });
         }
         const pd = parent.disks.find((x) => x.diskId === d.diskId);
         if (!pd) {
-          add({ kind: 'disk-missing', severity: 'error', backupId: r.id, diskId: d.diskId, message: `disk ${d.diskId} of backup ${r.id} builds on ${parent.id}, which has no artifact of that disk` });
+          add({
+            kind: 'disk-missing',
+            severity: 'error',
+            backupId: r.id,
+            diskId: d.diskId,
+            message: `disk ${d.diskId} of backup ${r.id} builds on ${parent.id}, which has no artifact of that disk`,
+          });
           continue;
         }
         if (!COMPATIBLE[d.format].includes(pd.format)) {
@@ -208,7 +233,7 @@ export class SnapshotChain {
    */
   assertValid(): void {
     const errors = this.validate().filter((p) => p.severity === 'error');
-    if (errors.length > 0) throw new ChainError(errors);
+    if (errors.length > 0) throw new ChainError({ problems: errors });
   }
 
   /**
@@ -240,12 +265,16 @@ export class SnapshotChain {
     const out: BackupRecord[] = [];
     const seen = new Set<string>();
     for (let r: BackupRecord | undefined = this.get(id); r; ) {
-      if (seen.has(r.id)) throw new ChainError([{ kind: 'cycle', severity: 'error', backupId: r.id, message: `the parent links of backup ${r.id} form a loop` }]);
+      if (seen.has(r.id))
+        throw new ChainError({ problems: [{ kind: 'cycle', severity: 'error', backupId: r.id, message: `the parent links of backup ${r.id} form a loop` }] });
       seen.add(r.id);
       out.push(r);
       if (r.parentId === undefined) break;
       const parent = this.#byId.get(r.parentId);
-      if (!parent) throw new ChainError([{ kind: 'missing-parent', severity: 'error', backupId: r.id, message: `parent ${r.parentId} of backup ${r.id} is missing` }]);
+      if (!parent)
+        throw new ChainError({
+          problems: [{ kind: 'missing-parent', severity: 'error', backupId: r.id, message: `parent ${r.parentId} of backup ${r.id} is missing` }],
+        });
       r = parent;
     }
     return out.reverse();
@@ -263,22 +292,48 @@ export class SnapshotChain {
     const seen = new Set<string>();
     let r: BackupRecord = this.get(id);
     const top = r.disks.find((d) => d.diskId === diskId);
-    if (!top) throw new NotFoundError('disk', `backup ${id} has no disk ${JSON.stringify(diskId)}`);
+    if (!top) throw new NotFoundError(`backup ${id} has no disk ${JSON.stringify(diskId)}`, { what: 'disk' });
     let artifact: StoredDiskArtifact = top;
     for (;;) {
-      if (seen.has(r.id)) throw new ChainError([{ kind: 'cycle', severity: 'error', backupId: r.id, diskId, message: `the links of disk ${diskId} loop at backup ${r.id}` }]);
+      if (seen.has(r.id))
+        throw new ChainError({
+          problems: [{ kind: 'cycle', severity: 'error', backupId: r.id, diskId, message: `the links of disk ${diskId} loop at backup ${r.id}` }],
+        });
       seen.add(r.id);
       out.push({ backupId: r.id, artifact });
       if (artifact.kind === 'full') break;
       const parentId: string | undefined = artifact.parentBackupId ?? r.parentId;
       const parent: BackupRecord | undefined = parentId === undefined ? undefined : this.#byId.get(parentId);
       if (!parent) {
-        throw new ChainError([{ kind: 'missing-parent', severity: 'error', backupId: r.id, diskId, message: `disk ${diskId} of backup ${r.id} has no parent backup${parentId ? ` (${parentId} is missing)` : ''}` }]);
+        throw new ChainError({
+          problems: [
+            {
+              kind: 'missing-parent',
+              severity: 'error',
+              backupId: r.id,
+              diskId,
+              message: `disk ${diskId} of backup ${r.id} has no parent backup${parentId ? ` (${parentId} is missing)` : ''}`,
+            },
+          ],
+        });
       }
       const pa: StoredDiskArtifact | undefined = parent.disks.find((d) => d.diskId === diskId);
-      if (!pa) throw new ChainError([{ kind: 'disk-missing', severity: 'error', backupId: r.id, diskId, message: `backup ${parent.id} has no artifact of disk ${diskId}` }]);
+      if (!pa)
+        throw new ChainError({
+          problems: [{ kind: 'disk-missing', severity: 'error', backupId: r.id, diskId, message: `backup ${parent.id} has no artifact of disk ${diskId}` }],
+        });
       if (!COMPATIBLE[artifact.format].includes(pa.format)) {
-        throw new ChainError([{ kind: 'mixed-formats', severity: 'error', backupId: r.id, diskId, message: `disk ${diskId}: a ${artifact.format} incremental cannot apply on ${pa.format}` }]);
+        throw new ChainError({
+          problems: [
+            {
+              kind: 'mixed-formats',
+              severity: 'error',
+              backupId: r.id,
+              diskId,
+              message: `disk ${diskId}: a ${artifact.format} incremental cannot apply on ${pa.format}`,
+            },
+          ],
+        });
       }
       r = parent;
       artifact = pa;
@@ -290,7 +345,11 @@ export class SnapshotChain {
    * Flattens one disk at a restore point into one extent stream (newest wins) with bounded memory
    * and no intermediate files. The layers come from `open`; the returned stream closes them.
    *
-   * @throws `ERR_CHAIN_POINT`, `ERR_CHAIN_INVALID`, `ERR_NOT_FOUND`, errors of `open`, `ERR_ABORTED`.
+   * Each layer hides the layers below it past its own size (a disk shrunk and grown again reads
+   * zeros where the older, larger layer had data, as qemu and `rbd import-diff` do).
+   *
+   * @throws `ERR_CHAIN_POINT`, `ERR_CHAIN_INVALID`, `ERR_NOT_FOUND`, errors of `open`,
+   * `ERR_FORMAT_CORRUPT` when a layer's size is not the size its record gives, `ERR_ABORTED`.
    */
   async flatten(diskId: string, point: RestorePoint, open: ArtifactOpener, options: MergeLayersOptions = {}): Promise<FlattenedDisk> {
     const target = this.resolve(point);
@@ -304,7 +363,17 @@ export class SnapshotChain {
     try {
       for (const s of steps) {
         throwIfAborted(options.signal);
-        opened.push(await open(s.backupId, diskId, options.signal ? { signal: options.signal } : {}));
+        const layer = await open(s.backupId, diskId, options.signal ? { signal: options.signal } : {});
+        opened.push(layer);
+        // each layer cuts the ones below at its own size: that size must be the one the record promises
+        const own = isRandomAccessLayer(layer) ? layer.virtualSize : layer.size;
+        const recorded = s.artifact.virtualSize;
+        // QCOW2 counts whole sectors: a disk of an odd size is stored rounded up to 512
+        if (own !== recorded && !(s.artifact.format === 'qcow2' && own === Math.ceil(recorded / 512) * 512)) {
+          throw new FormatError(`artifact of disk ${diskId} in backup ${s.backupId} has size ${own}, its record says ${recorded}`, {
+            format: s.artifact.format,
+          });
+        }
       }
       const merged = await mergeLayers(opened, size, options);
       let closed = false;
@@ -414,5 +483,21 @@ export class SnapshotChain {
       seen.add(r.id);
     }
     return false;
+  }
+}
+
+/**
+ * {@link SnapshotChain.diskPath} for a strategy's restore, which documents a broken chain as
+ * `ERR_REPO_CHAIN`: the same walk (one definition of how a disk's layers link), with a
+ * {@link ChainError} rethrown under that code (the original is the `cause`).
+ *
+ * @throws `ERR_REPO_CHAIN` for missing parents, loops, kind or format mismatches; `ERR_CHAIN_POINT`; `ERR_NOT_FOUND`.
+ */
+export function restoreDiskPath(records: readonly BackupRecord[], backupId: string, diskId: string): DiskPathStep[] {
+  try {
+    return SnapshotChain.fromRecords(records).diskPath(backupId, diskId);
+  } catch (err) {
+    if (err instanceof ChainError) throw new VirtstreamError('ERR_REPO_CHAIN', `disk ${diskId}: ${err.message}`, { cause: err });
+    throw err;
   }
 }

@@ -15,16 +15,9 @@ import { InvalidArgumentError, NotFoundError, VirtstreamError } from '../core/er
 import { silentLogger } from '../core/logger.js';
 import type { DiskInfo, VmRef } from '../core/model.js';
 import { throttleProgress } from '../core/progress.js';
-import type {
-  BackupOptions,
-  BackupResult,
-  BackupStrategy,
-  DiskBackupResult,
-  RestoreOptions,
-  RestoreResult,
-  StrategyCapabilities,
-} from '../core/strategy.js';
-import type { BackupRecord, BackupTarget, RestoreSource, StoredDiskArtifact } from '../core/target.js';
+import type { BackupOptions, BackupResult, BackupStrategy, DiskBackupResult, RestoreOptions, RestoreResult, StrategyCapabilities } from '../core/strategy.js';
+import type { BackupTarget, RestoreSource } from '../core/target.js';
+import { openVerifiedRestore } from '../snapshot/verified-restore.js';
 import type { ExtentChunk, ExtentStream } from '../formats/extent.js';
 import { applyRbdDiff } from '../formats/rbd/apply-rbd-diff.js';
 import { writeRbdExportDiff } from '../formats/rbd/rbd-export-diff.js';
@@ -92,14 +85,14 @@ export class FakeStrategy implements BackupStrategy {
    *
    * @throws `ERR_INVALID_ARGUMENT` for a name that is not a plain name; `ERR_NOT_FOUND` when the VM folder does not exist.
    */
-  async listDisks(vm: VmRef, options: { signal?: AbortSignal } = {}): Promise<DiskInfo[]> {
+  async listDisks(vm: VmRef, options: { signal?: AbortSignal | undefined } = {}): Promise<DiskInfo[]> {
     throwIfAborted(options.signal);
     const dir = join(this.#root, checkPlainName(vm.name, 'VM name'));
     let entries: string[];
     try {
       entries = await readdir(dir);
     } catch (err) {
-      if ((err as { code?: unknown }).code === 'ENOENT') throw new NotFoundError('vm', `VM ${JSON.stringify(vm.name)} does not exist`, { cause: err });
+      if ((err as { code?: unknown }).code === 'ENOENT') throw new NotFoundError(`VM ${JSON.stringify(vm.name)} does not exist`, { what: 'vm', cause: err });
       throw new VirtstreamError('ERR_INTERNAL', `cannot list VM ${JSON.stringify(vm.name)}`, { cause: err });
     }
     const disks: DiskInfo[] = [];
@@ -283,14 +276,9 @@ export class FakeStrategy implements BackupStrategy {
       const name = checkPlainName(options.newName ?? vmName, 'VM name');
       const sig = signal ? { signal } : {};
       progress({ type: 'phase', phase: 'prepare' });
-      let record: BackupRecord;
-      if (options.backupId !== undefined) record = await source.get(vmName, options.backupId, sig);
-      else {
-        const all = await source.list(vmName, sig);
-        const last = all.at(-1);
-        if (!last) throw new NotFoundError('backup', `VM ${JSON.stringify(vmName)} has no backups`);
-        record = last;
-      }
+      // the whole chain is verified before the first byte lands
+      await using point = await openVerifiedRestore(source, vmName, { ...(options.backupId !== undefined ? { backupId: options.backupId } : {}), ...sig });
+      const record = point.record;
       const dest = join(this.#root, name);
       if (await exists(dest)) throw new VirtstreamError('ERR_CONFLICT', `VM ${JSON.stringify(name)} already exists; restore under another name (newName)`);
       const staging = join(this.#root, `${RESTORE_PREFIX}${randomUUID()}`);
@@ -301,7 +289,7 @@ export class FakeStrategy implements BackupStrategy {
         throwIfAborted(signal);
         const diskId = checkPlainName(disk.diskId, 'disk id');
         progress({ type: 'phase', phase: 'restore', disk: diskId });
-        const layers = await chainOf(source, vmName, record, disk, sig);
+        const layers = point.layers(disk.diskId);
         const path = join(staging, `${diskId}.raw`);
         const [full, ...diffs] = layers;
         if (full?.artifact.format !== 'raw' || diffs.some((l) => l.artifact.format !== 'rbd-diff')) {
@@ -315,17 +303,18 @@ export class FakeStrategy implements BackupStrategy {
             yield chunk;
           }
         };
-        await pipeline(await source.openDisk(vmName, full.backupId, diskId, sig), counter, createWriteStream(path, { flags: 'wx' }), sig);
-        for (const diff of diffs) await applyRbdDiff(path, await source.openDisk(vmName, diff.backupId, diskId, sig), sig);
+        await pipeline(await point.openLayer(full.backupId, disk.diskId, sig), counter, createWriteStream(path, { flags: 'wx' }), sig);
+        for (const diff of diffs) await applyRbdDiff(path, await point.openLayer(diff.backupId, disk.diskId, sig), sig);
         const size = (await lstat(path)).size;
-        if (size !== disk.virtualSize) throw new VirtstreamError('ERR_CHAIN_INVALID', `restored disk ${JSON.stringify(diskId)} has ${size} bytes, expected ${disk.virtualSize}`);
-        restored.push({ diskId, bytes: size, location: join(dest, `${diskId}.raw`) });
+        if (size !== disk.virtualSize)
+          throw new VirtstreamError('ERR_CHAIN_INVALID', `restored disk ${JSON.stringify(diskId)} has ${size} bytes, expected ${disk.virtualSize}`);
+        restored.push({ diskId, sourceDiskId: diskId, bytes: size, location: join(dest, `${diskId}.raw`) });
       }
       throwIfAborted(signal);
       progress({ type: 'phase', phase: 'finalize' });
       await rename(staging, dest);
       undo.release(removeStaging);
-      return { vm: { name }, disks: restored, warnings: [] };
+      return { vm: { name }, disks: restored, warnings: [...point.warnings] };
     } catch (err) {
       throw normalizeAbort(err, signal);
     }
@@ -339,30 +328,4 @@ async function exists(path: string): Promise<boolean> {
   } catch {
     return false;
   }
-}
-
-/** The artifacts of one disk from its full base to `record`, oldest first. */
-async function chainOf(
-  source: RestoreSource,
-  vmName: string,
-  record: BackupRecord,
-  disk: StoredDiskArtifact,
-  sig: { signal?: AbortSignal },
-): Promise<{ backupId: string; artifact: StoredDiskArtifact }[]> {
-  const layers = [{ backupId: record.id, artifact: disk }];
-  const seen = new Set([record.id]);
-  let current = disk;
-  while (current.kind === 'incremental') {
-    const parentId = current.parentBackupId;
-    if (parentId === undefined || seen.has(parentId) || seen.size > 10_000) {
-      throw new VirtstreamError('ERR_CHAIN_INVALID', `the chain of disk ${JSON.stringify(disk.diskId)} is broken at ${parentId ?? 'a missing parent'}`);
-    }
-    seen.add(parentId);
-    const parent = await source.get(vmName, parentId, sig);
-    const found = parent.disks.find((d) => d.diskId === disk.diskId);
-    if (!found) throw new VirtstreamError('ERR_CHAIN_INVALID', `parent backup ${parentId} has no disk ${JSON.stringify(disk.diskId)}`);
-    layers.unshift({ backupId: parentId, artifact: found });
-    current = found;
-  }
-  return layers;
 }

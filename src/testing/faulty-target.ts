@@ -8,15 +8,7 @@ import { addAbortListener } from 'node:events';
 import { throwIfAborted } from '../core/abort.js';
 import { AbortedError, InvalidArgumentError, VirtstreamError } from '../core/errors.js';
 import { toReadable } from '../core/streams.js';
-import type {
-  BackupRecord,
-  BackupSession,
-  BackupTarget,
-  BeginBackupOptions,
-  DiskArtifactInfo,
-  DiskArtifactResult,
-  WriteOptions,
-} from '../core/target.js';
+import type { BackupRecord, BackupSession, BackupTarget, BeginBackupOptions, DiskArtifactInfo, DiskArtifactResult, WriteOptions } from '../core/target.js';
 
 /** Which step a {@link FaultInjectedError} was injected into. */
 export type InjectedFault = 'begin' | 'write' | 'metadata' | 'commit';
@@ -28,9 +20,9 @@ export type InjectedFault = 'begin' | 'write' | 'metadata' | 'commit';
 export class FaultInjectedError extends VirtstreamError {
   /** The step that failed. */
   readonly fault: InjectedFault;
-  constructor(fault: InjectedFault, message: string) {
-    super('ERR_INTERNAL', `injected fault (${fault}): ${message}`);
-    this.fault = fault;
+  constructor(message: string, options: { fault: InjectedFault }) {
+    super('ERR_INTERNAL', `injected fault (${options.fault}): ${message}`);
+    this.fault = options.fault;
   }
 
   /** True when `err` or an error in its `cause` chain is a {@link FaultInjectedError}. */
@@ -122,7 +114,7 @@ export class FaultyTarget implements BackupTarget {
   async begin(options: BeginBackupOptions): Promise<BackupSession> {
     this.#beginCalls += 1;
     throwIfAborted(options.signal);
-    if (this.#options.failBegin) throw new FaultInjectedError('begin', 'begin refused');
+    if (this.#options.failBegin) throw new FaultInjectedError('begin refused', { fault: 'begin' });
     const session = await this.#inner.begin(options);
     const record: FaultySessionRecord = { backupId: session.backupId, state: 'open', bytesWritten: 0, disks: [] };
     this.#sessions.push(record);
@@ -146,16 +138,12 @@ class FaultySession implements BackupSession {
     return this.#inner.backupId;
   }
 
-  async writeMetadata(name: string, data: string | Uint8Array, options?: { signal?: AbortSignal }): Promise<void> {
-    if (this.#options.failMetadata) throw new FaultInjectedError('metadata', `writing ${JSON.stringify(name)} failed`);
+  async writeMetadata(name: string, data: string | Uint8Array, options?: { signal?: AbortSignal | undefined }): Promise<void> {
+    if (this.#options.failMetadata) throw new FaultInjectedError(`writing ${JSON.stringify(name)} failed`, { fault: 'metadata' });
     await this.#inner.writeMetadata(name, data, options);
   }
 
-  async writeDisk(
-    info: DiskArtifactInfo,
-    source: AsyncIterable<Uint8Array> | NodeJS.ReadableStream,
-    options: WriteOptions = {},
-  ): Promise<DiskArtifactResult> {
+  async writeDisk(info: DiskArtifactInfo, source: AsyncIterable<Uint8Array> | NodeJS.ReadableStream, options: WriteOptions = {}): Promise<DiskArtifactResult> {
     this.#record.disks.push(info.diskId);
     const { failWriteAfterBytes: failAt, stallWriteAfterBytes: stallAt } = this.#options;
     if (failAt === undefined && stallAt === undefined) return this.#inner.writeDisk(info, this.#counted(source), options);
@@ -192,14 +180,14 @@ class FaultySession implements BackupSession {
         yield chunk.subarray(0, room);
       }
       if (failAt !== undefined && failAt <= (stallAt ?? Infinity)) {
-        throw new FaultInjectedError('write', `writeDisk failed after ${passed} bytes`);
+        throw new FaultInjectedError(`writeDisk failed after ${passed} bytes`, { fault: 'write' });
       }
       await waitForAbort(signal);
     }
   }
 
-  async commit(options?: { signal?: AbortSignal }): Promise<BackupRecord> {
-    if (this.#options.failCommit) throw new FaultInjectedError('commit', `commit of ${this.backupId} failed`);
+  async commit(options?: { signal?: AbortSignal | undefined }): Promise<BackupRecord> {
+    if (this.#options.failCommit) throw new FaultInjectedError(`commit of ${this.backupId} failed`, { fault: 'commit' });
     const record = await this.#inner.commit(options);
     this.#record.state = 'committed';
     return record;

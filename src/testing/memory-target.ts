@@ -132,12 +132,12 @@ export class MemoryTarget implements BackupTarget, RestoreSource {
 
   #get(vmName: string, backupId: string): StoredBackup {
     const stored = this.#find(vmName, backupId);
-    if (!stored) throw new NotFoundError('backup', `no backup ${JSON.stringify(backupId)} of VM ${JSON.stringify(vmName)}`);
+    if (!stored) throw new NotFoundError(`no backup ${JSON.stringify(backupId)} of VM ${JSON.stringify(vmName)}`, { what: 'backup' });
     return stored;
   }
 
   /** Committed backups of `vmName`, oldest first. */
-  async list(vmName: string, options: { signal?: AbortSignal } = {}): Promise<BackupRecord[]> {
+  async list(vmName: string, options: { signal?: AbortSignal | undefined } = {}): Promise<BackupRecord[]> {
     throwIfAborted(options.signal);
     return (this.#backups.get(vmName) ?? []).map((b) => b.record);
   }
@@ -147,7 +147,7 @@ export class MemoryTarget implements BackupTarget, RestoreSource {
    *
    * @throws `ERR_NOT_FOUND`; `ERR_ABORTED`.
    */
-  async get(vmName: string, backupId: string, options: { signal?: AbortSignal } = {}): Promise<BackupRecord> {
+  async get(vmName: string, backupId: string, options: { signal?: AbortSignal | undefined } = {}): Promise<BackupRecord> {
     throwIfAborted(options.signal);
     return this.#get(vmName, backupId).record;
   }
@@ -157,10 +157,10 @@ export class MemoryTarget implements BackupTarget, RestoreSource {
    *
    * @throws `ERR_NOT_FOUND`; `ERR_ABORTED`.
    */
-  async openDisk(vmName: string, backupId: string, diskId: string, options: { signal?: AbortSignal } = {}): Promise<Readable> {
+  async openDisk(vmName: string, backupId: string, diskId: string, options: { signal?: AbortSignal | undefined } = {}): Promise<Readable> {
     throwIfAborted(options.signal);
     const chunks = this.#get(vmName, backupId).disks.get(diskId);
-    if (!chunks) throw new NotFoundError('disk', `backup ${JSON.stringify(backupId)} has no disk ${JSON.stringify(diskId)}`);
+    if (!chunks) throw new NotFoundError(`backup ${JSON.stringify(backupId)} has no disk ${JSON.stringify(diskId)}`, { what: 'disk' });
     return Readable.from(chunks, { objectMode: false });
   }
 
@@ -169,10 +169,10 @@ export class MemoryTarget implements BackupTarget, RestoreSource {
    *
    * @throws `ERR_NOT_FOUND`; `ERR_ABORTED`.
    */
-  async readMetadata(vmName: string, backupId: string, name: string, options: { signal?: AbortSignal } = {}): Promise<Buffer> {
+  async readMetadata(vmName: string, backupId: string, name: string, options: { signal?: AbortSignal | undefined } = {}): Promise<Buffer> {
     throwIfAborted(options.signal);
     const data = this.#get(vmName, backupId).metadata.get(name);
-    if (!data) throw new NotFoundError('metadata', `backup ${JSON.stringify(backupId)} has no metadata ${JSON.stringify(name)}`);
+    if (!data) throw new NotFoundError(`backup ${JSON.stringify(backupId)} has no metadata ${JSON.stringify(name)}`, { what: 'metadata' });
     return Buffer.from(data);
   }
 }
@@ -215,7 +215,7 @@ class MemorySession implements BackupSession {
     this.#held += n;
   }
 
-  async writeMetadata(name: string, data: string | Uint8Array, options: { signal?: AbortSignal } = {}): Promise<void> {
+  async writeMetadata(name: string, data: string | Uint8Array, options: { signal?: AbortSignal | undefined } = {}): Promise<void> {
     this.#assertOpen();
     throwIfAborted(options.signal);
     if (typeof name !== 'string' || name.length === 0 || name.includes('/') || name.includes('\0') || name === '.' || name === '..') {
@@ -227,11 +227,7 @@ class MemorySession implements BackupSession {
     this.#metadata.set(name, { meta: { name, bytes: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex') }, data: bytes });
   }
 
-  async writeDisk(
-    info: DiskArtifactInfo,
-    source: AsyncIterable<Uint8Array> | NodeJS.ReadableStream,
-    options: WriteOptions = {},
-  ): Promise<DiskArtifactResult> {
+  async writeDisk(info: DiskArtifactInfo, source: AsyncIterable<Uint8Array> | NodeJS.ReadableStream, options: WriteOptions = {}): Promise<DiskArtifactResult> {
     this.#assertOpen();
     if (typeof info?.diskId !== 'string' || info.diskId.length === 0) throw new InvalidArgumentError('diskId must be a non-empty string');
     if (info.kind !== 'full' && info.kind !== 'incremental') throw new InvalidArgumentError(`unknown kind ${JSON.stringify(info.kind)}`);
@@ -271,7 +267,7 @@ class MemorySession implements BackupSession {
         throwIfAborted(signal);
         const buf = typeof chunk === 'string' ? Buffer.from(chunk) : Buffer.from(chunk);
         if (options.expectedBytes !== undefined && bytes + buf.length > options.expectedBytes) {
-          throw new SizeMismatchError(`disk ${JSON.stringify(info.diskId)}`, options.expectedBytes, bytes + buf.length);
+          throw new SizeMismatchError({ what: `disk ${JSON.stringify(info.diskId)}`, expected: options.expectedBytes, actual: bytes + buf.length });
         }
         this.#reserve(buf.length);
         hash.update(buf);
@@ -287,7 +283,7 @@ class MemorySession implements BackupSession {
       }
       throwIfAborted(signal);
       if (options.expectedBytes !== undefined && bytes !== options.expectedBytes) {
-        throw new SizeMismatchError(`disk ${JSON.stringify(info.diskId)}`, options.expectedBytes, bytes);
+        throw new SizeMismatchError({ what: `disk ${JSON.stringify(info.diskId)}`, expected: options.expectedBytes, actual: bytes });
       }
       return { chunks, bytes, sha256: hash.digest('hex') };
     } catch (err) {
@@ -299,7 +295,7 @@ class MemorySession implements BackupSession {
     }
   }
 
-  async commit(options: { signal?: AbortSignal } = {}): Promise<BackupRecord> {
+  async commit(options: { signal?: AbortSignal | undefined } = {}): Promise<BackupRecord> {
     this.#assertOpen();
     if (this.#inflight.size > 0) throw new RepositoryError('ERR_REPO_STATE', `backup ${this.backupId}: a write is still running`);
     throwIfAborted(options.signal);

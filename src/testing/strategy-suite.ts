@@ -43,16 +43,16 @@ export interface StrategyFixture {
    * artifacts (`DiskArtifactInfo.diskId`). Called for {@link StrategyFixture.vm} and for VMs the
    * suite restored (by their new name; their disk ids may differ).
    */
-  readDisks(vm: SuiteVm, options: { signal?: AbortSignal }): Promise<ReadonlyMap<string, StreamDigest>>;
+  readDisks(vm: SuiteVm, options: { signal?: AbortSignal | undefined }): Promise<ReadonlyMap<string, StreamDigest>>;
   /** Changes the contents of at least one disk of the VM. Required when `capabilities.incremental`. */
-  mutate?(options: { signal?: AbortSignal }): Promise<void>;
+  mutate?(options: { signal?: AbortSignal | undefined }): Promise<void>;
   /**
    * Fails (throws) when the platform holds leftovers of a backup or restore: snapshots, transfers,
    * temporary files, attached disks, half-restored VMs. Called after every case.
    */
-  assertClean(options: { signal?: AbortSignal }): Promise<void>;
+  assertClean(options: { signal?: AbortSignal | undefined }): Promise<void>;
   /** Removes a VM the suite restored. Called after each restore case. */
-  removeRestored?(vmName: string, options: { signal?: AbortSignal }): Promise<void>;
+  removeRestored?(vmName: string, options: { signal?: AbortSignal | undefined }): Promise<void>;
   /** The name a restored VM gets, `n` counting from 1. @defaultValue `${vm.name}-restored-${n}` */
   restoreName?(n: number): string;
   /** A fresh empty target. @defaultValue a `FileRepository` in a new temporary folder */
@@ -121,12 +121,7 @@ function caseName(i: number): string {
  * defineStrategySuite('FakeStrategy', async () => makeFixture(), { describe, it, beforeAll, afterAll });
  * ```
  */
-export function defineStrategySuite(
-  name: string,
-  factory: () => Promise<StrategyFixture>,
-  api: StrategySuiteApi,
-  options: StrategySuiteOptions = {},
-): void {
+export function defineStrategySuite(name: string, factory: () => Promise<StrategyFixture>, api: StrategySuiteApi, options: StrategySuiteOptions = {}): void {
   const timeout = options.timeoutMs ?? 120_000;
   const failAfter = options.failWriteAfterBytes ?? 1024;
   const { describe, it, beforeAll, afterAll } = api;
@@ -162,90 +157,122 @@ export function defineStrategySuite(
       }
     }, timeout);
 
-    it(caseName(0), async () => {
-      const f = fx();
-      const before = await f.readDisks(f.vm, { signal: signal() });
-      assert.ok(before.size > 0, 'the fixture VM has no disks');
-      const repo = await newTarget();
-      const target = new FaultyTarget(repo);
-      const result = await f.strategy.backup(f.vm, target, { kind: 'full', signal: signal() });
-      const { record } = result;
-      assert.equal(record.kind, 'full');
-      assert.equal(record.strategy, f.strategy.id, 'record.strategy is the strategy id');
-      assert.equal(record.vm.name, f.vm.name);
-      assert.equal(record.parentId, undefined, 'a full backup has no parent');
-      assert.deepEqual(sorted(record.disks.map((d) => d.diskId)), sorted([...before.keys()]), 'one artifact per disk of the VM');
-      assert.deepEqual(sorted(result.disks.map((d) => d.diskId)), sorted([...before.keys()]), 'one result per disk');
-      await assertArtifacts(repo, f.vm.name, record, result, before);
-      assert.deepEqual((await repo.list(f.vm.name)).map((r) => r.id), [record.id], 'the record is listed');
-      assert.deepEqual(target.sessions.map((s) => s.state), ['committed'], 'exactly one session, committed');
-      await assertRepoClean(repo);
-      await f.assertClean({ signal: signal() });
-    }, timeout);
+    it(
+      caseName(0),
+      async () => {
+        const f = fx();
+        const before = await f.readDisks(f.vm, { signal: signal() });
+        assert.ok(before.size > 0, 'the fixture VM has no disks');
+        const repo = await newTarget();
+        const target = new FaultyTarget(repo);
+        const result = await f.strategy.backup(f.vm, target, { kind: 'full', signal: signal() });
+        const { record } = result;
+        assert.equal(record.kind, 'full');
+        assert.equal(record.strategy, f.strategy.id, 'record.strategy is the strategy id');
+        assert.equal(record.vm.name, f.vm.name);
+        assert.equal(record.parentId, undefined, 'a full backup has no parent');
+        assert.deepEqual(sorted(record.disks.map((d) => d.diskId)), sorted([...before.keys()]), 'one artifact per disk of the VM');
+        assert.deepEqual(sorted(result.disks.map((d) => d.diskId)), sorted([...before.keys()]), 'one result per disk');
+        await assertArtifacts(repo, f.vm.name, record, result, before);
+        assert.deepEqual(
+          (await repo.list(f.vm.name)).map((r) => r.id),
+          [record.id],
+          'the record is listed',
+        );
+        assert.deepEqual(
+          target.sessions.map((s) => s.state),
+          ['committed'],
+          'exactly one session, committed',
+        );
+        await assertRepoClean(repo);
+        await f.assertClean({ signal: signal() });
+      },
+      timeout,
+    );
 
-    it(caseName(1), async () => {
-      const f = fx();
-      const disks = sorted([...(await f.readDisks(f.vm, { signal: signal() })).keys()]);
-      const excluded = disks[0]!;
-      const repo = await newTarget();
-      if (disks.length >= 2) {
-        const { record } = await f.strategy.backup(f.vm, repo, { excludeDisks: [excluded], signal: signal() });
-        assert.deepEqual(sorted(record.disks.map((d) => d.diskId)), disks.slice(1), `disk ${excluded} is left out, the others are in`);
-      } else {
-        // one disk only: excluding it leaves nothing to back up; a typed refusal or an empty backup are both fine
-        try {
+    it(
+      caseName(1),
+      async () => {
+        const f = fx();
+        const disks = sorted([...(await f.readDisks(f.vm, { signal: signal() })).keys()]);
+        const excluded = disks[0]!;
+        const repo = await newTarget();
+        if (disks.length >= 2) {
           const { record } = await f.strategy.backup(f.vm, repo, { excludeDisks: [excluded], signal: signal() });
-          assert.equal(record.disks.length, 0, `disk ${excluded} is left out`);
-        } catch (err) {
-          assert.ok(isVirtstreamError(err), `excluding every disk must fail with a VirtstreamError, got ${describeError(err)}`);
-          assert.equal((await repo.list(f.vm.name)).length, 0, 'nothing committed');
+          assert.deepEqual(sorted(record.disks.map((d) => d.diskId)), disks.slice(1), `disk ${excluded} is left out, the others are in`);
+        } else {
+          // one disk only: excluding it leaves nothing to back up; a typed refusal or an empty backup are both fine
+          try {
+            const { record } = await f.strategy.backup(f.vm, repo, { excludeDisks: [excluded], signal: signal() });
+            assert.equal(record.disks.length, 0, `disk ${excluded} is left out`);
+          } catch (err) {
+            assert.ok(isVirtstreamError(err), `excluding every disk must fail with a VirtstreamError, got ${describeError(err)}`);
+            assert.equal((await repo.list(f.vm.name)).length, 0, 'nothing committed');
+          }
         }
-      }
-      await assertRepoClean(repo);
-      await f.assertClean({ signal: signal() });
-    }, timeout);
+        await assertRepoClean(repo);
+        await f.assertClean({ signal: signal() });
+      },
+      timeout,
+    );
 
-    it(caseName(2), async () => {
-      const f = fx();
-      const repo = await newTarget();
-      const target = new FaultyTarget(repo);
-      const controller = new AbortController();
-      controller.abort(new Error('cancelled before start'));
-      await assertRejects(f.strategy.backup(f.vm, target, { signal: controller.signal }), 'ERR_ABORTED');
-      assert.ok(
-        target.beginCalls === 0 || target.sessions.every((s) => s.state === 'aborted'),
-        `target.begin was called and its session left ${JSON.stringify(target.sessions.map((s) => s.state))}`,
-      );
-      await assertNothingCommitted(repo, f.vm.name, target);
-      await f.assertClean({ signal: signal() });
-    }, timeout);
+    it(
+      caseName(2),
+      async () => {
+        const f = fx();
+        const repo = await newTarget();
+        const target = new FaultyTarget(repo);
+        const controller = new AbortController();
+        controller.abort(new Error('cancelled before start'));
+        await assertRejects(f.strategy.backup(f.vm, target, { signal: controller.signal }), 'ERR_ABORTED');
+        assert.ok(
+          target.beginCalls === 0 || target.sessions.every((s) => s.state === 'aborted'),
+          `target.begin was called and its session left ${JSON.stringify(target.sessions.map((s) => s.state))}`,
+        );
+        await assertNothingCommitted(repo, f.vm.name, target);
+        await f.assertClean({ signal: signal() });
+      },
+      timeout,
+    );
 
-    it(caseName(3), async () => {
-      const f = fx();
-      const repo = await newTarget();
-      const target = new FaultyTarget(repo);
-      const controller = new AbortController();
-      let sawBytes = false;
-      const onProgress = (e: ProgressEvent): void => {
-        if (e.type === 'bytes' && !sawBytes) {
-          sawBytes = true;
-          controller.abort(new Error('cancelled during transfer'));
-        }
-      };
-      await assertRejects(f.strategy.backup(f.vm, target, { signal: controller.signal, onProgress }), 'ERR_ABORTED', () =>
-        sawBytes ? 'the backup ignored the abort' : 'the strategy reported no bytes progress, so the abort never fired',
-      );
-      await assertNothingCommitted(repo, f.vm.name, target);
-      await f.assertClean({ signal: signal() });
-    }, timeout);
+    it(
+      caseName(3),
+      async () => {
+        const f = fx();
+        const repo = await newTarget();
+        const target = new FaultyTarget(repo);
+        const controller = new AbortController();
+        let sawBytes = false;
+        const onProgress = (e: ProgressEvent): void => {
+          if (e.type === 'bytes' && !sawBytes) {
+            sawBytes = true;
+            controller.abort(new Error('cancelled during transfer'));
+          }
+        };
+        await assertRejects(f.strategy.backup(f.vm, target, { signal: controller.signal, onProgress }), 'ERR_ABORTED', () =>
+          sawBytes ? 'the backup ignored the abort' : 'the strategy reported no bytes progress, so the abort never fired',
+        );
+        await assertNothingCommitted(repo, f.vm.name, target);
+        await f.assertClean({ signal: signal() });
+      },
+      timeout,
+    );
 
-    it(caseName(4), async () => {
-      await failingTargetCase({ failWriteAfterBytes: failAfter }, 'write');
-    }, timeout);
+    it(
+      caseName(4),
+      async () => {
+        await failingTargetCase({ failWriteAfterBytes: failAfter }, 'write');
+      },
+      timeout,
+    );
 
-    it(caseName(5), async () => {
-      await failingTargetCase({ failCommit: true }, 'commit');
-    }, timeout);
+    it(
+      caseName(5),
+      async () => {
+        await failingTargetCase({ failCommit: true }, 'commit');
+      },
+      timeout,
+    );
 
     const failingTargetCase = async (faults: FaultyTargetOptions, what: string): Promise<void> => {
       const f = fx();
@@ -264,109 +291,139 @@ export function defineStrategySuite(
       await f.assertClean({ signal: signal() });
     };
 
-    it(caseName(6), async () => {
-      const f = fx();
-      const repo = await newTarget();
-      const target = new FaultyTarget(repo);
-      const canary = join(tmpdir(), `virtstream-suite-canary-${process.pid}-${Date.now()}`);
-      const hostile = `no such vm '"; $(touch ${canary}) \`touch ${canary}\` ../..`;
-      let error: unknown;
-      try {
-        await f.strategy.backup({ name: hostile }, target, { signal: signal() });
-      } catch (err) {
-        error = err;
-      }
-      assert.ok(error !== undefined, 'backing up a VM that does not exist succeeded');
-      assert.ok(isVirtstreamError(error), `expected a VirtstreamError, got ${describeError(error)}`);
-      assert.ok(
-        error.code === 'ERR_NOT_FOUND' || error.code === 'ERR_INVALID_ARGUMENT',
-        `a VM that does not exist must end in ERR_NOT_FOUND (or ERR_INVALID_ARGUMENT for a name the platform cannot hold), got ${describeError(error)}`,
-      );
-      assert.equal(await exists(canary), false, `the VM name was executed by a shell: ${canary} exists`);
-      await assertNothingCommitted(repo, hostile, target);
-      await f.assertClean({ signal: signal() });
-    }, timeout);
-
-    it(caseName(7), async () => {
-      const f = fx();
-      const repo = await newTarget();
-      const events: ProgressEvent[] = [];
-      const { record } = await f.strategy.backup(f.vm, repo, { signal: signal(), onProgress: (e) => events.push(e) });
-      assertProgress(events, record);
-      await f.assertClean({ signal: signal() });
-    }, timeout);
-
-    it(caseName(8), async () => {
-      const f = fx();
-      const repo = await newTarget();
-      const { record: full } = await f.strategy.backup(f.vm, repo, { kind: 'full', signal: signal() });
-      if (!f.strategy.capabilities.incremental) {
-        let result: BackupResult | undefined;
+    it(
+      caseName(6),
+      async () => {
+        const f = fx();
+        const repo = await newTarget();
+        const target = new FaultyTarget(repo);
+        const canary = join(tmpdir(), `virtstream-suite-canary-${process.pid}-${Date.now()}`);
+        const hostile = `no such vm '"; $(touch ${canary}) \`touch ${canary}\` ../..`;
+        let error: unknown;
         try {
-          result = await f.strategy.backup(f.vm, repo, { kind: 'incremental', parent: full, signal: signal() });
+          await f.strategy.backup({ name: hostile }, target, { signal: signal() });
         } catch (err) {
-          assert.ok(isVirtstreamError(err, 'ERR_UNSUPPORTED'), `an incremental request must be refused with ERR_UNSUPPORTED or fall back, got ${describeError(err)}`);
+          error = err;
         }
-        if (result) {
-          for (const d of result.disks) {
-            assert.equal(d.kind, 'full', `disk ${d.diskId}: a strategy without incrementals writes full disks`);
-            assert.ok(d.fallbackReason, `disk ${d.diskId}: the fallback to full needs a fallbackReason`);
+        assert.ok(error !== undefined, 'backing up a VM that does not exist succeeded');
+        assert.ok(isVirtstreamError(error), `expected a VirtstreamError, got ${describeError(error)}`);
+        assert.ok(
+          error.code === 'ERR_NOT_FOUND' || error.code === 'ERR_INVALID_ARGUMENT',
+          `a VM that does not exist must end in ERR_NOT_FOUND (or ERR_INVALID_ARGUMENT for a name the platform cannot hold), got ${describeError(error)}`,
+        );
+        assert.equal(await exists(canary), false, `the VM name was executed by a shell: ${canary} exists`);
+        await assertNothingCommitted(repo, hostile, target);
+        await f.assertClean({ signal: signal() });
+      },
+      timeout,
+    );
+
+    it(
+      caseName(7),
+      async () => {
+        const f = fx();
+        const repo = await newTarget();
+        const events: ProgressEvent[] = [];
+        const { record } = await f.strategy.backup(f.vm, repo, { signal: signal(), onProgress: (e) => events.push(e) });
+        assertProgress(events, record);
+        await f.assertClean({ signal: signal() });
+      },
+      timeout,
+    );
+
+    it(
+      caseName(8),
+      async () => {
+        const f = fx();
+        const repo = await newTarget();
+        const { record: full } = await f.strategy.backup(f.vm, repo, { kind: 'full', signal: signal() });
+        if (!f.strategy.capabilities.incremental) {
+          let result: BackupResult | undefined;
+          try {
+            result = await f.strategy.backup(f.vm, repo, { kind: 'incremental', parent: full, signal: signal() });
+          } catch (err) {
+            assert.ok(
+              isVirtstreamError(err, 'ERR_UNSUPPORTED'),
+              `an incremental request must be refused with ERR_UNSUPPORTED or fall back, got ${describeError(err)}`,
+            );
           }
+          if (result) {
+            for (const d of result.disks) {
+              assert.equal(d.kind, 'full', `disk ${d.diskId}: a strategy without incrementals writes full disks`);
+              assert.ok(d.fallbackReason, `disk ${d.diskId}: the fallback to full needs a fallbackReason`);
+            }
+          }
+          await f.assertClean({ signal: signal() });
+          return;
+        }
+        assert.ok(f.mutate, 'an incremental strategy needs fixture.mutate()');
+        await f.mutate({ signal: signal() });
+        const after = await f.readDisks(f.vm, { signal: signal() });
+        const result = await f.strategy.backup(f.vm, repo, { kind: 'incremental', parent: full, signal: signal() });
+        const { record } = result;
+        assert.equal(record.parentId, full.id, 'the incremental record links to its parent');
+        assert.equal(record.kind, 'incremental');
+        const incremental = record.disks.filter((d) => d.kind === 'incremental');
+        assert.ok(incremental.length > 0, `no disk was written as incremental: ${JSON.stringify(result.disks)}`);
+        for (const d of incremental) assert.equal(d.parentBackupId, full.id, `disk ${d.diskId} builds on the parent`);
+        for (const d of result.disks) {
+          if (d.kind === 'full') assert.ok(d.fallbackReason, `disk ${d.diskId} fell back to full without a fallbackReason`);
+        }
+        await assertArtifacts(repo, f.vm.name, record, result, undefined);
+        assert.deepEqual(
+          (await repo.list(f.vm.name)).map((r) => r.id),
+          [full.id, record.id],
+        );
+        if (f.strategy.capabilities.restore) await restoreAndCompare(f, repo, record, after);
+        await f.assertClean({ signal: signal() });
+      },
+      timeout,
+    );
+
+    it(
+      caseName(9),
+      async () => {
+        const f = fx();
+        const repo = await newTarget();
+        const before = await f.readDisks(f.vm, { signal: signal() });
+        const { record } = await f.strategy.backup(f.vm, repo, { kind: 'full', signal: signal() });
+        if (!f.strategy.capabilities.restore) {
+          await assertRejects(f.strategy.restore(f.vm.name, repo, { backupId: record.id, signal: signal() }), 'ERR_UNSUPPORTED');
+          return;
+        }
+        await restoreAndCompare(f, repo, record, before);
+        await f.assertClean({ signal: signal() });
+      },
+      timeout,
+    );
+
+    it(
+      caseName(10),
+      async () => {
+        const f = fx();
+        const repo = await newTarget();
+        const seen: { phase: string; context: BackupTraceContext }[] = [];
+        const on = (phase: string) => (message: unknown) => seen.push({ phase, context: message as BackupTraceContext });
+        const handlers = { start: on('start'), asyncEnd: on('asyncEnd'), error: on('error') };
+        for (const [event, fn] of Object.entries(handlers)) subscribe(`tracing:${BACKUP_TRACING_CHANNEL}:${event}`, fn);
+        try {
+          const strategy = withRuntime(f.strategy);
+          assert.equal(strategy.id, f.strategy.id);
+          const { record } = await strategy.backup(f.vm, repo, { signal: signal(), onProgress: () => undefined });
+          const mine = seen.filter((s) => s.context.vm.name === f.vm.name && s.context.strategy === f.strategy.id);
+          assert.deepEqual(
+            mine.map((s) => s.phase),
+            ['start', 'asyncEnd'],
+            'one start and one asyncEnd event',
+          );
+          assert.equal(mine[1]?.context.result?.record.id, record.id, 'the asyncEnd context carries the result');
+        } finally {
+          for (const [event, fn] of Object.entries(handlers)) unsubscribe(`tracing:${BACKUP_TRACING_CHANNEL}:${event}`, fn);
         }
         await f.assertClean({ signal: signal() });
-        return;
-      }
-      assert.ok(f.mutate, 'an incremental strategy needs fixture.mutate()');
-      await f.mutate({ signal: signal() });
-      const after = await f.readDisks(f.vm, { signal: signal() });
-      const result = await f.strategy.backup(f.vm, repo, { kind: 'incremental', parent: full, signal: signal() });
-      const { record } = result;
-      assert.equal(record.parentId, full.id, 'the incremental record links to its parent');
-      assert.equal(record.kind, 'incremental');
-      const incremental = record.disks.filter((d) => d.kind === 'incremental');
-      assert.ok(incremental.length > 0, `no disk was written as incremental: ${JSON.stringify(result.disks)}`);
-      for (const d of incremental) assert.equal(d.parentBackupId, full.id, `disk ${d.diskId} builds on the parent`);
-      for (const d of result.disks) {
-        if (d.kind === 'full') assert.ok(d.fallbackReason, `disk ${d.diskId} fell back to full without a fallbackReason`);
-      }
-      await assertArtifacts(repo, f.vm.name, record, result, undefined);
-      assert.deepEqual((await repo.list(f.vm.name)).map((r) => r.id), [full.id, record.id]);
-      if (f.strategy.capabilities.restore) await restoreAndCompare(f, repo, record, after);
-      await f.assertClean({ signal: signal() });
-    }, timeout);
-
-    it(caseName(9), async () => {
-      const f = fx();
-      const repo = await newTarget();
-      const before = await f.readDisks(f.vm, { signal: signal() });
-      const { record } = await f.strategy.backup(f.vm, repo, { kind: 'full', signal: signal() });
-      if (!f.strategy.capabilities.restore) {
-        await assertRejects(f.strategy.restore(f.vm.name, repo, { backupId: record.id, signal: signal() }), 'ERR_UNSUPPORTED');
-        return;
-      }
-      await restoreAndCompare(f, repo, record, before);
-      await f.assertClean({ signal: signal() });
-    }, timeout);
-
-    it(caseName(10), async () => {
-      const f = fx();
-      const repo = await newTarget();
-      const seen: { phase: string; context: BackupTraceContext }[] = [];
-      const on = (phase: string) => (message: unknown) => seen.push({ phase, context: message as BackupTraceContext });
-      const handlers = { start: on('start'), asyncEnd: on('asyncEnd'), error: on('error') };
-      for (const [event, fn] of Object.entries(handlers)) subscribe(`tracing:${BACKUP_TRACING_CHANNEL}:${event}`, fn);
-      try {
-        const strategy = withRuntime(f.strategy);
-        assert.equal(strategy.id, f.strategy.id);
-        const { record } = await strategy.backup(f.vm, repo, { signal: signal(), onProgress: () => undefined });
-        const mine = seen.filter((s) => s.context.vm.name === f.vm.name && s.context.strategy === f.strategy.id);
-        assert.deepEqual(mine.map((s) => s.phase), ['start', 'asyncEnd'], 'one start and one asyncEnd event');
-        assert.equal(mine[1]?.context.result?.record.id, record.id, 'the asyncEnd context carries the result');
-      } finally {
-        for (const [event, fn] of Object.entries(handlers)) unsubscribe(`tracing:${BACKUP_TRACING_CHANNEL}:${event}`, fn);
-      }
-      await f.assertClean({ signal: signal() });
-    }, timeout);
+      },
+      timeout,
+    );
   });
 
   async function restoreAndCompare(f: StrategyFixture, repo: SuiteTarget, record: BackupRecord, expected: ReadonlyMap<string, StreamDigest>): Promise<void> {
@@ -375,12 +432,14 @@ export function defineStrategySuite(
     try {
       const result = await f.strategy.restore(f.vm.name, repo, { backupId: record.id, newName, signal: signal() });
       assert.equal(result.disks.length, expected.size, 'one restored disk per disk of the backup');
-      const actual = await f.readDisks({ name: newName }, { signal: signal() });
       assert.deepEqual(
-        digestsOf(actual),
-        digestsOf(expected),
-        'the restored disks hold exactly the bytes the VM had at backup time',
+        sorted(result.disks.map((d) => d.sourceDiskId)),
+        sorted(record.disks.map((d) => d.diskId)),
+        'RestoreResult.disks maps every backed-up disk (sourceDiskId) to exactly one new disk',
       );
+      for (const d of result.disks) assert.ok(typeof d.diskId === 'string' && d.diskId.length > 0, `restored disk of ${d.sourceDiskId} has a diskId`);
+      const actual = await f.readDisks({ name: newName }, { signal: signal() });
+      assert.deepEqual(digestsOf(actual), digestsOf(expected), 'the restored disks hold exactly the bytes the VM had at backup time');
     } finally {
       await f.removeRestored?.(newName, { signal: signal() });
     }
@@ -431,7 +490,11 @@ async function assertArtifacts(
   disks: ReadonlyMap<string, StreamDigest> | undefined,
 ): Promise<void> {
   const stored = await repo.get(vmName, record.id);
-  assert.deepEqual(stored.disks.map((d) => [d.diskId, d.bytes, d.sha256]), record.disks.map((d) => [d.diskId, d.bytes, d.sha256]), 'get() returns the committed record');
+  assert.deepEqual(
+    stored.disks.map((d) => [d.diskId, d.bytes, d.sha256]),
+    record.disks.map((d) => [d.diskId, d.bytes, d.sha256]),
+    'get() returns the committed record',
+  );
   for (const artifact of record.disks) {
     const digest = await measureStream(await repo.openDisk(vmName, record.id, artifact.diskId));
     assert.equal(digest.bytes, artifact.bytes, `disk ${artifact.diskId}: stored bytes`);
@@ -451,21 +514,30 @@ async function assertArtifacts(
 async function assertRepoClean(repo: SuiteTarget): Promise<void> {
   if (!(repo instanceof FileRepository)) return;
   const stale = await repo.cleanupStale();
-  assert.deepEqual(stale, { removed: [], skipped: [] }, 'the repository holds no staging folders or held locks');
+  assert.deepEqual(stale, { removed: [], skipped: [], refused: [] }, 'the repository holds no staging folders or held locks');
 }
 
 async function assertNothingCommitted(repo: SuiteTarget, vmName: string, target: FaultyTarget): Promise<void> {
   assert.deepEqual(await repo.list(vmName), [], 'nothing was committed');
   const states = target.sessions.map((s) => s.state);
-  assert.ok(states.every((s) => s === 'aborted'), `every session begun must be aborted, got ${JSON.stringify(states)}`);
+  assert.ok(
+    states.every((s) => s === 'aborted'),
+    `every session begun must be aborted, got ${JSON.stringify(states)}`,
+  );
   await assertRepoClean(repo);
 }
 
 const PHASES = new Set(['prepare', 'pre-hook', 'snapshot', 'post-hook', 'transfer', 'finalize', 'commit', 'cleanup', 'restore', 'verify']);
 
 function assertProgress(events: readonly ProgressEvent[], record: BackupRecord): void {
-  assert.ok(events.some((e) => e.type === 'phase'), 'at least one phase event');
-  assert.ok(events.some((e) => e.type === 'bytes'), 'at least one bytes event');
+  assert.ok(
+    events.some((e) => e.type === 'phase'),
+    'at least one phase event',
+  );
+  assert.ok(
+    events.some((e) => e.type === 'bytes'),
+    'at least one bytes event',
+  );
   const last = new Map<string, number>();
   for (const e of events) {
     assert.ok(typeof e === 'object' && e !== null, 'an event is an object');

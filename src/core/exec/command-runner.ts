@@ -8,7 +8,7 @@ export type CommandArg = string | Uint8Array;
 /** Options for {@link CommandRunner.spawn}. */
 export interface SpawnOptions {
   /** Aborting closes the channel / kills the process; `done` then rejects with `ERR_ABORTED`. */
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined | undefined;
   /** Extra environment variables for the command. Names must match `[A-Za-z_][A-Za-z0-9_]*`. */
   env?: Readonly<Record<string, string>>;
   /** Exit codes that count as success. @defaultValue [0] */
@@ -21,6 +21,19 @@ export interface SpawnOptions {
    * @defaultValue 'stdout'
    */
   bulk?: 'stdout' | 'stdin';
+  /**
+   * Runners that bound commands ({@link BoundedRunner}): the command is killed and `done` rejects
+   * with `ERR_TIMEOUT` (retryable) when it runs longer than this, ms; 0 disables. Other runners ignore it.
+   * @defaultValue the runner's `commandTimeoutMs` for metadata commands; unbounded for bulk ones
+   */
+  timeoutMs?: number;
+  /**
+   * Runners that bound commands: the command is killed and its stream fails with
+   * `ERR_STREAM_STALLED` (retryable) when its bulk side carries no data for this long, ms (time the
+   * reader spends applying backpressure does not count); 0 disables. Other runners ignore it.
+   * @defaultValue the runner's `stallTimeoutMs`
+   */
+  stallTimeoutMs?: number;
 }
 
 /** How a command ended. */

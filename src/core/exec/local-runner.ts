@@ -1,15 +1,7 @@
 import { spawn as spawnChild } from 'node:child_process';
 import { finished } from 'node:stream/promises';
 import { AbortedError, InvalidArgumentError, RemoteCommandError } from '../errors.js';
-import type {
-  CommandArg,
-  CommandExit,
-  CommandProcess,
-  CommandRunner,
-  RunOptions,
-  RunResult,
-  SpawnOptions,
-} from './command-runner.js';
+import type { CommandArg, CommandExit, CommandProcess, CommandRunner, RunOptions, RunResult, SpawnOptions } from './command-runner.js';
 import { collectProcess, describeArgv, TailBuffer, validateEnv } from './process-helpers.js';
 
 /** True when `bytes` survive a UTF-8 round trip (so they can be a JS string argument). */

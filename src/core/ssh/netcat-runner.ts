@@ -194,9 +194,11 @@ export class NetcatRunner implements CommandRunner {
               s.end(); // nc exits once both directions are closed
               resolve();
             });
-            s.once('error', (err) => reject(new SshError('ERR_NETCAT', this.#ssh.host, `data connection failed: ${err.message}`, { cause: err })));
+            s.once('error', (err) => reject(new SshError('ERR_NETCAT', `data connection failed: ${err.message}`, { host: this.#ssh.host, cause: err })));
             // destroyed by kill() or by a reader that went away: no 'end' will come (no-op after 'end')
-            s.once('close', () => reject(new SshError('ERR_NETCAT', this.#ssh.host, `${display}: data connection closed before the end of the stream`)));
+            s.once('close', () =>
+              reject(new SshError('ERR_NETCAT', `${display}: data connection closed before the end of the stream`, { host: this.#ssh.host })),
+            );
           }),
       );
       // end stdout only once the remote command is known to have succeeded: a broken transfer never looks complete
@@ -235,7 +237,7 @@ export class NetcatRunner implements CommandRunner {
         ({ sock: s }) =>
           new Promise<void>((resolve, reject) => {
             s.resume(); // nc sends nothing after the token
-            s.once('close', (hadError) => (hadError ? reject(new SshError('ERR_NETCAT', this.#ssh.host, 'data connection failed')) : resolve()));
+            s.once('close', (hadError) => (hadError ? reject(new SshError('ERR_NETCAT', 'data connection failed', { host: this.#ssh.host })) : resolve()));
             s.once('error', () => undefined);
           }),
       );
@@ -258,7 +260,8 @@ export class NetcatRunner implements CommandRunner {
         const e = signal?.aborted && !isVirtstreamError(err, 'ERR_ABORTED') ? new AbortedError(signal.reason) : err;
         sock?.destroy();
         current?.kill();
-        if (!stdout.destroyed && !stdout.readableEnded && mode === 'stdout' && !(e instanceof RemoteCommandError) && !signal?.aborted) stdout.destroy(e as Error);
+        if (!stdout.destroyed && !stdout.readableEnded && mode === 'stdout' && !(e instanceof RemoteCommandError) && !signal?.aborted)
+          stdout.destroy(e as Error);
         throw e;
       }
     })();
@@ -269,14 +272,23 @@ export class NetcatRunner implements CommandRunner {
   #mapError(err: unknown, display: string): unknown {
     if (err instanceof RemoteCommandError && err.stderrTail.includes('vs-netcat:')) {
       if (err.exitCode === EXIT_NO_NC) {
-        return new SshError('ERR_NETCAT', this.#ssh.host, `nc (netcat-openbsd) is not installed on the remote host; install it or use the SSH runner`, { cause: err });
+        return new SshError('ERR_NETCAT', `nc (netcat-openbsd) is not installed on the remote host; install it or use the SSH runner`, {
+          host: this.#ssh.host,
+          cause: err,
+        });
       }
       if (err.exitCode === EXIT_NC_FAILED) {
-        return new SshError('ERR_NETCAT', this.#ssh.host, `nc failed for ${display}: ${err.stderrTail.trim().split('\n').slice(-3).join(' | ')}`, { cause: err });
+        return new SshError('ERR_NETCAT', `nc failed for ${display}: ${err.stderrTail.trim().split('\n').slice(-3).join(' | ')}`, {
+          host: this.#ssh.host,
+          cause: err,
+        });
       }
     }
     if (err instanceof RemoteCommandError) {
-      return new RemoteCommandError({ command: display, host: err.host, exitCode: err.exitCode, signal: err.signal, stderrTail: err.stderrTail }, { cause: err });
+      return new RemoteCommandError(
+        { command: display, host: err.host, exitCode: err.exitCode, signal: err.signal, stderrTail: err.stderrTail },
+        { cause: err },
+      );
     }
     return err;
   }
@@ -289,7 +301,7 @@ export class NetcatRunner implements CommandRunner {
     let delay = 10;
     for (;;) {
       if (signal?.aborted) throw new AbortedError(signal.reason);
-      if (ctlSettled()) throw new SshError('ERR_NETCAT', this.#ssh.host, 'remote command ended before the data connection was made');
+      if (ctlSettled()) throw new SshError('ERR_NETCAT', 'remote command ended before the data connection was made', { host: this.#ssh.host });
       const s = netConnect({ host, port, allowHalfOpen: true });
       try {
         await new Promise<void>((resolve, reject) => {
@@ -300,7 +312,7 @@ export class NetcatRunner implements CommandRunner {
         const got = await readExact(s, token.length);
         if (got.toString('latin1') !== token) {
           s.destroy();
-          throw new SshError('ERR_NETCAT', this.#ssh.host, `${host}:${port} is not our listener (wrong token): is the port used by another program?`);
+          throw new SshError('ERR_NETCAT', `${host}:${port} is not our listener (wrong token): is the port used by another program?`, { host: this.#ssh.host });
         }
         return s;
       } catch (err) {
@@ -309,7 +321,7 @@ export class NetcatRunner implements CommandRunner {
         const code = (err as NodeJS.ErrnoException).code;
         const early = code === 'ECONNREFUSED' || code === 'ECONNRESET' || code === 'EPIPE' || code === 'ERR_NETCAT_EOF';
         if (!early || performance.now() > deadline) {
-          throw new SshError('ERR_NETCAT', this.#ssh.host, `cannot reach the nc listener at ${host}:${port}: ${(err as Error).message}`, { cause: err });
+          throw new SshError('ERR_NETCAT', `cannot reach the nc listener at ${host}:${port}: ${(err as Error).message}`, { host: this.#ssh.host, cause: err });
         }
       }
       await sleep(delay, signal);
@@ -367,7 +379,7 @@ function forwardingWritable(target: Promise<Writable>, onDestroy?: (err: Error |
     write: (chunk: Buffer, _enc, cb) => {
       target.then((t) => {
         if (t.destroyed || t.writableEnded) {
-          cb(new SshError('ERR_NETCAT', 'netcat', 'the data channel is closed'));
+          cb(new SshError('ERR_NETCAT', 'the data channel is closed', { host: 'netcat' }));
           return;
         }
         if (t.write(chunk)) {
@@ -380,7 +392,7 @@ function forwardingWritable(target: Promise<Writable>, onDestroy?: (err: Error |
         };
         const onClose = (): void => {
           t.off('drain', onDrain);
-          cb(new SshError('ERR_NETCAT', 'netcat', 'the data channel closed while writing'));
+          cb(new SshError('ERR_NETCAT', 'the data channel closed while writing', { host: 'netcat' }));
         };
         t.once('drain', onDrain);
         t.once('close', onClose);

@@ -2,11 +2,19 @@ import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import type { Duplex } from 'node:stream';
 import { Readable, Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { raceAbort, throwIfAborted } from '../abort.js';
-import { AbortedError, HostKeyMismatchError, InvalidArgumentError, isRetryable, isVirtstreamError, RemoteCommandError, UnknownHostError } from '../errors.js';
+import {
+  AbortedError,
+  DependencyMissingError,
+  HostKeyMismatchError,
+  InvalidArgumentError,
+  isRetryable,
+  isVirtstreamError,
+  RemoteCommandError,
+  UnknownHostError,
+} from '../errors.js';
 import type { VirtstreamError } from '../errors.js';
 import type { CommandArg, CommandExit, CommandProcess, CommandRunner, RunOptions, RunResult, SpawnOptions } from '../exec/command-runner.js';
 import { collectProcess, describeArgv, TailBuffer } from '../exec/process-helpers.js';
@@ -148,7 +156,7 @@ class Slots {
 }
 
 /** Shell prelude: report the session's pid on stderr as `\x01vs-pid N\n` (stripped again by the runner). */
-const PID_PRELUDE = Buffer.from("printf '\\001vs-pid %s\\n' \"$$\" >&2; ", 'latin1');
+const PID_PRELUDE = Buffer.from('printf \'\\001vs-pid %s\\n\' "$$" >&2; ', 'latin1');
 
 /** Start of the pid line the prelude prints. */
 const PID_MARKER = Buffer.from('\x01vs-pid ', 'latin1');
@@ -214,15 +222,15 @@ export class SshRunner implements CommandRunner, AsyncDisposable {
    *
    * @throws `ERR_SSH_CONNECT`, `ERR_SSH_AUTH`, `ERR_SSH_UNKNOWN_HOST`, `ERR_SSH_HOST_KEY_MISMATCH`, `ERR_ABORTED`
    */
-  async connect(options: { signal?: AbortSignal } = {}): Promise<void> {
+  async connect(options: { signal?: AbortSignal | undefined | undefined } = {}): Promise<void> {
     await this.#connection(options.signal);
   }
 
   #connection(signal: AbortSignal | undefined): Promise<SshConnection> {
     throwIfAborted(signal);
-    if (this.#closed) return Promise.reject(new SshError('ERR_SSH_CHANNEL', this.host, 'runner is closed'));
+    if (this.#closed) return Promise.reject(new SshError('ERR_SSH_CHANNEL', 'runner is closed', { host: this.host }));
     if (this.#conn) return Promise.resolve(this.#conn);
-    if (!this.#owns) return Promise.reject(new SshError('ERR_SSH_CONNECT', this.host, 'the injected ssh2 client is closed'));
+    if (!this.#owns) return Promise.reject(new SshError('ERR_SSH_CONNECT', 'the injected ssh2 client is closed', { host: this.host }));
     this.#connecting ??= this.#open().finally(() => {
       this.#connecting = undefined;
     });
@@ -232,10 +240,11 @@ export class SshRunner implements CommandRunner, AsyncDisposable {
   async #open(): Promise<SshConnection> {
     const o = this.#options;
     const port = o.port ?? 22;
-    const mod = (await import('ssh2')) as unknown as { Client?: new () => Ssh2Client; default?: { Client: new () => Ssh2Client } };
+    const mod = await importSsh2();
     const Client = mod.Client ?? mod.default?.Client;
-    if (!Client) throw new SshError('ERR_SSH_CONNECT', this.host, 'ssh2 has no Client export');
+    if (!Client) throw new SshError('ERR_SSH_CONNECT', 'ssh2 has no Client export', { host: this.host });
     const privateKey = o.privateKey ?? (o.privateKeyPath ? await readKeyFile(o.privateKeyPath, this.host) : undefined);
+    if (privateKey !== undefined) checkPrivateKey(mod as Ssh2Module, privateKey, o.passphrase, o.privateKeyPath ?? 'privateKey', this.host);
     const knownHostsText = await this.#knownHostsText();
     const entries = parseKnownHosts(knownHostsText);
     const name = knownHostsName(o.host, port);
@@ -251,7 +260,7 @@ export class SshRunner implements CommandRunner, AsyncDisposable {
         this.#logger.warn({ host: this.host, fingerprint: fp }, 'ssh host not in known_hosts, accepted (acceptUnknownHosts)');
         return true;
       }
-      rejection = verdict === 'unknown' ? new UnknownHostError(name, fp) : new HostKeyMismatchError(name, fp);
+      rejection = verdict === 'unknown' ? new UnknownHostError({ host: name, fingerprint: fp }) : new HostKeyMismatchError({ host: name, fingerprint: fp });
       return false;
     };
     let serverHostKey = o.hostKeyAlgorithms;
@@ -290,11 +299,11 @@ export class SshRunner implements CommandRunner, AsyncDisposable {
         client.end();
         if (rejection) reject(rejection);
         else if (err.level === 'client-authentication') {
-          reject(new SshError('ERR_SSH_AUTH', this.host, `authentication failed (${err.message})`, { cause: err }));
+          reject(new SshError('ERR_SSH_AUTH', `authentication failed (${err.message})`, { host: this.host, cause: err }));
         } else if (err.level === 'client-timeout') {
-          reject(new SshError('ERR_SSH_CONNECT', this.host, `handshake timed out: ${err.message}`, { cause: err, retryable: true }));
+          reject(new SshError('ERR_SSH_CONNECT', `handshake timed out: ${err.message}`, { host: this.host, cause: err, retryable: true }));
         } else {
-          reject(new SshError('ERR_SSH_CONNECT', this.host, `cannot connect: ${err.message}`, { cause: err, retryable: isRetryable(err) }));
+          reject(new SshError('ERR_SSH_CONNECT', `cannot connect: ${err.message}`, { host: this.host, cause: err, retryable: isRetryable(err) }));
         }
       });
       client.on('ready', () => {
@@ -302,7 +311,7 @@ export class SshRunner implements CommandRunner, AsyncDisposable {
         this.#logger.debug({ host: this.host }, 'ssh connected');
         if (this.#closed) {
           client.end();
-          reject(new SshError('ERR_SSH_CHANNEL', this.host, 'runner is closed'));
+          reject(new SshError('ERR_SSH_CHANNEL', 'runner is closed', { host: this.host }));
           return;
         }
         this.#conn = client;
@@ -311,7 +320,7 @@ export class SshRunner implements CommandRunner, AsyncDisposable {
       client.on('close', () => {
         this.#lost.add(client);
         if (this.#conn === client) this.#conn = undefined;
-        if (!ready) reject(rejection ?? new SshError('ERR_SSH_CONNECT', this.host, 'connection closed during handshake', { retryable: true }));
+        if (!ready) reject(rejection ?? new SshError('ERR_SSH_CONNECT', 'connection closed during handshake', { host: this.host, retryable: true }));
       });
       try {
         client.connect(config);
@@ -329,7 +338,11 @@ export class SshRunner implements CommandRunner, AsyncDisposable {
     try {
       return await readFile(path, 'utf8');
     } catch (err) {
-      throw new InvalidArgumentError(`cannot read known_hosts ${path}: ${(err as Error).message}`, { cause: err });
+      throw new SshError(
+        'ERR_SSH_KNOWN_HOSTS',
+        `cannot read known_hosts ${path}: ${(err as Error).message} (host keys are always verified: make the file readable or set knownHostsPath)`,
+        { host: this.host, cause: err },
+      );
     }
   }
 
@@ -392,10 +405,11 @@ export class SshRunner implements CommandRunner, AsyncDisposable {
       let ch: SshChannel;
       try {
         throwIfAborted(signal);
-        if (killed) throw new SshError('ERR_SSH_CHANNEL', this.host, `${display}: killed before start`);
+        if (killed) throw new SshError('ERR_SSH_CHANNEL', `${display}: killed before start`, { host: this.host });
         ch = await new Promise<SshChannel>((resolve, reject) => {
           conn.exec(command, (err, c) => {
-            if (err) reject(new SshError('ERR_SSH_CHANNEL', this.host, `cannot open a channel for ${display}: ${err.message}`, { cause: err, retryable: true }));
+            if (err)
+              reject(new SshError('ERR_SSH_CHANNEL', `cannot open a channel for ${display}: ${err.message}`, { host: this.host, cause: err, retryable: true }));
             else {
               c.on('exit', (code: unknown, sig: unknown) => {
                 exitCode = typeof code === 'number' ? code : null;
@@ -444,13 +458,15 @@ export class SshRunner implements CommandRunner, AsyncDisposable {
             if (rest.length > 0) tail.push(rest);
           });
           // let output that ssh2 buffered before these listeners existed flow first
-          void channelGone.then(() => new Promise((r) => setImmediate(r))).then(() => {
-            channelClosed = true;
-            if (head !== undefined && head.length > 0) tail.push(head); // no marker seen: keep what came
-            head = undefined;
-            resolvePid(null);
-            resolve();
-          });
+          void channelGone
+            .then(() => new Promise((r) => setImmediate(r)))
+            .then(() => {
+              channelClosed = true;
+              if (head !== undefined && head.length > 0) tail.push(head); // no marker seen: keep what came
+              head = undefined;
+              resolvePid(null);
+              resolve();
+            });
           ch.on('error', (err: Error) => logger.debug({ host: this.host, err }, 'ssh channel error'));
           if (killed || signal?.aborted) {
             killed = false;
@@ -468,7 +484,7 @@ export class SshRunner implements CommandRunner, AsyncDisposable {
       write: (chunk: Buffer, _enc, cb) => {
         opened.then((ch) => {
           if (channelClosed || killed) {
-            cb(new SshError('ERR_SSH_CHANNEL', this.host, `${display}: stdin closed`));
+            cb(new SshError('ERR_SSH_CHANNEL', `${display}: stdin closed`, { host: this.host }));
             return;
           }
           if (ch.write(chunk)) cb();
@@ -479,7 +495,7 @@ export class SshRunner implements CommandRunner, AsyncDisposable {
             };
             const onClose = (): void => {
               ch.off('drain', onDrain);
-              cb(new SshError('ERR_SSH_CHANNEL', this.host, `${display}: channel closed while writing`));
+              cb(new SshError('ERR_SSH_CHANNEL', `${display}: channel closed while writing`, { host: this.host }));
             };
             ch.once('drain', onDrain);
             ch.once('close', onClose);
@@ -504,7 +520,10 @@ export class SshRunner implements CommandRunner, AsyncDisposable {
         if (!killed && exitSignal === null && exitCode === null) {
           // no exit status: the channel ended with its connection (or the server dropped it)
           const lost = channelConn !== undefined && this.#lost.has(channelConn);
-          throw new SshError('ERR_SSH_CHANNEL', this.host, `${display}: ${lost ? 'connection lost' : 'channel closed without an exit status'}`, { retryable: true });
+          throw new SshError('ERR_SSH_CHANNEL', `${display}: ${lost ? 'connection lost' : 'channel closed without an exit status'}`, {
+            host: this.host,
+            retryable: true,
+          });
         }
         const exit: CommandExit = { exitCode, signal: exitSignal, stderrTail: tail.toString() };
         if (!stdoutEnded) {
@@ -582,6 +601,22 @@ export class SshRunner implements CommandRunner, AsyncDisposable {
   }
 }
 
+/**
+ * ssh2 is an optional peer dependency (RHV-only users need not install it): a missing package
+ * becomes ERR_DEPENDENCY_MISSING naming the install command instead of a bare loader error.
+ */
+async function importSsh2(): Promise<{ Client?: new () => Ssh2Client; default?: { Client: new () => Ssh2Client } }> {
+  try {
+    return (await import('ssh2')) as unknown as { Client?: new () => Ssh2Client; default?: { Client: new () => Ssh2Client } };
+  } catch (err) {
+    const code = (err as { code?: unknown } | null)?.code;
+    if (code === 'ERR_MODULE_NOT_FOUND' || code === 'MODULE_NOT_FOUND') {
+      throw new DependencyMissingError({ dependency: 'ssh2', feature: 'SSH connections (SshRunner)', cause: err });
+    }
+    throw err;
+  }
+}
+
 /** The constructor side of ssh2's `Client` as the runner uses it. */
 interface Ssh2Client extends SshConnection {
   connect(config: Record<string, unknown>): unknown;
@@ -589,10 +624,56 @@ interface Ssh2Client extends SshConnection {
   on(event: 'close' | 'ready', listener: () => void): unknown;
 }
 
+/** The part of the ssh2 module used to check a key before connecting. */
+interface Ssh2Module {
+  utils?: { parseKey(key: string | Buffer, passphrase?: string): unknown };
+  default?: { utils?: Ssh2Module['utils'] };
+}
+
+const OPENSSH_MAGIC = Buffer.from('openssh-key-v1\0', 'latin1');
+
+/** True when the key text is passphrase-protected (OpenSSH cipher not `none`, encrypted PEM or PuTTY). */
+export function isEncryptedPrivateKey(key: string | Buffer): boolean {
+  const text = Buffer.isBuffer(key) ? key.toString('latin1') : key;
+  if (/-----BEGIN ENCRYPTED PRIVATE KEY-----/.test(text) || /^Proc-Type:\s*4,ENCRYPTED/m.test(text)) return true;
+  const ppk = /^Encryption:\s*(\S+)/m.exec(text);
+  if (ppk) return ppk[1] !== 'none';
+  const body = /-----BEGIN OPENSSH PRIVATE KEY-----([\s\S]*?)-----END OPENSSH PRIVATE KEY-----/.exec(text)?.[1];
+  if (body === undefined) return false;
+  const blob = Buffer.from(body.replace(/\s+/g, ''), 'base64');
+  if (blob.length < OPENSSH_MAGIC.length + 4 || !blob.subarray(0, OPENSSH_MAGIC.length).equals(OPENSSH_MAGIC)) return false;
+  const len = blob.readUInt32BE(OPENSSH_MAGIC.length);
+  const cipher = blob.subarray(OPENSSH_MAGIC.length + 4, OPENSSH_MAGIC.length + 4 + len).toString('latin1');
+  return cipher !== 'none';
+}
+
+/**
+ * Parses the private key before connecting, so that a key problem is reported as what it is:
+ * `ERR_SSH_KEY_ENCRYPTED` for an encrypted key without (or with a wrong) passphrase, `ERR_SSH_AUTH`
+ * for a key ssh2 cannot read.
+ */
+function checkPrivateKey(mod: Ssh2Module, key: string | Buffer, passphrase: string | undefined, what: string, host: string): void {
+  const parseKey = mod.utils?.parseKey ?? mod.default?.utils?.parseKey;
+  const encrypted = isEncryptedPrivateKey(key);
+  if (encrypted && passphrase === undefined) {
+    throw new SshError(
+      'ERR_SSH_KEY_ENCRYPTED',
+      `private key ${what} is encrypted and no passphrase was given (set the passphrase option, or use an ssh-agent)`,
+      { host },
+    );
+  }
+  if (!parseKey) return;
+  const parsed = parseKey(key, passphrase);
+  if (parsed instanceof Error) {
+    if (encrypted) throw new SshError('ERR_SSH_KEY_ENCRYPTED', `cannot decrypt private key ${what}: ${parsed.message}`, { host, cause: parsed });
+    throw new SshError('ERR_SSH_AUTH', `cannot read private key ${what}: ${parsed.message}`, { host, cause: parsed });
+  }
+}
+
 async function readKeyFile(path: string, host: string): Promise<Buffer> {
   try {
     return await readFile(path);
   } catch (err) {
-    throw new SshError('ERR_SSH_AUTH', host, `cannot read private key ${path}: ${(err as Error).message}`, { cause: err });
+    throw new SshError('ERR_SSH_AUTH', `cannot read private key ${path}: ${(err as Error).message}`, { host, cause: err });
   }
 }

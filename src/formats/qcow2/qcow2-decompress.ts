@@ -22,11 +22,11 @@ export const inflateCluster: ClusterDecompressor = async (compressed, clusterSiz
     out = zlib.inflateRawSync(compressed, { finishFlush: zlib.constants.Z_SYNC_FLUSH, maxOutputLength: clusterSize });
   } catch (err) {
     if ((err as { code?: unknown }).code === 'ERR_BUFFER_TOO_LARGE') {
-      throw new FormatError('qcow2', 'compressed cluster inflates to more than one cluster', { cause: err });
+      throw new FormatError('compressed cluster inflates to more than one cluster', { format: 'qcow2', cause: err });
     }
-    throw new FormatError('qcow2', 'compressed cluster is not valid deflate data', { cause: err });
+    throw new FormatError('compressed cluster is not valid deflate data', { format: 'qcow2', cause: err });
   }
-  if (out.length !== clusterSize) throw new FormatError('qcow2', `compressed cluster inflates to ${out.length} bytes, not ${clusterSize}`);
+  if (out.length !== clusterSize) throw new FormatError(`compressed cluster inflates to ${out.length} bytes, not ${clusterSize}`, { format: 'qcow2' });
   return out;
 };
 
@@ -37,7 +37,7 @@ export const inflateCluster: ClusterDecompressor = async (compressed, clusterSiz
  * @throws `ERR_FORMAT_CORRUPT` when `buf` does not start with a complete zstd frame.
  */
 export function zstdFrameLength(buf: Uint8Array): number {
-  const bad = (why: string): FormatError => new FormatError('qcow2', `compressed cluster is not a zstd frame: ${why}`);
+  const bad = (why: string): FormatError => new FormatError(`compressed cluster is not a zstd frame: ${why}`, { format: 'qcow2' });
   if (buf.length < 6) throw bad('too short');
   const magic = buf[0]! | (buf[1]! << 8) | (buf[2]! << 16) | (buf[3]! << 24);
   if (magic >>> 0 !== 0xfd2fb528) throw bad('bad magic');
@@ -77,18 +77,17 @@ export function zstdDecompressor(options: ZstdOptions = {}): ClusterDecompressor
       try {
         out = builtin(frame, { maxOutputLength: clusterSize });
       } catch (err) {
-        throw new FormatError('qcow2', 'compressed cluster is not valid zstd data', { cause: err });
+        throw new FormatError('compressed cluster is not valid zstd data', { format: 'qcow2', cause: err });
       }
     } else if (command !== false) {
       out = await runZstd(command, frame, clusterSize);
     } else {
-      throw new FormatError(
-        'qcow2',
-        `zstd-compressed clusters need Node >= 22.15 (zlib zstd) or a zstd command; this Node ${process.version} has neither enabled`,
-        { unsupported: true },
-      );
+      throw new FormatError(`zstd-compressed clusters need Node >= 22.15 (zlib zstd) or a zstd command; this Node ${process.version} has neither enabled`, {
+        format: 'qcow2',
+        unsupported: true,
+      });
     }
-    if (out.length !== clusterSize) throw new FormatError('qcow2', `compressed cluster decodes to ${out.length} bytes, not ${clusterSize}`);
+    if (out.length !== clusterSize) throw new FormatError(`compressed cluster decodes to ${out.length} bytes, not ${clusterSize}`, { format: 'qcow2' });
     return out;
   };
 }
@@ -103,7 +102,8 @@ function runZstd(command: string, frame: Buffer, clusterSize: number): Promise<B
     child.on('error', (err) => {
       failed = true;
       reject(
-        new FormatError('qcow2', `zstd-compressed clusters need Node >= 22.15 or the ${command} command, which could not run`, {
+        new FormatError(`zstd-compressed clusters need Node >= 22.15 or the ${command} command, which could not run`, {
+          format: 'qcow2',
           unsupported: true,
           cause: err,
         }),
@@ -114,7 +114,7 @@ function runZstd(command: string, frame: Buffer, clusterSize: number): Promise<B
       if (total > clusterSize) {
         failed = true;
         child.kill();
-        reject(new FormatError('qcow2', 'compressed cluster decodes to more than one cluster'));
+        reject(new FormatError('compressed cluster decodes to more than one cluster', { format: 'qcow2' }));
         return;
       }
       chunks.push(c);
@@ -125,7 +125,7 @@ function runZstd(command: string, frame: Buffer, clusterSize: number): Promise<B
     child.stdin.on('error', () => undefined);
     child.on('close', (code) => {
       if (failed) return;
-      if (code !== 0) reject(new FormatError('qcow2', `compressed cluster is not valid zstd data: ${stderr.trim()}`));
+      if (code !== 0) reject(new FormatError(`compressed cluster is not valid zstd data: ${stderr.trim()}`, { format: 'qcow2' }));
       else resolve(Buffer.concat(chunks, total));
     });
     child.stdin.end(frame);

@@ -13,14 +13,15 @@ export const QCOW2_INCOMPAT: Readonly<Record<'dirty' | 'corrupt' | 'externalData
 });
 
 /** Header extension type numbers. */
-export const QCOW2_EXT: Readonly<Record<'end' | 'backingFormat' | 'featureNames' | 'bitmaps' | 'fullDiskEncryption' | 'externalDataFile', number>> = Object.freeze({
-  end: 0,
-  backingFormat: 0xe2792aca,
-  featureNames: 0x6803f857,
-  bitmaps: 0x23852875,
-  fullDiskEncryption: 0x0537be77,
-  externalDataFile: 0x44415441,
-});
+export const QCOW2_EXT: Readonly<Record<'end' | 'backingFormat' | 'featureNames' | 'bitmaps' | 'fullDiskEncryption' | 'externalDataFile', number>> =
+  Object.freeze({
+    end: 0,
+    backingFormat: 0xe2792aca,
+    featureNames: 0x6803f857,
+    bitmaps: 0x23852875,
+    fullDiskEncryption: 0x0537be77,
+    externalDataFile: 0x44415441,
+  });
 
 /** Directory entry of a persistent dirty bitmap (read-only view). */
 export interface Qcow2BitmapInfo {
@@ -72,7 +73,7 @@ const MAX_VIRTUAL_SIZE = 2 ** 52;
 
 function u64(view: DataView, at: number, what: string): number {
   const v = view.getBigUint64(at);
-  if (v > U64_MAX_SAFE) throw new FormatError('qcow2', `${what} ${v} is out of range`);
+  if (v > U64_MAX_SAFE) throw new FormatError(`${what} ${v} is out of range`, { format: 'qcow2' });
   return Number(v);
 }
 
@@ -85,17 +86,17 @@ function u64(view: DataView, at: number, what: string): number {
  */
 export function parseQcow2Header(buf: Uint8Array, fileSize: number): Qcow2Header {
   const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
-  if (buf.byteLength < 72) throw new FormatError('qcow2', `file is too short for a header (${buf.byteLength} bytes)`);
-  if (view.getUint32(0) !== QCOW2_MAGIC) throw new FormatError('qcow2', 'bad magic: not a qcow2 file');
+  if (buf.byteLength < 72) throw new FormatError(`file is too short for a header (${buf.byteLength} bytes)`, { format: 'qcow2' });
+  if (view.getUint32(0) !== QCOW2_MAGIC) throw new FormatError('bad magic: not a qcow2 file', { format: 'qcow2' });
   const version = view.getUint32(4);
-  if (version !== 2 && version !== 3) throw new FormatError('qcow2', `version ${version} is not supported`, { unsupported: true });
+  if (version !== 2 && version !== 3) throw new FormatError(`version ${version} is not supported`, { format: 'qcow2', unsupported: true });
   const backingFileOffset = u64(view, 8, 'backing_file_offset');
   const backingFileSize = view.getUint32(16);
   const clusterBits = view.getUint32(20);
-  if (clusterBits < 9 || clusterBits > 21) throw new FormatError('qcow2', `cluster_bits ${clusterBits} is outside 9..21`);
+  if (clusterBits < 9 || clusterBits > 21) throw new FormatError(`cluster_bits ${clusterBits} is outside 9..21`, { format: 'qcow2' });
   const clusterSize = 2 ** clusterBits;
   const size = u64(view, 24, 'size');
-  if (size > MAX_VIRTUAL_SIZE) throw new FormatError('qcow2', `virtual size ${size} is too large`, { unsupported: true });
+  if (size > MAX_VIRTUAL_SIZE) throw new FormatError(`virtual size ${size} is too large`, { format: 'qcow2', unsupported: true });
   const cryptMethod = view.getUint32(32);
   const l1Size = view.getUint32(36);
   const l1TableOffset = u64(view, 40, 'l1_table_offset');
@@ -110,31 +111,31 @@ export function parseQcow2Header(buf: Uint8Array, fileSize: number): Qcow2Header
   let headerLength = 72;
   let compressionType = 0;
   if (version === 3) {
-    if (buf.byteLength < 104) throw new FormatError('qcow2', 'v3 header is truncated');
+    if (buf.byteLength < 104) throw new FormatError('v3 header is truncated', { format: 'qcow2' });
     incompatibleFeatures = view.getBigUint64(72);
     compatibleFeatures = view.getBigUint64(80);
     autoclearFeatures = view.getBigUint64(88);
     refcountOrder = view.getUint32(96);
     headerLength = view.getUint32(100);
     if (headerLength < 104 || headerLength % 8 !== 0 || headerLength > Math.min(clusterSize, buf.byteLength)) {
-      throw new FormatError('qcow2', `header_length ${headerLength} is invalid`);
+      throw new FormatError(`header_length ${headerLength} is invalid`, { format: 'qcow2' });
     }
     if (incompatibleFeatures & QCOW2_INCOMPAT.compressionType) {
-      if (headerLength < 105) throw new FormatError('qcow2', 'compression type bit set but header has no compression_type field');
+      if (headerLength < 105) throw new FormatError('compression type bit set but header has no compression_type field', { format: 'qcow2' });
       compressionType = buf[104]!;
-      if (compressionType > 1) throw new FormatError('qcow2', `compression type ${compressionType} is unknown`, { unsupported: true });
+      if (compressionType > 1) throw new FormatError(`compression type ${compressionType} is unknown`, { format: 'qcow2', unsupported: true });
     }
   }
-  if (refcountOrder > 6) throw new FormatError('qcow2', `refcount_order ${refcountOrder} is above 6`);
+  if (refcountOrder > 6) throw new FormatError(`refcount_order ${refcountOrder} is above 6`, { format: 'qcow2' });
   if (cryptMethod !== 0) {
-    throw new FormatError('qcow2', `encrypted images (crypt_method ${cryptMethod}) are not supported`, { unsupported: true });
+    throw new FormatError(`encrypted images (crypt_method ${cryptMethod}) are not supported`, { format: 'qcow2', unsupported: true });
   }
   const known = QCOW2_INCOMPAT.dirty | QCOW2_INCOMPAT.corrupt | QCOW2_INCOMPAT.externalData | QCOW2_INCOMPAT.compressionType | QCOW2_INCOMPAT.extendedL2;
   if (incompatibleFeatures & QCOW2_INCOMPAT.externalData) {
-    throw new FormatError('qcow2', 'images with an external data file are not supported', { unsupported: true });
+    throw new FormatError('images with an external data file are not supported', { format: 'qcow2', unsupported: true });
   }
   const extendedL2 = (incompatibleFeatures & QCOW2_INCOMPAT.extendedL2) !== 0n;
-  if (extendedL2 && clusterBits < 14) throw new FormatError('qcow2', 'extended L2 entries need clusters of at least 16 KiB');
+  if (extendedL2 && clusterBits < 14) throw new FormatError('extended L2 entries need clusters of at least 16 KiB', { format: 'qcow2' });
 
   // header extensions
   const featureNames: Record<string, string> = {};
@@ -144,16 +145,16 @@ export function parseQcow2Header(buf: Uint8Array, fileSize: number): Qcow2Header
   let pos = headerLength;
   if (version === 3 || pos + 8 <= extLimit) {
     for (let n = 0; ; n++) {
-      if (n > 4096) throw new FormatError('qcow2', 'too many header extensions');
+      if (n > 4096) throw new FormatError('too many header extensions', { format: 'qcow2' });
       if (pos + 8 > extLimit) {
         if (version === 2) break; // v2 images may have nothing after the header
-        throw new FormatError('qcow2', 'header extensions run past the first cluster');
+        throw new FormatError('header extensions run past the first cluster', { format: 'qcow2' });
       }
       const type = view.getUint32(pos);
       const len = view.getUint32(pos + 4);
       if (type === QCOW2_EXT.end) break;
       const dataStart = pos + 8;
-      if (dataStart + len > extLimit) throw new FormatError('qcow2', `header extension 0x${type.toString(16)} runs past the first cluster`);
+      if (dataStart + len > extLimit) throw new FormatError(`header extension 0x${type.toString(16)} runs past the first cluster`, { format: 'qcow2' });
       const data = buf.subarray(dataStart, dataStart + len);
       if (type === QCOW2_EXT.backingFormat) {
         backingFormat = Buffer.from(data).toString('latin1');
@@ -165,13 +166,13 @@ export function parseQcow2Header(buf: Uint8Array, fileSize: number): Qcow2Header
           featureNames[`${kind}:${data[i + 1]!}`] = raw.subarray(0, nul < 0 ? raw.length : nul).toString('latin1');
         }
       } else if (type === QCOW2_EXT.bitmaps) {
-        if (len < 24) throw new FormatError('qcow2', 'bitmaps extension is truncated');
+        if (len < 24) throw new FormatError('bitmaps extension is truncated', { format: 'qcow2' });
         const dv = new DataView(data.buffer, data.byteOffset, data.byteLength);
         bitmapsDirectory = { nbBitmaps: dv.getUint32(0), size: u64(dv, 8, 'bitmap_directory_size'), offset: u64(dv, 16, 'bitmap_directory_offset') };
       } else if (type === QCOW2_EXT.fullDiskEncryption) {
-        throw new FormatError('qcow2', 'encrypted images are not supported', { unsupported: true });
+        throw new FormatError('encrypted images are not supported', { format: 'qcow2', unsupported: true });
       } else if (type === QCOW2_EXT.externalDataFile) {
-        throw new FormatError('qcow2', 'images with an external data file are not supported', { unsupported: true });
+        throw new FormatError('images with an external data file are not supported', { format: 'qcow2', unsupported: true });
       }
       pos = dataStart + Math.ceil(len / 8) * 8;
     }
@@ -182,29 +183,30 @@ export function parseQcow2Header(buf: Uint8Array, fileSize: number): Qcow2Header
     for (let b = 0n; b < 64n; b++) {
       if (unknown & (1n << b)) bits.push(featureNames[`incompatible:${b}`] ?? `bit ${b}`);
     }
-    throw new FormatError('qcow2', `unknown incompatible features: ${bits.join(', ')}`, { unsupported: true });
+    throw new FormatError(`unknown incompatible features: ${bits.join(', ')}`, { format: 'qcow2', unsupported: true });
   }
 
   let backingFile: string | undefined;
   if (backingFileOffset !== 0) {
-    if (backingFileSize === 0 || backingFileSize > 1023) throw new FormatError('qcow2', `backing_file_size ${backingFileSize} is invalid`);
-    if (backingFileOffset + backingFileSize > extLimit) throw new FormatError('qcow2', 'backing file name lies outside the first cluster');
+    if (backingFileSize === 0 || backingFileSize > 1023) throw new FormatError(`backing_file_size ${backingFileSize} is invalid`, { format: 'qcow2' });
+    if (backingFileOffset + backingFileSize > extLimit) throw new FormatError('backing file name lies outside the first cluster', { format: 'qcow2' });
     backingFile = Buffer.from(buf.subarray(backingFileOffset, backingFileOffset + backingFileSize)).toString('utf8');
-    if (backingFile.includes('\0')) throw new FormatError('qcow2', 'backing file name contains a NUL byte');
+    if (backingFile.includes('\0')) throw new FormatError('backing file name contains a NUL byte', { format: 'qcow2' });
   }
 
   // structural bounds
   const checkTable = (offset: number, bytes: number, what: string): void => {
-    if (offset % clusterSize !== 0) throw new FormatError('qcow2', `${what} offset ${offset} is not cluster-aligned`);
-    if (offset + bytes > fileSize) throw new FormatError('qcow2', `${what} (${bytes} bytes at ${offset}) lies beyond the end of the file (${fileSize} bytes)`);
+    if (offset % clusterSize !== 0) throw new FormatError(`${what} offset ${offset} is not cluster-aligned`, { format: 'qcow2' });
+    if (offset + bytes > fileSize)
+      throw new FormatError(`${what} (${bytes} bytes at ${offset}) lies beyond the end of the file (${fileSize} bytes)`, { format: 'qcow2' });
   };
   const l2Entries = clusterSize / (extendedL2 ? 16 : 8);
   const needL1 = Math.ceil(size / clusterSize / l2Entries);
-  if (l1Size < needL1) throw new FormatError('qcow2', `l1_size ${l1Size} is too small for ${size} bytes (needs ${needL1})`);
-  if (l1Size > 32 * 1024 * 1024 / 8) throw new FormatError('qcow2', `l1_size ${l1Size} is above qemu's limit`);
+  if (l1Size < needL1) throw new FormatError(`l1_size ${l1Size} is too small for ${size} bytes (needs ${needL1})`, { format: 'qcow2' });
+  if (l1Size > (32 * 1024 * 1024) / 8) throw new FormatError(`l1_size ${l1Size} is above qemu's limit`, { format: 'qcow2' });
   if (needL1 > 0) checkTable(l1TableOffset, needL1 * 8, 'L1 table');
   if (refcountTableClusters === 0 || refcountTableClusters * clusterSize > 8 * 1024 * 1024) {
-    throw new FormatError('qcow2', `refcount_table_clusters ${refcountTableClusters} is invalid`);
+    throw new FormatError(`refcount_table_clusters ${refcountTableClusters} is invalid`, { format: 'qcow2' });
   }
   checkTable(refcountTableOffset, refcountTableClusters * clusterSize, 'refcount table');
 

@@ -1,10 +1,9 @@
 import { realpath } from 'node:fs/promises';
 import { dirname, isAbsolute, relative, resolve } from 'node:path';
 import { throwIfAborted } from '../../core/abort.js';
-import { FormatError } from '../../core/errors.js';
+import { FormatError, NotFoundError } from '../../core/errors.js';
 import type { DiskImage, ImageReadOptions } from '../disk-image.js';
 import type { Extent, ExtentKind, ExtentStream } from '../extent.js';
-import { coalesceExtents, sliceExtents } from '../extent-map.js';
 import { imageExtentStream } from '../image-extent-stream.js';
 import { PositionalFile } from '../positional-file.js';
 import { RawImage, checkRange } from '../raw-image.js';
@@ -16,7 +15,7 @@ import { QCOW2_MAGIC, parseQcow2Header } from './qcow2-header.js';
 
 /** Options for {@link Qcow2Image.open}. */
 export interface Qcow2ImageOptions {
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
   /**
    * `follow` opens the backing chain (names relative to the image's directory); `ignore` treats the
    * image as if it had no backing file (unallocated ranges read as zeros).
@@ -34,6 +33,13 @@ export interface Qcow2ImageOptions {
   maxChainDepth?: number;
   /** Memory for cached L2 tables, per image of the chain, in bytes. @defaultValue 16 MiB */
   l2CacheBytes?: number;
+  /**
+   * Memory for the allocation maps kept from open, per image of the chain, in bytes (about 64 per
+   * range). Open walks the L2 tables only until the maps outgrow this; a more fragmented image keeps
+   * no map: `map()` walks the L2 tables on each call and `extents()` streams through them (its
+   * stream then has no `map`). `0` never keeps a map. @defaultValue 8 MiB
+   */
+  mapCacheBytes?: number;
   /** zstd fallback command when Node has no built-in zstd; `false` to disable. @defaultValue 'zstd' */
   zstdCommand?: string | false;
   /** Map mode of raw backing files. @defaultValue 'scan' */
@@ -48,14 +54,18 @@ type Where =
   | { kind: 'compressed'; host: number; bytes: number; length: number };
 
 const TWO32 = 2 ** 32;
+/** Estimated heap bytes of one {@link Extent} in a kept map (object plus array slot). */
+const EXTENT_BYTES = 64;
 /** Backing names qemu treats as protocol URLs or JSON specs, which a file reader cannot follow. */
 const PROTOCOL = /^(json|nbd|nbd\+unix|nbd\+tcp|http|https|ftp|ftps|rbd|iscsi|ssh|gluster|sheepdog|vxhs|nfs|file):/i;
 
 /**
  * A QCOW2 image (v2 or v3) with its backing chain, read in pure TypeScript: L1/L2 lookups with a
  * bounded L2 cache, zero clusters, compressed clusters (deflate, zstd), extended L2 subclusters and
- * any cluster size from 512 B to 2 MiB. The shallow and full allocation maps are built at open by an
- * L2 walk, so holes cost nothing when streaming.
+ * any cluster size from 512 B to 2 MiB. Open reads the header and the L1 table; L2 tables are read
+ * lazily through an LRU cache bounded in bytes (`l2CacheBytes`). The allocation maps are kept from
+ * open only while they fit `mapCacheBytes`; otherwise map and extent walks stream through the L2
+ * tables, so memory stays bounded however fragmented the image is.
  *
  * @example
  * ```ts
@@ -82,8 +92,10 @@ export class Qcow2Image implements DiskImage {
   readonly #cache = new Map<number, Buffer>();
   readonly #cacheMax: number;
   readonly #decompress: ClusterDecompressor;
-  #shallowMap: Extent[] = [];
-  #fullMap: Extent[] = [];
+  readonly #mapMaxExtents: number;
+  /** The maps kept from open (undefined when they outgrew `mapCacheBytes`). */
+  #shallowMap: Extent[] | undefined;
+  #fullMap: Extent[] | undefined;
   #lastCompressed: { cluster: number; data: Buffer } | undefined;
 
   private constructor(
@@ -101,6 +113,7 @@ export class Qcow2Image implements DiskImage {
     this.#entryBytes = header.extendedL2 ? 16 : 8;
     this.#l2Entries = header.clusterSize / this.#entryBytes;
     this.#cacheMax = Math.max(1, Math.floor((options.l2CacheBytes ?? 16 * 1024 * 1024) / header.clusterSize));
+    this.#mapMaxExtents = Math.max(0, Math.floor((options.mapCacheBytes ?? 8 * 1024 * 1024) / EXTENT_BYTES));
     this.#decompress = header.compressionType === 1 ? zstdDecompressor(options) : inflateCluster;
     this.backing = backing;
     this.backingPath = backingPath;
@@ -126,55 +139,67 @@ export class Qcow2Image implements DiskImage {
       const needL1 = Math.ceil(header.size / header.clusterSize / (header.clusterSize / (header.extendedL2 ? 16 : 8)));
       const l1buf = needL1 > 0 ? await file.readAt(header.l1TableOffset, needL1 * 8, options.signal) : Buffer.alloc(0);
       const l1 = new Float64Array(needL1);
-      const seen = new Set<number>();
       for (let i = 0; i < needL1; i++) {
+        if ((i & 0xffff) === 0) throwIfAborted(options.signal);
         const hi = l1buf.readUInt32BE(i * 8);
         const lo = l1buf.readUInt32BE(i * 8 + 4);
         const off = (hi & 0x00ffffff) * TWO32 + ((lo & 0xfffffe00) >>> 0);
         if (off !== 0) {
-          if (off % header.clusterSize !== 0) throw new FormatError('qcow2', `L2 table offset ${off} (L1 entry ${i}) is not cluster-aligned`);
-          if (off + header.clusterSize > file.size) throw new FormatError('qcow2', `L2 table offset ${off} (L1 entry ${i}) lies beyond the end of the file`);
-          if (seen.has(off)) throw new FormatError('qcow2', `L2 table at ${off} is referenced twice by the L1 table`);
-          seen.add(off);
+          if (off % header.clusterSize !== 0) throw new FormatError(`L2 table offset ${off} (L1 entry ${i}) is not cluster-aligned`, { format: 'qcow2' });
+          if (off + header.clusterSize > file.size)
+            throw new FormatError(`L2 table offset ${off} (L1 entry ${i}) lies beyond the end of the file`, { format: 'qcow2' });
         }
         l1[i] = off;
+      }
+      // one L2 table behind two L1 entries would map one file range many times (a decompression bomb);
+      // a sorted copy finds that in memory bounded by the L1 table (at most 32 MiB, qemu's limit)
+      const sorted = l1.slice().sort();
+      for (let i = 1; i < sorted.length; i++) {
+        if (sorted[i] !== 0 && sorted[i] === sorted[i - 1])
+          throw new FormatError(`L2 table at ${sorted[i]} is referenced twice by the L1 table`, { format: 'qcow2' });
       }
       let backingPath: string | undefined;
       if (header.backingFile !== undefined && options.backing !== 'ignore') {
         const name = header.backingFile;
-        if (PROTOCOL.test(name)) throw new FormatError('qcow2', `backing file ${JSON.stringify(name)} is a protocol or JSON spec, which cannot be opened as a file`, { unsupported: true });
+        if (PROTOCOL.test(name))
+          throw new FormatError(`backing file ${JSON.stringify(name)} is a protocol or JSON spec, which cannot be opened as a file`, {
+            format: 'qcow2',
+            unsupported: true,
+          });
         const me = await realpath(path);
         const chainNow = [...chain, me];
         const maxDepth = options.maxChainDepth ?? 64;
-        if (chainNow.length > maxDepth) throw new FormatError('qcow2', `backing chain is deeper than ${maxDepth} images`);
+        if (chainNow.length > maxDepth) throw new FormatError(`backing chain is deeper than ${maxDepth} images`, { format: 'qcow2' });
         const target = isAbsolute(name) ? name : resolve(dirname(me), name);
         let real: string;
         try {
           real = await realpath(target);
         } catch (err) {
-          throw new FormatError('qcow2', `backing file ${target} of ${path} cannot be opened`, { cause: err });
+          const code = (err as { code?: unknown }).code;
+          if (code === 'ENOENT' || code === 'ENOTDIR')
+            throw new NotFoundError(`qcow2: backing file ${target} of ${path} does not exist`, { what: 'file', cause: err });
+          throw new FormatError(`backing file ${target} of ${path} cannot be opened`, { format: 'qcow2', cause: err });
         }
         if (options.backingRoot !== undefined) {
           const root = await realpath(options.backingRoot).catch(() => resolve(options.backingRoot!));
           const rel = relative(root, real);
           if (rel === '' || rel.startsWith('..') || isAbsolute(rel)) {
-            throw new FormatError('qcow2', `backing file ${JSON.stringify(name)} of ${path} resolves outside ${root}`, { unsupported: true });
+            throw new FormatError(`backing file ${JSON.stringify(name)} of ${path} resolves outside ${root}`, { format: 'qcow2', unsupported: true });
           }
         }
-        if (chainNow.includes(real)) throw new FormatError('qcow2', `backing chain loops: ${[...chainNow, real].join(' -> ')}`);
+        if (chainNow.includes(real)) throw new FormatError(`backing chain loops: ${[...chainNow, real].join(' -> ')}`, { format: 'qcow2' });
         backingPath = real;
         let fmt = header.backingFormat;
         fmt ??= await probeFormat(real, options.signal);
         if (fmt === 'qcow2') backing = await Qcow2Image.#openChain(real, options, chainNow);
         else if (fmt === 'raw') {
-          const rawOptions: { signal?: AbortSignal; map?: RawMapMode } = { map: options.rawMap ?? 'scan' };
+          const rawOptions: { signal?: AbortSignal | undefined; map?: RawMapMode } = { map: options.rawMap ?? 'scan' };
           if (options.signal) rawOptions.signal = options.signal;
           backing = await RawImage.open(real, rawOptions);
-        }
-        else throw new FormatError('qcow2', `backing format ${JSON.stringify(fmt)} is not supported (raw and qcow2 are)`, { unsupported: true });
+        } else throw new FormatError(`backing format ${JSON.stringify(fmt)} is not supported (raw and qcow2 are)`, { format: 'qcow2', unsupported: true });
       }
       const img = new Qcow2Image(file, header, l1, backing, backingPath, options);
-      await img.#buildMaps(options.signal);
+      await img.#keepMaps(options.signal);
       return img;
     } catch (err) {
       await backing?.close();
@@ -186,7 +211,24 @@ export class Qcow2Image implements DiskImage {
   /** Allocation map; `shallow` limits it to this layer (unallocated ranges are `hole`). */
   async map(options: ImageReadOptions = {}): Promise<Extent[]> {
     throwIfAborted(options.signal);
-    return (options.shallow ? this.#shallowMap : this.#fullMap).map((e) => ({ ...e }));
+    const kept = options.shallow ? this.#shallowMap : this.#fullMap;
+    if (kept) return kept.map((e) => ({ ...e }));
+    const out: Extent[] = [];
+    for await (const e of this.#walk(options.shallow ?? false, options.signal)) out.push(e);
+    return out;
+  }
+
+  /** True when the map (of this layer with `shallow`) was kept from open, so `map()` costs no walk. */
+  keepsMap(options: { shallow?: boolean } = {}): boolean {
+    return (options.shallow ? this.#shallowMap : this.#fullMap) !== undefined;
+  }
+
+  /**
+   * The allocation map as it is walked, coalesced and in order, holding one L2 table per image of
+   * the chain at a time (plus the cache): for consumers that must not collect a fragmented map.
+   */
+  walkMap(options: ImageReadOptions = {}): AsyncGenerator<Extent> {
+    return this.#walk(options.shallow ?? false, options.signal);
   }
 
   /**
@@ -262,7 +304,11 @@ export class Qcow2Image implements DiskImage {
   /** The image (or with `shallow` only this layer) as an extent stream with `map` set. */
   extents(options: ImageReadOptions & { chunkSize?: number } = {}): ExtentStream {
     const shallow = options.shallow ?? false;
-    return imageExtentStream(shallow ? this.#shallowMap : this.#fullMap, this.virtualSize, (o, l, s) => this.read(o, l, { signal: s, shallow }), options);
+    const read = (o: number, l: number, s?: AbortSignal): Promise<Buffer> => this.read(o, l, { ...(s ? { signal: s } : {}), shallow });
+    const kept = shallow ? this.#shallowMap : this.#fullMap;
+    if (kept) return imageExtentStream(kept, this.virtualSize, read, options);
+    // no kept map: walk the L2 tables as the stream is read (no `map`: it would have to be collected)
+    return imageExtentStream(() => this.#walk(shallow, options.signal), this.virtualSize, read, options);
   }
 
   /**
@@ -270,16 +316,16 @@ export class Qcow2Image implements DiskImage {
    *
    * @throws `ERR_FORMAT_CORRUPT` when the directory is malformed.
    */
-  async bitmaps(options: { signal?: AbortSignal } = {}): Promise<Qcow2BitmapInfo[]> {
+  async bitmaps(options: { signal?: AbortSignal | undefined } = {}): Promise<Qcow2BitmapInfo[]> {
     const dir = this.header.bitmapsDirectory;
     if (!dir) return [];
-    if (dir.size > 64 * 1024 * 1024) throw new FormatError('qcow2', `bitmap directory of ${dir.size} bytes is too large`);
+    if (dir.size > 64 * 1024 * 1024) throw new FormatError(`bitmap directory of ${dir.size} bytes is too large`, { format: 'qcow2' });
     const buf = await this.#file.readAt(dir.offset, dir.size, options.signal);
     const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
     const out: Qcow2BitmapInfo[] = [];
     let pos = 0;
     for (let i = 0; i < dir.nbBitmaps; i++) {
-      if (pos + 24 > buf.length) throw new FormatError('qcow2', 'bitmap directory is truncated');
+      if (pos + 24 > buf.length) throw new FormatError('bitmap directory is truncated', { format: 'qcow2' });
       const tableOffset = Number(view.getBigUint64(pos));
       const tableSize = view.getUint32(pos + 8);
       const flags = view.getUint32(pos + 12);
@@ -287,7 +333,7 @@ export class Qcow2Image implements DiskImage {
       const nameSize = view.getUint16(pos + 18);
       const extra = view.getUint32(pos + 20);
       const nameAt = pos + 24 + extra;
-      if (nameAt + nameSize > buf.length || granularityBits > 63) throw new FormatError('qcow2', 'bitmap directory entry is malformed');
+      if (nameAt + nameSize > buf.length || granularityBits > 63) throw new FormatError('bitmap directory entry is malformed', { format: 'qcow2' });
       out.push({
         name: buf.subarray(nameAt, nameAt + nameSize).toString('utf8'),
         granularity: 2 ** granularityBits,
@@ -351,7 +397,8 @@ export class Qcow2Image implements DiskImage {
       const host = Number(entry & ((1n << x) - 1n));
       const sectors = Number((entry >> x) & ((1n << (62n - x)) - 1n)) + 1;
       const bytes = sectors * 512 - (host % 512);
-      if (host === 0 || host >= this.#file.size) throw new FormatError('qcow2', `compressed cluster offset ${host} lies beyond the end of the file`);
+      if (host === 0 || host >= this.#file.size)
+        throw new FormatError(`compressed cluster offset ${host} lies beyond the end of the file`, { format: 'qcow2' });
       return { kind: 'compressed', host, bytes, length: cs - within };
     }
     const host = (hi & 0x00ffffff) * TWO32 + ((lo & 0xfffffe00) >>> 0);
@@ -368,7 +415,7 @@ export class Qcow2Image implements DiskImage {
     const kindOf = (i: number): ExtentKind => {
       const a = (allocBits >>> i) & 1;
       const z = (zeroBits >>> i) & 1;
-      if (a && z) throw new FormatError('qcow2', 'subcluster is marked both allocated and zero');
+      if (a && z) throw new FormatError('subcluster is marked both allocated and zero', { format: 'qcow2' });
       return a ? 'data' : z ? 'zero' : 'hole';
     };
     const kind = kindOf(s);
@@ -376,7 +423,7 @@ export class Qcow2Image implements DiskImage {
     while (e < 32 && kindOf(e) === kind) e++;
     const length = e * sc - within;
     if (kind === 'data') {
-      if (host === 0) throw new FormatError('qcow2', 'allocated subcluster without a host cluster');
+      if (host === 0) throw new FormatError('allocated subcluster without a host cluster', { format: 'qcow2' });
       this.#checkHost(host);
       return { kind: 'data', host: host + within, length };
     }
@@ -384,8 +431,9 @@ export class Qcow2Image implements DiskImage {
   }
 
   #checkHost(host: number): void {
-    if (host % this.header.clusterSize !== 0) throw new FormatError('qcow2', `data cluster offset ${host} is not cluster-aligned`);
-    if (host >= this.#file.size) throw new FormatError('qcow2', `data cluster offset ${host} lies beyond the end of the file (${this.#file.size} bytes)`);
+    if (host % this.header.clusterSize !== 0) throw new FormatError(`data cluster offset ${host} is not cluster-aligned`, { format: 'qcow2' });
+    if (host >= this.#file.size)
+      throw new FormatError(`data cluster offset ${host} lies beyond the end of the file (${this.#file.size} bytes)`, { format: 'qcow2' });
   }
 
   async #compressedCluster(cluster: number, host: number, bytes: number, signal: AbortSignal | undefined): Promise<Buffer> {
@@ -397,56 +445,156 @@ export class Qcow2Image implements DiskImage {
     return data;
   }
 
-  async #buildMaps(signal: AbortSignal | undefined): Promise<void> {
+  /** Keeps the maps from open while they fit `mapCacheBytes` (the walk stops as soon as they do not). */
+  async #keepMaps(signal: AbortSignal | undefined): Promise<void> {
+    const max = this.#mapMaxExtents;
+    if (max === 0) return;
+    const collect = async (shallow: boolean): Promise<Extent[] | undefined> => {
+      const out: Extent[] = [];
+      const it = this.#walk(shallow, signal);
+      for await (const e of it) {
+        if (out.length >= max) {
+          await it.return(undefined);
+          return undefined;
+        }
+        out.push(e);
+      }
+      return out;
+    };
+    this.#shallowMap = await collect(true);
+    if (!this.#shallowMap) return;
+    this.#fullMap = this.backing ? await collect(false) : this.#shallowMap;
+  }
+
+  /**
+   * The allocation map as it is walked, coalesced, covering `[0, virtualSize)`: this layer's L2
+   * entries (through the L2 cache), and without `shallow` the backing image's map in this layer's
+   * holes (past the backing file's end, holes stay holes: they read as zeros). Memory: one L2 table
+   * per image of the chain plus the cache.
+   */
+  async *#walk(shallow: boolean, signal: AbortSignal | undefined): AsyncGenerator<Extent> {
+    const kept = shallow ? this.#shallowMap : this.#fullMap;
+    if (kept) {
+      for (const e of kept) yield { ...e };
+      return;
+    }
+    if (shallow || !this.backing) {
+      yield* coalesced(this.#walkLayer(signal));
+      return;
+    }
+    const b = this.backing;
+    const below = b instanceof Qcow2Image ? b.#walk(false, signal) : arrayWalk(await b.map({ signal }));
+    const cursor = new ExtentCursor(below, Math.min(b.virtualSize, this.virtualSize));
+    try {
+      yield* coalesced(
+        (async function* (layer: AsyncGenerator<Extent>): AsyncGenerator<Extent> {
+          for await (const e of layer) {
+            if (e.kind !== 'hole') yield e;
+            else yield* cursor.take(e.offset, e.offset + e.length);
+          }
+        })(this.#walkLayer(signal)),
+      );
+    } finally {
+      await cursor.close();
+    }
+  }
+
+  /** This layer's ranges in order, one L2 table at a time (not coalesced). */
+  async *#walkLayer(signal: AbortSignal | undefined): AsyncGenerator<Extent> {
     const cs = this.header.clusterSize;
     const size = this.virtualSize;
-    const out: Extent[] = [];
-    const push = (offset: number, length: number, kind: ExtentKind): void => {
-      const last = out[out.length - 1];
-      if (last && last.kind === kind && last.offset + last.length === offset) last.length += length;
-      else out.push({ offset, length, kind });
-    };
     const perL1 = this.#l2Entries * cs;
     const nClusters = Math.ceil(size / cs);
+    // one pending range across tables: a long run of empty L1 entries is one hole, not millions
+    let run: Extent | undefined;
     for (let l1i = 0; l1i * perL1 < size; l1i++) {
-      throwIfAborted(signal);
       const base = l1i * perL1;
       const l2Offset = this.#l1[l1i] ?? 0;
       if (l2Offset === 0) {
-        push(base, Math.min(perL1, size - base), 'hole');
+        const length = Math.min(perL1, size - base);
+        if (run && run.kind === 'hole' && run.offset + run.length === base) run.length += length;
+        else {
+          if (run) yield run;
+          run = { offset: base, length, kind: 'hole' };
+        }
         continue;
       }
+      throwIfAborted(signal);
       const table = await this.#l2(l2Offset, signal);
       const first = l1i * this.#l2Entries;
       const last = Math.min(nClusters, first + this.#l2Entries);
       for (let c = first; c < last; c++) {
-        let within = 0;
-        while (within < cs) {
+        for (let within = 0; within < cs; ) {
           const w = this.#decode(table, c - first, within);
           const kind: ExtentKind = w.kind === 'compressed' ? 'data' : w.kind;
-          push(c * cs + within, w.length, kind);
+          const offset = c * cs + within;
+          const length = Math.min(w.length, size - offset);
+          if (length <= 0) break;
+          if (run && run.kind === kind && run.offset + run.length === offset) run.length += length;
+          else {
+            if (run) yield run;
+            run = { offset, length, kind };
+          }
           within += w.length;
         }
       }
     }
-    this.#shallowMap = coalesceExtents(out, size);
-    const b = this.backing;
-    if (!b) {
-      this.#fullMap = this.#shallowMap;
-      return;
+    if (run) yield run;
+  }
+}
+
+/** Merges adjacent ranges of one kind as they pass. */
+async function* coalesced(source: AsyncIterable<Extent>): AsyncGenerator<Extent> {
+  let pending: Extent | undefined;
+  for await (const e of source) {
+    if (e.length <= 0) continue;
+    if (pending && pending.kind === e.kind && pending.offset + pending.length === e.offset) pending.length += e.length;
+    else {
+      if (pending) yield pending;
+      pending = { ...e };
     }
-    const backMap = await b.map({ signal });
-    const full: Extent[] = [];
-    for (const e of this.#shallowMap) {
-      if (e.kind !== 'hole') full.push(e);
-      else full.push(...sliceExtents(backMap, e.offset, e.length));
+  }
+  if (pending) yield pending;
+}
+
+async function* arrayWalk(map: readonly Extent[]): AsyncGenerator<Extent> {
+  for (const e of map) yield e;
+}
+
+/** Reads an ordered map once, handing out the parts of increasing ranges (past `limit`: holes). */
+class ExtentCursor {
+  readonly #it: AsyncGenerator<Extent>;
+  readonly #limit: number;
+  #cur: Extent | undefined;
+  #done = false;
+  constructor(it: AsyncGenerator<Extent>, limit: number) {
+    this.#it = it;
+    this.#limit = limit;
+  }
+  async *take(from: number, to: number): AsyncGenerator<Extent> {
+    let pos = from;
+    const end = Math.min(to, this.#limit);
+    while (pos < end) {
+      while (!this.#done && (!this.#cur || this.#cur.offset + this.#cur.length <= pos)) {
+        const r = await this.#it.next();
+        if (r.done) this.#done = true;
+        else this.#cur = r.value;
+      }
+      const c = this.#cur;
+      if (this.#done || !c || c.offset > pos) break;
+      const stop = Math.min(end, c.offset + c.length);
+      yield { offset: pos, length: stop - pos, kind: c.kind };
+      pos = stop;
     }
-    this.#fullMap = coalesceExtents(full, size);
+    if (pos < to) yield { offset: pos, length: to - pos, kind: 'hole' };
+  }
+  async close(): Promise<void> {
+    await this.#it.return(undefined);
   }
 }
 
 /** Reads the first bytes of `path`: `qcow2` when it has the QCOW2 magic, else `raw`. */
-export async function probeFormat(path: string, signal?: AbortSignal): Promise<'raw' | 'qcow2'> {
+export async function probeFormat(path: string, signal?: AbortSignal | undefined): Promise<'raw' | 'qcow2'> {
   const f = await PositionalFile.open(path, 'image', signal ? { signal } : {});
   try {
     const head = await f.readUpTo(0, 4, signal);

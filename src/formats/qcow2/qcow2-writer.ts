@@ -23,7 +23,7 @@ export interface WriteQcow2Options {
    * ranges (unaligned sources over a backing file). Without it such sources fail with `ERR_INVALID_ARGUMENT`.
    */
   backingReader?: Pick<DiskImage, 'read' | 'virtualSize'>;
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
 }
 
 /** The layout {@link writeQcow2} will stream, known before any data flows. */
@@ -37,7 +37,7 @@ export interface Qcow2Plan {
   l2Tables: number;
 }
 
-const enum Cls {
+enum Cls {
   Unalloc = 0,
   Zero = 1,
   Data = 2,
@@ -74,7 +74,7 @@ const HEADER_LENGTH = 104;
 /** Output is pushed in batches of about this many bytes. */
 const BATCH = 4 * 1024 * 1024;
 
-function clusterRuns(map: readonly Extent[], size: number, cs: number, backing: boolean): Run[] {
+function clusterRuns(map: readonly Extent[], cs: number, backing: boolean): Run[] {
   const runs: Run[] = [];
   const add = (start: number, end: number, cls: Cls): void => {
     if (end <= start) return;
@@ -139,7 +139,7 @@ function layout(source: { size: number; map?: readonly Extent[] | undefined }, o
   }
   const hasBacking = options.backingFile !== undefined;
   const map = coalesceExtents(source.map, size);
-  const runs = clusterRuns(map, size, cs, hasBacking);
+  const runs = clusterRuns(map, cs, hasBacking);
   if (!options.backingReader && runs.some((r) => r.cls === Cls.Fill)) {
     throw new InvalidArgumentError(
       'the source mixes allocated and unallocated ranges inside one cluster; pass `backingReader` (the parent image) or align the source to the cluster size',
@@ -436,5 +436,5 @@ async function* generate(source: ExtentStream, l: Layout, options: WriteQcow2Opt
     written += used * cs;
     yield batch.subarray(0, used * cs);
   }
-  if (written !== l.fileSize) throw new SizeMismatchError('qcow2 writer output', l.fileSize, written);
+  if (written !== l.fileSize) throw new SizeMismatchError({ what: 'qcow2 writer output', expected: l.fileSize, actual: written });
 }

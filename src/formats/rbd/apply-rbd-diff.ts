@@ -3,6 +3,7 @@ import { normalizeAbort, throwIfAborted } from '../../core/abort.js';
 import { VirtstreamError } from '../../core/errors.js';
 import type { RbdExportDiffStream } from './rbd-export-diff.js';
 import { readRbdExportDiff } from './rbd-export-diff.js';
+import { SparseFileWriter } from '../sparse-file-writer.js';
 
 /** What {@link applyRbdDiff} did. */
 export interface ApplyRbdDiffResult {
@@ -10,24 +11,29 @@ export interface ApplyRbdDiffResult {
   toSnap?: string;
   /** Size of the target after the diff (the diff's `s` record). */
   size: number;
+  /** Bytes of `w` records. */
   dataBytes: number;
+  /** Bytes of `z` records (discards). */
   zeroBytes: number;
+  /** Bytes actually written to the file: all-zero 4 KiB blocks and discards over holes write nothing. */
+  bytesWritten: number;
 }
 
 /** Options for {@link applyRbdDiff}. */
 export interface ApplyRbdDiffOptions {
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
   /** The snapshot the target holds: a diff starting from another one is refused, like `rbd import-diff`. */
   expectFromSnap?: string;
 }
-
-const ZEROS = Buffer.alloc(1024 * 1024);
 
 /**
  * Applies an `rbd export-diff` (v1 or v2; raw bytes or a stream already parsed by `readRbdExportDiff`
  * or `readRbdImageExport`) to a raw image file in place, with the semantics of
  * `rbd import-diff`: the file is resized to the diff's size, `w` records are written and `z` records
- * zeroed, giving the same bytes as importing the diff into the image.
+ * zeroed, giving the same bytes as importing the diff into the image. Zeros take no space, as the
+ * discards of `rbd import-diff`: `z` records over holes write nothing and over old data punch holes
+ * (`fallocate --punch-hole`; where that is impossible, only the non-zero blocks are overwritten),
+ * and all-zero 4 KiB blocks of `w` records are not written.
  *
  * @example
  * ```ts
@@ -59,27 +65,28 @@ export async function applyRbdDiff(
   }
   let dataBytes = 0;
   let zeroBytes = 0;
+  let written = 0;
   try {
+    const oldSize = (await fh.stat()).size;
     await fh.truncate(stream.size);
+    // what the truncate added (or everything past a shrink) is a hole: zeros there cost nothing
+    const sparse = new SparseFileWriter(fh, target, Math.min(oldSize, stream.size), signal);
     for await (const c of stream) {
       if (c.kind === 'data') {
-        let done = 0;
-        while (done < c.length) done += (await fh.write(c.data, done, c.length - done, c.offset + done)).bytesWritten;
+        await sparse.data(c.offset, c.data);
         dataBytes += c.length;
       } else if (c.kind === 'zero') {
-        for (let off = 0; off < c.length; ) {
-          const n = Math.min(ZEROS.length, c.length - off);
-          off += (await fh.write(ZEROS, 0, n, c.offset + off)).bytesWritten;
-        }
+        await sparse.zero(c.offset, c.length);
         zeroBytes += c.length;
       }
     }
+    written = sparse.written;
   } catch (err) {
     throw normalizeAbort(err, signal);
   } finally {
     await fh.close();
   }
-  const result: ApplyRbdDiffResult = { size: stream.size, dataBytes, zeroBytes };
+  const result: ApplyRbdDiffResult = { size: stream.size, dataBytes, zeroBytes, bytesWritten: written };
   if (stream.fromSnap !== undefined) result.fromSnap = stream.fromSnap;
   if (stream.toSnap !== undefined) result.toSnap = stream.toSnap;
   return result;

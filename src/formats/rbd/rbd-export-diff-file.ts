@@ -29,7 +29,7 @@ class FieldReader {
     this.#signal = signal;
   }
   async bytes(pos: number, n: number): Promise<Buffer> {
-    if (pos + n > this.#file.size) throw new FormatError(FMT, `truncated: needed ${n} bytes at offset ${pos}, the file has ${this.#file.size}`);
+    if (pos + n > this.#file.size) throw new FormatError(`truncated: needed ${n} bytes at offset ${pos}, the file has ${this.#file.size}`, { format: FMT });
     if (pos < this.#start || pos + n > this.#start + this.#buf.length) {
       this.#start = pos;
       this.#buf = await this.#file.readUpTo(pos, Math.max(WINDOW, n), this.#signal);
@@ -38,7 +38,7 @@ class FieldReader {
   }
   async le64(pos: number, what: string): Promise<number> {
     const v = (await this.bytes(pos, 8)).readBigUInt64LE(0);
-    if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new FormatError(FMT, `${what} ${v} is out of range`);
+    if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new FormatError(`${what} ${v} is out of range`, { format: FMT });
     return Number(v);
   }
 }
@@ -76,13 +76,13 @@ export class RbdExportDiffFile implements AsyncDisposable {
    *
    * @throws `ERR_NOT_FOUND`; `ERR_FORMAT_CORRUPT` for the same defects as `readRbdExportDiff`; `ERR_ABORTED`.
    */
-  static async open(path: string, options: { signal?: AbortSignal } = {}): Promise<RbdExportDiffFile> {
+  static async open(path: string, options: { signal?: AbortSignal | undefined } = {}): Promise<RbdExportDiffFile> {
     const file = await PositionalFile.open(path, FMT, options);
     try {
       const f = new FieldReader(file, options.signal);
       const banner = (await f.bytes(0, 12)).toString('latin1');
       const version = banner === RBD_DIFF_BANNER[1] ? 1 : banner === RBD_DIFF_BANNER[2] ? 2 : 0;
-      if (version === 0) throw new FormatError(FMT, `bad banner ${JSON.stringify(banner)}: not an rbd export-diff file`);
+      if (version === 0) throw new FormatError(`bad banner ${JSON.stringify(banner)}: not an rbd export-diff file`, { format: FMT });
       let pos = 12;
       const info: { version: 1 | 2; fromSnap?: string; toSnap?: string; size?: number; protected?: boolean } = { version };
       const records: DataRecord[] = [];
@@ -100,47 +100,47 @@ export class RbdExportDiffFile implements AsyncDisposable {
           pos += 8;
         }
         const expect = (want: number): void => {
-          if (version === 2 && len !== want) throw new FormatError(FMT, `record '${tag}' has length ${len}, expected ${want}`);
+          if (version === 2 && len !== want) throw new FormatError(`record '${tag}' has length ${len}, expected ${want}`, { format: FMT });
         };
         if (tag === 'f' || tag === 't') {
-          if (data) throw new FormatError(FMT, `metadata record '${tag}' after data records`);
+          if (data) throw new FormatError(`metadata record '${tag}' after data records`, { format: FMT });
           const nl = (await f.bytes(pos, 4)).readUInt32LE(0);
-          if (nl > 4096) throw new FormatError(FMT, `snapshot name of ${nl} bytes is too long`);
+          if (nl > 4096) throw new FormatError(`snapshot name of ${nl} bytes is too long`, { format: FMT });
           expect(4 + nl);
           const name = (await f.bytes(pos + 4, nl)).toString('utf8');
           if (tag === 'f') info.fromSnap = name;
           else info.toSnap = name;
           pos += 4 + nl;
         } else if (tag === 's') {
-          if (data) throw new FormatError(FMT, "metadata record 's' after data records");
+          if (data) throw new FormatError("metadata record 's' after data records", { format: FMT });
           expect(8);
           info.size = await f.le64(pos, 'image size');
           pos += 8;
         } else if (tag === 'p' && version === 2) {
-          if (len !== 1 && len !== 8) throw new FormatError(FMT, `record 'p' has length ${len}, expected 8`);
+          if (len !== 1 && len !== 8) throw new FormatError(`record 'p' has length ${len}, expected 8`, { format: FMT });
           info.protected = (await f.bytes(pos, 1))[0] !== 0;
           pos += 1;
         } else if (tag === 'w' || tag === 'z') {
           data = true;
-          if (info.size === undefined) throw new FormatError(FMT, 'the diff has no size record before its data');
+          if (info.size === undefined) throw new FormatError('the diff has no size record before its data', { format: FMT });
           const offset = await f.le64(pos, 'extent offset');
           const length = await f.le64(pos + 8, 'extent length');
           expect(tag === 'w' ? 16 + length : 16);
           pos += 16;
-          if (offset < last) throw new FormatError(FMT, `extent at ${offset} is out of order or overlaps the previous one`);
-          if (offset + length > info.size) throw new FormatError(FMT, `extent ${offset}+${length} lies past the image size ${info.size}`);
+          if (offset < last) throw new FormatError(`extent at ${offset} is out of order or overlaps the previous one`, { format: FMT });
+          if (offset + length > info.size) throw new FormatError(`extent ${offset}+${length} lies past the image size ${info.size}`, { format: FMT });
           last = offset + length;
           if (tag === 'w') {
-            if (pos + length > file.size) throw new FormatError(FMT, `truncated: data of ${length} bytes at ${pos} runs past the end of the file`);
+            if (pos + length > file.size) throw new FormatError(`truncated: data of ${length} bytes at ${pos} runs past the end of the file`, { format: FMT });
             records.push({ offset, length, at: pos });
             pos += length;
           }
           extents.push({ offset, length, kind: tag === 'w' ? 'data' : 'zero' });
         } else if (version === 2) pos += len;
-        else throw new FormatError(FMT, `unknown record tag 0x${tag.charCodeAt(0).toString(16)} in a v1 diff`);
+        else throw new FormatError(`unknown record tag 0x${tag.charCodeAt(0).toString(16)} in a v1 diff`, { format: FMT });
       }
-      if (info.size === undefined) throw new FormatError(FMT, 'the diff has no size record');
-      if (pos !== file.size) throw new FormatError(FMT, `bytes follow the end record at offset ${pos}`);
+      if (info.size === undefined) throw new FormatError('the diff has no size record', { format: FMT });
+      if (pos !== file.size) throw new FormatError(`bytes follow the end record at offset ${pos}`, { format: FMT });
       const full: RbdExportDiffInfo = { ...info, size: info.size };
       return new RbdExportDiffFile(file, full, records, coalesceExtents(extents, info.size));
     } catch (err) {
@@ -150,7 +150,7 @@ export class RbdExportDiffFile implements AsyncDisposable {
   }
 
   /** The allocation map: data (`w`), zero (`z`) and hole (untouched) ranges. `shallow` changes nothing. */
-  async map(options: { signal?: AbortSignal; shallow?: boolean } = {}): Promise<Extent[]> {
+  async map(options: { signal?: AbortSignal | undefined; shallow?: boolean } = {}): Promise<Extent[]> {
     throwIfAborted(options.signal);
     return this.#map.map((e) => ({ ...e }));
   }
@@ -160,7 +160,7 @@ export class RbdExportDiffFile implements AsyncDisposable {
    *
    * @throws `ERR_INVALID_ARGUMENT` for ranges outside the image.
    */
-  async read(offset: number, length: number, options: { signal?: AbortSignal; shallow?: boolean } = {}): Promise<Buffer> {
+  async read(offset: number, length: number, options: { signal?: AbortSignal | undefined; shallow?: boolean } = {}): Promise<Buffer> {
     checkRange(offset, length, this.virtualSize);
     const out = Buffer.alloc(length);
     const end = offset + length;
@@ -183,7 +183,7 @@ export class RbdExportDiffFile implements AsyncDisposable {
   }
 
   /** The diff as an extent stream with `map` set. */
-  extents(options: { signal?: AbortSignal; chunkSize?: number } = {}): ExtentStream {
+  extents(options: { signal?: AbortSignal | undefined; chunkSize?: number } = {}): ExtentStream {
     return imageExtentStream(this.#map, this.virtualSize, (o, l, s) => this.read(o, l, { signal: s }), options);
   }
 

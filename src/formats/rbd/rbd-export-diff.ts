@@ -26,7 +26,7 @@ export interface RbdExportDiffStream extends ExtentStream, RbdExportDiffInfo {}
 
 /** Options for {@link readRbdExportDiff}. */
 export interface ReadRbdExportDiffOptions {
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
   /** Largest data chunk yielded; bigger `w` records are split. @defaultValue 4 MiB */
   chunkSize?: number;
   /** Fail when bytes follow the `e` record. @defaultValue true */
@@ -38,7 +38,7 @@ const FMT = 'rbd-diff';
 
 function le64(buf: Buffer, at: number, what: string): number {
   const v = buf.readBigUInt64LE(at);
-  if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new FormatError(FMT, `${what} ${v} is out of range`);
+  if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new FormatError(`${what} ${v} is out of range`, { format: FMT });
   return Number(v);
 }
 
@@ -71,7 +71,7 @@ export async function readDiffFrom(r: ByteReader, options: ReadRbdExportDiffOpti
   try {
     const banner = (await r.read(12)).toString('latin1');
     const version = banner === RBD_DIFF_BANNER[1] ? 1 : banner === RBD_DIFF_BANNER[2] ? 2 : 0;
-    if (version === 0) throw new FormatError(FMT, `bad banner ${JSON.stringify(banner)}: not an rbd export-diff stream`);
+    if (version === 0) throw new FormatError(`bad banner ${JSON.stringify(banner)}: not an rbd export-diff stream`, { format: FMT });
     const info: { version: 1 | 2; fromSnap?: string; toSnap?: string; size?: number; protected?: boolean } = { version };
     let tag = '';
     /** v2 record length (after the tag). */
@@ -82,11 +82,11 @@ export async function readDiffFrom(r: ByteReader, options: ReadRbdExportDiffOpti
       return t;
     };
     const expectLen = (t: string, n: number): void => {
-      if (version === 2 && recLen !== n) throw new FormatError(FMT, `record '${t}' has length ${recLen}, expected ${n}`);
+      if (version === 2 && recLen !== n) throw new FormatError(`record '${t}' has length ${recLen}, expected ${n}`, { format: FMT });
     };
     const readName = async (t: string): Promise<string> => {
       const n = (await r.read(4)).readUInt32LE(0);
-      if (n > MAX_NAME) throw new FormatError(FMT, `snapshot name of ${n} bytes in record '${t}' is too long`);
+      if (n > MAX_NAME) throw new FormatError(`snapshot name of ${n} bytes in record '${t}' is too long`, { format: FMT });
       expectLen(t, 4 + n);
       return (await r.read(n)).toString('utf8');
     };
@@ -99,13 +99,13 @@ export async function readDiffFrom(r: ByteReader, options: ReadRbdExportDiffOpti
         info.size = le64(await r.read(8), 0, 'image size');
       } else if (tag === 'p' && version === 2) {
         // rbd writes length 8 but one byte of data (a bool); read the byte, whatever the length says
-        if (recLen !== 1 && recLen !== 8) throw new FormatError(FMT, `record 'p' has length ${recLen}, expected 8`);
+        if (recLen !== 1 && recLen !== 8) throw new FormatError(`record 'p' has length ${recLen}, expected 8`, { format: FMT });
         info.protected = (await r.read(1))[0] !== 0;
       } else if (tag === 'w' || tag === 'z' || tag === 'e') break;
       else if (version === 2) await r.skip(recLen);
-      else throw new FormatError(FMT, `unknown record tag 0x${tag.charCodeAt(0).toString(16)} in a v1 diff`);
+      else throw new FormatError(`unknown record tag 0x${tag.charCodeAt(0).toString(16)} in a v1 diff`, { format: FMT });
     }
-    if (info.size === undefined) throw new FormatError(FMT, 'the diff has no size record');
+    if (info.size === undefined) throw new FormatError('the diff has no size record', { format: FMT });
     const size = info.size;
     const first = tag;
     const strictEnd = standalone && (options.strictEnd ?? true);
@@ -128,8 +128,8 @@ export async function readDiffFrom(r: ByteReader, options: ReadRbdExportDiffOpti
               const length = le64(head, 8, 'extent length');
               if (t === 'w') expectLen(t, 16 + length);
               else expectLen(t, 16);
-              if (offset < pos) throw new FormatError(FMT, `extent at ${offset} is out of order or overlaps the previous one (ends ${pos})`);
-              if (offset + length > size) throw new FormatError(FMT, `extent ${offset}+${length} lies past the image size ${size}`);
+              if (offset < pos) throw new FormatError(`extent at ${offset} is out of order or overlaps the previous one (ends ${pos})`, { format: FMT });
+              if (offset + length > size) throw new FormatError(`extent ${offset}+${length} lies past the image size ${size}`, { format: FMT });
               pos = offset + length;
               if (t === 'z') yield { offset, length, kind: 'zero' };
               else {
@@ -142,12 +142,12 @@ export async function readDiffFrom(r: ByteReader, options: ReadRbdExportDiffOpti
                 }
               }
             } else if (t === 'f' || t === 't' || t === 's' || t === 'p') {
-              throw new FormatError(FMT, `metadata record '${t}' after data records`);
+              throw new FormatError(`metadata record '${t}' after data records`, { format: FMT });
             } else if (version === 2) await r.skip(recLen);
-            else throw new FormatError(FMT, `unknown record tag 0x${t.charCodeAt(0).toString(16)} in a v1 diff`);
+            else throw new FormatError(`unknown record tag 0x${t.charCodeAt(0).toString(16)} in a v1 diff`, { format: FMT });
             t = await nextTag();
           }
-          if (strictEnd && !(await r.atEnd())) throw new FormatError(FMT, `bytes follow the end record at offset ${r.position}`);
+          if (strictEnd && !(await r.atEnd())) throw new FormatError(`bytes follow the end record at offset ${r.position}`, { format: FMT });
         } finally {
           if (standalone) await r.close();
         }
@@ -187,7 +187,7 @@ export interface WriteRbdExportDiffOptions {
   toSnap?: string;
   /** Written as a `p` record (v2 only). */
   protected?: boolean;
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
 }
 
 function le64Buf(v: number): Buffer {

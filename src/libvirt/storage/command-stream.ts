@@ -34,7 +34,7 @@ export function openCommandRead(
   runner: CommandRunner,
   argv: readonly CommandArg[],
   mapError: CommandErrorMapper,
-  options: { signal?: AbortSignal; env?: Readonly<Record<string, string>> } = {},
+  options: { signal?: AbortSignal | undefined; env?: Readonly<Record<string, string>> } = {},
 ): CommandReadStream {
   throwIfAborted(options.signal);
   const proc = runner.spawn(argv, {
@@ -78,7 +78,7 @@ export async function runCommandWithInput(
   argv: readonly CommandArg[],
   source: Readable | AsyncIterable<Uint8Array>,
   mapError: CommandErrorMapper,
-  options: { signal?: AbortSignal; env?: Readonly<Record<string, string>> } = {},
+  options: { signal?: AbortSignal | undefined; env?: Readonly<Record<string, string>> } = {},
 ): Promise<void> {
   throwIfAborted(options.signal);
   const proc = runner.spawn(argv, {

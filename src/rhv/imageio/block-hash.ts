@@ -68,7 +68,8 @@ export class BlockHash {
     const algorithm = options.algorithm ?? 'blake2b';
     const blockSize = options.blockSize ?? 4 * MiB;
     const factory = Object.hasOwn(ALGORITHMS, algorithm) ? ALGORITHMS[algorithm] : undefined;
-    if (!factory) throw new InvalidArgumentError(`unsupported block hash algorithm ${JSON.stringify(algorithm)}, expecting one of ${BlockHash.algorithms.join(', ')}`);
+    if (!factory)
+      throw new InvalidArgumentError(`unsupported block hash algorithm ${JSON.stringify(algorithm)}, expecting one of ${BlockHash.algorithms.join(', ')}`);
     if (!Number.isSafeInteger(blockSize) || blockSize % 4096 !== 0 || blockSize < MiB || blockSize > 16 * MiB) {
       throw new InvalidArgumentError(`block hash blockSize must be a multiple of 4096 in [${MiB}, ${16 * MiB}], got ${blockSize}`);
     }
@@ -85,7 +86,7 @@ export class BlockHash {
    * @throws `ERR_INVALID_ARGUMENT` (options, or chunks that are not contiguous from 0), `ERR_ABORTED`,
    * and whatever the stream throws.
    */
-  static async ofStream(stream: ExtentStream, options: BlockHashOptions & { signal?: AbortSignal } = {}): Promise<ImageioChecksum> {
+  static async ofStream(stream: ExtentStream, options: BlockHashOptions & { signal?: AbortSignal | undefined } = {}): Promise<ImageioChecksum> {
     const h = new BlockHash(options);
     let pos = 0;
     for await (const chunk of stream) {

@@ -34,16 +34,7 @@ export interface ImageioHttpRequest {
 }
 
 /** Connection-level error codes after which the proxy URL is tried (Python: OSError on connect). */
-const CONNECT_CODES = new Set([
-  'ECONNREFUSED',
-  'ENOTFOUND',
-  'EAI_AGAIN',
-  'EHOSTUNREACH',
-  'ENETUNREACH',
-  'EHOSTDOWN',
-  'ETIMEDOUT',
-  'UND_ERR_CONNECT_TIMEOUT',
-]);
+const CONNECT_CODES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'EHOSTDOWN', 'ETIMEDOUT', 'UND_ERR_CONNECT_TIMEOUT']);
 
 /** Body/transport failures undici and streams raise that mean "the connection broke": retryable. */
 const BROKEN_CODES = new Set(['ERR_STREAM_PREMATURE_CLOSE', 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH', 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH', 'ECONNABORTED']);
@@ -70,14 +61,11 @@ function errorCode(err: unknown): string | undefined {
 }
 
 /** Maps a transport error to AbortedError, TlsError or a (usually retryable) ImageioError. */
-export function mapTransportError(
-  err: unknown,
-  req: { op: string; range?: ImageioRange | undefined; signal: AbortSignal | undefined },
-): Error {
+export function mapTransportError(err: unknown, req: { op: string; range?: ImageioRange | undefined; signal: AbortSignal | undefined }): Error {
   if (req.signal?.aborted) return new AbortedError(req.signal.reason);
   if (isVirtstreamError(err)) return err;
   const tls = tlsFailureCode(err);
-  if (tls !== undefined) return new TlsError(tls, `imageio ${req.op}: TLS handshake failed (${tls})`, { cause: err });
+  if (tls !== undefined) return new TlsError(`imageio ${req.op}: TLS handshake failed (${tls})`, { tlsCode: tls, cause: err });
   const code = errorCode(err);
   const retryable = isRetryable(err) || (code !== undefined && (BROKEN_CODES.has(code) || CONNECT_CODES.has(code)));
   const where = req.range ? ` at ${req.range.offset}+${req.range.length}` : '';

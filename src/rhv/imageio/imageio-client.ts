@@ -65,7 +65,7 @@ interface Resolved {
  * import { pipeline } from 'node:stream/promises';
  * await using imageio = new ImageioClient({ transferUrl, proxyUrl, ca: engineCaPem });
  * const disk = await imageio.download({ concurrency: 4, signal });
- * for await (const chunk of disk) if (chunk.kind === 'data') await sink.write(chunk.offset, chunk.data);
+ * for await (const chunk of disk) if (chunk.kind === 'data') await target.write(chunk.offset, chunk.data);
  * ```
  */
 export class ImageioClient implements AsyncDisposable {
@@ -230,8 +230,12 @@ export class ImageioClient implements AsyncDisposable {
    */
   async checksum(options: ImageioChecksumOptions = {}): Promise<ImageioChecksum> {
     const { algorithm, blockSize } = options;
-    if (algorithm !== undefined && !/^[A-Za-z0-9_-]{1,64}$/.test(algorithm)) throw new InvalidArgumentError(`invalid checksum algorithm ${JSON.stringify(algorithm)}`);
-    if (blockSize !== undefined && (!Number.isSafeInteger(blockSize) || blockSize % 4096 !== 0 || blockSize < MIN_CHECKSUM_BLOCK || blockSize > MAX_CHECKSUM_BLOCK)) {
+    if (algorithm !== undefined && !/^[A-Za-z0-9_-]{1,64}$/.test(algorithm))
+      throw new InvalidArgumentError(`invalid checksum algorithm ${JSON.stringify(algorithm)}`);
+    if (
+      blockSize !== undefined &&
+      (!Number.isSafeInteger(blockSize) || blockSize % 4096 !== 0 || blockSize < MIN_CHECKSUM_BLOCK || blockSize > MAX_CHECKSUM_BLOCK)
+    ) {
       throw new InvalidArgumentError(`checksum blockSize must be a multiple of 4096 in [${MIN_CHECKSUM_BLOCK}, ${MAX_CHECKSUM_BLOCK}], got ${blockSize}`);
     }
     const timeoutMs = positiveInt(options.timeoutMs ?? DEFAULT_CHECKSUM_TIMEOUT, 'timeoutMs');
@@ -247,7 +251,14 @@ export class ImageioClient implements AsyncDisposable {
       return parseJsonObject(await readText(res.body, 64 * 1024), 'checksum');
     }, options.signal);
     const { algorithm: alg, block_size: bs, checksum } = body;
-    if (typeof alg !== 'string' || typeof bs !== 'number' || !Number.isSafeInteger(bs) || bs <= 0 || typeof checksum !== 'string' || !/^[0-9a-f]+$/i.test(checksum)) {
+    if (
+      typeof alg !== 'string' ||
+      typeof bs !== 'number' ||
+      !Number.isSafeInteger(bs) ||
+      bs <= 0 ||
+      typeof checksum !== 'string' ||
+      !/^[0-9a-f]+$/i.test(checksum)
+    ) {
       throw new ImageioError('imageio checksum: response lacks algorithm, block_size or a hex checksum', { status: 200 });
     }
     return { algorithm: alg, blockSize: bs, checksum: checksum.toLowerCase() };
@@ -315,12 +326,14 @@ export class ImageioClient implements AsyncDisposable {
     const { ep, info, dispatcher } = await this.#resolve(signal);
     const extents = await this.extents(context, { signal });
     const size = extents.length ? extents[extents.length - 1]!.offset + extents[extents.length - 1]!.length : 0;
-    if (options.size !== undefined && options.size !== size) throw new SizeMismatchError('imageio image size', options.size, size);
+    if (options.size !== undefined && options.size !== size) throw new SizeMismatchError({ what: 'imageio image size', expected: options.size, actual: size });
     const map = mergeExtents(extents.map((e) => ({ offset: e.offset, length: e.length, kind: kindOf(e, context) })));
     const pieces: Extent[] = [];
     for (const e of map) {
       if (e.kind !== 'data') pieces.push(e);
-      else for (let off = e.offset; off < e.offset + e.length; off += requestSize) pieces.push({ offset: off, length: Math.min(requestSize, e.offset + e.length - off), kind: 'data' });
+      else
+        for (let off = e.offset; off < e.offset + e.length; off += requestSize)
+          pieces.push({ offset: off, length: Math.min(requestSize, e.offset + e.length - off), kind: 'data' });
     }
     const workers = Math.max(1, Math.min(concurrency, info.maxReaders, this.#maxConnections));
     this.#logger.debug({ size, extents: map.length, workers, requestSize, via: ep.via }, 'download planned');
@@ -359,7 +372,7 @@ export class ImageioClient implements AsyncDisposable {
       throw new UnsupportedError('imageio ticket does not allow writes: create the image transfer with direction upload');
     }
     const target = await this.size({ signal });
-    if (source.size > target) throw new SizeMismatchError('upload source larger than the target disk', target, source.size);
+    if (source.size > target) throw new SizeMismatchError({ what: 'upload source larger than the target disk', expected: target, actual: source.size });
     const workers = Math.max(1, Math.min(concurrency, info.maxWriters, this.#maxConnections));
     this.#logger.debug({ size: source.size, target, workers, via: ep.via }, 'upload started');
     return runUpload({
@@ -426,7 +439,9 @@ export class ImageioClient implements AsyncDisposable {
   async #probe(signal: AbortSignal | undefined): Promise<Resolved> {
     try {
       // with a proxy to fall back to, a refused daemon connection is final (as in the Python client)
-      const info = await this.#retry(() => this.#optionsAt(this.#dispatcher, this.#transfer, signal), signal, { connectFailuresFinal: this.#proxy !== undefined });
+      const info = await this.#retry(() => this.#optionsAt(this.#dispatcher, this.#transfer, signal), signal, {
+        connectFailuresFinal: this.#proxy !== undefined,
+      });
       return (await this.#overUnixSocket(this.#transfer, info, signal)) ?? { ep: this.#transfer, info, dispatcher: this.#dispatcher };
     } catch (err) {
       if (!this.#proxy || signal?.aborted || !isConnectFailure(err)) throw err;
@@ -469,7 +484,7 @@ export class ImageioClient implements AsyncDisposable {
       return { allow: ['GET', 'PUT'], features: [], maxReaders: 1, maxWriters: 1, legacy: true, via: ep.via, transport };
     }
     if (res.statusCode !== 200) return failStatus(res, req);
-    const allowHeader = res.headers['allow'];
+    const allowHeader = res.headers.allow;
     const allow = (Array.isArray(allowHeader) ? allowHeader.join(',') : (allowHeader ?? ''))
       .split(',')
       .map((m) => m.trim().toUpperCase())
@@ -481,7 +496,8 @@ export class ImageioClient implements AsyncDisposable {
     } catch (cause) {
       throw new ImageioError('imageio OPTIONS: response is not JSON', { cause, status: 200 });
     }
-    if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new ImageioError('imageio OPTIONS: response is not a JSON object', { status: 200 });
+    if (typeof body !== 'object' || body === null || Array.isArray(body))
+      throw new ImageioError('imageio OPTIONS: response is not a JSON object', { status: 200 });
     const o = body as Record<string, unknown>;
     const features = Array.isArray(o.features) ? o.features.filter((f): f is string => typeof f === 'string') : [];
     const limit = (v: unknown): number => (typeof v === 'number' && Number.isSafeInteger(v) && v >= 1 ? v : 1);
@@ -532,14 +548,14 @@ export class ImageioClient implements AsyncDisposable {
     const contentLength = cl === undefined ? announced : Number(cl);
     if (announced !== length || contentLength !== length) {
       discard(res.body);
-      throw new SizeMismatchError(`imageio GET at ${offset}`, length, Math.min(announced, contentLength));
+      throw new SizeMismatchError({ what: `imageio GET at ${offset}`, expected: length, actual: Math.min(announced, contentLength) });
     }
     const buf = Buffer.allocUnsafe(length);
     let n = 0;
     try {
       for await (const chunk of res.body) {
         const b = chunk as Buffer;
-        if (n + b.length > length) throw new SizeMismatchError(`imageio GET at ${offset}`, length, n + b.length);
+        if (n + b.length > length) throw new SizeMismatchError({ what: `imageio GET at ${offset}`, expected: length, actual: n + b.length });
         b.copy(buf, n);
         n += b.length;
       }
@@ -548,11 +564,19 @@ export class ImageioClient implements AsyncDisposable {
     } finally {
       if (!res.body.destroyed && n !== length) discard(res.body);
     }
-    if (n !== length) throw new SizeMismatchError(`imageio GET at ${offset}`, length, n);
+    if (n !== length) throw new SizeMismatchError({ what: `imageio GET at ${offset}`, expected: length, actual: n });
     return buf;
   }
 
-  async #put(d: Dispatcher, ep: Endpoint, info: ImageioServerInfo, offset: number, data: Uint8Array, flush: boolean, signal: AbortSignal | undefined): Promise<void> {
+  async #put(
+    d: Dispatcher,
+    ep: Endpoint,
+    info: ImageioServerInfo,
+    offset: number,
+    data: Uint8Array,
+    flush: boolean,
+    signal: AbortSignal | undefined,
+  ): Promise<void> {
     const range: ImageioRange = { offset, length: data.length };
     const req = this.#req('PUT', 'PUT', signal, {
       headers: {
@@ -569,7 +593,15 @@ export class ImageioClient implements AsyncDisposable {
     await drain(res.body);
   }
 
-  async #zero(d: Dispatcher, ep: Endpoint, info: ImageioServerInfo, offset: number, length: number, flush: boolean, signal: AbortSignal | undefined): Promise<void> {
+  async #zero(
+    d: Dispatcher,
+    ep: Endpoint,
+    info: ImageioServerInfo,
+    offset: number,
+    length: number,
+    flush: boolean,
+    signal: AbortSignal | undefined,
+  ): Promise<void> {
     if (!info.features.includes('zero')) {
       const piece = Math.min(length, DEFAULT_REQUEST);
       const zeros = Buffer.alloc(piece);
@@ -647,7 +679,8 @@ function parseJsonObject(text: string, what: string): Record<string, unknown> {
   } catch (cause) {
     throw new ImageioError(`imageio ${what}: response is not JSON`, { cause, status: 200 });
   }
-  if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new ImageioError(`imageio ${what}: response is not a JSON object`, { status: 200 });
+  if (typeof body !== 'object' || body === null || Array.isArray(body))
+    throw new ImageioError(`imageio ${what}: response is not a JSON object`, { status: 200 });
   return body as Record<string, unknown>;
 }
 

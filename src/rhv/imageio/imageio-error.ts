@@ -28,7 +28,7 @@ export interface ImageioErrorOptions {
  *
  * @example
  * ```ts
- * try { await client.read(0, 4096) }
+ * try { await imageio.read(0, 4096) }
  * catch (err) { if (err instanceof ImageioError && err.status === 403) console.log('ticket expired') }
  * ```
  */

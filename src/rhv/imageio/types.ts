@@ -11,9 +11,9 @@ export interface ImageioClientOptions {
    * `transferUrl` fails at the connection level (refused, unreachable, DNS, connect timeout), as the
    * oVirt Python client does; TLS failures and HTTP errors never switch to the proxy.
    */
-  proxyUrl?: string;
+  proxyUrl?: string | undefined;
   /** PEM CA bundle that signed the daemon/proxy certificates (the engine CA). Default: Node's CAs. */
-  ca?: string | Buffer;
+  ca?: string | Buffer | undefined;
   /** Skip TLS certificate verification. An explicit opt-out for labs; never the default. @defaultValue false */
   insecure?: boolean;
   /**
@@ -67,7 +67,7 @@ export interface ImageioChecksum {
 
 /** Options of every single imageio request. */
 export interface ImageioRequestOptions {
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
 }
 
 /** What `OPTIONS /images/<ticket>` reported. */

@@ -162,13 +162,12 @@ export async function runUpload(plan: UploadPlan): Promise<UploadResult> {
       if (outer?.aborted) throw new AbortedError(outer.reason);
       const { offset, length } = chunk;
       if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || length < 0 || offset < pos || offset + length > size) {
-        throw new InvalidArgumentError(
-          `upload source chunk ${offset}+${length} is out of order, overlapping or beyond the source size ${size}`,
-        );
+        throw new InvalidArgumentError(`upload source chunk ${offset}+${length} is out of order, overlapping or beyond the source size ${size}`);
       }
       if (offset > pos) await addZero(pos, offset - pos);
       if (chunk.kind === 'data') {
-        if (chunk.data.length !== length) throw new SizeMismatchError(`upload source chunk at ${offset}`, length, chunk.data.length);
+        if (chunk.data.length !== length)
+          throw new SizeMismatchError({ what: `upload source chunk at ${offset}`, expected: length, actual: chunk.data.length });
         if (length > 0) await addData(offset, chunk.data);
       } else {
         await addZero(offset, length);
@@ -182,7 +181,7 @@ export async function runUpload(plan: UploadPlan): Promise<UploadResult> {
     note.notify();
     await Promise.all(workers);
     if (failure) throw failure.error;
-    if (done !== size) throw new SizeMismatchError('upload', size, done);
+    if (done !== size) throw new SizeMismatchError({ what: 'upload', expected: size, actual: done });
     return { size, dataBytes, zeroedBytes, skippedBytes, connections: workers.length };
   } catch (error) {
     fail(error);

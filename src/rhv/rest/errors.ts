@@ -25,7 +25,8 @@ export class RhvFaultError extends VirtstreamError {
   readonly fault: RhvFault;
   /** Request method and path (no query, no secrets). */
   readonly request: string;
-  constructor(status: number, fault: RhvFault, request: string, options: VirtstreamErrorOptions = {}) {
+  constructor(init: VirtstreamErrorOptions & { status: number; fault: RhvFault; request: string }) {
+    const { status, fault, request, ...options } = init;
     const text = [fault.reason, fault.detail].filter(Boolean).join(': ');
     super('ERR_RHV_FAULT', `RHV ${status} on ${request}${text ? `: ${text}` : ''}`, {
       ...options,
@@ -48,9 +49,9 @@ export class RhvResponseError extends VirtstreamError {
 export class RhvAuthError extends VirtstreamError {
   /** The SSO `error` code, when the engine sent one. */
   readonly ssoError: string | undefined;
-  constructor(message: string, ssoError?: string, options: VirtstreamErrorOptions = {}) {
+  constructor(message: string, options: Omit<VirtstreamErrorOptions, 'retryable'> & { ssoError?: string | undefined } = {}) {
     super('ERR_RHV_AUTH', message, { ...options, retryable: false });
-    this.ssoError = ssoError;
+    this.ssoError = options.ssoError;
   }
 }
 
@@ -60,10 +61,10 @@ export class RhvTransferError extends VirtstreamError {
   readonly id: string;
   /** Last phase seen. */
   readonly phase: string;
-  constructor(id: string, phase: string, message: string, options: VirtstreamErrorOptions = {}) {
+  constructor(message: string, options: VirtstreamErrorOptions & { id: string; phase: string }) {
     super('ERR_RHV_TRANSFER', message, options);
-    this.id = id;
-    this.phase = phase;
+    this.id = options.id;
+    this.phase = options.phase;
   }
 }
 

@@ -19,7 +19,7 @@ export interface HttpRequest {
   url: string;
   headers: Record<string, string>;
   body?: string;
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
 }
 
 /** A REST response with its whole (bounded) body as text. */
@@ -58,7 +58,7 @@ export function composeHttp(handler: HttpHandler, interceptors: readonly HttpInt
 /** TLS settings shared by the REST and imageio clients. */
 export interface TlsOptions {
   /** PEM CA bundle that signs the engine certificate. */
-  ca?: string | Buffer;
+  ca?: string | Buffer | undefined;
   /** Path of a PEM CA file. */
   caFile?: string;
   /** Skip certificate verification (development only; logged as a warning). @defaultValue false */
@@ -165,7 +165,7 @@ export class UndiciTransport implements HttpTransport {
     const tls = tlsFailureCode(err);
     if (tls) {
       const origin = new URL(req.url).origin;
-      return new TlsError(tls, `TLS verification failed for ${origin}: ${tls} (pass the engine CA with ca/caFile)`, { cause: err });
+      return new TlsError(`TLS verification failed for ${origin}: ${tls} (pass the engine CA with ca/caFile)`, { tlsCode: tls, cause: err });
     }
     const code = (err as { code?: unknown }).code;
     return new HttpError(`${req.method} ${pathOf(req.url)} failed: ${typeof code === 'string' ? code : (err as Error).message}`, { cause: err });

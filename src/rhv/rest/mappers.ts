@@ -115,12 +115,27 @@ export function mapDiskSnapshot(n: XmlNode): RhvDiskSnapshot {
 }
 
 const PHASES = new Set<string>([
-  'unknown', 'initializing', 'transferring', 'resuming', 'paused_system', 'paused_user', 'cancelled',
-  'finalizing_success', 'finalizing_failure', 'finished_success', 'finished_failure', 'cancelled_system',
-  'cancelled_user', 'finalizing_cleanup', 'finished_cleanup',
+  'unknown',
+  'initializing',
+  'transferring',
+  'resuming',
+  'paused_system',
+  'paused_user',
+  'cancelled',
+  'finalizing_success',
+  'finalizing_failure',
+  'finished_success',
+  'finished_failure',
+  'cancelled_system',
+  'cancelled_user',
+  'finalizing_cleanup',
+  'finished_cleanup',
 ]);
 
-/** `<image_transfer>` → {@link RhvImageTransfer}. */
+/**
+ * `<image_transfer>` → {@link RhvImageTransfer}. The engine (`ImageTransferMapper`) answers with
+ * `<image id>` only; `<disk>`/`<snapshot>` are request elements it never returns.
+ */
 export function mapImageTransfer(n: XmlNode): RhvImageTransfer {
   const phase = text(n, 'phase') ?? 'unknown';
   if (!PHASES.has(phase)) throw new RhvResponseError(`unknown image transfer phase ${JSON.stringify(phase.slice(0, 30))}`);
@@ -131,12 +146,13 @@ export function mapImageTransfer(n: XmlNode): RhvImageTransfer {
     direction: direction === 'download' || direction === 'upload' ? direction : undefined,
     transferUrl: text(n, 'transfer_url'),
     proxyUrl: text(n, 'proxy_url'),
-    diskId: refId(n, 'disk'),
-    snapshotId: refId(n, 'snapshot'),
-    backupId: refId(n, 'backup'),
+    imageId: refId(n, 'image'),
     hostId: refId(n, 'host'),
     format: format(n),
     transferred: num(n, 'transferred'),
+    active: bool(n, 'active'),
+    inactivityTimeout: num(n, 'inactivity_timeout'),
+    timeoutPolicy: text(n, 'timeout_policy'),
   });
 }
 
@@ -149,6 +165,7 @@ export function mapBackup(n: XmlNode): RhvBackup {
   return clean({
     id: requireId(n, 'backup'),
     phase: phase as BackupPhase,
+    description: text(n, 'description'),
     fromCheckpointId: text(n, 'from_checkpoint_id'),
     toCheckpointId: text(n, 'to_checkpoint_id'),
     diskIds: children(child(n, 'disks'), 'disk').map((d) => requireId(d, 'backup disk')),
@@ -184,6 +201,7 @@ export function mapNamed(n: XmlNode): RhvNamedEntity {
     name: text(n, 'name') ?? '',
     status: text(n, 'status') ?? text(n, 'external_status'),
     type: text(n, 'type'),
+    storageType: text(child(n, 'storage'), 'type'),
   });
 }
 

@@ -31,11 +31,17 @@ export interface RhvConnectionOptions {
   retries?: number;
   /** Extra interceptors, outermost first, wrapped around the built-in ones. */
   interceptors?: readonly HttpInterceptor[];
+  /**
+   * How to authenticate: `sso` (an OAuth token from `/sso/oauth/token`, engines 4.0+), `basic`
+   * (HTTP Basic on every request: 3.x engines have no SSO), or `auto`: SSO, switching to Basic for
+   * the life of the connection when the engine has no token endpoint (404). @defaultValue 'auto'
+   */
+  auth?: 'auto' | 'sso' | 'basic';
 }
 
 /** Per-request options. */
 export interface RestCallOptions {
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
   /** Query parameters. */
   query?: Readonly<Record<string, string | number | boolean | undefined>>;
   /** Extra request headers. */
@@ -58,7 +64,7 @@ export function engineUrls(url: string): EngineUrls {
   try {
     u = new URL(url);
   } catch (err) {
-    throw new RhvAuthConfigError(`invalid engine URL ${JSON.stringify(url)}`, err);
+    throw new RhvAuthConfigError(`invalid engine URL ${JSON.stringify(url)}`, { cause: err });
   }
   if (u.protocol !== 'https:' && u.protocol !== 'http:') throw new RhvAuthConfigError(`engine URL must be https: ${u.protocol}`);
   if (u.username || u.password) throw new RhvAuthConfigError('engine URL must not carry credentials');
@@ -69,8 +75,8 @@ export function engineUrls(url: string): EngineUrls {
 }
 
 class RhvAuthConfigError extends VirtstreamError {
-  constructor(message: string, cause?: unknown) {
-    super('ERR_CONFIG', message, cause === undefined ? {} : { cause });
+  constructor(message: string, options: { cause?: unknown } = {}) {
+    super('ERR_CONFIG', message, options);
   }
 }
 
@@ -107,6 +113,8 @@ export class RhvConnection {
   readonly #version: number;
   readonly #retries: number;
   readonly #send: HttpHandler;
+  #auth: 'auto' | 'sso' | 'basic';
+  /** The `Authorization` value in use (`Bearer …` or `Basic …`). */
   #token: string | undefined;
   #login: Promise<string> | undefined;
 
@@ -119,11 +127,8 @@ export class RhvConnection {
     this.#logger = options.logger ?? silentLogger;
     this.#version = options.apiVersion ?? 4;
     this.#retries = options.retries ?? 3;
-    this.#send = composeHttp(this.#transport.send, [
-      ...(options.interceptors ?? []),
-      this.#retryInterceptor,
-      this.#authInterceptor,
-    ]);
+    this.#auth = options.auth ?? 'auto';
+    this.#send = composeHttp(this.#transport.send, [...(options.interceptors ?? []), this.#retryInterceptor, this.#authInterceptor]);
   }
 
   /** The API base URL. */
@@ -136,22 +141,28 @@ export class RhvConnection {
     return this.#version;
   }
 
-  /** True while a token is held. */
+  /** True while a token (or the Basic credentials) is held. */
   get loggedIn(): boolean {
     return this.#token !== undefined;
   }
 
+  /** The authentication in use: `basic` once `auto` found no SSO endpoint. */
+  get authMode(): 'auto' | 'sso' | 'basic' {
+    return this.#auth;
+  }
+
   /**
-   * Gets an SSO token (`grant_type=password`, `scope=ovirt-app-api`).
+   * Gets an SSO token (`grant_type=password`, `scope=ovirt-app-api`); with Basic auth (set, or found
+   * by `auto` on a 3.x engine) no request is needed.
    *
    * @throws RhvAuthError `ERR_RHV_AUTH` for refused credentials
    */
-  async login(options: { signal?: AbortSignal } = {}): Promise<void> {
+  async login(options: { signal?: AbortSignal | undefined } = {}): Promise<void> {
     this.#token = undefined;
     await this.#ensureToken(options.signal);
   }
 
-  async #ensureToken(signal?: AbortSignal): Promise<string> {
+  async #ensureToken(signal?: AbortSignal | undefined): Promise<string> {
     if (this.#token) return this.#token;
     this.#login ??= this.#fetchToken(signal).finally(() => {
       this.#login = undefined;
@@ -161,8 +172,13 @@ export class RhvConnection {
     return token;
   }
 
-  async #fetchToken(signal?: AbortSignal): Promise<string> {
+  #basic(): string {
+    return `Basic ${Buffer.from(`${this.#username}:${this.#password}`, 'utf8').toString('base64')}`;
+  }
+
+  async #fetchToken(signal?: AbortSignal | undefined): Promise<string> {
     throwIfAborted(signal);
+    if (this.#auth === 'basic') return this.#basic();
     const body = new URLSearchParams({
       grant_type: 'password',
       scope: 'ovirt-app-api',
@@ -180,6 +196,12 @@ export class RhvConnection {
         }),
       { retries: this.#retries, ...(signal ? { signal } : {}) },
     );
+    if (res.status === 404 && this.#auth === 'auto') {
+      // 3.x engines have no SSO web app: they take HTTP Basic credentials on every request
+      this.#auth = 'basic';
+      this.#logger.info({ user: this.#username }, 'rhv: the engine has no SSO token endpoint, using HTTP Basic auth');
+      return this.#basic();
+    }
     let json: { access_token?: unknown; error?: unknown; error_description?: unknown; error_code?: unknown };
     try {
       json = JSON.parse(res.body) as typeof json;
@@ -190,17 +212,19 @@ export class RhvConnection {
     if (res.status >= 400 || typeof json.access_token !== 'string' || !json.access_token) {
       const code = typeof json.error_code === 'string' ? json.error_code : typeof json.error === 'string' ? json.error : undefined;
       const desc = typeof json.error_description === 'string' ? json.error_description : typeof json.error === 'string' ? json.error : 'no token';
-      throw new RhvAuthError(`SSO login as ${this.#username} failed (${res.status}): ${desc}`, code);
+      throw new RhvAuthError(`SSO login as ${this.#username} failed (${res.status}): ${desc}`, { ssoError: code });
     }
     this.#logger.debug({ user: this.#username }, 'rhv: logged in');
-    return json.access_token;
+    if (this.#auth === 'auto') this.#auth = 'sso';
+    return `Bearer ${json.access_token}`;
   }
 
   /** Revokes the token (`POST /services/sso-logout`). Errors are logged, not thrown. */
-  async logout(options: { signal?: AbortSignal } = {}): Promise<void> {
-    const token = this.#token;
+  async logout(options: { signal?: AbortSignal | undefined } = {}): Promise<void> {
+    const held = this.#token;
     this.#token = undefined;
-    if (!token) return;
+    if (!held?.startsWith('Bearer ')) return;
+    const token = held.slice('Bearer '.length);
     try {
       await this.#transport.send({
         method: 'POST',
@@ -217,7 +241,7 @@ export class RhvConnection {
   readonly #authInterceptor: HttpInterceptor = (next) => async (req) => {
     const send = async (): Promise<[HttpResponse, string]> => {
       const token = await this.#ensureToken(req.signal);
-      return [await next({ ...req, headers: { ...req.headers, authorization: `Bearer ${token}` } }), token];
+      return [await next({ ...req, headers: { ...req.headers, authorization: token } }), token];
     };
     const [res, used] = await send();
     if (res.status !== 401) return res;
@@ -227,7 +251,8 @@ export class RhvConnection {
     const [again] = await send();
     if (again.status === 401) {
       const fault = parseFault(again.body);
-      throw new RhvAuthError(`engine refused the token for ${this.#username} twice${fault.detail ? `: ${fault.detail}` : ''}`);
+      const what = this.#auth === 'basic' ? 'the Basic credentials' : 'the token';
+      throw new RhvAuthError(`engine refused ${what} for ${this.#username} twice${fault.detail ? `: ${fault.detail}` : ''}`);
     }
     return again;
   };
@@ -250,7 +275,7 @@ export class RhvConnection {
   };
 
   #fault(req: HttpRequest, res: HttpResponse): RhvFaultError {
-    return new RhvFaultError(res.status, parseFault(res.body), `${req.method} ${pathOf(req.url)}`);
+    return new RhvFaultError({ status: res.status, fault: parseFault(res.body), request: `${req.method} ${pathOf(req.url)}` });
   }
 
   #url(path: string, query?: RestCallOptions['query']): string {
@@ -317,7 +342,7 @@ export class RhvConnection {
 function rootOf(doc: XmlNode, root: string, what: string): XmlNode {
   if (Object.keys(doc).length === 0) return {};
   const node = doc[root];
-  if (node === '' ) return {};
+  if (node === '') return {};
   if (node === undefined || node === null || typeof node !== 'object' || Array.isArray(node)) {
     throw new RhvResponseError(`${what}: expected <${root}>, got <${Object.keys(doc)[0] ?? 'nothing'}>`);
   }

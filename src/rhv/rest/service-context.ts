@@ -21,7 +21,7 @@ export interface RhvPollOptions {
 
 /** Options of a waiting call: the caller's signal plus per-call overrides of the poll settings. */
 export interface RhvWaitCallOptions extends RhvPollOptions {
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
 }
 
 /** Shared by the services of one client. */
@@ -32,12 +32,7 @@ export interface ServiceContext {
 }
 
 /** Polls with the context's backoff, honouring per-call overrides and the caller's signal. */
-export function pollUntil<T>(
-  ctx: ServiceContext,
-  what: string,
-  check: () => Promise<WaitResult<T>>,
-  options: RhvWaitCallOptions = {},
-): Promise<T> {
+export function pollUntil<T>(ctx: ServiceContext, what: string, check: () => Promise<WaitResult<T>>, options: RhvWaitCallOptions = {}): Promise<T> {
   const opts: WaitOptions = {
     minDelayMs: options.minDelayMs ?? ctx.poll.minDelayMs,
     maxDelayMs: options.maxDelayMs ?? ctx.poll.maxDelayMs,

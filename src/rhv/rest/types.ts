@@ -110,12 +110,21 @@ export interface RhvImageTransfer {
   transferUrl?: string;
   /** Proxy URL (`https://engine:54323/images/<ticket>`), only while transferring. */
   proxyUrl?: string;
-  diskId?: string;
-  snapshotId?: string;
-  backupId?: string;
+  /**
+   * `<image id>`: the only reference to what is transferred that the engine returns
+   * (`ImageTransferMapper` maps the entity's disk id, the image group, to `image`; it never
+   * returns `disk`, `snapshot` or `backup`). Absent while the transfer is still initializing.
+   */
+  imageId?: string;
   hostId?: string;
   format?: RhvDiskFormat;
   transferred?: number;
+  /** The ticket is in use (a client is reading or writing). */
+  active?: boolean;
+  /** Seconds; 0 disables. */
+  inactivityTimeout?: number;
+  /** `legacy`, `pause` or `cancel` (4.4.5+). */
+  timeoutPolicy?: string;
 }
 
 /** `BackupPhase` (4.4+; `succeeded`/`failed` since 4.4.7). */
@@ -125,6 +134,7 @@ export type BackupPhase = 'initializing' | 'starting' | 'ready' | 'finalizing' |
 export interface RhvBackup {
   id: string;
   phase: BackupPhase;
+  description?: string;
   fromCheckpointId?: string;
   toCheckpointId?: string;
   diskIds: string[];
@@ -165,6 +175,8 @@ export interface RhvNamedEntity {
   status?: string;
   /** For storage domains: `data`, `export`, `iso`, `image`. */
   type?: string;
+  /** For storage domains: `storage/type`, e.g. `nfs`, `glusterfs`, `posixfs`, `localfs` (file) or `iscsi`, `fcp` (block). */
+  storageType?: string;
 }
 
 /** `types/Event.java` (subset). */

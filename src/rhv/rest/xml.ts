@@ -11,9 +11,9 @@ import { RhvResponseError } from './errors.js';
 /** A parsed XML element: child elements and attributes by name. */
 export type XmlNode = { readonly [key: string]: unknown };
 
-/** A value for {@link toXml}: nested objects become elements, `@name` keys attributes, arrays repeated elements. */
+/** A value in an XML request body: nested objects become elements, `@name` keys attributes, arrays repeated elements. */
 export type XmlValue = string | number | boolean | undefined | null | XmlObject | readonly XmlValue[];
-/** An object for {@link toXml}. */
+/** An XML request body (or part of one), as the RhvConnection methods take it. */
 export interface XmlObject {
   readonly [key: string]: XmlValue;
 }
@@ -24,8 +24,12 @@ const parser = new XMLParser({
   parseTagValue: false,
   parseAttributeValue: false,
   trimValues: true,
-  processEntities: true,
+  // references are decoded here in one pass (fast-xml-parser leaves numeric ones as they are, and
+  // decoding them after its own pass would turn `&amp;#233;` into `é`)
+  processEntities: false,
   htmlEntities: false,
+  tagValueProcessor: (_name, value) => decodeReferences(value),
+  attributeValueProcessor: (_name, value) => decodeReferences(value),
   ignoreDeclaration: true,
   ignorePiTags: true,
   isArray: (name, jpath) => {
@@ -34,6 +38,38 @@ const parser = new XMLParser({
     return parent !== undefined && parent === `${name}s`;
   },
 });
+
+const PREDEFINED: Readonly<Record<string, string>> = { lt: '<', gt: '>', amp: '&', quot: '"', apos: "'" };
+const REFERENCE = /&(#[0-9]+|#[xX][0-9A-Fa-f]+|[A-Za-z][A-Za-z0-9]*);/g;
+
+/** Whether `cp` is a `Char` of XML 1.0 (§2.2): what a character reference may name. */
+function isXmlChar(cp: number): boolean {
+  return cp === 0x9 || cp === 0xa || cp === 0xd || (cp >= 0x20 && cp <= 0xd7ff) || (cp >= 0xe000 && cp <= 0xfffd) || (cp >= 0x10000 && cp <= 0x10ffff);
+}
+
+/**
+ * Decodes the five predefined entities and numeric character references (`&#233;`, `&#xD;`,
+ * `&#x1F600;`) of one text or attribute value. A reference to something that is not an XML
+ * character (`&#0;`, a surrogate, `&#99999999999;`) or an undeclared entity makes the document
+ * malformed (XML 1.0 §4.1), so it throws.
+ */
+export function decodeReferences(value: string): string {
+  if (!value.includes('&')) return value;
+  return value.replace(REFERENCE, (whole, ref: string) => {
+    if (ref.startsWith('#')) {
+      const hex = ref[1] === 'x' || ref[1] === 'X';
+      const digits = ref.slice(hex ? 2 : 1).replace(/^0+(?=.)/, '');
+      // longer than any code point: refused before parsing, so huge numbers cost nothing
+      if (digits.length > (hex ? 6 : 7)) throw new RhvResponseError(`character reference ${whole.slice(0, 20)} is out of range`);
+      const cp = Number.parseInt(digits, hex ? 16 : 10);
+      if (!isXmlChar(cp)) throw new RhvResponseError(`character reference ${whole.slice(0, 20)} is not an XML character`);
+      return String.fromCodePoint(cp);
+    }
+    const named = PREDEFINED[ref];
+    if (named === undefined) throw new RhvResponseError(`undeclared entity &${ref.slice(0, 20)};`);
+    return named;
+  });
+}
 
 const builder = new XMLBuilder({
   ignoreAttributes: false,
@@ -59,7 +95,8 @@ export function parseXml(text: string, what = 'response'): XmlNode {
   try {
     return parser.parse(text) as XmlNode;
   } catch (err) {
-    throw new RhvResponseError(`${what}: malformed XML`, { cause: err });
+    const why = err instanceof RhvResponseError ? ` (${err.message})` : '';
+    throw new RhvResponseError(`${what}: malformed XML${why}`, { cause: err });
   }
 }
 

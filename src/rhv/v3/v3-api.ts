@@ -90,16 +90,18 @@ export class RhvV3Api {
   }
 
   /** A VM by exact name (names that are not plain are matched client-side). @throws NotFoundError `ERR_NOT_FOUND` */
-  async findVm(name: string, options: { signal?: AbortSignal } = {}): Promise<V3Vm> {
+  async findVm(name: string, options: { signal?: AbortSignal | undefined } = {}): Promise<V3Vm> {
     const safe = /^[A-Za-z0-9._-]+$/.test(name);
     const doc = await this.#c.get('/vms', 'vms', { query: safe ? { search: `name=${name}` } : {}, ...options });
-    const vm = children(doc, 'vm').map(mapVm).find((v) => v.name === name);
-    if (!vm) throw new NotFoundError('vm', `no VM named ${JSON.stringify(name)}`);
+    const vm = children(doc, 'vm')
+      .map(mapVm)
+      .find((v) => v.name === name);
+    if (!vm) throw new NotFoundError(`no VM named ${JSON.stringify(name)}`, { what: 'vm' });
     return vm;
   }
 
   /** A VM by id. @throws RhvFaultError `ERR_RHV_FAULT` (404) */
-  async getVm(id: string, options: { signal?: AbortSignal } = {}): Promise<V3Vm> {
+  async getVm(id: string, options: { signal?: AbortSignal | undefined } = {}): Promise<V3Vm> {
     return mapVm(await this.#c.get(`/vms/${seg(id)}`, 'vm', options));
   }
 
@@ -117,17 +119,20 @@ export class RhvV3Api {
   }
 
   /** The disks of a VM (`/vms/{id}/disks`, 3.x), in attachment order. */
-  async vmDisks(vmId: string, options: { signal?: AbortSignal } = {}): Promise<{ id: string; alias: string }[]> {
-    return children(await this.#c.get(`/vms/${seg(vmId)}/disks`, 'disks', options), 'disk').map((n) => ({ id: requireId(n, 'disk'), alias: text(n, 'alias') ?? text(n, 'name') ?? '' }));
+  async vmDisks(vmId: string, options: { signal?: AbortSignal | undefined } = {}): Promise<{ id: string; alias: string }[]> {
+    return children(await this.#c.get(`/vms/${seg(vmId)}/disks`, 'disks', options), 'disk').map((n) => ({
+      id: requireId(n, 'disk'),
+      alias: text(n, 'alias') ?? text(n, 'name') ?? '',
+    }));
   }
 
   /** Data centers. */
-  async dataCenters(options: { signal?: AbortSignal } = {}): Promise<V3Entity[]> {
+  async dataCenters(options: { signal?: AbortSignal | undefined } = {}): Promise<V3Entity[]> {
     return children(await this.#c.get('/datacenters', 'data_centers', options), 'data_center').map(mapEntity);
   }
 
   /** Clusters (with their data center id). */
-  async clusters(options: { signal?: AbortSignal } = {}): Promise<(V3Entity & { dataCenterId?: string })[]> {
+  async clusters(options: { signal?: AbortSignal | undefined } = {}): Promise<(V3Entity & { dataCenterId?: string })[]> {
     return children(await this.#c.get('/clusters', 'clusters', options), 'cluster').map((n) => {
       const dc = text(child(n, 'data_center'), 'id');
       return { ...mapEntity(n), ...(dc ? { dataCenterId: dc } : {}) };
@@ -135,17 +140,17 @@ export class RhvV3Api {
   }
 
   /** Storage domains attached to a data center. */
-  async dataCenterStorageDomains(dataCenterId: string, options: { signal?: AbortSignal } = {}): Promise<V3Entity[]> {
+  async dataCenterStorageDomains(dataCenterId: string, options: { signal?: AbortSignal | undefined } = {}): Promise<V3Entity[]> {
     return children(await this.#c.get(`/datacenters/${seg(dataCenterId)}/storagedomains`, 'storage_domains', options), 'storage_domain').map(mapEntity);
   }
 
   /** Creates a disk-only snapshot; wait for it with {@link RhvV3Api.waitSnapshotOk}. */
-  async createSnapshot(vmId: string, description: string, options: { signal?: AbortSignal } = {}): Promise<V3Snapshot> {
+  async createSnapshot(vmId: string, description: string, options: { signal?: AbortSignal | undefined } = {}): Promise<V3Snapshot> {
     return mapSnapshot(await this.#c.post(`/vms/${seg(vmId)}/snapshots`, 'snapshot', { description, persist_memorystate: false }, options));
   }
 
   /** Snapshots of a VM. */
-  async snapshots(vmId: string, options: { signal?: AbortSignal } = {}): Promise<V3Snapshot[]> {
+  async snapshots(vmId: string, options: { signal?: AbortSignal | undefined } = {}): Promise<V3Snapshot[]> {
     return children(await this.#c.get(`/vms/${seg(vmId)}/snapshots`, 'snapshots', options), 'snapshot').map(mapSnapshot);
   }
 
@@ -155,7 +160,9 @@ export class RhvV3Api {
       this.#ctx,
       `snapshot ${snapshotId} ok`,
       async () => {
-        const node = await orUndefined(() => this.#c.get(`/vms/${seg(vmId)}/snapshots/${seg(snapshotId)}`, 'snapshot', options.signal ? { signal: options.signal } : {}));
+        const node = await orUndefined(() =>
+          this.#c.get(`/vms/${seg(vmId)}/snapshots/${seg(snapshotId)}`, 'snapshot', options.signal ? { signal: options.signal } : {}),
+        );
         if (!node) throw new RhvResponseError(`snapshot ${snapshotId} disappeared while being created (the engine failed it)`);
         const s = mapSnapshot(node);
         return s.status === 'ok' ? { done: true, value: s } : { done: false, state: s.status };
@@ -170,13 +177,18 @@ export class RhvV3Api {
   }
 
   /** Clones a new VM from a snapshot (`POST /vms` with `snapshots/snapshot`). */
-  async cloneFromSnapshot(name: string, clusterId: string, snapshotId: string, options: { signal?: AbortSignal } = {}): Promise<V3Vm> {
+  async cloneFromSnapshot(name: string, clusterId: string, snapshotId: string, options: { signal?: AbortSignal | undefined } = {}): Promise<V3Vm> {
     return mapVm(await this.#c.post('/vms', 'vm', { name, cluster: { '@id': clusterId }, snapshots: { snapshot: [{ '@id': snapshotId }] } }, options));
   }
 
   /** VMs of the engine whose name is exactly `name` (finds a clone whose creation answer was lost). */
-  async vmsNamed(name: string, options: { signal?: AbortSignal } = {}): Promise<V3Vm[]> {
-    return children(await this.#c.get('/vms', 'vms', options), 'vm').map(mapVm).filter((v) => v.name === name);
+  async vmsNamed(name: string, options: { signal?: AbortSignal | undefined } = {}): Promise<V3Vm[]> {
+    return (await this.vms(options)).filter((v) => v.name === name);
+  }
+
+  /** Every VM of the engine. */
+  async vms(options: { signal?: AbortSignal | undefined } = {}): Promise<V3Vm[]> {
+    return children(await this.#c.get('/vms', 'vms', options), 'vm').map(mapVm);
   }
 
   /** Removes a VM and its disks, retrying 409 answers (locked); a missing VM is fine. */
@@ -185,17 +197,22 @@ export class RhvV3Api {
   }
 
   /** Starts exporting a (down) VM to an export domain: `exclusive` overwrites, `discard_snapshots` collapses the chain. */
-  async exportVm(vmId: string, storageDomainId: string, options: { signal?: AbortSignal } = {}): Promise<void> {
-    await this.#c.action(`/vms/${seg(vmId)}`, 'export', { storage_domain: { '@id': storageDomainId }, exclusive: true, discard_snapshots: true, async: true }, options);
+  async exportVm(vmId: string, storageDomainId: string, options: { signal?: AbortSignal | undefined } = {}): Promise<void> {
+    await this.#c.action(
+      `/vms/${seg(vmId)}`,
+      'export',
+      { storage_domain: { '@id': storageDomainId }, exclusive: true, discard_snapshots: true, async: true },
+      options,
+    );
   }
 
   /** VM ids the export domain holds (as the engine sees them). */
-  async exportedVms(storageDomainId: string, options: { signal?: AbortSignal } = {}): Promise<V3Vm[]> {
+  async exportedVms(storageDomainId: string, options: { signal?: AbortSignal | undefined } = {}): Promise<V3Vm[]> {
     return children(await this.#c.get(`/storagedomains/${seg(storageDomainId)}/vms`, 'vms', options), 'vm').map(mapVm);
   }
 
   /** Removes an exported VM (its OVF and images) from an export domain; a missing one is fine. */
-  async removeExportedVm(exportDomainId: string, vmId: string, options: { signal?: AbortSignal } = {}): Promise<void> {
+  async removeExportedVm(exportDomainId: string, vmId: string, options: { signal?: AbortSignal | undefined } = {}): Promise<void> {
     await orUndefined(() => this.#c.delete(`/storagedomains/${seg(exportDomainId)}/vms/${seg(vmId)}`, options));
   }
 
@@ -203,7 +220,7 @@ export class RhvV3Api {
   async importVm(
     exportDomainId: string,
     vmId: string,
-    target: { clusterId: string; storageDomainId: string; name?: string; clone?: boolean; signal?: AbortSignal },
+    target: { clusterId: string; storageDomainId: string; name?: string; clone?: boolean; signal?: AbortSignal | undefined },
   ): Promise<void> {
     await this.#c.action(
       `/storagedomains/${seg(exportDomainId)}/vms/${seg(vmId)}`,

@@ -8,32 +8,37 @@
  */
 import { randomBytes } from 'node:crypto';
 import { throwIfAborted } from '../../core/abort.js';
-import { CleanupStack } from '../../core/cleanup-stack.js';
-import { InvalidArgumentError, isVirtstreamError, NotFoundError, UnsupportedError, VirtstreamError } from '../../core/errors.js';
+import { InvalidArgumentError, UnsupportedError, VirtstreamError } from '../../core/errors.js';
 import type { CommandRunner } from '../../core/exec/command-runner.js';
 import type { Logger } from '../../core/logger.js';
 import { childLogger, redactingLogger, silentLogger } from '../../core/logger.js';
 import type { VmRef } from '../../core/model.js';
-import { throttleProgress } from '../../core/progress.js';
 import type {
   BackupOptions,
   BackupResult,
   BackupStrategy,
-  DiskBackupResult,
+  RecoverOptions,
+  RecoverResult,
+  RecoveryAction,
   RestoreOptions,
   RestoreResult,
   StrategyCapabilities,
 } from '../../core/strategy.js';
 import type { BackupTarget, RestoreSource } from '../../core/target.js';
-import type { DomainDisk } from '../../libvirt/domain-xml.js';
+import { readDomainForBackup } from '../../libvirt/domain-state.js';
 import { parseDomainXml } from '../../libvirt/domain-xml.js';
 import { rewriteDomainXml } from '../../libvirt/domain-xml-rewrite.js';
 import type { HookCommand } from '../../libvirt/hooks.js';
-import { resolveQuiesce, runHooks } from '../../libvirt/hooks.js';
 import type { LibvirtHost } from '../../libvirt/libvirt-host.js';
+import { checkDiskSources, RecoveryRecorder, recoverDomain, recoveryWarnings, withDomainLock } from '../../libvirt/recovery.js';
 import { rewriteDiskSources } from '../../libvirt/storage/disk-source-xml.js';
-import type { LvmClientOptions, LvmLogicalVolume, SnapshotSizePolicy } from '../../libvirt/storage/lvm.js';
-import { LvmClient, LvmError, parseLvDevicePath, snapshotSizeFor, validateLvmName } from '../../libvirt/storage/lvm.js';
+import type { LvmClientOptions, LvmLogicalVolume, SnapshotSizePolicy } from '../../libvirt/storage/lvm-client.js';
+import { LvmClient, LvmError, parseLvDevicePath, snapshotSizeFor, validateLvmName } from '../../libvirt/storage/lvm-client.js';
+import type { BackupPipelineSpec, BackupPlan, BackupSource } from '../../pipeline/backup-pipeline.js';
+import { runBackup } from '../../pipeline/backup-pipeline.js';
+import type { RestoreSink } from '../../pipeline/restore-pipeline.js';
+import { runRestore } from '../../pipeline/restore-pipeline.js';
+import { atConsistencyPoint } from './consistency-point.js';
 
 /** A volume group plus logical volume name. */
 export interface LvmVolumeRef {
@@ -67,6 +72,29 @@ export interface LvmSnapshotStrategyOptions {
 
 /** The metadata file holding the domain XML. */
 const DOMAIN_XML = 'domain.xml';
+/** Names of the snapshot LVs this strategy creates: `<origin>-vsnap-<run tag>`. It never keeps one past a run. */
+const SNAPSHOT_TAG_RE = /-vsnap-[0-9a-f]{6}$/;
+
+/** A disk the lvm strategy backs up: the domain's target (`vda`) as id, `vg/lv` as name. */
+interface LvmDisk {
+  readonly id: string;
+  readonly name: string;
+  /** The device path the domain XML names. */
+  readonly source: string | undefined;
+  readonly lv: LvmLogicalVolume;
+  /** Size of its snapshot's copy-on-write area, fixed by the policy at inspection. */
+  snapshotBytes: number;
+}
+
+/** What the lvm source found and made during one run. */
+interface LvmPlan extends BackupPlan<LvmDisk> {
+  readonly domain: string;
+  readonly running: boolean;
+  /** Stored as the backup's domain XML: the persistent definition, else the live one. */
+  readonly inactiveXml: string;
+  /** Per disk id: its snapshot and the undo handle that removes it. */
+  readonly snapshots: Map<string, { snap: LvmLogicalVolume; removal: symbol }>;
+}
 
 /** Makes an LV name from free text: LVM's charset, no leading `-`, at most `max` characters. */
 function lvSafe(s: string, max: number): string {
@@ -93,6 +121,7 @@ export class LvmSnapshotStrategy implements BackupStrategy {
   readonly id = 'lvm';
   /** Full only, live (crash-consistent or quiesced), restore; not sparse. */
   readonly capabilities: StrategyCapabilities = Object.freeze({ incremental: false, live: true, sparse: false, restore: true });
+  readonly #spec: BackupPipelineSpec = { id: this.id, capabilities: this.capabilities, fullOnlyReason: 'LVM snapshots carry no change tracking' };
   readonly #o: Readonly<LvmSnapshotStrategyOptions>;
   readonly #policy: SnapshotSizePolicy;
 
@@ -125,146 +154,126 @@ export class LvmSnapshotStrategy implements BackupStrategy {
     const domain = vm.name ?? vm.id;
     if (!domain) throw new InvalidArgumentError('vm needs a name or id');
     const logger = childLogger(redactingLogger(options.logger ?? this.#o.logger ?? silentLogger), { strategy: this.id, vm: domain });
-    const progress = throttleProgress(options.onProgress);
-    const host = this.#o.host;
-    const lvm = this.#client(logger);
-    const warnings: string[] = [];
-    const sig = signal ? { signal } : {};
-
-    progress({ type: 'phase', phase: 'prepare' });
-    const xml = await host.dumpXml(domain, sig);
-    const info = parseDomainXml(xml);
-    const inactiveXml = await host.dumpXml(domain, { ...sig, inactive: true }).catch((err: unknown) => {
-      if (isVirtstreamError(err, 'ERR_ABORTED')) throw err;
-      return xml;
+    // one run per domain and host at a time; a killed run's lock ends with its connection
+    return withDomainLock(this.#o.host, domain, signal, async () => {
+      const warnings = recoveryWarnings(await this.#recover(domain, false, logger, signal));
+      return runBackup(this.#spec, this.#source(this.#client(logger)), domain, target, options, logger, warnings);
     });
-    const excluded = new Set(options.excludeDisks ?? []);
-    const planned: { disk: DomainDisk; lv: LvmLogicalVolume }[] = [];
+  }
+
+  /**
+   * Finds snapshot LVs of the domain's volumes that interrupted runs left (`<lv>-vsnap-<tag>`,
+   * origin one of the domain's LVs; this strategy never keeps a snapshot past its run) and removes
+   * them, each logged on one line. `backup()` runs it first.
+   *
+   * @throws `ERR_CONFLICT` (another run holds the domain), `ERR_NOT_FOUND`, `ERR_LVM`, `ERR_ABORTED`.
+   */
+  recover(vm: VmRef, options: RecoverOptions = {}): Promise<RecoverResult> {
+    return recoverDomain(this.#o.host, vm, options, { id: this.id, logger: this.#o.logger }, (d, dry, log, s) => this.#recover(d, dry, log, s));
+  }
+
+  async #recover(domain: string, dryRun: boolean, logger: Logger, signal: AbortSignal | undefined): Promise<RecoveryAction[]> {
+    const info = parseDomainXml(await this.#o.host.dumpXml(domain, signal ? { signal } : {}));
+    const lvm = this.#client(logger);
+    const origins = new Map<string, Set<string>>();
     for (const disk of info.disks) {
-      if (disk.device === 'cdrom' || disk.device === 'floppy') continue;
-      if (excluded.has(disk.target)) continue;
       const parts = disk.sourceType === 'block' && disk.dev !== undefined ? parseLvDevicePath(disk.dev) : undefined;
-      if (!parts) {
-        throw new UnsupportedError(
-          `disk ${disk.target} of ${domain} is not an LVM logical volume (${disk.sourceTypeName}${disk.dev !== undefined ? ` ${disk.dev}` : ''}); exclude it with excludeDisks or use the virsh strategy`,
+      if (!parts) continue;
+      const set = origins.get(parts.vg) ?? new Set<string>();
+      set.add(parts.lv);
+      origins.set(parts.vg, set);
+    }
+    const rec = new RecoveryRecorder({ dryRun, logger, signal });
+    for (const [vg, lvs] of origins) {
+      for (const lv of await lvm.listLogicalVolumes({ vg, ...(signal ? { signal } : {}) })) {
+        if (lv.origin === undefined || !lvs.has(lv.origin) || !SNAPSHOT_TAG_RE.test(lv.name)) continue;
+        await rec.attempt('snapshot', `${vg}/${lv.name}`, `stale snapshot ${vg}/${lv.name} of ${vg}/${lv.origin} left by an interrupted run removed`, () =>
+          lvm.removeLogicalVolume(vg, lv.name, { signal: rec.signal }),
         );
       }
-      planned.push({ disk, lv: await lvm.getLogicalVolume(parts.vg, parts.lv, sig) });
     }
-    if (planned.length === 0) throw new InvalidArgumentError(`domain ${domain} has no LVM disk to back up`);
-    const fallbackReason = (options.kind ?? 'full') === 'incremental' ? 'the lvm strategy makes full backups only (LVM snapshots carry no change tracking)' : undefined;
-    if (fallbackReason) warnings.push(`full backup instead of incremental: ${fallbackReason}`);
+    return rec.actions;
+  }
 
-    // snapshot sizes, checked against each VG's free space (several disks may share a VG)
-    const sizes = new Map<LvmLogicalVolume, number>();
-    const reserved = new Map<string, number>();
-    for (const p of planned) {
-      const vg = await lvm.getVolumeGroup(p.lv.vg, sig);
-      const used = reserved.get(vg.name) ?? 0;
-      const size = snapshotSizeFor(p.lv, { ...vg, free: vg.free - used }, this.#policy);
-      reserved.set(vg.name, used + size);
-      sizes.set(p.lv, size);
-    }
-
-    const undo = new CleanupStack({ logger });
-    const keep: symbol[] = [];
-    try {
-      throwIfAborted(signal);
-      const session = await target.begin({
-        vm: { name: info.name, id: info.uuid },
-        strategy: this.id,
-        kind: 'full',
-        ...(options.labels ? { labels: options.labels } : {}),
-        ...sig,
-      });
-      keep.push(undo.defer('abort backup session', () => session.abort()));
-
-      if (this.#o.preHooks?.length) {
-        progress({ type: 'phase', phase: 'pre-hook' });
-        await runHooks(host, domain, this.#o.preHooks, sig);
-      }
-      const running = info.id !== undefined;
-      const q = running ? await resolveQuiesce(host, domain, this.#o.quiesce, sig) : { quiesce: false };
-      if ('warning' in q && q.warning) warnings.push(q.warning);
-      let thaw: symbol | undefined;
-      if (q.quiesce) {
-        await host.virsh(['domfsfreeze', '--domain', domain], sig);
-        thaw = undo.defer('thaw guest file systems', (s) => host.virsh(['domfsthaw', '--domain', domain], { signal: s }));
-      }
-      progress({ type: 'phase', phase: 'snapshot' });
-      const tag = randomBytes(3).toString('hex');
-      const snaps: { p: (typeof planned)[number]; snap: LvmLogicalVolume; handle: symbol }[] = [];
-      for (const p of planned) {
-        throwIfAborted(signal);
-        const name = `${lvSafe(p.lv.name, 100)}-vsnap-${tag}`;
-        validateLvmName('lv', name);
-        let snap: LvmLogicalVolume;
-        try {
-          snap = await lvm.createSnapshot(p.lv, name, sizes.get(p.lv)!, sig);
-        } catch (err) {
-          // lvcreate may have made the LV before failing (e.g. activation): remove it if it exists
-          undo.defer(`remove snapshot ${p.lv.vg}/${name} (failed create)`, async (s) => {
-            const left = (await lvm.listLogicalVolumes({ vg: p.lv.vg, signal: s })).some((l) => l.name === name);
-            if (left) await lvm.removeLogicalVolume(p.lv.vg, name, { signal: s });
-          });
-          throw err;
+  /** The platform half of a backup: the domain's LVs, their snapshots, a `dd` read of each. */
+  #source(lvm: LvmClient): BackupSource<LvmPlan> {
+    const host = this.#o.host;
+    return {
+      inspect: async (run) => {
+        const domain = run.vm;
+        // one definition of "running" for every libvirt strategy (refused states throw here)
+        const { info, running, inactiveXml } = await readDomainForBackup(host, domain, run.sig);
+        const excluded = new Set(run.options.excludeDisks ?? []);
+        const disks: LvmDisk[] = [];
+        for (const disk of info.disks) {
+          if (disk.device === 'cdrom' || disk.device === 'floppy' || excluded.has(disk.target)) continue;
+          const parts = disk.sourceType === 'block' && disk.dev !== undefined ? parseLvDevicePath(disk.dev) : undefined;
+          if (!parts) {
+            throw new UnsupportedError(
+              `disk ${disk.target} of ${domain} is not an LVM logical volume (${disk.sourceTypeName}${disk.dev !== undefined ? ` ${disk.dev}` : ''}); exclude it with excludeDisks or use the virsh strategy`,
+            );
+          }
+          const lv = await lvm.getLogicalVolume(parts.vg, parts.lv, run.sig);
+          disks.push({ id: disk.target, name: `${lv.vg}/${lv.name}`, source: disk.dev, lv, snapshotBytes: 0 });
         }
-        const handle = undo.defer(`remove snapshot ${snap.vg}/${snap.name}`, (s) => lvm.removeLogicalVolume(snap.vg, snap.name, { signal: s }));
-        snaps.push({ p, snap, handle });
-      }
-      if (thaw) await undo.runOne(thaw);
-      if (this.#o.postHooks?.length) {
-        progress({ type: 'phase', phase: 'post-hook' });
-        await runHooks(host, domain, this.#o.postHooks, {
-          ...sig,
-          onResult: (r) => {
-            if (!r.ok) warnings.push(`post hook ${r.argv[0] ?? ''} failed: ${r.error ?? ''}`);
-          },
-        });
-      }
-
-      const results: DiskBackupResult[] = [];
-      for (const { p, snap, handle } of snaps) {
-        throwIfAborted(signal);
-        progress({ type: 'phase', phase: 'transfer', disk: p.disk.target });
-        const read = lvm.openRead(snap.path, sig);
-        let written;
-        try {
-          written = await session.writeDisk(
-            {
-              diskId: p.disk.target,
-              name: `${p.lv.vg}/${p.lv.name}`,
-              format: 'raw',
-              virtualSize: p.lv.size,
-              kind: 'full',
-              ...(fallbackReason ? { fallbackReason } : {}),
-              extra: { vg: p.lv.vg, lv: p.lv.name, snapshotBytes: sizes.get(p.lv)! },
-            },
-            read.stream,
-            { ...sig, expectedBytes: p.lv.size, onBytes: (n) => progress({ type: 'bytes', disk: p.disk.target, transferred: n, total: p.lv.size }) },
-          );
-        } catch (err) {
-          read.kill();
-          const cmdErr = await read.done.then(() => undefined, (e: unknown) => e);
-          throw cmdErr !== undefined && !isVirtstreamError(err, 'ERR_ABORTED') && !isVirtstreamError(cmdErr, 'ERR_ABORTED') ? cmdErr : err;
+        if (disks.length === 0) throw new InvalidArgumentError(`domain ${domain} has no LVM disk to back up`);
+        // the XML is checked against what libvirt itself reports before any snapshot
+        checkDiskSources(
+          domain,
+          await host.blockDevices(domain, { inactive: !running, ...run.sig }),
+          disks.map((d) => ({ target: d.id, source: d.source })),
+        );
+        // snapshot sizes, checked against each VG's free space (several disks may share a VG)
+        const reserved = new Map<string, number>();
+        for (const d of disks) {
+          const vg = await lvm.getVolumeGroup(d.lv.vg, run.sig);
+          const used = reserved.get(vg.name) ?? 0;
+          d.snapshotBytes = snapshotSizeFor(d.lv, { ...vg, free: vg.free - used }, this.#policy);
+          reserved.set(vg.name, used + d.snapshotBytes);
         }
-        await read.done;
-        // free the copy-on-write space as soon as the data is read
-        await undo.runOne(handle);
-        results.push({ diskId: p.disk.target, kind: 'full', bytes: written.bytes, ...(fallbackReason ? { fallbackReason } : {}) });
-      }
+        return { vm: { name: info.name, id: info.uuid }, disks, domain, running, inactiveXml, snapshots: new Map() };
+      },
 
-      progress({ type: 'phase', phase: 'finalize' });
-      await session.writeMetadata(DOMAIN_XML, inactiveXml, sig);
-      const record = await session.commit(sig);
-      for (const h of keep) undo.release(h);
-      progress({ type: 'phase', phase: 'cleanup' });
-      return { record, disks: results, warnings };
-    } catch (err) {
-      progress({ type: 'phase', phase: 'cleanup' });
-      await undo.unwind();
-      throw err;
-    }
+      freeze: (run, plan) =>
+        atConsistencyPoint(run, host, plan.domain, { ...this.#o, running: plan.running }, async () => {
+          const tag = randomBytes(3).toString('hex');
+          for (const d of plan.disks) {
+            throwIfAborted(run.signal);
+            const name = `${lvSafe(d.lv.name, 100)}-vsnap-${tag}`;
+            validateLvmName('lv', name);
+            let snap: LvmLogicalVolume;
+            try {
+              snap = await lvm.createSnapshot(d.lv, name, d.snapshotBytes, run.sig);
+            } catch (err) {
+              // lvcreate may have made the LV before failing (e.g. activation): remove it if it exists
+              run.undo.defer(`remove snapshot ${d.lv.vg}/${name} (failed create)`, async (s) => {
+                const left = (await lvm.listLogicalVolumes({ vg: d.lv.vg, signal: s })).some((l) => l.name === name);
+                if (left) await lvm.removeLogicalVolume(d.lv.vg, name, { signal: s });
+              });
+              throw err;
+            }
+            const removal = run.undo.defer(`remove snapshot ${snap.vg}/${snap.name}`, (s) => lvm.removeLogicalVolume(snap.vg, snap.name, { signal: s }));
+            plan.snapshots.set(d.id, { snap, removal });
+          }
+        }),
+
+      read: async (run, plan, disk) => {
+        const { snap, removal } = plan.snapshots.get(disk.id)!;
+        const read = lvm.openRead(snap.path, run.sig);
+        return {
+          format: 'raw',
+          virtualSize: disk.lv.size,
+          extra: { vg: disk.lv.vg, lv: disk.lv.name, snapshotBytes: disk.snapshotBytes },
+          stream: read.stream,
+          expectedBytes: disk.lv.size,
+          producer: read,
+          // free the copy-on-write space as soon as the data is read
+          release: () => run.undo.runOne(removal),
+        };
+      },
+
+      metadata: async (_run, plan) => ({ [DOMAIN_XML]: plan.inactiveXml }),
+    };
   }
 
   /**
@@ -277,71 +286,65 @@ export class LvmSnapshotStrategy implements BackupStrategy {
    * (an existing LV is too small, lvcreate failed), `ERR_UNSUPPORTED` (not an lvm backup),
    * `ERR_ABORTED`. On failure the LVs created are removed and no domain is defined.
    */
-  async restore(vmName: string, source: RestoreSource, options: RestoreOptions = {}): Promise<RestoreResult> {
-    const { signal } = options;
-    throwIfAborted(signal);
-    const sig = signal ? { signal } : {};
+  restore(vmName: string, source: RestoreSource, options: RestoreOptions = {}): Promise<RestoreResult> {
     const logger = childLogger(redactingLogger(options.logger ?? this.#o.logger ?? silentLogger), { strategy: this.id, vm: vmName });
-    const progress = throttleProgress(options.onProgress);
-    const host = this.#o.host;
-    const lvm = this.#client(logger);
-    progress({ type: 'phase', phase: 'prepare' });
-    const records = await source.list(vmName, sig);
-    const record = options.backupId !== undefined ? records.find((r) => r.id === options.backupId) : [...records].reverse().find((r) => r.strategy === this.id);
-    if (!record) throw new NotFoundError('backup', `no ${options.backupId !== undefined ? `backup ${options.backupId}` : 'LVM backup'} of ${vmName}`);
-    if (record.strategy !== this.id) throw new UnsupportedError(`backup ${record.id} was made by strategy ${record.strategy}; restore it with that strategy`);
-    const xml = (await source.readMetadata(vmName, record.id, DOMAIN_XML, sig)).toString('utf8');
-    const info = parseDomainXml(xml);
-    const newName = options.newName ?? vmName;
-    if (await host.hasDomain(newName, sig)) {
-      throw new VirtstreamError('ERR_CONFLICT', `domain ${JSON.stringify(newName)} already exists on ${host.host}; undefine it or restore with newName`);
-    }
+    return runRestore(this.id, this.#sink(this.#client(logger)), vmName, source, options, logger);
+  }
 
-    const undo = new CleanupStack({ logger });
-    const keep: symbol[] = [];
-    try {
-      const out: { diskId: string; bytes: number; location?: string }[] = [];
-      const edits: Record<string, { dev: string }> = {};
-      for (const artifact of record.disks) {
-        throwIfAborted(signal);
-        if (artifact.kind !== 'full' || artifact.format !== 'raw') throw new VirtstreamError('ERR_REPO_CHAIN', `artifact ${artifact.diskId} of ${record.id} is not a full raw image`);
+  /** The platform half of a restore: an LV per disk (created, or an existing one large enough), then the domain. */
+  #sink(lvm: LvmClient): RestoreSink<{ xml: string; targets: Set<string>; edits: Record<string, { dev: string }> }> {
+    const host = this.#o.host;
+    return {
+      precheck: async (run) => {
+        if (await host.hasDomain(run.newName, run.sig)) {
+          throw new VirtstreamError(
+            'ERR_CONFLICT',
+            `domain ${JSON.stringify(run.newName)} already exists on ${host.host}; undefine it or restore with newName`,
+          );
+        }
+      },
+      prepare: async (_run, point) => {
+        const xml = point.readMetadata(DOMAIN_XML).toString('utf8');
+        return { xml, targets: new Set(parseDomainXml(xml).disks.map((d) => d.target)), edits: {} };
+      },
+      writeDisk: async (run, state, point, artifact) => {
+        const record = point.record;
+        if (artifact.kind !== 'full' || artifact.format !== 'raw')
+          throw new VirtstreamError('ERR_REPO_CHAIN', `artifact ${artifact.diskId} of ${record.id} is not a full raw image`);
         const e = artifact.extra ?? {};
-        if (typeof e.vg !== 'string' || typeof e.lv !== 'string') throw new VirtstreamError('ERR_REPO_CHAIN', `artifact ${artifact.diskId} of ${record.id} has no LVM facts`);
+        if (typeof e.vg !== 'string' || typeof e.lv !== 'string')
+          throw new VirtstreamError('ERR_REPO_CHAIN', `artifact ${artifact.diskId} of ${record.id} has no LVM facts`);
         const original = { vg: e.vg, lv: e.lv };
+        const renamed = run.options.newName;
         const dest = this.#o.restoreVolume
-          ? this.#o.restoreVolume({ diskId: artifact.diskId, original }, newName)
-          : { vg: original.vg, lv: options.newName !== undefined ? lvSafe(`${options.newName}-${artifact.diskId}`, 120) : original.lv };
+          ? this.#o.restoreVolume({ diskId: artifact.diskId, original }, run.newName)
+          : { vg: original.vg, lv: renamed !== undefined ? lvSafe(`${renamed}-${artifact.diskId}`, 120) : original.lv };
         validateLvmName('vg', dest.vg);
         validateLvmName('lv', dest.lv);
-        progress({ type: 'phase', phase: 'restore', disk: artifact.diskId });
-        const existing = (await lvm.listLogicalVolumes({ ...sig, vg: dest.vg })).find((l) => l.name === dest.lv);
+        const existing = (await lvm.listLogicalVolumes({ ...run.sig, vg: dest.vg })).find((l) => l.name === dest.lv);
         let lv: LvmLogicalVolume;
         if (existing) {
           if (existing.size < artifact.virtualSize) {
-            throw new LvmError(`logical volume ${dest.vg}/${dest.lv} holds ${existing.size} bytes, the backup of ${artifact.diskId} needs ${artifact.virtualSize}`, { exitCode: null, stderrTail: '' });
+            throw new LvmError(
+              `logical volume ${dest.vg}/${dest.lv} holds ${existing.size} bytes, the backup of ${artifact.diskId} needs ${artifact.virtualSize}`,
+              { exitCode: null, stderrTail: '' },
+            );
           }
           lv = existing;
         } else {
-          lv = await lvm.createLogicalVolume(dest.vg, dest.lv, artifact.virtualSize, sig);
-          keep.push(undo.defer(`remove ${dest.vg}/${dest.lv}`, (s) => lvm.removeLogicalVolume(dest.vg, dest.lv, { signal: s })));
+          lv = await lvm.createLogicalVolume(dest.vg, dest.lv, artifact.virtualSize, run.sig);
+          run.undo.defer(`remove ${dest.vg}/${dest.lv}`, (s) => lvm.removeLogicalVolume(dest.vg, dest.lv, { signal: s }));
         }
-        const stream = await source.openDisk(vmName, record.id, artifact.diskId, sig);
-        await lvm.writeDevice(lv.path, stream, sig);
-        progress({ type: 'bytes', disk: artifact.diskId, transferred: artifact.bytes, total: artifact.bytes });
-        out.push({ diskId: artifact.diskId, bytes: artifact.bytes, location: lv.path });
-        if (info.disks.some((d) => d.target === artifact.diskId)) edits[artifact.diskId] = { dev: lv.path };
-      }
-      progress({ type: 'phase', phase: 'finalize' });
-      let newXml = rewriteDiskSources(xml, edits);
-      if (options.newName !== undefined) newXml = rewriteDomainXml(newXml, { name: options.newName, uuid: 'remove', regenerateMacs: true });
-      throwIfAborted(signal);
-      const defined = await host.define(newXml, sig);
-      for (const h of keep) undo.release(h);
-      return { vm: { name: defined.name, id: defined.uuid }, disks: out, warnings: [] };
-    } catch (err) {
-      progress({ type: 'phase', phase: 'cleanup' });
-      await undo.unwind();
-      throw err;
-    }
+        await lvm.writeDevice(lv.path, await point.openLayer(record.id, artifact.diskId, run.sig), run.sig);
+        if (state.targets.has(artifact.diskId)) state.edits[artifact.diskId] = { dev: lv.path };
+        return { diskId: artifact.diskId, sourceDiskId: artifact.diskId, bytes: artifact.bytes, location: lv.path };
+      },
+      finish: async (run, state) => {
+        let xml = rewriteDiskSources(state.xml, state.edits);
+        if (run.options.newName !== undefined) xml = rewriteDomainXml(xml, { name: run.options.newName, uuid: 'remove', regenerateMacs: true });
+        const defined = await host.define(xml, run.sig);
+        return { name: defined.name, id: defined.uuid };
+      },
+    };
   }
 }

@@ -10,7 +10,7 @@ export interface BackupSnapshotInit {
   descriptionPrefix: string;
   diskIds: readonly string[];
   poll: RhvPollOptions;
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
 }
 
 /**

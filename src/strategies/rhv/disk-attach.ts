@@ -4,34 +4,30 @@
  *
  * @module
  */
-import { createReadStream, createWriteStream } from 'node:fs';
-import { Transform } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
+import { createReadStream } from 'node:fs';
 import { throwIfAborted } from '../../core/abort.js';
-import { CleanupStack } from '../../core/cleanup-stack.js';
-import { InvalidArgumentError, NotFoundError, SizeMismatchError, UnsupportedError } from '../../core/errors.js';
+import { InvalidArgumentError } from '../../core/errors.js';
 import type { Logger } from '../../core/logger.js';
 import { childLogger, redactingLogger } from '../../core/logger.js';
 import type { VmRef } from '../../core/model.js';
-import type { ProgressListener } from '../../core/progress.js';
-import { throttleProgress } from '../../core/progress.js';
-import type {
-  BackupOptions,
-  BackupResult,
-  BackupStrategy,
-  DiskBackupResult,
-  RestoreOptions,
-  RestoreResult,
-  StrategyCapabilities,
-} from '../../core/strategy.js';
-import type { BackupTarget, RestoreSource, StoredDiskArtifact } from '../../core/target.js';
+import type { BackupOptions, BackupResult, BackupStrategy, RecoverResult, RestoreOptions, RestoreResult, StrategyCapabilities } from '../../core/strategy.js';
+import type { BackupTarget, RestoreSource } from '../../core/target.js';
+import type { BackupPipelineSpec, BackupPlan, BackupRun, BackupSource } from '../../pipeline/backup-pipeline.js';
+import { runBackup } from '../../pipeline/backup-pipeline.js';
+import type { RestoreRun } from '../../pipeline/restore-pipeline.js';
+import { runRestore } from '../../pipeline/restore-pipeline.js';
 import type { DeviceDiscovery } from '../../rhv/device-discovery.js';
 import { ByIdDeviceDiscovery, waitForDevice } from '../../rhv/device-discovery.js';
+import { unsupportedOnEngine } from '../../rhv/engine-version.js';
 import { checkLvmFilter, checkVirtioScsi, detectProxyVm } from '../../rhv/proxy-vm.js';
+import type { RhvPollOptions } from '../../rhv/rest/service-context.js';
+import type { RhvVm } from '../../rhv/rest/types.js';
 import type { RhvClient } from '../../rhv/rhv-client.js';
 import { createBackupSnapshot } from './backup-snapshot.js';
-import type { RhvPollOptions } from '../../rhv/rest/service-context.js';
-import type { RhvDisk, RhvVm } from '../../rhv/rest/types.js';
+import { attachedDisks } from './disk-plan.js';
+import { diskAttachRestoreSink } from './disk-attach-restore.js';
+import type { RhvRecoverOptions } from './recovery.js';
+import { RecoveryLog, recoverSnapshots, unrecoveredWarnings } from './recovery.js';
 
 /** Options for {@link DiskAttachStrategy}. */
 export interface DiskAttachStrategyOptions {
@@ -59,6 +55,26 @@ export interface DiskAttachStrategyOptions {
 }
 
 const OVF_NAME = 'vm.ovf';
+/** Descriptions of the snapshots this strategy creates start with this; none is ever kept. */
+const SNAPSHOT_DESCRIPTION_PREFIX = 'virtstream disk-attach ';
+
+/** A disk of the VM, read through its snapshot disk attached to the proxy. */
+interface AttachDisk {
+  readonly id: string;
+  readonly name: string;
+  readonly size: number;
+  /** Stored with the artifact: how the disk was attached to the VM, for the restore. */
+  readonly extra: Readonly<Record<string, string | number | boolean>>;
+}
+
+/** What the disk-attach source found and made during one run. */
+interface AttachPlan extends BackupPlan<AttachDisk> {
+  readonly vmId: string;
+  readonly proxyId: string;
+  readonly ovf: string;
+  /** The backup snapshot and the undo handle that removes it, once made. */
+  snapshot?: { readonly id: string; readonly removal: symbol };
+}
 
 /**
  * Backs up RHV/oVirt VMs by attaching their snapshot disks to the proxy VM the SDK runs in.
@@ -81,6 +97,11 @@ export class DiskAttachStrategy implements BackupStrategy {
   readonly id = 'disk-attach';
   /** What this strategy can do. */
   readonly capabilities: StrategyCapabilities = Object.freeze({ incremental: false, live: true, sparse: false, restore: true });
+  readonly #spec: BackupPipelineSpec = {
+    id: this.id,
+    capabilities: this.capabilities,
+    fullOnlyReason: 'a snapshot disk read whole carries no changed blocks; image-transfer and ssh-transfer make incrementals',
+  };
   readonly #client: RhvClient;
   readonly #options: Readonly<DiskAttachStrategyOptions>;
   readonly #discovery: DeviceDiscovery;
@@ -101,14 +122,15 @@ export class DiskAttachStrategy implements BackupStrategy {
     return this.#options.poll ?? {};
   }
 
-  /** Finds the proxy VM and runs its checks. */
-  async #proxy(log: Logger, warnings: string[], progress: ProgressListener, signal: AbortSignal | undefined): Promise<RhvVm> {
+  /** Finds the proxy VM and runs its checks; a failed LVM filter check in `warn` mode is a warning of the run. */
+  async #proxy(run: Pick<BackupRun | RestoreRun, 'logger' | 'warnings' | 'progress' | 'signal'>): Promise<RhvVm> {
+    const sig = run.signal ? { signal: run.signal } : {};
     const proxy = await detectProxyVm(this.#client, {
       ...(this.#options.proxyVmId ? { vmId: this.#options.proxyVmId } : {}),
       ...(this.#options.uuidFile ? { uuidFile: this.#options.uuidFile } : {}),
-      ...(signal ? { signal } : {}),
+      ...sig,
     });
-    await checkVirtioScsi(this.#client, proxy.id, signal ? { signal } : {});
+    await checkVirtioScsi(this.#client, proxy.id, sig);
     const mode = this.#options.lvmFilterCheck ?? 'require';
     if (mode !== 'off') {
       try {
@@ -116,196 +138,164 @@ export class DiskAttachStrategy implements BackupStrategy {
       } catch (err) {
         if (mode === 'require') throw err;
         const message = (err as Error).message;
-        warnings.push(message);
-        progress({ type: 'warning', message, code: 'ERR_RHV_PROXY_VM' });
-        log.warn({ err }, 'LVM filter check failed');
+        run.warnings.push(message);
+        run.progress.warning(message, undefined, 'ERR_RHV_PROXY_VM');
+        run.logger.warn({ err }, 'LVM filter check failed');
       }
     }
-    log.info({ proxyVm: proxy.name }, 'proxy VM found');
+    run.logger.info({ proxyVm: proxy.name }, 'proxy VM found');
     return proxy;
   }
 
-  /**
-   * Backs up a VM (full only): snapshot, each snapshot disk attached to the proxy VM, read as RAW,
-   * detached; the OVF; the snapshot removed. Every attachment and the snapshot are undone on failure.
-   *
-   * @throws `ERR_UNSUPPORTED` for incrementals; `ERR_RHV_PROXY_VM`; `ERR_NOT_FOUND` (device never appeared); `ERR_RHV_FAULT`; `ERR_ABORTED`
-   */
-  async backup(vm: VmRef, target: BackupTarget, options: BackupOptions = {}): Promise<BackupResult> {
-    const signal = options.signal;
-    throwIfAborted(signal);
-    if (options.kind === 'incremental' || options.parent) {
-      throw new UnsupportedError('disk-attach makes full backups only: use image-transfer or ssh-transfer for incrementals');
-    }
-    const opts = signal ? { signal } : {};
-    const progress = throttleProgress(options.onProgress);
-    const warnings: string[] = [];
-    const rhvVm = await this.#client.vms.resolve(vm, opts);
-    const log = this.#log(options, { vm: rhvVm.name });
-    progress({ type: 'phase', phase: 'prepare' });
-    const proxy = await this.#proxy(log, warnings, progress, signal);
-    if (proxy.id === rhvVm.id) throw new InvalidArgumentError('the proxy VM cannot back up itself');
-    const withOvf = await this.#client.vms.get(rhvVm.id, { allContent: true, ...opts });
-    const attachments = await this.#client.diskAttachments.list(rhvVm.id, opts);
-    const excluded = new Set(options.excludeDisks ?? []);
-    const disks: { disk: RhvDisk; index: number; bootable: boolean; interface: string }[] = [];
-    for (const [index, a] of attachments.entries()) {
-      const d = await this.#client.disks.get(a.diskId, opts);
-      if (excluded.has(d.id) || excluded.has(d.name)) continue;
-      disks.push({ disk: d, index, bootable: a.bootable, interface: a.interface });
-    }
-    if (disks.length === 0) throw new InvalidArgumentError(`VM ${rhvVm.name} has no disks to back up`);
-
-    const undo = new CleanupStack({ logger: log });
-    let committed = false;
-    try {
-      const session = await target.begin({ vm: { id: rhvVm.id, name: rhvVm.name }, strategy: this.id, kind: 'full', ...(options.labels ? { labels: options.labels } : {}), ...opts });
-      undo.defer('abort backup session', () => session.abort(new Error('backup failed')));
-      progress({ type: 'phase', phase: 'snapshot' });
-      const { snapshot: snap, removal: snapHandle } = await createBackupSnapshot(this.#client, undo, rhvVm.id, {
-        descriptionPrefix: 'virtstream disk-attach ',
-        diskIds: disks.map((d) => d.disk.id),
-        poll: this.#poll(),
-        ...opts,
-      });
-      await this.#client.snapshots.waitUntilOk(rhvVm.id, snap.id, { ...this.#poll(), ...opts });
-
-      const results: DiskBackupResult[] = [];
-      for (const d of disks) {
-        throwIfAborted(signal);
-        const disk = d.disk;
-        progress({ type: 'phase', phase: 'transfer', disk: disk.name });
-        // a lost answer to the attach still leaves an attachment: the undo detaches by disk id either way
-        const detach = undo.defer(`detach disk ${disk.id} from the proxy VM`, (s) => this.#client.diskAttachments.remove(proxy.id, disk.id, { detachOnly: true, signal: s }));
-        await this.#client.diskAttachments.add(proxy.id, { diskId: disk.id, snapshotId: snap.id, interface: 'virtio_scsi', active: true, bootable: false, ...opts });
-        const device = await waitForDevice(this.#discovery, disk.id, { maxWaitMs: this.#options.deviceWaitMs ?? 60_000, ...opts });
-        log.debug({ disk: disk.name, device }, 'snapshot disk attached');
-        const body = counted(createReadStream(device, { start: 0, end: disk.provisionedSize - 1, highWaterMark: 4 << 20 }), (n) =>
-          progress({ type: 'bytes', disk: disk.name, transferred: n, total: disk.provisionedSize }),
-        );
-        const written = await session.writeDisk(
-          {
-            diskId: disk.id,
-            name: disk.name,
-            format: 'raw',
-            virtualSize: disk.provisionedSize,
-            kind: 'full',
-            extra: { rhvDiskId: disk.id, attachmentIndex: d.index, bootable: d.bootable, interface: d.interface },
-          },
-          body,
-          { expectedBytes: disk.provisionedSize, ...opts },
-        );
-        await undo.runOne(detach);
-        results.push({ diskId: disk.id, kind: 'full', bytes: written.bytes });
-      }
-      await session.writeMetadata(OVF_NAME, withOvf.ovf ?? '', opts);
-      progress({ type: 'phase', phase: 'cleanup' });
-      await undo.runOne(snapHandle);
-      progress({ type: 'phase', phase: 'commit' });
-      const record = await session.commit(opts);
-      committed = true;
-      log.info({ backupId: record.id, disks: results.length }, 'backup committed');
-      return { record, disks: results, warnings };
-    } finally {
-      if (!committed) {
-        progress({ type: 'phase', phase: 'cleanup' });
-        await undo.unwind();
-      }
-    }
+  #deviceOf(diskId: string, signal: AbortSignal | undefined): Promise<string> {
+    return waitForDevice(this.#discovery, diskId, { maxWaitMs: this.#options.deviceWaitMs ?? 60_000, ...(signal ? { signal } : {}) });
   }
 
   /**
-   * Restores a backup as a new VM: empty RAW disks are created, attached to the proxy VM, written,
+   * Backs up a VM (full only: an incremental request is answered with a full backup, each disk
+   * saying why): snapshot, each snapshot disk attached to the proxy VM, read as RAW, detached; the
+   * OVF; the snapshot removed before the commit. Every attachment and the snapshot are undone on failure.
+   *
+   * @throws `ERR_UNSUPPORTED` (API v3 engine); `ERR_RHV_PROXY_VM`; `ERR_NOT_FOUND` (device never appeared); `ERR_RHV_FAULT`; `ERR_ABORTED`
+   */
+  backup(vm: VmRef, target: BackupTarget, options: BackupOptions = {}): Promise<BackupResult> {
+    const log = this.#log(options, { vm: vm.name ?? vm.id });
+    return runBackup(this.#spec, this.#source(vm), vm.name ?? vm.id ?? '', target, options, log);
+  }
+
+  /** The platform half of a backup: the proxy VM, one snapshot, each snapshot disk attached and read whole. */
+  #source(vm: VmRef): BackupSource<AttachPlan> {
+    const client = this.#client;
+    return {
+      inspect: async (run) => {
+        await requireApiV4(client, 'backup', run.sig);
+        const rhvVm = await client.vms.resolve(vm, run.sig);
+        const proxy = await this.#proxy(run);
+        if (proxy.id === rhvVm.id) throw new InvalidArgumentError('the proxy VM cannot back up itself');
+        // leftovers of an interrupted earlier run first: its attachments hold the snapshot
+        const recovered = await this.#recoverOn(rhvVm, proxy, { logger: run.logger, ...run.sig });
+        run.warnings.push(
+          ...unrecoveredWarnings(recovered.actions, (e) => {
+            if (e.type === 'warning') run.progress.warning(e.message);
+          }),
+        );
+        const attached = await attachedDisks(client, rhvVm.id, run.options.excludeDisks, run.sig);
+        const disks: AttachDisk[] = attached.disks.map(({ disk: d, attachment: a }) => ({
+          id: d.id,
+          name: d.name,
+          size: d.provisionedSize,
+          extra: { rhvDiskId: d.id, attachmentIndex: a.index, bootable: a.bootable, interface: a.interface },
+        }));
+        return { vm: { id: rhvVm.id, name: rhvVm.name }, disks, vmId: rhvVm.id, proxyId: proxy.id, ovf: attached.ovf };
+      },
+
+      freeze: async (run, plan) => {
+        run.progress.phase('snapshot');
+        const { snapshot, removal } = await createBackupSnapshot(client, run.undo, plan.vmId, {
+          descriptionPrefix: SNAPSHOT_DESCRIPTION_PREFIX,
+          diskIds: plan.disks.map((d) => d.id),
+          poll: this.#poll(),
+          ...run.sig,
+        });
+        plan.snapshot = { id: snapshot.id, removal };
+        await client.snapshots.waitUntilOk(plan.vmId, snapshot.id, { ...this.#poll(), ...run.sig });
+      },
+
+      read: async (run, plan, disk) => {
+        // a lost answer to the attach still leaves an attachment: the undo detaches by disk id either way
+        const detach = run.undo.defer(`detach disk ${disk.id} from the proxy VM`, (s) =>
+          client.diskAttachments.remove(plan.proxyId, disk.id, { detachOnly: true, signal: s }),
+        );
+        await client.diskAttachments.add(plan.proxyId, {
+          diskId: disk.id,
+          snapshotId: plan.snapshot!.id,
+          interface: 'virtio_scsi',
+          active: true,
+          bootable: false,
+          ...run.sig,
+        });
+        const device = await this.#deviceOf(disk.id, run.signal);
+        run.logger.debug({ disk: disk.name, device }, 'snapshot disk attached');
+        return {
+          format: 'raw',
+          virtualSize: disk.size,
+          extra: disk.extra,
+          stream: createReadStream(device, { start: 0, end: disk.size - 1, highWaterMark: 4 << 20 }),
+          expectedBytes: disk.size,
+          release: () => run.undo.runOne(detach),
+        };
+      },
+
+      metadata: async (_run, plan) => ({ [OVF_NAME]: plan.ovf }),
+
+      // a snapshot the engine will not remove fails the backup, as it always has
+      beforeCommit: (run, plan) => run.undo.runOne(plan.snapshot!.removal),
+    };
+  }
+
+  /**
+   * Finds what interrupted runs of this strategy left and undoes it, one logged action each: the
+   * VM's disks still attached to the proxy VM are detached (`detach_only`), then the VM's
+   * `virtstream disk-attach` snapshots (this strategy never keeps one) are removed. The user's
+   * snapshots and other disks of the proxy are never touched; `dryRun` lists only.
+   *
+   * @throws `ERR_RHV_PROXY_VM` (no proxy VM), `ERR_NOT_FOUND`, `ERR_RHV_FAULT`, `ERR_ABORTED`
+   */
+  async recover(vm: VmRef, options: RhvRecoverOptions = {}): Promise<RecoverResult> {
+    const signal = options.signal;
+    throwIfAborted(signal);
+    const rhvVm = await this.#client.vms.resolve(vm, signal ? { signal } : {});
+    const proxy = await detectProxyVm(this.#client, {
+      ...(this.#options.proxyVmId ? { vmId: this.#options.proxyVmId } : {}),
+      ...(this.#options.uuidFile ? { uuidFile: this.#options.uuidFile } : {}),
+      ...(signal ? { signal } : {}),
+    });
+    return this.#recoverOn(rhvVm, proxy, options);
+  }
+
+  async #recoverOn(rhvVm: RhvVm, proxy: RhvVm, options: RhvRecoverOptions): Promise<RecoverResult> {
+    const signal = options.signal;
+    const opts = signal ? { signal } : {};
+    const log = this.#log(options, { vm: rhvVm.name, op: 'recover' });
+    const rec = new RecoveryLog({ dryRun: options.dryRun, signal, logger: log });
+    if (proxy.id !== rhvVm.id) {
+      const mine = new Set((await this.#client.diskAttachments.list(rhvVm.id, opts)).map((a) => a.diskId));
+      for (const a of await this.#client.diskAttachments.list(proxy.id, opts)) {
+        if (!mine.has(a.diskId)) continue;
+        await rec.handle('disk-attachment', a.diskId, `detach disk ${a.diskId} of ${rhvVm.name} from the proxy VM ${proxy.name}`, (s) =>
+          this.#client.diskAttachments.remove(proxy.id, a.diskId, { detachOnly: true, signal: s }),
+        );
+      }
+    }
+    await recoverSnapshots(this.#client, rhvVm.id, SNAPSHOT_DESCRIPTION_PREFIX, new Set(), this.#poll(), rec, signal);
+    return { vm: { id: rhvVm.id, name: rhvVm.name }, actions: rec.actions };
+  }
+
+  /**
+   * Restores a backup (`backupId`, else this strategy's latest) as a new VM: empty RAW disks are created, attached to the proxy VM, written,
    * detached; the VM is created from the OVF (optionally as `newName`) and the disks attached. On
    * failure every created disk, attachment and the VM are removed.
    *
-   * @throws `ERR_NOT_FOUND`; `ERR_RHV_PROXY_VM`; `ERR_RHV_FAULT`; `ERR_TRUNCATED`; `ERR_ABORTED`
+   * @throws `ERR_UNSUPPORTED` (API v3 engine, another strategy's backup); `ERR_NOT_FOUND`; `ERR_CONFLICT` (the VM name is taken: refused before any disk is created); `ERR_RHV_PROXY_VM`; `ERR_RHV_FAULT`; `ERR_TRUNCATED`; `ERR_ABORTED`
    */
   async restore(vmName: string, source: RestoreSource, options: RestoreOptions = {}): Promise<RestoreResult> {
-    const signal = options.signal;
-    throwIfAborted(signal);
-    const opts = signal ? { signal } : {};
-    const progress = throttleProgress(options.onProgress);
+    throwIfAborted(options.signal);
+    await requireApiV4(this.#client, 'restore', options.signal ? { signal: options.signal } : {});
     const log = this.#log(options, { vm: vmName, op: 'restore' });
-    const warnings: string[] = [];
-    progress({ type: 'phase', phase: 'prepare' });
-    const records = await source.list(vmName, opts);
-    const record = options.backupId ? records.find((r) => r.id === options.backupId) : records[records.length - 1];
-    if (!record) throw new NotFoundError('backup', options.backupId ? `no backup ${options.backupId} of ${vmName}` : `no backups of ${vmName}`);
-    if (record.disks.some((a) => a.format !== 'raw' || a.kind !== 'full')) {
-      throw new UnsupportedError(`backup ${record.id} is not a full RAW backup: restore it with the strategy that made it (${record.strategy})`);
-    }
-    const proxy = await this.#proxy(log, warnings, progress, signal);
-    const ovf = (await source.readMetadata(vmName, record.id, OVF_NAME, opts)).toString('utf8');
-    const sd = await this.#pick(this.#client.storageDomains, this.#options.storageDomain, (d) => d.type === undefined || d.type === 'data', signal);
-    const cluster = await this.#pick(this.#client.clusters, this.#options.cluster, () => true, signal);
-
-    const undo = new CleanupStack({ logger: log });
-    let done = false;
-    try {
-      const order = (a: StoredDiskArtifact): number => (typeof a.extra?.attachmentIndex === 'number' ? a.extra.attachmentIndex : 0);
-      const artifacts = [...record.disks].sort((a, b) => order(a) - order(b));
-      const restored: { diskId: string; bytes: number; bootable: boolean; interface: string }[] = [];
-      for (const art of artifacts) {
-        throwIfAborted(signal);
-        progress({ type: 'phase', phase: 'transfer', disk: art.name });
-        const disk = await this.#client.disks.add({ name: art.name, format: 'raw', provisionedSize: art.virtualSize, sparse: true, storageDomain: { id: sd.id }, ...opts });
-        undo.defer(`remove disk ${disk.id}`, (s) => this.#client.disks.remove(disk.id, { signal: s }));
-        await this.#client.disks.waitForStatus(disk.id, 'ok', { ...this.#poll(), ...opts });
-        const detach = undo.defer(`detach disk ${disk.id} from the proxy VM`, (s) => this.#client.diskAttachments.remove(proxy.id, disk.id, { detachOnly: true, signal: s }));
-        await this.#client.diskAttachments.add(proxy.id, { diskId: disk.id, interface: 'virtio_scsi', active: true, bootable: false, ...opts });
-        const device = await waitForDevice(this.#discovery, disk.id, { maxWaitMs: this.#options.deviceWaitMs ?? 60_000, ...opts });
-        let n = 0;
-        const count = new Transform({
-          transform(chunk: Buffer, _e, cb) {
-            n += chunk.length;
-            progress({ type: 'bytes', disk: art.name, transferred: n, total: art.virtualSize });
-            cb(null, chunk);
-          },
-        });
-        const input = await source.openDisk(vmName, record.id, art.diskId, opts);
-        await pipeline(input, count, createWriteStream(device, { flags: 'r+' }), opts);
-        if (n !== art.virtualSize) throw new SizeMismatchError(`disk ${art.name}`, art.virtualSize, n);
-        await undo.runOne(detach);
-        restored.push({
-          diskId: disk.id,
-          bytes: n,
-          bootable: typeof art.extra?.bootable === 'boolean' ? art.extra.bootable : art === artifacts[0],
-          interface: typeof art.extra?.interface === 'string' ? art.extra.interface : 'virtio_scsi',
-        });
-      }
-      progress({ type: 'phase', phase: 'restore' });
-      const name = options.newName ?? vmName;
-      const vm = await this.#client.vms.add({ name, cluster: { id: cluster.id }, ovf, ...opts });
-      undo.defer(`remove VM ${vm.id}`, (s) => this.#client.vms.remove(vm.id, { signal: s }));
-      for (const d of restored) await this.#client.diskAttachments.add(vm.id, { diskId: d.diskId, bootable: d.bootable, interface: d.interface, active: true, ...opts });
-      done = true;
-      log.info({ vmId: vm.id, disks: restored.length }, 'restore done');
-      return { vm: { id: vm.id, name }, disks: restored.map((d) => ({ diskId: d.diskId, bytes: d.bytes })), warnings };
-    } finally {
-      if (!done) await undo.unwind();
-    }
-  }
-
-  async #pick(
-    svc: RhvClient['clusters'],
-    idOrName: string | undefined,
-    accept: (e: { type?: string }) => boolean,
-    signal: AbortSignal | undefined,
-  ): Promise<{ id: string }> {
-    const all = await svc.list(signal ? { signal } : {});
-    const hit = idOrName ? all.find((e) => e.id === idOrName || e.name === idOrName) : all.find(accept);
-    if (!hit) throw new NotFoundError('entity', idOrName ? `no such entity ${JSON.stringify(idOrName)}` : 'no storage domain or cluster to restore to');
-    return hit;
+    const deps = {
+      client: this.#client,
+      placement: this.#options,
+      poll: this.#poll(),
+      proxy: (run: RestoreRun) => this.#proxy(run),
+      deviceOf: (diskId: string, signal: AbortSignal | undefined) => this.#deviceOf(diskId, signal),
+    };
+    return runRestore(this.id, diskAttachRestoreSink(deps), vmName, source, options, log);
   }
 }
 
-/** Passes chunks through, reporting the running byte count; errors of the source propagate. */
-async function* counted(source: AsyncIterable<Buffer>, onBytes: (n: number) => void): AsyncGenerator<Buffer> {
-  let n = 0;
-  for await (const chunk of source) {
-    n += chunk.length;
-    onBytes(n);
-    yield chunk;
-  }
+/** Disk attachments are REST API v4 (4.0+); 3.x engines speak v3 only. @throws UnsupportedError `ERR_UNSUPPORTED` */
+async function requireApiV4(client: RhvClient, op: 'backup' | 'restore', opts: { signal?: AbortSignal | undefined }): Promise<void> {
+  const engine = await client.engineFeatures(opts);
+  if (!engine.features.apiV4)
+    unsupportedOnEngine(engine.version, `disk-attach ${op} needs REST API v4 (the engine serves API v3 only)`, 'use the export-domain mode');
 }

@@ -108,7 +108,14 @@ export class ExportDomainSimulator implements SimulatorExtension {
     const name = 'Default';
     const root = options.perDataCenter ? join(staging, name) : staging;
     await mkdir(root, { recursive: true });
-    ext.#dcs.push({ id: 'dc000000-0000-4000-8000-000000000001', name, clusterId: CLUSTER_ID, exportDomainId: randomUUID(), exportDomainName: options.exportDomainName ?? 'export1', exportRoot: root });
+    ext.#dcs.push({
+      id: 'dc000000-0000-4000-8000-000000000001',
+      name,
+      clusterId: CLUSTER_ID,
+      exportDomainId: randomUUID(),
+      exportDomainName: options.exportDomainName ?? 'export1',
+      exportRoot: root,
+    });
     sim.use(ext);
     return ext;
   }
@@ -145,7 +152,14 @@ export class ExportDomainSimulator implements SimulatorExtension {
     let m: RegExpExecArray | null;
     if (method === 'GET' && path === '/vms') {
       const name = /^name=(.*)$/.exec(req.query.get('search') ?? '')?.[1];
-      return [200, toXml('vms', { vm: this.#allVms().filter((v) => name === undefined || v.name === name).map((v) => this.#vmXml(v)) })];
+      return [
+        200,
+        toXml('vms', {
+          vm: this.#allVms()
+            .filter((v) => name === undefined || v.name === name)
+            .map((v) => this.#vmXml(v)),
+        }),
+      ];
     }
     if ((m = /^\/vms\/([^/]+)$/.exec(path))) {
       const id = m[1]!;
@@ -163,12 +177,15 @@ export class ExportDomainSimulator implements SimulatorExtension {
       const base = st.vms.find((v) => v.id === m![1]);
       const own = this.#vms.get(m[1]!);
       if (!base && !own) return simulatorFault(404, 'Not Found', `Entity not found: vm ${m[1]}`);
-      const list = base ? base.diskIds.map((id) => ({ id, alias: st.disks.find((d) => d.id === id)!.name })) : own!.disks.map((d) => ({ id: d.id, alias: d.alias }));
+      const list = base
+        ? base.diskIds.map((id) => ({ id, alias: st.disks.find((d) => d.id === id)!.name }))
+        : own!.disks.map((d) => ({ id: d.id, alias: d.alias }));
       return [200, toXml('disks', { disk: list.map((d) => ({ '@id': d.id, name: d.alias, alias: d.alias })) })];
     }
     if ((m = /^\/vms\/([^/]+)\/snapshots$/.exec(path))) {
       const vmId = m[1]!;
-      if (method === 'GET') return [200, toXml('snapshots', { snapshot: [...this.#snapshots.values()].filter((s) => s.vmId === vmId).map((s) => this.#snapXml(s)) })];
+      if (method === 'GET')
+        return [200, toXml('snapshots', { snapshot: [...this.#snapshots.values()].filter((s) => s.vmId === vmId).map((s) => this.#snapXml(s)) })];
       if (method === 'POST') return this.#snapshot(vmId, req);
     }
     if ((m = /^\/vms\/([^/]+)\/snapshots\/([^/]+)$/.exec(path))) {
@@ -180,7 +197,8 @@ export class ExportDomainSimulator implements SimulatorExtension {
         return [200, xml];
       }
       if (method === 'DELETE') {
-        if ([...this.#vms.values()].some((v) => v.kind === 'clone' && v.state === 'image_locked')) return simulatorFault(409, 'Operation Failed', '[Cannot remove Snapshot. A VM is being cloned from it.]');
+        if ([...this.#vms.values()].some((v) => v.kind === 'clone' && v.state === 'image_locked'))
+          return simulatorFault(409, 'Operation Failed', '[Cannot remove Snapshot. A VM is being cloned from it.]');
         this.#snapshots.delete(s.id);
         await rm(join(this.#work, `snap-${s.id}`), { recursive: true, force: true });
         return [200, ''];
@@ -188,7 +206,18 @@ export class ExportDomainSimulator implements SimulatorExtension {
     }
     if (method === 'POST' && (m = /^\/vms\/([^/]+)\/export$/.exec(path))) return this.#export(m[1]!, req);
     if (method === 'GET' && path === '/datacenters') {
-      return [200, toXml('data_centers', { data_center: this.#dcs.map((d) => ({ '@id': d.id, '@href': `${API}/datacenters/${d.id}`, name: d.name, status: { state: 'up' }, version: { '@major': 3, '@minor': 6 } })) })];
+      return [
+        200,
+        toXml('data_centers', {
+          data_center: this.#dcs.map((d) => ({
+            '@id': d.id,
+            '@href': `${API}/datacenters/${d.id}`,
+            name: d.name,
+            status: { state: 'up' },
+            version: { '@major': 3, '@minor': 6 },
+          })),
+        }),
+      ];
     }
     if (method === 'GET' && path === '/clusters') {
       return [200, toXml('clusters', { cluster: this.#dcs.map((d) => ({ '@id': d.clusterId, name: d.name, data_center: { '@id': d.id } })) })];
@@ -196,10 +225,15 @@ export class ExportDomainSimulator implements SimulatorExtension {
     if (method === 'GET' && (m = /^\/datacenters\/([^/]+)\/storagedomains$/.exec(path))) {
       const dc = this.#dcs.find((d) => d.id === m![1]);
       if (!dc) return simulatorFault(404, 'Not Found', `Entity not found: data center ${m[1]}`);
-      return [200, toXml('storage_domains', { storage_domain: [
-        { '@id': DATA_DOMAIN_ID, name: 'simdata', type: 'data', status: { state: 'active' }, master: true },
-        { '@id': dc.exportDomainId, name: dc.exportDomainName, type: 'export', status: { state: 'active' }, master: false },
-      ] })];
+      return [
+        200,
+        toXml('storage_domains', {
+          storage_domain: [
+            { '@id': DATA_DOMAIN_ID, name: 'simdata', type: 'data', status: { state: 'active' }, master: true },
+            { '@id': dc.exportDomainId, name: dc.exportDomainName, type: 'export', status: { state: 'active' }, master: false },
+          ],
+        }),
+      ];
     }
     if (method === 'GET' && (m = /^\/storagedomains\/([^/]+)\/vms$/.exec(path))) {
       const dc = this.#dcs.find((d) => d.exportDomainId === m![1]);
@@ -249,7 +283,14 @@ export class ExportDomainSimulator implements SimulatorExtension {
   }
 
   #snapXml(s: SimV3Snapshot): XmlObject {
-    return { '@id': s.id, '@href': `${API}/vms/${s.vmId}/snapshots/${s.id}`, description: s.description, snapshot_status: s.status, type: 'regular', vm: { '@id': s.vmId } };
+    return {
+      '@id': s.id,
+      '@href': `${API}/vms/${s.vmId}/snapshots/${s.id}`,
+      description: s.description,
+      snapshot_status: s.status,
+      type: 'regular',
+      vm: { '@id': s.vmId },
+    };
   }
 
   async #snapshot(vmId: string, req: SimulatorRequest): Promise<SimulatorAnswer> {
@@ -281,7 +322,7 @@ export class ExportDomainSimulator implements SimulatorExtension {
     if (!name || !snapId) return simulatorFault(400, 'Bad Request', '[vm.name and vm.snapshots.snapshot required (clone from snapshot)]');
     if (this.#allVms().some((x) => x.name === name)) return simulatorFault(409, 'Operation Failed', '[Cannot add VM. The VM name is already in use.]');
     const s = this.#snapshots.get(snapId);
-    if (!s || s.status !== 'ok') return simulatorFault(400, 'Bad Request', `[Cannot add VM. Snapshot ${snapId} does not exist or is locked.]`);
+    if (s?.status !== 'ok') return simulatorFault(400, 'Bad Request', `[Cannot add VM. Snapshot ${snapId} does not exist or is locked.]`);
     const id = randomUUID();
     const dir = join(this.#work, `vm-${id}`);
     await mkdir(dir, { recursive: true });
@@ -336,29 +377,36 @@ export class ExportDomainSimulator implements SimulatorExtension {
       const volId = randomUUID();
       const path = await layout.prepareVolume(d.id, volId);
       await qemu('qemu-img', ['convert', '-q', '-f', d.format, '-O', 'qcow2', d.path, path]);
-      await writeFile(`${path}.meta`, formatVolumeMeta({ domain: dc.exportDomainId, image: d.id, format: 'COW', sizeBytes: d.virtualSize, description: d.alias }));
+      await writeFile(
+        `${path}.meta`,
+        formatVolumeMeta({ domain: dc.exportDomainId, image: d.id, format: 'COW', sizeBytes: d.virtualSize, description: d.alias }),
+      );
       refs.push(`<File ovf:href="${d.id}/${volId}" ovf:id="${volId}" ovf:size="${d.virtualSize}" ovf:description="${esc(d.alias)}"/>`);
       disks.push(
         `<Disk ovf:diskId="${volId}" ovf:size="${Math.ceil(d.virtualSize / 2 ** 30)}" ovf:actual_size="1" ovf:fileRef="${d.id}/${volId}" ovf:format="http://www.vmware.com/specifications/vmdk.html#sparse" ovf:parentRef="" ovf:volume-format="COW" ovf:volume-type="Sparse" ovf:disk-interface="VirtIO" ovf:boot="${d.boot}" ovf:disk-alias="${esc(d.alias)}"/>`,
       );
     }
-    await layout.writeOvf(vm.id, [
-      '<?xml version="1.0" encoding="UTF-8"?>',
-      '<ovf:Envelope xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1/" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" ovf:version="3.6.0.0">',
-      `<References>${refs.join('')}</References>`,
-      `<Section xsi:type="ovf:NetworkSection_Type"><Info>List of networks</Info></Section>`,
-      `<Section xsi:type="ovf:DiskSection_Type"><Info>List of Virtual Disks</Info>${disks.join('')}</Section>`,
-      `<Content ovf:id="out" xsi:type="ovf:VirtualSystem_Type"><Name>${esc(vm.name)}</Name><TemplateId>00000000-0000-0000-0000-000000000000</TemplateId>`,
-      `<Section ovf:id="${vm.id}" ovf:required="false" xsi:type="ovf:OperatingSystemSection_Type"><Info>Guest Operating System</Info><Description>other_linux</Description></Section>`,
-      '</Content>',
-      '</ovf:Envelope>',
-    ].join('\n'));
+    await layout.writeOvf(
+      vm.id,
+      [
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        '<ovf:Envelope xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1/" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" ovf:version="3.6.0.0">',
+        `<References>${refs.join('')}</References>`,
+        `<Section xsi:type="ovf:NetworkSection_Type"><Info>List of networks</Info></Section>`,
+        `<Section xsi:type="ovf:DiskSection_Type"><Info>List of Virtual Disks</Info>${disks.join('')}</Section>`,
+        `<Content ovf:id="out" xsi:type="ovf:VirtualSystem_Type"><Name>${esc(vm.name)}</Name><TemplateId>00000000-0000-0000-0000-000000000000</TemplateId>`,
+        `<Section ovf:id="${vm.id}" ovf:required="false" xsi:type="ovf:OperatingSystemSection_Type"><Info>Guest Operating System</Info><Description>other_linux</Description></Section>`,
+        '</Content>',
+        '</ovf:Envelope>',
+      ].join('\n'),
+    );
   }
 
   async #import(sdId: string, vmId: string, req: SimulatorRequest): Promise<SimulatorAnswer> {
     const dc = this.#dcs.find((d) => d.exportDomainId === sdId);
     if (!dc) return simulatorFault(404, 'Not Found', `Entity not found: storage domain ${sdId}`);
-    if (this.#allVms().some((v) => v.id === vmId)) return simulatorFault(409, 'Operation Failed', '[Cannot import VM. VM with the same identifier already exists.]');
+    if (this.#allVms().some((v) => v.id === vmId))
+      return simulatorFault(409, 'Operation Failed', '[Cannot import VM. VM with the same identifier already exists.]');
     const layout = this.#layout(dc);
     const action = child(req.body, 'action');
     let ovf: string;

@@ -105,9 +105,10 @@ export class HypervisorTree implements SimulatorExtension {
     }
     for (const [diskId, vols] of wanted) {
       await mkdir(join(images, diskId), { recursive: true });
-      for (const [volId, path] of vols) await symlink(path, join(images, diskId, volId)).catch((err: NodeJS.ErrnoException) => {
-        if (err.code !== 'EEXIST') throw err;
-      });
+      for (const [volId, path] of vols)
+        await symlink(path, join(images, diskId, volId)).catch((err: NodeJS.ErrnoException) => {
+          if (err.code !== 'EEXIST') throw err;
+        });
     }
   }
 

@@ -101,7 +101,7 @@ export class ProxyVmSimulator implements SimulatorExtension {
     const m = /^\/vms\/([^/]+)(\/diskattachments(?:\/([^/]+))?)?$/.exec(req.path);
     const proxy = m ? this.#proxies.get(m[1]!) : undefined;
     if (proxy && m) {
-      if (!m[2] && req.method === 'GET') return [200, toXml('vm', this.#vmXml(proxy))];
+      if (!m[2] && req.method === 'GET') return [200, toXml('vm', this.#vmXml(proxy, req.query.get('all_content') === 'true'))];
       if (m[2] && !m[3] && req.method === 'GET') {
         return [200, toXml('disk_attachments', { disk_attachment: this.#attachments.filter((a) => a.vmId === proxy.id).map((a) => this.#attachmentXml(a)) })];
       }
@@ -130,10 +130,12 @@ export class ProxyVmSimulator implements SimulatorExtension {
     const diskId = refId(att, 'disk') ?? '';
     const snapshotId = refId(child(att, 'disk'), 'snapshot');
     const iface = text(att, 'interface') ?? 'virtio';
-    if (iface === 'virtio_scsi' && !proxy.virtioScsi) return simulatorFault(409, 'Operation Failed', `[Cannot attach Virtual Disk. VirtIO-SCSI is disabled for VM ${proxy.name}.]`);
+    if (iface === 'virtio_scsi' && !proxy.virtioScsi)
+      return simulatorFault(409, 'Operation Failed', `[Cannot attach Virtual Disk. VirtIO-SCSI is disabled for VM ${proxy.name}.]`);
     const disk = this.#sim.state().disks.find((d) => d.id === diskId);
     if (!disk) return simulatorFault(404, 'Not Found', `Entity not found: disk ${diskId}`);
-    if (this.#attachments.some((a) => a.diskId === diskId)) return simulatorFault(409, 'Operation Failed', '[Cannot attach Virtual Disk. The disk is already attached to a proxy VM.]');
+    if (this.#attachments.some((a) => a.diskId === diskId))
+      return simulatorFault(409, 'Operation Failed', '[Cannot attach Virtual Disk. The disk is already attached to a proxy VM.]');
     const link = join(this.#byId, `scsi-0QEMU_QEMU_HARDDISK_${diskId}`);
     let targetFile: string;
     if (snapshotId) {
@@ -161,15 +163,18 @@ export class ProxyVmSimulator implements SimulatorExtension {
     if (a.snapshotId) await unlink(join(this.#byId, '.store', `${a.diskId}.raw`)).catch(() => undefined);
   }
 
-  /** types/Vm.java with `virtio_scsi`. */
-  #vmXml(p: { id: string; name: string; virtioScsi: boolean }): XmlObject {
+  /**
+   * types/Vm.java. `virtio_scsi` is filled by BackendVmResource.doPopulate (BackendVmDeviceHelper
+   * .setVirtioScsiController), which runs only for `all_content=true`.
+   */
+  #vmXml(p: { id: string; name: string; virtioScsi: boolean }, allContent: boolean): XmlObject {
     const vm = this.#sim.state().vms.find((v) => v.id === p.id);
     return {
       '@id': p.id,
       '@href': `${API}/vms/${p.id}`,
       name: p.name,
       status: vm?.status ?? 'up',
-      virtio_scsi: { enabled: p.virtioScsi },
+      ...(allContent ? { virtio_scsi: { enabled: p.virtioScsi } } : {}),
     };
   }
 

@@ -33,8 +33,10 @@ export class SimulatorFaults {
   snapshotDeleteConflicts = 0;
   /** Next N image transfers go to `paused_system` instead of `transferring`. */
   pausedSystemTransfers = 0;
-  /** Next N finalizations end in `finished_failure`. */
+  /** Next N finalizations end in `finished_failure` (through `finalizing_failure`). */
   finalizeFailures = 0;
+  /** Next N finalizations go to `paused_system` (the engine could not stop the session). */
+  finalizePausedSystem = 0;
   /** Transfers stay in this phase (until cleared). */
   stuckPhase: 'initializing' | 'finalizing_success' | undefined = undefined;
   /** Next N backups end in `failed` instead of `ready`. */
@@ -64,6 +66,7 @@ export class SimulatorFaults {
     this.snapshotDeleteConflicts = 0;
     this.pausedSystemTransfers = 0;
     this.finalizeFailures = 0;
+    this.finalizePausedSystem = 0;
     this.stuckPhase = undefined;
     this.backupFailures = 0;
     this.daemonUnreachable = false;

@@ -33,6 +33,11 @@ export interface SimDisk {
   writes: { seq: number; offset: number; length: number }[];
   /** Why the disk is locked (transfer id, backup id). */
   lockedBy?: string;
+  storageDomainId: string;
+  /** `VolumeType` Sparse (thin) or Preallocated. */
+  sparse: boolean;
+  /** Bytes asked for at creation (block storage). */
+  initialSize?: number;
 }
 
 /** A VM snapshot. @internal */
@@ -58,6 +63,8 @@ export interface SimCheckpoint {
   diskIds: string[];
   /** `invalid` after `EngineSimulator.invalidateCheckpoint`. @defaultValue 'created' */
   state?: 'created' | 'invalid';
+  /** Pending removal: gone on the next read. */
+  removing?: boolean;
 }
 
 /** A backup (4.4+). @internal */
@@ -84,6 +91,8 @@ export interface SimVm {
   snapshots: SimSnapshot[];
   checkpoints: SimCheckpoint[];
   backups: SimBackup[];
+  /** Attachments made through the API, by disk id, as they were created (DiskAttachmentMapper). */
+  attachments?: Map<string, { interface: string; bootable: boolean; passDiscard: boolean }>;
 }
 
 /** An image transfer. @internal */
@@ -99,7 +108,12 @@ export interface SimTransfer {
   shallow: boolean;
   ticketId?: string;
   uploadPath?: string;
+  /** Seconds; 0 disables. */
   inactivityTimeout: number;
+  timeoutPolicy: 'legacy' | 'pause' | 'cancel';
+  /** ms since the epoch. */
+  createdAt: number;
+  lastUpdated: number;
   dirtyExtents?: Extent[];
   fail?: boolean;
 }

@@ -44,7 +44,7 @@ export class RawFileBackend implements ImageBackend {
     try {
       fh = await open(path, writable ? 'r+' : 'r');
     } catch (err) {
-      if ((err as { code?: unknown }).code === 'ENOENT') throw new NotFoundError('image', `imageio ticket image ${path} does not exist`, { cause: err });
+      if ((err as { code?: unknown }).code === 'ENOENT') throw new NotFoundError(`imageio ticket image ${path} does not exist`, { what: 'image', cause: err });
       throw new InvalidArgumentError(`imageio ticket image ${path} cannot be opened`, { cause: err });
     }
     const st = await fh.stat();

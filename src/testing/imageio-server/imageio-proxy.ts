@@ -32,6 +32,7 @@ export interface ImageioProxyRecord {
 
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'trailer', 'host']);
 const MAX_LOG = 10_000;
+const MAX_AGENTS = 64;
 
 /**
  * The imageio **proxy** role for tests (what the engine host runs on port 54323): a separate HTTP(S)
@@ -54,7 +55,8 @@ export class ImageioProxy implements AsyncDisposable {
   readonly #tls: boolean;
   readonly #host: string;
   readonly #daemon: URL;
-  readonly #agent: HttpAgent;
+  /** One agent per ticket: the daemon closes a ticket's connections when it removes the ticket. */
+  readonly #agents = new Map<string, HttpAgent>();
   readonly #ca: string | undefined;
   readonly #sockets = new Set<Socket>();
   readonly #log: ImageioProxyRecord[] = [];
@@ -67,7 +69,29 @@ export class ImageioProxy implements AsyncDisposable {
     this.#host = host;
     this.#daemon = daemon;
     this.#ca = ca;
-    this.#agent = daemon.protocol === 'https:' ? new HttpsAgent({ keepAlive: true, ...(ca !== undefined ? { ca } : {}) }) : new HttpAgent({ keepAlive: true });
+  }
+
+  /**
+   * The keep-alive agent of the ticket a path names. The real proxy keeps its backend connections per
+   * ticket too; one pool for all tickets would reuse a socket the daemon closed with another ticket.
+   */
+  #agentFor(path: string): HttpAgent {
+    const ticket = /^\/images\/([^/?#]+)/.exec(path)?.[1] ?? '';
+    let agent = this.#agents.get(ticket);
+    if (agent) {
+      this.#agents.delete(ticket);
+      this.#agents.set(ticket, agent); // most recently used last
+      return agent;
+    }
+    const https = this.#daemon.protocol === 'https:';
+    agent = https ? new HttpsAgent({ keepAlive: true, ...(this.#ca !== undefined ? { ca: this.#ca } : {}) }) : new HttpAgent({ keepAlive: true });
+    this.#agents.set(ticket, agent);
+    if (this.#agents.size > MAX_AGENTS) {
+      const [oldest, old] = this.#agents.entries().next().value as [string, HttpAgent];
+      this.#agents.delete(oldest);
+      old.destroy();
+    }
+    return agent;
   }
 
   /**
@@ -107,7 +131,6 @@ export class ImageioProxy implements AsyncDisposable {
     try {
       await Promise.race([once(server, 'listening'), once(server, 'error').then(([e]) => Promise.reject(e as Error))]);
     } catch (cause) {
-      p.#agent.destroy();
       throw new InvalidArgumentError(`imageio proxy: cannot listen on ${host}:${options.port ?? 0}`, { cause });
     }
     const addr = server.address();
@@ -148,7 +171,8 @@ export class ImageioProxy implements AsyncDisposable {
     const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
     for (const sock of this.#sockets) sock.destroy();
     this.#server.closeAllConnections();
-    this.#agent.destroy();
+    for (const agent of this.#agents.values()) agent.destroy();
+    this.#agents.clear();
     await closed;
   }
 
@@ -181,7 +205,7 @@ export class ImageioProxy implements AsyncDisposable {
       method: req.method,
       path,
       headers,
-      agent: this.#agent,
+      agent: this.#agentFor(path),
       ...(this.#ca !== undefined ? { ca: this.#ca } : {}),
     });
     let answered = false;
@@ -191,18 +215,19 @@ export class ImageioProxy implements AsyncDisposable {
     });
     upstream.on('error', () => {
       if (!answered && !res.headersSent) {
+        // drain what the client still sends, so it reads the 502 instead of a reset, then close
+        req.unpipe(upstream);
+        req.resume();
         rec.status = 502;
+        res.setHeader('connection', 'close');
         plain(res, 502, 'Bad Gateway: cannot reach the imageio daemon');
       } else res.destroy();
     });
     res.on('close', () => {
       if (!res.writableFinished) upstream.destroy();
     });
-    try {
-      await pipeline(req, upstream);
-    } catch {
-      // the client went away or the daemon broke: the error handler above answers or drops
-    }
+    req.on('error', () => upstream.destroy());
+    req.pipe(upstream);
   }
 
   async #answer(req: IncomingMessage, res: ServerResponse, up: IncomingMessage, rec: ImageioProxyRecord): Promise<void> {

@@ -10,13 +10,7 @@ import type { Extent } from '../../formats/extent.js';
 import { BlockHash } from '../../rhv/imageio/block-hash.js';
 import { DiskImageBackend, RawFileBackend } from './backends.js';
 import type { ImageBackend } from './backends.js';
-import type {
-  ImageioFault,
-  ImageioRequestRecord,
-  ImageioServerOptions,
-  ImageioTicket,
-  ImageioTicketStatus,
-} from './types.js';
+import type { ImageioFault, ImageioRequestRecord, ImageioServerOptions, ImageioTicket, ImageioTicketStatus } from './types.js';
 
 const VERSION = '2.5.3';
 const MiB = 1024 * 1024;
@@ -183,7 +177,10 @@ export class ImageioServer implements AsyncDisposable {
    *
    * @throws `ERR_INVALID_ARGUMENT` for an unknown ticket or algorithm, or a bad block size.
    */
-  async checksumOf(uuid: string, options: { algorithm?: string; blockSize?: number } = {}): Promise<{ algorithm: string; block_size: number; checksum: string }> {
+  async checksumOf(
+    uuid: string,
+    options: { algorithm?: string; blockSize?: number } = {},
+  ): Promise<{ algorithm: string; block_size: number; checksum: string }> {
     const st = this.#tickets.get(uuid);
     if (!st) throw new InvalidArgumentError(`No such ticket '${uuid}'`);
     try {
@@ -441,7 +438,11 @@ export class ImageioServer implements AsyncDisposable {
         if (bs !== null && !/^\d{1,12}$/.test(bs)) throw new HttpError(400, `Invalid value for 'block_size': ${oneLine(bs)}`);
         st.ongoing++;
         try {
-          return this.#json(res, rec, await this.#checksum(st, url.searchParams.get('algorithm') ?? DEFAULT_CHECKSUM_ALGORITHM, bs === null ? CHECKSUM_BLOCK : Number(bs)));
+          return this.#json(
+            res,
+            rec,
+            await this.#checksum(st, url.searchParams.get('algorithm') ?? DEFAULT_CHECKSUM_ALGORITHM, bs === null ? CHECKSUM_BLOCK : Number(bs)),
+          );
         } finally {
           st.ongoing--;
           this.#touch(st);
@@ -499,7 +500,8 @@ export class ImageioServer implements AsyncDisposable {
     req.resume();
     const unix = this.#unixSocket !== undefined ? { unix_socket: this.#unixSocket } : {};
     if (uuid === '*') {
-      return this.#json(res, rec, { ...unix, features: ['checksum', 'extents', 'flush', 'zero'] }, { allow: 'OPTIONS,GET,PUT,PATCH' });
+      this.#json(res, rec, { ...unix, features: ['checksum', 'extents', 'flush', 'zero'] }, { allow: 'OPTIONS,GET,PUT,PATCH' });
+      return;
     }
     const st = this.#authorize(uuid, 'read', req);
     const writable = st.ticket.ops.includes('write');
@@ -822,7 +824,8 @@ export class ImageioServer implements AsyncDisposable {
 
 function normalizeTicket(t: ImageioTicket): TicketState['ticket'] {
   if (typeof t !== 'object' || t === null) throw new InvalidArgumentError('Invalid ticket: not an object');
-  if (typeof t.uuid !== 'string' || t.uuid === '' || t.uuid.includes('/')) throw new InvalidArgumentError('Invalid ticket: uuid must be a non-empty string without "/"');
+  if (typeof t.uuid !== 'string' || t.uuid === '' || t.uuid.includes('/'))
+    throw new InvalidArgumentError('Invalid ticket: uuid must be a non-empty string without "/"');
   if (!Number.isSafeInteger(t.size) || t.size < 0) throw new InvalidArgumentError('Invalid ticket: size must be a non-negative integer');
   if (!Array.isArray(t.ops) || t.ops.length === 0 || t.ops.some((op) => op !== 'read' && op !== 'write')) {
     throw new InvalidArgumentError("Invalid ticket: ops must list 'read' and/or 'write'");
@@ -894,7 +897,7 @@ function boolField(v: unknown, name: string): boolean {
 }
 
 function oneLine(v: unknown): string {
-  const s = v instanceof Error ? v.message : typeof v === 'string' ? v : JSON.stringify(v) ?? String(v);
+  const s = v instanceof Error ? v.message : typeof v === 'string' ? v : (JSON.stringify(v) ?? String(v));
   return s.replace(/[\r\n]+/g, ' ').slice(0, 200);
 }
 

@@ -1,54 +1,49 @@
 import { execFileSync } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FileRepository, waitFor } from '../../../src/index.js';
-import { EngineSimulator, ImageioServer } from '../../../src/entries/testing.js';
+import { FileRepository } from '../../../src/index.js';
+import type { EngineSimulator, ImageioServer } from '../../../src/entries/testing.js';
 import type { SimulatorExtension } from '../../../src/entries/testing.js';
 import { toXml } from '../../../src/rhv/rest/xml.js';
-import { runCliInPty, runCliProcess } from './cli-process.js';
+import type { SimulatorCli } from './cli-process.js';
+import { runCliInPty, runCliProcess, startSimulatorCli } from './cli-process.js';
 
 const MiB = 1024 * 1024;
 const PASSWORD = 'sim-pass-Zq8$(id)';
 
+let lab: SimulatorCli;
 let sim: EngineSimulator;
 let dir: string;
 let config: string;
 let repoDir: string;
 const env = (): NodeJS.ProcessEnv => ({ SIM_PW: PASSWORD });
 /** The simulator's own imageio server (the kit's `ImageioServer`), for fault injection. */
-const imageio = (): ImageioServer => sim.imageio as unknown as ImageioServer;
+const imageio = (): ImageioServer => lab.imageio();
 
 beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'vs-cli-it-'));
-  sim = await EngineSimulator.start({ users: { 'admin@internal': PASSWORD } });
-  await writeFile(join(dir, 'ca.pem'), sim.caPem!);
+  lab = await startSimulatorCli('vs-cli-it-', PASSWORD, {
+    vms: [{ match: { regex: '.' }, from: 'sim', strategy: 'image-transfer' }],
+    retention: { keepLast: 1 },
+  });
+  ({ sim, dir, config, repoDir } = lab);
   for (const name of ['web01', "odd 'name' $(x)", 'big01']) {
     await sim.addVm({
       name,
       disks: [
-        { name: 'root', virtualSize: (name === 'big01' ? 96 : 16) * MiB, format: 'cow', contents: [{ offset: 0, length: (name === 'big01' ? 64 : 2) * MiB, pattern: 0x61 }] },
+        {
+          name: 'root',
+          virtualSize: (name === 'big01' ? 96 : 16) * MiB,
+          format: 'cow',
+          contents: [{ offset: 0, length: (name === 'big01' ? 64 : 2) * MiB, pattern: 0x61 }],
+        },
         { name: 'scratch', virtualSize: 8 * MiB, format: 'raw', contents: [{ offset: 4 * MiB, length: MiB, pattern: 0x62 }] },
       ],
     });
   }
-  repoDir = join(dir, 'repo');
-  config = join(dir, 'virtstream.json');
-  await writeFile(
-    config,
-    JSON.stringify({
-      repository: 'repo',
-      managers: { sim: { type: 'rhv', url: sim.url, username: 'admin@internal', password: { env: 'SIM_PW' }, caFile: 'ca.pem' } },
-      vms: [{ match: { regex: '.' }, from: 'sim', strategy: 'image-transfer' }],
-      retention: { keepLast: 1 },
-    }),
-  );
 });
 
 afterAll(async () => {
-  await sim?.close();
-  await rm(dir, { recursive: true, force: true });
+  await lab?.close();
 });
 
 /** Parsed JSON lines of a `--json` run; every line must be JSON. */
@@ -153,10 +148,7 @@ describe('virtstream CLI against the engine simulator', () => {
     imageio().injectFault({ kind: 'stall', methods: ['GET'], request: 1 });
     const run = runCliInPty(['backup', 'big01', '--full', '-c', config], env());
     // wait until the data path is really stuck in the stalled request
-    await waitFor(
-      async () => (imageio().requests().some((r) => r.fault === 'stall') ? { done: true, value: undefined } : { done: false }),
-      { minDelayMs: 20, maxDelayMs: 200, maxWaitMs: 60_000, what: 'the stalled imageio request' },
-    );
+    await lab.waitForStall();
     run.type('\x03');
     const code = await run.exit;
     expect(code, run.output()).toBe(130);
@@ -237,35 +229,32 @@ describe('virtstream CLI against the engine simulator', () => {
     expect((await repo.verify(vm)).ok).toBe(true);
   });
 
-  it('backup --all selects VMs by the config rules (regex over the engine\'s VM list)', async () => {
-    const cfg = join(dir, 'all.json');
-    await writeFile(
-      cfg,
-      JSON.stringify({
-        repository: 'all-repo',
-        managers: { sim: { type: 'rhv', url: sim.url, username: 'admin@internal', password: { env: 'SIM_PW' }, caFile: 'ca.pem' } },
-        vms: [{ match: { regex: '^(web01|syn01)$' }, from: 'sim', strategy: 'image-transfer' }],
-      }),
-    );
+  it("backup --all selects VMs by the config rules (regex over the engine's VM list)", async () => {
+    const cfg = await lab.writeConfig('all', {
+      repository: 'all-repo',
+      vms: [{ match: { regex: '^(web01|syn01)$' }, from: 'sim', strategy: 'image-transfer' }],
+    });
     const run = runCliProcess(['backup', '--all', '-c', cfg, '--json', '--full'], env());
     expect(await run.exit, run.stderr()).toBe(0);
-    const done = lines(run.output()).filter((l) => l.type === 'backup').map((l) => l.vm);
+    const done = lines(run.output())
+      .filter((l) => l.type === 'backup')
+      .map((l) => l.vm);
     expect(done.sort()).toEqual(['syn01', 'web01']);
     expect(await new FileRepository(join(dir, 'all-repo')).listVms()).toEqual(['syn01', 'web01']);
   });
 
   it('a second Ctrl-C exits at once while cleanup is still running', async () => {
-    await sim.addVm({ name: 'force01', disks: [{ name: 'root', virtualSize: 16 * MiB, format: 'cow', contents: [{ offset: 0, length: MiB, pattern: 0x21 }] }] });
+    await sim.addVm({
+      name: 'force01',
+      disks: [{ name: 'root', virtualSize: 16 * MiB, format: 'cow', contents: [{ offset: 0, length: MiB, pattern: 0x21 }] }],
+    });
     imageio().clearRequests();
     imageio().injectFault({ kind: 'stall', methods: ['GET'], request: 1 });
     // the snapshot removal of the cleanup keeps answering 409 (locked): cleanup takes minutes
     sim.faults.snapshotDeleteConflicts = 1000;
     try {
       const run = runCliInPty(['backup', 'force01', '--full', '-c', config], env());
-      await waitFor(
-        async () => (imageio().requests().some((r) => r.fault === 'stall') ? { done: true, value: undefined } : { done: false }),
-        { minDelayMs: 20, maxDelayMs: 200, maxWaitMs: 60_000, what: 'the stalled imageio request' },
-      );
+      await lab.waitForStall();
       run.type('\x03');
       await run.waitForOutput('aborting, cleaning up');
       run.type('\x03');
@@ -284,10 +273,7 @@ describe('virtstream CLI against the engine simulator', () => {
     imageio().injectFault({ kind: 'stall', methods: ['GET'], request: 1 });
     try {
       const run = runCliProcess(['backup', 'term01', '--full', '-c', config, '--json'], env());
-      await waitFor(
-        async () => (imageio().requests().some((r) => r.fault === 'stall') ? { done: true, value: undefined } : { done: false }),
-        { minDelayMs: 20, maxDelayMs: 200, maxWaitMs: 60_000, what: 'the stalled imageio request' },
-      );
+      await lab.waitForStall();
       run.kill('SIGTERM');
       expect(await run.exit).toBe(130);
       expect(lines(run.output()).at(-1)).toMatchObject({ type: 'error', code: 'ERR_ABORTED' });
@@ -299,7 +285,10 @@ describe('virtstream CLI against the engine simulator', () => {
   });
 
   it('Ctrl-C during a restore removes the half-created VM and its disks (exit 130)', async () => {
-    await sim.addVm({ name: 'rest01', disks: [{ name: 'root', virtualSize: 16 * MiB, format: 'cow', contents: [{ offset: 0, length: 2 * MiB, pattern: 0x23 }] }] });
+    await sim.addVm({
+      name: 'rest01',
+      disks: [{ name: 'root', virtualSize: 16 * MiB, format: 'cow', contents: [{ offset: 0, length: 2 * MiB, pattern: 0x23 }] }],
+    });
     const backup = runCliProcess(['backup', 'rest01', '-c', config, '--json'], env());
     expect(await backup.exit, backup.stderr()).toBe(0);
     const disksBefore = sim.state().disks.length;
@@ -307,10 +296,7 @@ describe('virtstream CLI against the engine simulator', () => {
     imageio().injectFault({ kind: 'stall', methods: ['PUT'], request: 1 });
     try {
       const run = runCliInPty(['restore', 'rest01', '--name', 'web01-aborted', '-c', config], env());
-      await waitFor(
-        async () => (imageio().requests().some((r) => r.fault === 'stall' && r.method === 'PUT') ? { done: true, value: undefined } : { done: false }),
-        { minDelayMs: 20, maxDelayMs: 200, maxWaitMs: 60_000, what: 'the stalled upload' },
-      );
+      await lab.waitForStall('PUT');
       run.type('\x03');
       expect(await run.exit, run.output()).toBe(130);
       const state = sim.state();
@@ -357,19 +343,16 @@ describe('virtstream CLI against the engine simulator', () => {
       },
     };
     sim.use(tags);
-    const cfg = join(dir, 'tags.json');
-    await writeFile(
-      cfg,
-      JSON.stringify({
-        repository: 'tag-repo',
-        managers: { sim: { type: 'rhv', url: sim.url, username: 'admin@internal', password: { env: 'SIM_PW' }, caFile: 'ca.pem' } },
-        vms: [{ match: { tag: 'nightly' }, from: 'sim', strategy: 'image-transfer' }],
-      }),
-    );
+    const cfg = await lab.writeConfig('tags', { repository: 'tag-repo', vms: [{ match: { tag: 'nightly' }, from: 'sim', strategy: 'image-transfer' }] });
     const run = runCliProcess(['backup', '--all', '-c', cfg, '--json', '--full'], env());
     expect(await run.exit, run.stderr()).toBe(0);
     expect(searches).toContain('nightly');
-    expect(lines(run.output()).filter((l) => l.type === 'backup').map((l) => l.vm).sort()).toEqual(['bf01', 'web01']);
+    expect(
+      lines(run.output())
+        .filter((l) => l.type === 'backup')
+        .map((l) => l.vm)
+        .sort(),
+    ).toEqual(['bf01', 'web01']);
     // a VM named on the command line is matched by its tag too; an untagged one has no rule
     const one = runCliProcess(['backup', 'bf01', 'syn01', '-c', cfg, '--json', '--full'], env());
     expect(await one.exit).toBe(5);

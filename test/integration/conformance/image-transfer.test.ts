@@ -1,6 +1,9 @@
 /**
  * The strategy conformance suite (`virtstream/testing`) for ImageTransferStrategy against the engine
- * simulator (real HTTPS, real imageio server, real qcow2 images), in both incremental modes.
+ * simulator (real HTTPS, real imageio server, real qcow2 images), in both incremental modes, on every
+ * engine profile each mode claims (docs/guides/choosing-a-strategy.md shows the matrix these prove):
+ * snapshot-chain on 4.3, 4.4.2 and 4.5 (incrementals from 4.4.3; before that fulls with a reason),
+ * backup-api on 4.4.2 and 4.5 (4.4.0–4.4.2 share one profile shape).
  */
 import { execFile } from 'node:child_process';
 import { createReadStream } from 'node:fs';
@@ -15,6 +18,8 @@ import type { BackupStrategy } from '../../../src/core/strategy.js';
 import { RhvClient } from '../../../src/rhv/rhv-client.js';
 import { ImageTransferStrategy } from '../../../src/strategies/rhv/image-transfer.js';
 import { EngineSimulator } from '../../../src/testing/engine-simulator/engine-simulator.js';
+import { ENGINE_PROFILES } from '../../../src/testing/engine-simulator/engine-profiles.js';
+import type { EngineProfileName } from '../../../src/testing/engine-simulator/engine-profiles.js';
 import type { ImageioServer } from '../../../src/testing/imageio-server/imageio-server.js';
 import { defineStrategySuite } from '../../../src/testing/strategy-suite.js';
 import type { StrategyFixture } from '../../../src/testing/strategy-suite.js';
@@ -23,28 +28,43 @@ const run = promisify(execFile);
 const MB = 1 << 20;
 const POLL = { minDelayMs: 2, maxDelayMs: 10 };
 
-function fixture(mode: 'snapshot-chain' | 'backup-api'): () => Promise<StrategyFixture> {
+function fixture(mode: 'snapshot-chain' | 'backup-api', profile: EngineProfileName): () => Promise<StrategyFixture> {
   return async () => {
-    const sim = await EngineSimulator.start();
+    const sim = await EngineSimulator.start({ profile });
+    const p = ENGINE_PROFILES[profile];
+    // what the engine lets this mode do incrementally: the suite then checks fulls-with-a-reason instead
+    const incremental = mode === 'backup-api' ? p.backupApi : p.shallow && p.diskSnapshots;
     const rhv = new RhvClient({ url: sim.url, username: 'admin@internal', password: 'secret', ca: sim.caPem, poll: POLL });
     const scratch = await mkdtemp(join(tmpdir(), 'vs-conformance-rhv-'));
     const name = `conformance ${mode} "q" $(x)`;
     await sim.addVm({
       name,
       disks: [
-        { name: 'root', virtualSize: 8 * MB, format: 'cow', contents: [{ offset: 0, length: MB, pattern: 0x41 }, { offset: 5 * MB, length: 65536, pattern: 0x42 }] },
+        {
+          name: 'root',
+          virtualSize: 8 * MB,
+          format: 'cow',
+          contents: [
+            { offset: 0, length: MB, pattern: 0x41 },
+            { offset: 5 * MB, length: 65536, pattern: 0x42 },
+          ],
+        },
         { name: 'data', virtualSize: 4 * MB, format: 'cow', contents: [{ offset: MB + 4096, length: 3 * 65536, pattern: 0x43 }] },
       ],
     });
     let writes = 0;
-    const snapshotIds = (): string[] => sim.state().vms.find((v) => v.name === name)?.snapshots.map((s) => s.id) ?? [];
+    const snapshotIds = (): string[] =>
+      sim
+        .state()
+        .vms.find((v) => v.name === name)
+        ?.snapshots.map((s) => s.id) ?? [];
     // snapshot-chain keeps the snapshot of each successful backup as the base of the next incremental:
     // those are allowed; a snapshot appearing during a failed backup is a leftover
     const kept = new Set<string>();
     const inner = new ImageTransferStrategy(rhv, { poll: POLL, incrementalMode: mode, imageio: { retries: 1 } });
     const strategy: BackupStrategy = {
       id: inner.id,
-      capabilities: inner.capabilities,
+      capabilities: { ...inner.capabilities, incremental },
       async backup(vm, target, options) {
         const before = new Set(snapshotIds());
         const result = await inner.backup(vm, target, options);
@@ -112,5 +132,13 @@ function fixture(mode: 'snapshot-chain' | 'backup-api'): () => Promise<StrategyF
 }
 
 const api = { describe, it, beforeAll, afterAll };
-defineStrategySuite('ImageTransferStrategy (snapshot-chain) on the engine simulator', fixture('snapshot-chain'), api, { timeoutMs: 120_000 });
-defineStrategySuite('ImageTransferStrategy (backup-api) on the engine simulator', fixture('backup-api'), api, { timeoutMs: 120_000 });
+for (const profile of ['4.3', '4.4.2', '4.5'] as const) {
+  defineStrategySuite(`ImageTransferStrategy (snapshot-chain) on the engine simulator, engine ${profile}`, fixture('snapshot-chain', profile), api, {
+    timeoutMs: 120_000,
+  });
+}
+for (const profile of ['4.4.2', '4.5'] as const) {
+  defineStrategySuite(`ImageTransferStrategy (backup-api) on the engine simulator, engine ${profile}`, fixture('backup-api', profile), api, {
+    timeoutMs: 120_000,
+  });
+}

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { promisify } from 'node:util';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { BackupRecord } from '../../../src/core/target.js';
 import type { ExtentChunk, ExtentStream } from '../../../src/formats/extent.js';
 import { openDiskImage } from '../../../src/formats/open-disk-image.js';
@@ -20,20 +20,28 @@ import { readRbdExportDiff, writeRbdExportDiff } from '../../../src/formats/rbd/
 import { readRbdImageExport } from '../../../src/formats/rbd/rbd-image-export.js';
 import { SnapshotChain } from '../../../src/snapshot/snapshot-chain.js';
 import { labVar } from '../../support/lab.js';
+import { ensureCephServing } from '../rbd/ceph-lab.js';
 
 const exec = promisify(execFile);
 const MiB = 1024 * 1024;
 
 async function rbd(...args: string[]): Promise<string> {
-  const { stdout } = await exec('rbd', [`--conf=${labVar('VS_CEPH_CONF')}`, `--id=${labVar('VS_CEPH_ID')}`, `--keyring=${labVar('VS_CEPH_KEYRING')}`, ...args], {
-    maxBuffer: 64 * MiB,
-  });
+  const { stdout } = await exec(
+    'rbd',
+    [`--conf=${labVar('VS_CEPH_CONF')}`, `--id=${labVar('VS_CEPH_ID')}`, `--keyring=${labVar('VS_CEPH_KEYRING')}`, ...args],
+    {
+      maxBuffer: 64 * MiB,
+    },
+  );
   return stdout;
 }
 
 let dir = '';
 let image = '';
 const snaps: string[] = [];
+// a lab OSD that stopped serving is brought back (or the test fails at once), never 120 s per command
+beforeEach(ensureCephServing, 300_000);
+
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'vs-rbd-fmt-'));
   image = `${labVar('VS_CEPH_POOL')}/vs-formats-${process.pid}-${Date.now().toString(36)}`;
@@ -101,7 +109,11 @@ describe('rbd export-diff against real Ceph', () => {
     await writeFile(rebuilt, Buffer.alloc(0));
     for await (const diff of exp.diffs()) {
       expect(diff.version).toBe(2);
-      seen.push({ ...(diff.fromSnap ? { from: diff.fromSnap } : {}), ...(diff.toSnap ? { to: diff.toSnap } : {}), ...(diff.protected !== undefined ? { prot: diff.protected } : {}) });
+      seen.push({
+        ...(diff.fromSnap ? { from: diff.fromSnap } : {}),
+        ...(diff.toSnap ? { to: diff.toSnap } : {}),
+        ...(diff.protected !== undefined ? { prot: diff.protected } : {}),
+      });
       await applyRbdDiff(rebuilt, diff);
     }
     expect(seen).toEqual([{ to: 's1', prot: false }, { from: 's1', to: 's2', prot: true }, { from: 's2' }]);
@@ -165,7 +177,11 @@ describe('rbd export-diff against real Ceph', () => {
   });
 
   it('our v2 diffs import through rbd import --export-format 2', async () => {
-    const v2a = writeRbdExportDiff(chunks(4 * MiB, [{ offset: 0, length: 65536, kind: 'data', data: Buffer.alloc(65536, 0xc1) }]), { version: 2, toSnap: 'x1', protected: false });
+    const v2a = writeRbdExportDiff(chunks(4 * MiB, [{ offset: 0, length: 65536, kind: 'data', data: Buffer.alloc(65536, 0xc1) }]), {
+      version: 2,
+      toSnap: 'x1',
+      protected: false,
+    });
     const v2b = writeRbdExportDiff(
       chunks(4 * MiB, [
         { offset: 4096, length: 4096, kind: 'zero' },
@@ -178,7 +194,15 @@ describe('rbd export-diff against real Ceph', () => {
       b.writeBigUInt64LE(BigInt(v));
       return b;
     };
-    const parts: Buffer[] = [Buffer.from('rbd image v2\n'), Buffer.from('O'), le64(8), le64(22), Buffer.from('E'), Buffer.from('rbd image diffs v2\n'), le64(2)];
+    const parts: Buffer[] = [
+      Buffer.from('rbd image v2\n'),
+      Buffer.from('O'),
+      le64(8),
+      le64(22),
+      Buffer.from('E'),
+      Buffer.from('rbd image diffs v2\n'),
+      le64(2),
+    ];
     for (const d of [v2a, v2b]) for await (const c of d) parts.push(Buffer.from(c as Uint8Array));
     await writeFile(join(dir, 'ours.rbd2'), Buffer.concat(parts));
     const imported = `${image}-imp`;

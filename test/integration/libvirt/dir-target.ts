@@ -73,7 +73,8 @@ export class DirTarget implements BackupTarget, RestoreSource {
           },
         });
         await pipeline(source as NodeJS.ReadableStream, count, createWriteStream(join(tmp, file)), ...(opts.signal ? [{ signal: opts.signal }] : []));
-        if (opts.expectedBytes !== undefined && bytes !== opts.expectedBytes) throw new SizeMismatchError(info.diskId, opts.expectedBytes, bytes);
+        if (opts.expectedBytes !== undefined && bytes !== opts.expectedBytes)
+          throw new SizeMismatchError({ what: info.diskId, expected: opts.expectedBytes, actual: bytes });
         const result = { diskId: info.diskId, bytes, sha256: hash.digest('hex') };
         disks.push({ ...info, ...result, file });
         return result;

@@ -31,7 +31,8 @@ export async function createDomain(host: LibvirtHost, name: string, disks: reado
   }
   const diskXml = disks
     .map(
-      (d) => `<disk type='file' device='disk'><driver name='qemu' type='${d.format}'/><source file='${xmlEscape(d.file)}'/><target dev='${d.target}' bus='virtio'/></disk>`,
+      (d) =>
+        `<disk type='file' device='disk'><driver name='qemu' type='${d.format}'/><source file='${xmlEscape(d.file)}'/><target dev='${d.target}' bus='virtio'/></disk>`,
     )
     .join('');
   const xml = `<domain type='qemu'><name>${xmlEscape(name)}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>
@@ -113,7 +114,10 @@ export class FaultRunner implements CommandRunner {
   readonly host: string;
   fault: Fault | undefined;
   hits = 0;
-  constructor(readonly inner: CommandRunner, fault?: Fault) {
+  constructor(
+    readonly inner: CommandRunner,
+    fault?: Fault,
+  ) {
     this.host = inner.host;
     this.fault = fault;
   }
@@ -121,7 +125,7 @@ export class FaultRunner implements CommandRunner {
   spawn(argv: readonly CommandArg[], options: SpawnOptions = {}): CommandProcess {
     const text = argv.map((a) => (typeof a === 'string' ? a : Buffer.from(a).toString('utf8')));
     const f = this.fault;
-    if (f && f.match(text)) {
+    if (f?.match(text)) {
       this.fault = undefined;
       this.hits++;
       if (f.action === 'fail') {
@@ -129,7 +133,9 @@ export class FaultRunner implements CommandRunner {
         stdout.end();
         const stdin = new PassThrough();
         stdin.resume();
-        const done = Promise.reject(new RemoteCommandError({ command: text.join(' '), host: this.host, exitCode: 1, signal: null, stderrTail: 'injected failure' }));
+        const done = Promise.reject(
+          new RemoteCommandError({ command: text.join(' '), host: this.host, exitCode: 1, signal: null, stderrTail: 'injected failure' }),
+        );
         done.catch(() => undefined);
         return { stdout, stdin, done, kill: () => undefined };
       }
@@ -151,6 +157,73 @@ export class FaultRunner implements CommandRunner {
       proc.stdout.on('end', () => out.end());
       return { stdout: out, stdin: proc.stdin, done: proc.done, kill: () => proc.kill() };
     }
+    return this.inner.spawn(argv, options);
+  }
+
+  run(argv: readonly CommandArg[], options: RunOptions = {}): Promise<RunResult> {
+    return collectProcess(this.spawn(argv, options), options);
+  }
+
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+}
+
+/**
+ * Wraps a real runner and lies about `virsh dumpxml`: the real XML with `rewrite` applied, as a host
+ * with a tampered `virsh` (or a compromised libvirt) would answer. Everything else runs for real.
+ */
+export class LyingRunner implements CommandRunner {
+  readonly host: string;
+  lies = 0;
+  constructor(
+    readonly inner: CommandRunner,
+    readonly rewrite: (xml: string) => string,
+  ) {
+    this.host = inner.host;
+  }
+
+  spawn(argv: readonly CommandArg[], options: SpawnOptions = {}): CommandProcess {
+    const text = argv.map((a) => (typeof a === 'string' ? a : Buffer.from(a).toString('utf8')));
+    if (text[0] !== 'virsh' || !text.includes('dumpxml')) return this.inner.spawn(argv, options);
+    this.lies++;
+    const stdout = new PassThrough();
+    const stdin = new PassThrough();
+    stdin.resume();
+    const done = collectProcess(this.inner.spawn(argv, options), {}).then((r) => {
+      stdout.end(this.rewrite(r.stdout.toString('utf8')));
+      return { exitCode: r.exitCode, signal: null, stderrTail: r.stderrTail };
+    });
+    done.catch((err: unknown) => stdout.destroy(err as Error));
+    return { stdout, stdin, done, kill: () => undefined };
+  }
+
+  run(argv: readonly CommandArg[], options: RunOptions = {}): Promise<RunResult> {
+    return collectProcess(this.spawn(argv, options), options);
+  }
+
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+}
+
+/**
+ * Wraps a real runner and runs `shim` (a path on the host) instead of `virsh` for the virsh verbs
+ * `verbs`: e.g. a script that hangs (`exec sleep 1000`), as a stuck libvirtd would.
+ */
+export class ShimRunner implements CommandRunner {
+  readonly host: string;
+  constructor(
+    readonly inner: CommandRunner,
+    readonly shim: string,
+    readonly verbs: readonly string[],
+  ) {
+    this.host = inner.host;
+  }
+
+  spawn(argv: readonly CommandArg[], options: SpawnOptions = {}): CommandProcess {
+    const text = argv.map((a) => (typeof a === 'string' ? a : Buffer.from(a).toString('utf8')));
+    if (text[0] === 'virsh' && this.verbs.some((v) => text.includes(v))) return this.inner.spawn([this.shim, ...argv.slice(1)], options);
     return this.inner.spawn(argv, options);
   }
 

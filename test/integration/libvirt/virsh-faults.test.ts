@@ -67,7 +67,9 @@ describe('VirshStrategy failure semantics (fault injection)', () => {
   });
 
   /** State the domain must be back in after a failed backup. */
-  async function snapshotState(name: string): Promise<{ sources: Record<string, string>; chains: Record<string, string[]>; sums: Record<string, string>; files: string[] }> {
+  async function snapshotState(
+    name: string,
+  ): Promise<{ sources: Record<string, string>; chains: Record<string, string[]>; sums: Record<string, string>; files: string[] }> {
     const sources = await activeSources(plain, name);
     await flushGuest(plain, name, Object.keys(sources).length);
     const chains: Record<string, string[]> = {};
@@ -84,10 +86,15 @@ describe('VirshStrategy failure semantics (fault injection)', () => {
     const vda = posix.join(dir, `run a.qcow2`);
     const vdb = posix.join(dir, `run b.img`);
     await removeDomain(plain, name);
-    await createDomain(plain, name, [
-      { target: 'vda', file: vda, format: 'qcow2', sizeMb: 16 },
-      { target: 'vdb', file: vdb, format: 'raw', sizeMb: 16 },
-    ], true);
+    await createDomain(
+      plain,
+      name,
+      [
+        { target: 'vda', file: vda, format: 'qcow2', sizeMb: 16 },
+        { target: 'vdb', file: vdb, format: 'raw', sizeMb: 16 },
+      ],
+      true,
+    );
     try {
       const strategy = new VirshStrategy({ host, keepSnapshot: true });
       const full = await strategy.backup({ name }, repo);
@@ -192,7 +199,8 @@ describe('VirshStrategy failure semantics (fault injection)', () => {
       parent = ok.record;
       const state = await snapshotState(name);
       expect(state.chains.vda).toHaveLength(2);
-      expect(state.files.filter((f) => f.startsWith('run') && f.includes('.vs-'))).toHaveLength(2);
+      // the kept overlay and its kept-marker per disk, nothing else
+      expect(state.files.filter((f) => f.startsWith('run') && f.includes('.vs-'))).toHaveLength(4);
       const restored = `vs-it-faults-restored-${process.pid}`;
       await removeDomain(plain, restored);
       const rdir = posix.join(dir, 'restored');
@@ -219,17 +227,22 @@ describe('VirshStrategy failure semantics (fault injection)', () => {
     } finally {
       await removeDomain(plain, name);
     }
-  });
+  }, 600_000);
 
   it('stopped VM: qemu-img failures leave the definition and chain as they were', async () => {
     const name = `vs-it-faults-stopped-${process.pid}`;
     const vda = posix.join(dir, 'st-a.qcow2');
     const vdb = posix.join(dir, 'st-b.qcow2');
     await removeDomain(plain, name);
-    await createDomain(plain, name, [
-      { target: 'vda', file: vda, format: 'qcow2', sizeMb: 16 },
-      { target: 'vdb', file: vdb, format: 'qcow2', sizeMb: 16 },
-    ], false);
+    await createDomain(
+      plain,
+      name,
+      [
+        { target: 'vda', file: vda, format: 'qcow2', sizeMb: 16 },
+        { target: 'vdb', file: vdb, format: 'qcow2', sizeMb: 16 },
+      ],
+      false,
+    );
     try {
       const strategy = new VirshStrategy({ host, keepSnapshot: true });
       const full = await strategy.backup({ name }, repo);
@@ -238,7 +251,10 @@ describe('VirshStrategy failure semantics (fault injection)', () => {
       expect(kept.vda).toMatch(/\.vs-ovl-/);
       await plain.exec(['qemu-io', '-f', 'qcow2', '-c', 'write -q -P 0x61 3M 64k', '--', kept.vda!]);
       const cases: { label: string; fault: Fault }[] = [
-        { label: 'second overlay cannot be created', fault: { match: (a) => a[0] === 'qemu-img' && a[1] === 'create' && a.some((x) => x.startsWith(vdb)), action: 'fail' } },
+        {
+          label: 'second overlay cannot be created',
+          fault: { match: (a) => a[0] === 'qemu-img' && a[1] === 'create' && a.some((x) => x.startsWith(vdb)), action: 'fail' },
+        },
         { label: 'redefinition fails', fault: { match: (a) => a.includes('define'), action: 'fail' } },
       ];
       for (const c of cases) {
@@ -264,8 +280,14 @@ describe('VirshStrategy failure semantics (fault injection)', () => {
         faulty.fault = { match: (a) => a[0] === 'qemu-img' && a[1] === step, action: 'fail' };
         const r = await strategy.backup({ name }, repo, { kind: 'incremental', parent });
         expect(faulty.fault, step).toBeUndefined();
-        expect(r.disks.map((d) => d.kind), step).toEqual(['incremental', 'incremental']);
-        expect(r.warnings.some((w) => /merging the previous snapshot failed/.test(w)), step).toBe(true);
+        expect(
+          r.disks.map((d) => d.kind),
+          step,
+        ).toEqual(['incremental', 'incremental']);
+        expect(
+          r.warnings.some((w) => /merging the previous snapshot failed/.test(w)),
+          step,
+        ).toBe(true);
         expect((await snapshotState(name)).sums, step).toEqual(before.sums);
         parent = r.record;
       }
@@ -276,18 +298,23 @@ describe('VirshStrategy failure semantics (fault injection)', () => {
       const after = await snapshotState(name);
       expect(after.sums).toEqual(before.sums);
       expect(after.chains.vda).toHaveLength(2);
-      expect(after.files.filter((f) => f.startsWith('st-') && f.includes('.vs-')), after.files.join(' | ')).toHaveLength(2);
+      expect(
+        after.files.filter((f) => f.startsWith('st-') && f.includes('.vs-')),
+        after.files.join(' | '),
+      ).toHaveLength(4);
       // every point restores to the guest view
       const rdir = posix.join(dir, 'restored-stopped');
       await plain.mkdir(rdir);
       await removeDomain(plain, `vs-it-faults-stopped-r-${process.pid}`);
       await strategy.restore(name, repo, { backupId: ok.record.id, newName: `vs-it-faults-stopped-r-${process.pid}`, targetDir: rdir });
-      const files = Object.fromEntries((await plain.getDomain(`vs-it-faults-stopped-r-${process.pid}`, { inactive: true })).disks.map((d) => [d.target, d.file!]));
+      const files = Object.fromEntries(
+        (await plain.getDomain(`vs-it-faults-stopped-r-${process.pid}`, { inactive: true })).disks.map((d) => [d.target, d.file!]),
+      );
       expect(await guestChecksum(plain, files.vda!, scratch)).toBe(after.sums.vda);
       expect(await guestChecksum(plain, files.vdb!, scratch)).toBe(after.sums.vdb);
       await removeDomain(plain, `vs-it-faults-stopped-r-${process.pid}`);
     } finally {
       await removeDomain(plain, name);
     }
-  });
+  }, 600_000);
 });

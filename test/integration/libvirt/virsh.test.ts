@@ -49,10 +49,15 @@ describe('VirshStrategy over SSH', () => {
     const vda = posix.join(dir, `disk 'one' "$(id)".qcow2`);
     const vdb = posix.join(dir, 'disk,two raw.img');
     await removeDomain(host, name);
-    await createDomain(host, name, [
-      { target: 'vda', file: vda, format: 'qcow2', sizeMb: 32 },
-      { target: 'vdb', file: vdb, format: 'raw', sizeMb: 16 },
-    ], true);
+    await createDomain(
+      host,
+      name,
+      [
+        { target: 'vda', file: vda, format: 'qcow2', sizeMb: 32 },
+        { target: 'vdb', file: vdb, format: 'raw', sizeMb: 16 },
+      ],
+      true,
+    );
     try {
       const strategy = new VirshStrategy({ host, keepSnapshot: true, quiesce: true });
       const sums: Record<string, string>[] = [];
@@ -97,8 +102,10 @@ describe('VirshStrategy over SSH', () => {
       expect(sums[0]!.vda).not.toBe(sums[1]!.vda);
       expect(sums[1]!.vda).not.toBe(sums[2]!.vda);
 
-      // no stray overlay files: exactly base + the kept overlay per disk
-      expect((await listDir(host, dir)).filter((f) => f.includes('.vs-'))).toHaveLength(2);
+      // no stray overlay files: exactly base + the kept overlay (and its kept-marker) per disk
+      expect((await listDir(host, dir)).filter((f) => f.includes('.vs-')).sort()).toEqual(
+        [...new Set([src.vda, src.vdb])].flatMap((f) => [posix.basename(f!), `${posix.basename(f!)}.kept`]).sort(),
+      );
 
       const records = [full.record, inc1.record, inc2.record];
       for (const [i, rec] of records.entries()) {
@@ -131,17 +138,22 @@ describe('VirshStrategy over SSH', () => {
     } finally {
       await removeDomain(host, name);
     }
-  });
+  }, 600_000);
 
   it('stopped VM over the netcat data channel: excluded disk, definition restored, restore and start', async () => {
     const name = `vs-it-stopped-${process.pid}`;
     const vda = posix.join(dir, 'stopped-a.qcow2');
     const vdb = posix.join(dir, 'stopped-b.qcow2');
     await removeDomain(host, name);
-    await createDomain(host, name, [
-      { target: 'vda', file: vda, format: 'qcow2', sizeMb: 32 },
-      { target: 'vdb', file: vdb, format: 'qcow2', sizeMb: 16 },
-    ], false);
+    await createDomain(
+      host,
+      name,
+      [
+        { target: 'vda', file: vda, format: 'qcow2', sizeMb: 32 },
+        { target: 'vdb', file: vdb, format: 'qcow2', sizeMb: 16 },
+      ],
+      false,
+    );
     const nc = new NetcatRunner(ssh, { listenAddress: '127.0.0.1' });
     const ncHost = new LibvirtHost(ssh, { uri: labVar('VS_LIBVIRT_URI'), fileOwner: OWNER, dataRunner: nc });
     try {
@@ -200,7 +212,11 @@ describe('VirshStrategy over SSH', () => {
         expect(await chainOf(host, file)).toEqual([file]);
         expect(await guestChecksum(host, file, scratch)).toBe(sum);
       } finally {
-        await removeDomain(host, copy, res.disks.map((d) => d.location!));
+        await removeDomain(
+          host,
+          copy,
+          res.disks.map((d) => d.location!),
+        );
       }
     } finally {
       await removeDomain(host, name);

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { SshRunner } from '../../../src/core/ssh/ssh-runner.js';
 import { LibvirtHost } from '../../../src/libvirt/libvirt-host.js';
-import { LvmClient, LvmError, lvmDmName, snapshotSizeFor } from '../../../src/libvirt/storage/lvm.js';
+import { LvmClient, LvmError, lvmDmName, snapshotSizeFor } from '../../../src/libvirt/storage/lvm-client.js';
 import { LvmSnapshotStrategy } from '../../../src/strategies/libvirt/lvm.js';
 import { FileRepository } from '../../../src/targets/file-repository.js';
 import { labVar, remoteRunner } from '../../support/lab.js';
@@ -32,9 +32,14 @@ const xmlEscape = (s: string): string => s.replace(/&/g, '&amp;').replace(/</g, 
 
 function domainXml(name: string, devs: { target: string; dev: string }[], extraFile?: string): string {
   const disks = devs
-    .map((d) => `<disk type='block' device='disk'><driver name='qemu' type='raw'/><source dev='${xmlEscape(d.dev)}'/><target dev='${d.target}' bus='virtio'/></disk>`)
+    .map(
+      (d) =>
+        `<disk type='block' device='disk'><driver name='qemu' type='raw'/><source dev='${xmlEscape(d.dev)}'/><target dev='${d.target}' bus='virtio'/></disk>`,
+    )
     .join('');
-  const file = extraFile ? `<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='${extraFile}'/><target dev='vdz' bus='virtio'/></disk>` : '';
+  const file = extraFile
+    ? `<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='${extraFile}'/><target dev='vdz' bus='virtio'/></disk>`
+    : '';
   return `<domain type='qemu'><name>${xmlEscape(name)}</name><memory unit='MiB'>64</memory><os><type arch='x86_64'>hvm</type></os><devices>${disks}${file}<interface type='user'><mac address='52:54:00:aa:bb:cc'/></interface></devices></domain>`;
 }
 
@@ -130,7 +135,9 @@ describe('LvmSnapshotStrategy (recording runner: real LVM metadata, real libvirt
     expect(res.record.disks[0]!.extra).toMatchObject({ vg: vgName, lv: 'disk-a', snapshotBytes: 4 * 1024 * 1024 });
 
     const calls = rec.lvmCalls();
-    const shape = calls.map((c) => (c[0] === 'dd' ? ['dd', c.find((x) => x.startsWith('if='))!] : [c[0]!, c.includes('--snapshot') ? 'snapshot' : '', c[c.length - 1]!]));
+    const shape = calls.map((c) =>
+      c[0] === 'dd' ? ['dd', c.find((x) => x.startsWith('if='))!] : [c[0]!, c.includes('--snapshot') ? 'snapshot' : '', c[c.length - 1]!],
+    );
     const snapA = calls[0]![calls[0]!.indexOf('--name') + 1]!;
     const snapB = calls[1]![calls[1]!.indexOf('--name') + 1]!;
     expect(snapA).toMatch(/^disk-a-vsnap-[0-9a-f]{6}$/);
@@ -163,7 +170,9 @@ describe('LvmSnapshotStrategy (recording runner: real LVM metadata, real libvirt
     const repo = new FileRepository(join(work, 'repo-abort'), { fsync: false });
     const s = new LvmSnapshotStrategy({ host, lvmRunner: rec });
     const ac = new AbortController();
-    await expect(s.backup({ name: vm }, repo, { signal: ac.signal, onProgress: (e) => e.type === 'bytes' && ac.abort() })).rejects.toMatchObject({ code: 'ERR_ABORTED' });
+    await expect(s.backup({ name: vm }, repo, { signal: ac.signal, onProgress: (e) => e.type === 'bytes' && ac.abort() })).rejects.toMatchObject({
+      code: 'ERR_ABORTED',
+    });
     expect(lvNames(lab)).toEqual(['disk-a', 'disk_b']);
     expect(await repo.list(vm)).toEqual([]);
     const before = rec.calls.length;
@@ -202,6 +211,7 @@ describe('LvmSnapshotStrategy (recording runner: real LVM metadata, real libvirt
     const res = await s.restore(vm, repo, { newName });
     domains.push(newName);
     expect(res.disks.map((d) => d.location)).toEqual([`/dev/${vgName}/${newName}-vda`, `/dev/${vgName}/${newName}-vdb`]);
+    expect(res.disks.map((d) => d.sourceDiskId)).toEqual(['vda', 'vdb']);
     expect(lvNames(lab)).toEqual(['disk-a', 'disk_b', `${newName}-vda`, `${newName}-vdb`].sort());
     const restoredA = join(lab.dataDir, vgName, `${newName}-vda.img`);
     expect(sha(readFileSync(restoredA))).toBe(sha(readFileSync(files['disk-a']!)));
@@ -211,7 +221,12 @@ describe('LvmSnapshotStrategy (recording runner: real LVM metadata, real libvirt
       ['vdb', 'block', `/dev/${vgName}/${newName}-vdb`],
     ]);
     expect(info.interfaces[0]!.mac).not.toBe('52:54:00:aa:bb:cc');
-    expect(rec.lvmCalls().filter((c) => c[0] === 'lvcreate').map((c) => c.slice(1))).toEqual([
+    expect(
+      rec
+        .lvmCalls()
+        .filter((c) => c[0] === 'lvcreate')
+        .map((c) => c.slice(1)),
+    ).toEqual([
       ['--yes', '--name', `${newName}-vda`, '--size', `${8 * 1024 * 1024}b`, '--', vgName],
       ['--yes', '--name', `${newName}-vdb`, '--size', `${4 * 1024 * 1024}b`, '--', vgName],
     ]);

@@ -6,16 +6,16 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { isVirtstreamError } from '../../../src/core/errors.js';
 import { NetcatRunner } from '../../../src/core/ssh/netcat-runner.js';
 import type { SshRunner } from '../../../src/core/ssh/ssh-runner.js';
 import { parseRbdDiffJson } from '../../../src/formats/rbd/rbd-diff-json.js';
 import { readRbdExportDiff } from '../../../src/formats/rbd/rbd-export-diff.js';
-import { RbdClient, RbdError } from '../../../src/libvirt/storage/rbd.js';
-import type { RbdImageRef } from '../../../src/libvirt/storage/rbd.js';
+import { RbdClient, RbdError } from '../../../src/libvirt/storage/rbd-client.js';
+import type { RbdImageRef } from '../../../src/libvirt/storage/rbd-client.js';
 import { remoteRunner } from '../../support/lab.js';
-import { cephCli, exportSha256, freshImage, labCeph, labPool, localRbd, pauseOsd, rbdCli, resumeOsd, runTag, scribble } from './ceph-lab.js';
+import { cephCli, ensureCephServing, exportSha256, freshImage, labCeph, labPool, localRbd, pauseOsd, rbdCli, resumeOsd, runTag, scribble } from './ceph-lab.js';
 
 const tag = runTag();
 let ssh: SshRunner;
@@ -29,14 +29,20 @@ async function collect(stream: AsyncIterable<unknown>): Promise<Buffer> {
   return Buffer.concat(parts);
 }
 
+// a lab OSD that stopped serving is brought back (or the test fails at once), never 120 s per command
+beforeEach(ensureCephServing, 300_000);
+
 beforeAll(async () => {
   ssh = await remoteRunner();
   rbd = new RbdClient(ssh, labCeph());
 });
 
 afterAll(async () => {
-  resumeOsd();
-  for (const ref of created) await localRbd().removeImage(ref).catch(() => undefined);
+  await resumeOsd();
+  for (const ref of created)
+    await localRbd()
+      .removeImage(ref)
+      .catch(() => undefined);
   for (const user of ['client.vs-backup', 'client.vs-other']) await cephCli(['auth', 'rm', user]).catch(() => undefined);
   await ssh?.close();
   rmSync(work, { recursive: true, force: true });
@@ -173,7 +179,7 @@ describe('RbdClient over SSH on a real cluster', () => {
       expect((err as RbdError).errno).toBe(110);
       expect((err as RbdError).retryable).toBe(true);
     } finally {
-      resumeOsd();
+      await resumeOsd();
     }
     expect((await quick.info(ref)).size).toBe(4 * 1024 * 1024);
   });

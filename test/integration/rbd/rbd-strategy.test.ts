@@ -9,7 +9,7 @@ import { createWriteStream, mkdtempSync, readdirSync, readFileSync, rmSync } fro
 import { pipeline } from 'node:stream/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { Logger } from '../../../src/core/logger.js';
 import { applyRbdDiff } from '../../../src/formats/rbd/apply-rbd-diff.js';
 import { readRbdExportDiff } from '../../../src/formats/rbd/rbd-export-diff.js';
@@ -17,11 +17,11 @@ import { NetcatRunner } from '../../../src/core/ssh/netcat-runner.js';
 import type { SshRunner } from '../../../src/core/ssh/ssh-runner.js';
 import type { BackupRecord } from '../../../src/core/target.js';
 import { LibvirtHost } from '../../../src/libvirt/libvirt-host.js';
-import type { RbdImageRef } from '../../../src/libvirt/storage/rbd.js';
+import type { RbdImageRef } from '../../../src/libvirt/storage/rbd-client.js';
 import { RbdSnapshotStrategy } from '../../../src/strategies/libvirt/rbd.js';
 import { FileRepository } from '../../../src/targets/file-repository.js';
 import { labVar, remoteRunner } from '../../support/lab.js';
-import { exportSha256, freshImage, labCeph, labPool, localRbd, pauseOsd, resumeOsd, runTag, scribble } from './ceph-lab.js';
+import { ensureCephServing, exportSha256, freshImage, labCeph, labPool, localRbd, pauseOsd, resumeOsd, runTag, scribble } from './ceph-lab.js';
 
 const tag = runTag();
 const work = mkdtempSync(join(tmpdir(), 'vs-rbd-strategy-'));
@@ -78,15 +78,21 @@ function capturingLogger(sink: { level: string; obj: object; msg?: string }[]): 
   return { debug: rec('debug'), info: rec('info'), warn: rec('warn'), error: rec('error') };
 }
 
+// a lab OSD that stopped serving is brought back (or the test fails at once), never 120 s per command
+beforeEach(ensureCephServing, 300_000);
+
 beforeAll(async () => {
   ssh = await remoteRunner();
   host = new LibvirtHost(ssh, { uri: labVar('VS_LIBVIRT_URI') });
 });
 
 afterAll(async () => {
-  resumeOsd();
+  await resumeOsd();
   for (const d of domains) await host.undefine(d).catch(() => undefined);
-  for (const ref of images) await localRbd().removeImage(ref).catch(() => undefined);
+  for (const ref of images)
+    await localRbd()
+      .removeImage(ref)
+      .catch(() => undefined);
   await ssh?.close();
   rmSync(work, { recursive: true, force: true });
 });
@@ -100,19 +106,28 @@ describe('RbdSnapshotStrategy on a real cluster', () => {
     images.push({ pool: labPool(), image: `r2-${tag}-vda` }, { pool: labPool(), image: `r2-${tag}-vdb` });
     await freshImage(vda, 32, 4096);
     await freshImage(vdb, 8, 1024);
-    await defineVm(vm, [{ target: 'vda', ref: vda }, { target: 'vdb', ref: vdb }]);
+    await defineVm(vm, [
+      { target: 'vda', ref: vda },
+      { target: 'vdb', ref: vdb },
+    ]);
     const r = repo();
     const s = strategy();
     const events: string[] = [];
 
     const b0 = await s.backup({ name: vm }, r, { onProgress: (e) => e.type === 'phase' && events.push(e.phase) });
     expect(b0.record.kind).toBe('full');
-    expect(b0.disks.map((d) => [d.diskId, d.kind])).toEqual([['vda', 'full'], ['vdb', 'full']]);
+    expect(b0.disks.map((d) => [d.diskId, d.kind])).toEqual([
+      ['vda', 'full'],
+      ['vdb', 'full'],
+    ]);
     expect(events).toEqual(expect.arrayContaining(['prepare', 'snapshot', 'transfer', 'finalize', 'cleanup']));
     const want: Record<string, Record<string, string>> = {};
     const check = async (rec: BackupRecord): Promise<void> => {
       want[rec.id] = {};
-      for (const [diskId, ref] of [['vda', vda], ['vdb', vdb]] as const) {
+      for (const [diskId, ref] of [
+        ['vda', vda],
+        ['vdb', vdb],
+      ] as const) {
         const snap = snapOf(rec, diskId);
         want[rec.id]![diskId] = (await exportSha256(ref, snap)).sha256;
       }
@@ -150,6 +165,11 @@ describe('RbdSnapshotStrategy on a real cluster', () => {
     // restore the latest under a new name: images imported + diffs applied, domain defined on them
     const res = await s.restore(vm, r, { newName: `r1-${tag}` });
     expect(res.vm.name).toBe(`r1-${tag}`);
+    // each new disk names the backed-up disk it came from
+    expect(res.disks.map((d) => [d.sourceDiskId, d.diskId, d.location]).sort()).toEqual([
+      ['vda', 'vda', `rbd:${labPool()}/r1-${tag}-vda`],
+      ['vdb', 'vdb', `rbd:${labPool()}/r1-${tag}-vdb`],
+    ]);
     domains.push(`r1-${tag}`);
     for (const diskId of ['vda', 'vdb']) {
       const img = { pool: labPool(), image: `r1-${tag}-${diskId}` };
@@ -213,7 +233,7 @@ describe('RbdSnapshotStrategy on a real cluster', () => {
     expect(b1.record.disks[0]!.sha256).toBe((await exportSha256(vda, snapOf(b1.record, 'vda'))).sha256);
     // no parent at all: also full, with a reason
     const b2 = await s.backup({ name: vm }, r, { kind: 'incremental' });
-    expect(b2.disks[0]).toMatchObject({ kind: 'full', fallbackReason: 'no parent backup given' });
+    expect(b2.disks[0]).toMatchObject({ kind: 'full', fallbackReason: 'no parent backup was given' });
   });
 
   it('moves the disk bytes through the netcat data channel when given one', async () => {
@@ -242,7 +262,10 @@ describe('RbdSnapshotStrategy on a real cluster', () => {
     const vda: RbdImageRef = { pool: labPool(), image: `mixed-${tag}` };
     images.push(vda);
     await freshImage(vda, 4, 0);
-    await defineVm(vm, [{ target: 'vda', ref: vda }, { target: 'vdb', file: '/var/lib/nonexistent.raw' }]);
+    await defineVm(vm, [
+      { target: 'vda', ref: vda },
+      { target: 'vdb', file: '/var/lib/nonexistent.raw' },
+    ]);
     const r = repo();
     await expect(strategy().backup({ name: vm }, r)).rejects.toMatchObject({ code: 'ERR_UNSUPPORTED' });
     expect(await snapshotsOf(vda)).toEqual([]);
@@ -281,10 +304,13 @@ describe('RbdSnapshotStrategy on a real cluster', () => {
       killed = true;
       // the sshd process serving the rbd export of this image: the nearest sshd ancestor of `rbd export`
       const ps = execFileSync('ps', ['-eo', 'pid=,ppid=,comm=,args='], { encoding: 'utf8' });
-      const procs = ps.split('\n').filter(Boolean).map((l) => {
-        const m = /^\s*(\d+)\s+(\d+)\s+(\S+)\s+(.*)$/.exec(l)!;
-        return { pid: Number(m[1]), ppid: Number(m[2]), comm: m[3]!, args: m[4]! };
-      });
+      const procs = ps
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => {
+          const m = /^\s*(\d+)\s+(\d+)\s+(\S+)\s+(.*)$/.exec(l)!;
+          return { pid: Number(m[1]), ppid: Number(m[2]), comm: m[3]!, args: m[4]! };
+        });
       const rbdProc = procs.find((p) => p.comm === 'rbd' && p.args.includes('export') && p.args.includes(vda.image));
       if (!rbdProc) throw new Error('rbd export process not found');
       let cur = procs.find((p) => p.pid === rbdProc.ppid);
@@ -324,7 +350,7 @@ describe('RbdSnapshotStrategy on a real cluster', () => {
         })
         .catch((e: unknown) => e);
     } finally {
-      resumeOsd();
+      await resumeOsd();
     }
     expect(paused).toBe(true);
     expect(err).toMatchObject({ code: 'ERR_RBD', errno: 110 });
@@ -351,7 +377,9 @@ describe('RbdSnapshotStrategy on a real cluster', () => {
       const key = /key = (\S+)/.exec(readFileSync(labCeph().keyring, 'utf8'))![1]!;
       await host.virsh(['secret-set-value', '--secret', secretUuid, '--file', '/dev/stdin'], { input: key });
       domains.push(vm);
-      await host.define(domainXml(vm, [{ target: 'vda', ref: vda }]).replace("<secret type='ceph' usage='virtstream-lab'/>", `<secret type='ceph' uuid='${secretUuid}'/>`));
+      await host.define(
+        domainXml(vm, [{ target: 'vda', ref: vda }]).replace("<secret type='ceph' usage='virtstream-lab'/>", `<secret type='ceph' uuid='${secretUuid}'/>`),
+      );
       await host.start(vm);
       try {
         const r = repo();
@@ -391,5 +419,33 @@ describe('RbdSnapshotStrategy on a real cluster', () => {
     expect(diffs.length).toBeGreaterThanOrEqual(4);
     for (const f of diffs) expect(readFileSync(f).at(-1)).toBe('e'.charCodeAt(0));
     expect(createHash('sha256').update(readFileSync(diffs[0]!)).digest('hex')).toMatch(/^[0-9a-f]{64}$/);
+  });
+  it('recover: a snapshot an interrupted run left is found (dry run) and removed; the kept base stays', async () => {
+    const vm = `vs-rbd-recover-${tag}`;
+    const vda: RbdImageRef = { pool: labPool(), image: `rec-${tag}-vda` };
+    images.push(vda);
+    await freshImage(vda, 8, 512);
+    await defineVm(vm, [{ target: 'vda', ref: vda }]);
+    const sink: { level: string; obj: object; msg?: string }[] = [];
+    const s = strategy({ logger: capturingLogger(sink) });
+    const b0 = await s.backup({ name: vm }, repo());
+    const base = snapOf(b0.record, 'vda');
+    expect(await localRbd().getImageMeta(vda, 'virtstream.base')).toBe(base);
+    // what a run killed after its snapshot leaves behind
+    const stale = 'virtstream-20991231T000000Z-abcdef';
+    await localRbd().createSnapshot(vda, stale);
+    const dry = await s.recover({ name: vm }, { dryRun: true });
+    expect(dry.actions.map((a) => [a.kind, a.id, a.done])).toEqual([['snapshot', `${vda.pool}/${vda.image}@${stale}`, false]]);
+    expect(await snapshotsOf(vda)).toEqual([base, stale]);
+    const done = await s.recover({ name: vm });
+    expect(done.actions.map((a) => [a.kind, a.done])).toEqual([['snapshot', true]]);
+    expect(await snapshotsOf(vda)).toEqual([base]);
+    expect(sink.filter((r) => r.msg?.startsWith('recovery: ')).map((r) => r.msg)).toEqual([
+      expect.stringContaining('(dry run)'),
+      expect.stringMatching(/^recovery: stale snapshot .*@virtstream-20991231T000000Z-abcdef of an interrupted run removed/),
+    ]);
+    // the next incremental still uses the kept base
+    const b1 = await s.backup({ name: vm }, repo(), { kind: 'incremental', parent: b0.record });
+    expect(b1.disks.map((d) => d.kind)).toEqual(['incremental']);
   });
 });

@@ -105,13 +105,18 @@ function strategy(): SshTransferStrategy {
 
 describe('SshTransferStrategy on a block domain', () => {
   it('activates each LV only around its read, and the data is byte-exact', async () => {
-    const vm = await sim.addVm({ name: 'block-vm-1', disks: [{ name: 'root', virtualSize: 8 * MB, format: 'cow', contents: [{ offset: 0, length: MB, pattern: 0x21 }] }] });
+    const vm = await sim.addVm({
+      name: 'block-vm-1',
+      disks: [{ name: 'root', virtualSize: 8 * MB, format: 'cow', contents: [{ offset: 0, length: MB, pattern: 0x21 }] }],
+    });
     const full = await strategy().backup({ name: 'block-vm-1' }, repo);
     await sim.writeGuestData('block-vm-1', 'root', { offset: 2 * MB, length: 65536, pattern: 0x22 });
     const ref = await freeze(sim.activeImage(vm.disks[0]!.id), join(dir, 'ref.raw'));
     const inc = await strategy().backup({ name: 'block-vm-1' }, repo, { kind: 'incremental', parent: full.record });
     expect(inc.disks[0]!.kind).toBe('incremental');
-    expect(await compare({ path: ref, format: 'raw' }, { path: await repo.diskPath('block-vm-1', inc.record.id, vm.disks[0]!.id) })).toBe('Images are identical.');
+    expect(await compare({ path: ref, format: 'raw' }, { path: await repo.diskPath('block-vm-1', inc.record.id, vm.disks[0]!.id) })).toBe(
+      'Images are identical.',
+    );
     // every access to a volume happens while its LV is active, and every activated LV is deactivated
     // (the streamed read needs all layers of a disk active at once, so they are activated together)
     expect(log.filter((l) => l.startsWith('read ')).length).toBeGreaterThan(0);
@@ -134,9 +139,14 @@ describe('SshTransferStrategy on a block domain', () => {
 
   it('a failing read still deactivates the LV and removes the snapshot', async () => {
     // some data, so the streamed read has a range to read from the vanished device
-    await sim.addVm({ name: 'block-vm-2', disks: [{ name: 'root', virtualSize: 4 * MB, format: 'cow', contents: [{ offset: 0, length: 65536, pattern: 0x23 }] }] });
+    await sim.addVm({
+      name: 'block-vm-2',
+      disks: [{ name: 'root', virtualSize: 4 * MB, format: 'cow', contents: [{ offset: 0, length: 65536, pattern: 0x23 }] }],
+    });
     failReads = 1;
-    const err = await strategy().backup({ name: 'block-vm-2' }, repo).catch((e: unknown) => e);
+    const err = await strategy()
+      .backup({ name: 'block-vm-2' }, repo)
+      .catch((e: unknown) => e);
     expect(isVirtstreamError(err, 'ERR_REMOTE_COMMAND'), String(err)).toBe(true);
     expect(log[log.length - 1]).toMatch(/^lvchange -an /);
     expect(sim.state().vms.find((v) => v.name === 'block-vm-2')!.snapshots).toEqual([]);

@@ -97,7 +97,15 @@ describe('SshTransferStrategy streamed read', () => {
     const vm = await sim.addVm({
       name,
       disks: [
-        { name: 'root', virtualSize: 16 * MB, format: 'cow', contents: [{ offset: 0, length: MB, pattern: 0x51 }, { offset: 9 * MB + 512, length: 70000, pattern: 0x52 }] },
+        {
+          name: 'root',
+          virtualSize: 16 * MB,
+          format: 'cow',
+          contents: [
+            { offset: 0, length: MB, pattern: 0x51 },
+            { offset: 9 * MB + 512, length: 70000, pattern: 0x52 },
+          ],
+        },
         { name: 'data', virtualSize: 8 * MB, format: 'raw', contents: [{ offset: MB + 4096, length: 3 * 65536, pattern: 0x53 }] },
       ],
     });
@@ -110,9 +118,18 @@ describe('SshTransferStrategy streamed read', () => {
     const refs = await Promise.all(vm.disks.map((d, i) => freeze(sim.activeImage(d.id), join(dir, `ref-${i}.raw`))));
     const inc = await s.backup({ name }, repo, { kind: 'incremental', parent: full.record });
     expect(inc.disks.map((d) => d.kind)).toEqual(['incremental', 'incremental']);
-    for (const [i, d] of vm.disks.entries()) expect(await compare({ path: refs[i]!, format: 'raw' }, { path: await repo.diskPath(name, inc.record.id, d.id) })).toBe('Images are identical.');
+    for (const [i, d] of vm.disks.entries())
+      expect(await compare({ path: refs[i]!, format: 'raw' }, { path: await repo.diskPath(name, inc.record.id, d.id) })).toBe('Images are identical.');
     // the incremental holds only its own layer: unwritten ranges stay unallocated (read from the parent)
-    const incMap = JSON.parse((await run('qemu-img', ['map', '--output=json', `json:${JSON.stringify({ driver: 'qcow2', backing: null, file: { filename: await repo.diskPath(name, inc.record.id, vm.disks[0]!.id) } })}`])).stdout) as { start: number; length: number; data: boolean }[];
+    const incMap = JSON.parse(
+      (
+        await run('qemu-img', [
+          'map',
+          '--output=json',
+          `json:${JSON.stringify({ driver: 'qcow2', backing: null, file: { filename: await repo.diskPath(name, inc.record.id, vm.disks[0]!.id) } })}`,
+        ])
+      ).stdout,
+    ) as { start: number; length: number; data: boolean }[];
     const incData = incMap.filter((e) => e.data).reduce((n, e) => n + e.length, 0);
     expect(incData).toBe(65536);
     // a full over the chain of three volumes (base, kept snapshot, new snapshot) is the guest view
@@ -128,7 +145,10 @@ describe('SshTransferStrategy streamed read', () => {
 
   it('falls back to the spool path for a layer with compressed clusters, byte-exact', async () => {
     const name = `stream vm ${++seq}`;
-    const vm = await sim.addVm({ name, disks: [{ name: 'root', virtualSize: 8 * MB, format: 'cow', contents: [{ offset: MB, length: 2 * MB, pattern: 0x61 }] }] });
+    const vm = await sim.addVm({
+      name,
+      disks: [{ name: 'root', virtualSize: 8 * MB, format: 'cow', contents: [{ offset: MB, length: 2 * MB, pattern: 0x61 }] }],
+    });
     const base = sim.activeImage(vm.disks[0]!.id).path;
     await run('qemu-img', ['convert', '-c', '-f', 'qcow2', '-O', 'qcow2', base, `${base}.c`]);
     await rename(`${base}.c`, base);
@@ -141,7 +161,10 @@ describe('SshTransferStrategy streamed read', () => {
 
   it('abort mid-stream leaves no remote process, no spool file, no snapshot and no backup', async () => {
     const name = `stream vm ${++seq}`;
-    const vm = await sim.addVm({ name, disks: [{ name: 'root', virtualSize: 96 * MB, format: 'cow', contents: [{ offset: 0, length: 64 * MB, pattern: 0x71 }] }] });
+    const vm = await sim.addVm({
+      name,
+      disks: [{ name: 'root', virtualSize: 96 * MB, format: 'cow', contents: [{ offset: 0, length: 64 * MB, pattern: 0x71 }] }],
+    });
     const ac = new AbortController();
     let seen = 0;
     const err = await strategy()
@@ -152,12 +175,18 @@ describe('SshTransferStrategy streamed read', () => {
     expect(spawned.map((x) => x[0])).toEqual(['sh']); // the abort hit the streamed read
     // the remote script names the disk's image directory; it must be gone (exit is asynchronous after the channel closes)
     const imageDir = join(tree.imagesDir, vm.disks[0]!.id);
-    await waitFor(async () => ((await processesNaming(imageDir)).length === 0 ? { done: true, value: undefined } : { done: false, state: (await processesNaming(imageDir)).join('; ') }), {
-      minDelayMs: 20,
-      maxDelayMs: 200,
-      maxWaitMs: 20_000,
-      what: 'the remote read to exit',
-    });
+    await waitFor(
+      async () =>
+        (await processesNaming(imageDir)).length === 0
+          ? { done: true, value: undefined }
+          : { done: false, state: (await processesNaming(imageDir)).join('; ') },
+      {
+        minDelayMs: 20,
+        maxDelayMs: 200,
+        maxWaitMs: 20_000,
+        what: 'the remote read to exit',
+      },
+    );
     expect(sim.state().vms.find((v) => v.name === name)!.snapshots).toEqual([]);
     expect(sim.state().lockedDisks).toEqual([]);
     expect(await repo.list(name)).toEqual([]);

@@ -56,7 +56,15 @@ beforeEach(async () => {
   const vm = await sim.addVm({
     name: vmName,
     disks: [
-      { name: 'root', virtualSize: 16 * MB, format: 'cow', contents: [{ offset: 0, length: MB, pattern: 0x41 }, { offset: 9 * MB, length: 65536, pattern: 0x42 }] },
+      {
+        name: 'root',
+        virtualSize: 16 * MB,
+        format: 'cow',
+        contents: [
+          { offset: 0, length: MB, pattern: 0x41 },
+          { offset: 9 * MB, length: 65536, pattern: 0x42 },
+        ],
+      },
       { name: 'data', virtualSize: 8 * MB, format: 'raw', contents: [{ offset: MB + 4096, length: 3 * 65536, pattern: 0x43 }] },
     ],
   });
@@ -79,7 +87,8 @@ describe('SshTransferStrategy against the engine simulator and the loopback sshd
     await expectClean(1);
     // the full artifacts equal the disks at the snapshot
     const atFull = await Promise.all(disks.map((d, i) => freeze(sim.activeImage(d.id), join(dir, `at-full-${i}.raw`))));
-    for (const [i, d] of disks.entries()) expect(await compare({ path: atFull[i]!, format: 'raw' }, { path: await repo.diskPath(vmName, full.record.id, d.id) })).toBe('Images are identical.');
+    for (const [i, d] of disks.entries())
+      expect(await compare({ path: atFull[i]!, format: 'raw' }, { path: await repo.diskPath(vmName, full.record.id, d.id) })).toBe('Images are identical.');
 
     await sim.writeGuestData(vmName, 'root', { offset: 2 * MB, length: 65536, pattern: 0x51 });
     await sim.writeGuestData(vmName, 'data', { offset: 0, length: 4096, pattern: 0x52 });
@@ -88,7 +97,8 @@ describe('SshTransferStrategy against the engine simulator and the loopback sshd
     expect(inc.record.parentId).toBe(full.record.id);
     expect(inc.disks[0]!.bytes).toBeLessThan(full.disks[0]!.bytes);
     await expectClean(1);
-    for (const d of disks) expect(await compare(sim.activeImage(d.id), { path: await repo.diskPath(vmName, inc.record.id, d.id) })).toBe('Images are identical.');
+    for (const d of disks)
+      expect(await compare(sim.activeImage(d.id), { path: await repo.diskPath(vmName, inc.record.id, d.id) })).toBe('Images are identical.');
 
     const restored = await s.restore(vmName, repo, { newName: `${vmName} restored` });
     const st = sim.state();
@@ -139,14 +149,18 @@ describe('SshTransferStrategy against the engine simulator and the loopback sshd
   });
 
   it('an unknown host key is refused before any engine change', async () => {
-    const err = await strategy({ hosts: { simhost: labSshOptions({ knownHosts: '' , knownHostsPath: join(dir, 'none') }) } }).backup({ name: vmName }, repo).catch((e: unknown) => e);
+    const err = await strategy({ hosts: { simhost: labSshOptions({ knownHosts: '', knownHostsPath: join(dir, 'none') }) } })
+      .backup({ name: vmName }, repo)
+      .catch((e: unknown) => e);
     expect(isVirtstreamError(err, 'ERR_SSH_UNKNOWN_HOST'), String(err)).toBe(true);
     await expectClean(0);
   });
 
   it('a failing snapshot creation leaves nothing', async () => {
     sim.faults.snapshotCreateFailures = 1;
-    const err = await strategy().backup({ name: vmName }, repo).catch((e: unknown) => e);
+    const err = await strategy()
+      .backup({ name: vmName }, repo)
+      .catch((e: unknown) => e);
     expect(isVirtstreamError(err, 'ERR_RHV_RESPONSE'), String(err)).toBe(true);
     await expectClean(0);
     expect(await repo.list(vmName)).toEqual([]);
@@ -159,5 +173,32 @@ describe('SshTransferStrategy against the engine simulator and the loopback sshd
       .catch((e: unknown) => e);
     expect(isVirtstreamError(err, 'ERR_ABORTED'), String(err)).toBe(true);
     await expectClean(0);
+  });
+});
+
+describe('SshTransferStrategy recovery after an interrupted run (issue 11.9)', () => {
+  it("removes the killed run's snapshot but never the kept base nor the user's, and the incremental still continues the chain", async () => {
+    const s = strategy();
+    const full = await s.backup({ name: vmName }, repo);
+    const vmId = sim.vmId(vmName);
+    const user = await rhv.snapshots.create(vmId, { description: 'the user snapshot' });
+    await rhv.snapshots.waitUntilOk(vmId, user.id);
+    // what a run killed after its snapshot leaves: a tagged snapshot no committed backup refers to
+    const stale = await rhv.snapshots.create(vmId, { description: `virtstream ssh-transfer ${new Date().toISOString()} 0b1f4c2e-0000-4000-8000-00000000dead` });
+    await rhv.snapshots.waitUntilOk(vmId, stale.id);
+
+    const dry = await s.recover({ name: vmName }, { dryRun: true, source: repo });
+    expect(dry.actions.map((a) => [a.kind, a.id, a.done])).toEqual([['snapshot', stale.id, false]]);
+    // without the repository a tagged snapshot may be the kept base: left alone
+    expect((await s.recover({ name: vmName })).actions).toEqual([]);
+    await expectClean(3);
+
+    await sim.writeGuestData(vmName, 'root', { offset: 4 * MB, length: 65536, pattern: 0x66 });
+    const inc = await s.backup({ name: vmName }, repo, { kind: 'incremental', parent: full.record });
+    expect(inc.warnings).toEqual([]);
+    expect(inc.disks[0]!.kind).toBe('incremental');
+    const snaps = sim.state().vms.find((v) => v.id === vmId)!.snapshots;
+    expect(snaps.map((x) => x.id)).not.toContain(stale.id);
+    expect(snaps.map((x) => x.description)).toContain('the user snapshot');
   });
 });

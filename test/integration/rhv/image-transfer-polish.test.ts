@@ -203,7 +203,11 @@ describe('imageio proxy role in the simulator', () => {
     const s = strategy({ incrementalMode: 'snapshot-chain', keepLastSnapshot: false });
     await s.backup({ name: vmName }, repo);
     expect(proxyOf().requests()).toEqual([]);
-    expect(daemonOf().requests().some((r) => r.method === 'GET' && r.status === 206)).toBe(true);
+    expect(
+      daemonOf()
+        .requests()
+        .some((r) => r.method === 'GET' && r.status === 206),
+    ).toBe(true);
   });
 
   it('preferProxy sends the backup and the restore through the proxy', async () => {
@@ -214,7 +218,11 @@ describe('imageio proxy role in the simulator', () => {
     for (const d of disks) await identical(d.id, await repo.diskPath(vmName, full.record.id, d.id));
     proxyOf().clearRequests();
     const restored = await s.restore(vmName, repo, { newName: `${vmName} via proxy` });
-    expect(proxyOf().requests().some((r) => r.method === 'PUT' && r.status === 200)).toBe(true);
+    expect(
+      proxyOf()
+        .requests()
+        .some((r) => r.method === 'PUT' && r.status === 200),
+    ).toBe(true);
     const newDisks = sim.state().vms.find((v) => v.id === restored.vm.id)!.diskIds;
     for (const [i, d] of disks.entries()) {
       const a = sim.activeImage(d.id);
@@ -229,7 +237,11 @@ describe('imageio proxy role in the simulator', () => {
     const s = strategy({ incrementalMode: 'snapshot-chain' });
     const full = await s.backup({ name: vmName }, repo);
     expect(full.disks.map((d) => d.kind)).toEqual(['full', 'full']);
-    expect(proxyOf().requests().filter((r) => r.method === 'OPTIONS').length).toBe(2);
+    expect(
+      proxyOf()
+        .requests()
+        .filter((r) => r.method === 'OPTIONS').length,
+    ).toBe(2);
     for (const d of disks) await identical(d.id, await repo.diskPath(vmName, full.record.id, d.id));
     await sim.writeGuestData(vmName, 'root', { offset: 4 * MB, length: 65536, pattern: 0x55 });
     const inc = await s.backup({ name: vmName }, repo, { parent: full.record });
@@ -237,7 +249,11 @@ describe('imageio proxy role in the simulator', () => {
     for (const d of disks) await identical(d.id, await repo.diskPath(vmName, inc.record.id, d.id));
     proxyOf().clearRequests();
     await s.restore(vmName, repo, { newName: `${vmName} fallback` });
-    expect(proxyOf().requests().some((r) => r.method === 'PUT')).toBe(true);
+    expect(
+      proxyOf()
+        .requests()
+        .some((r) => r.method === 'PUT'),
+    ).toBe(true);
     const st = sim.state();
     expect(st.tickets).toEqual([]);
     expect(st.lockedDisks).toEqual([]);

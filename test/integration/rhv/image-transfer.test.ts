@@ -70,7 +70,15 @@ beforeEach(async () => {
   const vm = await sim.addVm({
     name: vmName,
     disks: [
-      { name: 'root', virtualSize: 16 * MB, format: 'cow', contents: [{ offset: 0, length: MB, pattern: 0x41 }, { offset: 9 * MB, length: 65536, pattern: 0x42 }] },
+      {
+        name: 'root',
+        virtualSize: 16 * MB,
+        format: 'cow',
+        contents: [
+          { offset: 0, length: MB, pattern: 0x41 },
+          { offset: 9 * MB, length: 65536, pattern: 0x42 },
+        ],
+      },
       { name: 'data', virtualSize: 8 * MB, format: 'cow', contents: [{ offset: MB + 4096, length: 3 * 65536, pattern: 0x43 }] },
     ],
   });
@@ -173,7 +181,10 @@ describe('snapshot-chain specifics', () => {
     const art = await repo.diskPath(vmName, inc.record.id, disks[0]!.id);
     expect(await compare(sim.activeImage(disks[0]!.id), { path: art })).toBe('Images are identical.');
     // the user's snapshot is left alone; the previous backup snapshot was replaced by the new one
-    const snaps = sim.state().vms.find((v) => v.id === vmId)!.snapshots.map((x) => x.description);
+    const snaps = sim
+      .state()
+      .vms.find((v) => v.id === vmId)!
+      .snapshots.map((x) => x.description);
     expect(snaps).toHaveLength(2);
     expect(snaps).toContain('user snapshot');
   });
@@ -347,7 +358,7 @@ describe('failure cleanup (snapshot-chain unless stated)', () => {
         const wrapped: BackupSession = {
           backupId: session.backupId,
           writeMetadata: (n, d, x) => session.writeMetadata(n, d, x),
-          writeDisk: async (info, source) => {
+          writeDisk: async (_info, source) => {
             let n = 0;
             for await (const c of source as AsyncIterable<Uint8Array>) {
               n += c.length;
@@ -365,7 +376,9 @@ describe('failure cleanup (snapshot-chain unless stated)', () => {
         return wrapped;
       },
     };
-    const err = await strategy({ concurrency: 1 }).backup({ name: vmName }, failing).catch((e: unknown) => e);
+    const err = await strategy({ concurrency: 1 })
+      .backup({ name: vmName }, failing)
+      .catch((e: unknown) => e);
     expect((err as { code?: string }).code).toBe('ENOSPC');
     expect(aborted).toBe(true);
     expect(await repo.list(vmName)).toEqual([]);
@@ -406,11 +419,11 @@ describe('failure cleanup (snapshot-chain unless stated)', () => {
     expect(r.disks).toHaveLength(2);
   });
 
-  it('restore under a name that is taken: 409, the uploaded disks are removed', async () => {
+  it('restore under a name that is taken: ERR_CONFLICT before any disk is created', async () => {
     const s = strategy({ keepLastSnapshot: false });
     await s.backup({ name: vmName }, repo);
     const disksBefore = sim.state().disks.length;
-    await expect(s.restore(vmName, repo)).rejects.toMatchObject({ code: 'ERR_RHV_FAULT', status: 409 });
+    await expect(s.restore(vmName, repo)).rejects.toMatchObject({ code: 'ERR_CONFLICT' });
     expect(sim.state().disks.length).toBe(disksBefore);
     expectEngineClean(0);
   });

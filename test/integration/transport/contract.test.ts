@@ -147,18 +147,24 @@ describe.each(factories)('CommandRunner contract: %s', (_name, make) => {
     const iterator = p.stdout[Symbol.asyncIterator]();
     while (n < 1024 * 1024) n += ((await iterator.next()).value as Buffer).length;
     // the reader now pauses: the producer must stall after filling the bounded buffers on the way
-    const pid = await waitFor(async () => {
-      const pids = pgrep(`head -c ${size} /dev/zero`).filter((x) => readFileSync(`/proc/${x}/comm`, 'utf8').trim() === 'head');
-      return pids.length === 1 ? { done: true, value: pids[0]! } : { done: false };
-    }, { minDelayMs: 20, maxWaitMs: 15_000 });
+    const pid = await waitFor(
+      async () => {
+        const pids = pgrep(`head -c ${size} /dev/zero`).filter((x) => readFileSync(`/proc/${x}/comm`, 'utf8').trim() === 'head');
+        return pids.length === 1 ? { done: true, value: pids[0]! } : { done: false };
+      },
+      { minDelayMs: 20, maxWaitMs: 15_000 },
+    );
     const written = (): number => Number(/wchar: (\d+)/.exec(readFileSync(`/proc/${pid}/io`, 'utf8'))![1]);
     let last = -1;
-    const stalledAt = await waitFor(async () => {
-      const w = written();
-      const settled = w === last;
-      last = w;
-      return settled ? { done: true, value: w } : { done: false, state: `${w} bytes written` };
-    }, { minDelayMs: 300, maxDelayMs: 300, maxWaitMs: 60_000 });
+    const stalledAt = await waitFor(
+      async () => {
+        const w = written();
+        const settled = w === last;
+        last = w;
+        return settled ? { done: true, value: w } : { done: false, state: `${w} bytes written` };
+      },
+      { minDelayMs: 300, maxDelayMs: 300, maxWaitMs: 60_000 },
+    );
     expect(stalledAt).toBeLessThan(64 * 1024 * 1024);
     for (let r = await iterator.next(); !r.done; r = await iterator.next()) n += (r.value as Buffer).length;
     await p.done;

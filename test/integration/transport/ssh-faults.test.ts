@@ -46,7 +46,9 @@ function proxyKnownHosts(): string {
 
 describe('connection loss', () => {
   it('a cut mid-stream fails with a retryable ERR_SSH_CHANNEL, errors stdout, and the runner reconnects', async () => {
-    const runner = new SshRunner(labSshOptions({ host: '127.0.0.1', port: proxyPort, knownHostsPath: undefined, knownHosts: proxyKnownHosts(), keepaliveIntervalMs: 1000 }));
+    const runner = new SshRunner(
+      labSshOptions({ host: '127.0.0.1', port: proxyPort, knownHostsPath: undefined, knownHosts: proxyKnownHosts(), keepaliveIntervalMs: 1000 }),
+    );
     const marker = `vs-cut-${randomBytes(4).toString('hex')}`;
     try {
       const p = runner.spawn(['sh', '-c', `head -c 200000000 /dev/zero; : ${marker}`]);

@@ -120,7 +120,12 @@ describe('authentication and transport options', () => {
   it('authenticates with a password, and fails with ERR_SSH_AUTH for a wrong one (never logging it)', async () => {
     const user = labVar('VS_SSH_PASSWORD_USER');
     const logged: unknown[] = [];
-    const logger = { debug: (o: object) => logged.push(o), info: (o: object) => logged.push(o), warn: (o: object) => logged.push(o), error: (o: object) => logged.push(o) };
+    const logger = {
+      debug: (o: object) => logged.push(o),
+      info: (o: object) => logged.push(o),
+      warn: (o: object) => logged.push(o),
+      error: (o: object) => logged.push(o),
+    };
     const password = labSshPassword();
     expect(await tryConnect(labSshOptions({ username: user, privateKeyPath: undefined, password, logger }))).toBe(user);
     const err = await tryConnect(labSshOptions({ username: user, privateKeyPath: undefined, password: 'wrong-password' }));
@@ -133,14 +138,17 @@ describe('authentication and transport options', () => {
     const agent = spawn('ssh-agent', ['-D', '-a', sock], { stdio: 'ignore' });
     try {
       const { waitFor } = await import('../../../src/core/waiter.js');
-      await waitFor(async () => {
-        try {
-          execFileSync('ssh-add', [labVar('VS_SSH_KEY')], { env: { ...process.env, SSH_AUTH_SOCK: sock }, stdio: 'ignore' });
-          return { done: true, value: undefined };
-        } catch {
-          return { done: false };
-        }
-      }, { minDelayMs: 20, maxWaitMs: 10_000 });
+      await waitFor(
+        async () => {
+          try {
+            execFileSync('ssh-add', [labVar('VS_SSH_KEY')], { env: { ...process.env, SSH_AUTH_SOCK: sock }, stdio: 'ignore' });
+            return { done: true, value: undefined };
+          } catch {
+            return { done: false };
+          }
+        },
+        { minDelayMs: 20, maxWaitMs: 10_000 },
+      );
       expect(await tryConnect(labSshOptions({ privateKeyPath: undefined, agent: sock }))).toBe('root');
     } finally {
       agent.kill();
@@ -162,9 +170,10 @@ describe('authentication and transport options', () => {
     expect(isVirtstreamError(err) && err.retryable).toBe(true);
   });
 
-  it('reports an unreadable known_hosts path as ERR_INVALID_ARGUMENT', async () => {
+  it('reports an unreadable known_hosts path as ERR_SSH_KNOWN_HOSTS, naming the file', async () => {
     const err = await tryConnect(labSshOptions({ knownHostsPath: join(tmp, 'missing-known-hosts') }));
-    expect(isVirtstreamError(err, 'ERR_INVALID_ARGUMENT')).toBe(true);
+    expect(isVirtstreamError(err, 'ERR_SSH_KNOWN_HOSTS')).toBe(true);
+    expect((err as Error).message).toContain('missing-known-hosts');
   });
 
   it('ignores malformed known_hosts lines', async () => {

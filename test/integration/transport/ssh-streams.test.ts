@@ -197,7 +197,11 @@ describe('hostile file names through the real shell', () => {
     const content = randomBytes(1000);
     await ssh.run(['tee', '--', path], { input: content, maxOutputBytes: 2000 });
     const listed = (await ssh.run(['find', dir, '-mindepth', '1', '-maxdepth', '1', '-type', 'f', '-print0'])).stdout;
-    const entries = listed.toString('latin1').split('\0').filter(Boolean).map((s) => Buffer.from(s, 'latin1'));
+    const entries = listed
+      .toString('latin1')
+      .split('\0')
+      .filter(Boolean)
+      .map((s) => Buffer.from(s, 'latin1'));
     expect(entries.some((e) => e.equals(path))).toBe(true);
     expect((await ssh.run(['cat', '--', path])).stdout.equals(content)).toBe(true);
     await ssh.run(['rm', '--', path]);

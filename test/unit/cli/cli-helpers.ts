@@ -1,6 +1,7 @@
 import { Readable } from 'node:stream';
 import { runCli } from '../../../src/cli/run-cli.js';
-import { FileRepository } from '../../../src/index.js';
+import type { SourceOpener } from '../../../src/cli/sources.js';
+import type { FileRepository } from '../../../src/index.js';
 import type { BackupRecord } from '../../../src/index.js';
 
 /** A string sink standing in for stdout/stderr. */
@@ -30,7 +31,7 @@ export class Sink {
 /** Runs the CLI in-process. */
 export async function cli(
   argv: string[],
-  options: { env?: NodeJS.ProcessEnv; signal?: AbortSignal; tty?: boolean; cwd?: string; onStderr?: (chunk: string) => void } = {},
+  options: { env?: NodeJS.ProcessEnv; signal?: AbortSignal; tty?: boolean; cwd?: string; onStderr?: (chunk: string) => void; openSource?: SourceOpener } = {},
 ): Promise<{ code: number; out: Sink; err: Sink }> {
   const out = new Sink(options.tty);
   const err = new Sink(options.tty);
@@ -41,6 +42,7 @@ export async function cli(
     env: options.env ?? {},
     signal: options.signal ?? new AbortController().signal,
     ...(options.cwd ? { cwd: options.cwd } : {}),
+    ...(options.openSource ? { openSource: options.openSource } : {}),
   });
   return { code, out, err };
 }
@@ -62,3 +64,5 @@ export async function writeBackup(
   );
   return session.commit();
 }
+
+export { screen } from '../../support/screen.js';

@@ -1,8 +1,10 @@
-import { mkdtemp, readdir, rm, truncate, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { FileRepository } from '../../../src/index.js';
+import type { SourceOpener } from '../../../src/cli/sources.js';
+import { FakeStrategy } from '../../../src/entries/testing.js';
 import { cli, writeBackup } from './cli-helpers.js';
 
 let dir: string;
@@ -119,7 +121,12 @@ describe('virtstream list / verify / prune on a real repository', () => {
     const i2 = await writeBackup(repo, 'web01', 'incremental', i1.id);
     const dry = await cli(['prune', '--keep-last', '1', '--synthesize', '--dry-run', '--repo', repoDir, '--json']);
     expect(dry.out.json().find((l) => l.type === 'synthesize')).toMatchObject({ id: i2.id, chain: [f.id, i1.id, i2.id] });
-    expect(dry.out.json().filter((l) => l.type === 'would-remove').map((l) => [l.id, l.reasons])).toEqual([
+    expect(
+      dry.out
+        .json()
+        .filter((l) => l.type === 'would-remove')
+        .map((l) => [l.id, l.reasons]),
+    ).toEqual([
       [i2.id, ['replaced by a synthesized full']],
       [i1.id, []],
       [f.id, []],
@@ -179,8 +186,37 @@ describe('virtstream list / verify / prune on a real repository', () => {
     const res = await cli(['verify', 'web01', '../../../etc', '--repo', repoDir, '--json']);
     expect(res.code).toBe(1);
     expect(res.out.json().at(-1)).toMatchObject({ type: 'error', code: 'ERR_REPO_PATH' });
-    const list = await cli(['list', "../../$(touch /tmp/vs-cli-pwned)", '--repo', repoDir]);
+    const list = await cli(['list', '../../$(touch /tmp/vs-cli-pwned)', '--repo', repoDir]);
     expect(list.code).toBe(0);
     expect(list.out.text).toContain('no backups of');
+  });
+});
+
+describe('labels with prototype keys', () => {
+  it('--label __proto__=x and constructor=y are stored as plain labels', async () => {
+    const vms = join(dir, 'vms');
+    await mkdir(join(vms, 'lab01'), { recursive: true });
+    await writeFile(join(vms, 'lab01', 'd0.raw'), Buffer.alloc(4096, 1));
+    const openSource: SourceOpener = async (_c, name) => ({
+      name,
+      platform: 'libvirt',
+      strategy: async () => new FakeStrategy({ root: vms }),
+      listVms: async () => [],
+      close: async () => undefined,
+    });
+    const cfg = join(dir, 'c.json');
+    await writeFile(
+      cfg,
+      JSON.stringify({ repository: repoDir, hosts: { h: { type: 'libvirt', host: 'h' } }, vms: [{ match: { name: 'lab01' }, from: 'h', strategy: 'virsh' }] }),
+    );
+    const r = await cli(['backup', 'lab01', '--label', '__proto__=x', '--label', 'constructor=y', '-c', cfg], { openSource });
+    expect(r.code, r.err.text).toBe(0);
+    const [record] = await repo.list('lab01');
+    expect(Object.entries(record!.labels)).toEqual(
+      expect.arrayContaining([
+        ['__proto__', 'x'],
+        ['constructor', 'y'],
+      ]),
+    );
   });
 });

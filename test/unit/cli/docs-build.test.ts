@@ -15,7 +15,10 @@ describe('API reference (typedoc.json)', () => {
     );
     // eslint-disable-next-line no-control-regex
     const text = result.out.replace(/\x1b\[[0-9;]*m/g, '');
-    expect(text.split('\n').filter((l) => /\[(warning|error)\]/.test(l)), text.slice(-4000)).toEqual([]);
+    expect(
+      text.split('\n').filter((l) => /\[(warning|error)\]/.test(l)),
+      text.slice(-4000),
+    ).toEqual([]);
     expect(result.code).toBe(0);
   }, 180_000);
 });

@@ -17,7 +17,11 @@ function tableRows(): Map<string, string[]> {
   const rows = new Map<string, string[]>();
   for (const line of doc.split('\n')) {
     const m = /^\|\s*`(ERR_[A-Z0-9_]+)`\s*\|(.*)\|\s*$/.exec(line);
-    if (m) rows.set(m[1]!, m[2]!.split('|').map((c) => c.trim()));
+    if (m)
+      rows.set(
+        m[1]!,
+        m[2]!.split('|').map((c) => c.trim()),
+      );
   }
   return rows;
 }
@@ -37,7 +41,10 @@ describe('docs/guides/errors.md', () => {
   it('fills meaning, retryable and typical cause for every row', () => {
     for (const [code, cells] of tableRows()) {
       expect(cells, code).toHaveLength(3);
-      expect(cells.every((c) => c.length > 0), code).toBe(true);
+      expect(
+        cells.every((c) => c.length > 0),
+        code,
+      ).toBe(true);
       expect(cells[1], `${code}: retryable column`).toMatch(/^(yes|no|depends\b)/);
     }
   });

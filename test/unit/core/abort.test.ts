@@ -48,19 +48,33 @@ describe('abort helpers', () => {
   it('withAbortListener fires once on abort and detaches afterwards', async () => {
     const ac = new AbortController();
     let fired = 0;
-    const r = await withAbortListener(ac.signal, () => fired++, async () => 'ok');
+    const r = await withAbortListener(
+      ac.signal,
+      () => fired++,
+      async () => 'ok',
+    );
     expect(r).toBe('ok');
     ac.abort();
     expect(fired).toBe(0);
     const ac2 = new AbortController();
     await expect(
-      withAbortListener(ac2.signal, () => fired++, async () => {
-        ac2.abort();
-        return 'done';
-      }),
+      withAbortListener(
+        ac2.signal,
+        () => fired++,
+        async () => {
+          ac2.abort();
+          return 'done';
+        },
+      ),
     ).resolves.toBe('done');
     expect(fired).toBe(1);
-    await expect(withAbortListener(ac.signal, () => fired++, async () => 1)).rejects.toBeInstanceOf(AbortedError);
+    await expect(
+      withAbortListener(
+        ac.signal,
+        () => fired++,
+        async () => 1,
+      ),
+    ).rejects.toBeInstanceOf(AbortedError);
   });
 
   it('sleep resolves, or rejects when aborted before or during', async () => {

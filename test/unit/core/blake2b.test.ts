@@ -19,7 +19,10 @@ describe('Blake2b', () => {
     expect(new Blake2b(32).update(Buffer.alloc(0)).digest().toString('hex')).toBe('0e5751c026e543b2e8ab2eb06099daa1d1e5df47778f7787faab45cdf12fe3a8');
     expect(new Blake2b(32).update(Buffer.from('abc')).digest().toString('hex')).toBe('bddd813c634239723171ef3fee98579b94964e3bb1cb3e427262c8c068d52319');
     const data = randomBytes(300_001);
-    const py = execFileSync('python3', ['-c', 'import hashlib,sys; print(hashlib.blake2b(sys.stdin.buffer.read(), digest_size=20).hexdigest())'], { input: data, encoding: 'utf8' }).trim();
+    const py = execFileSync('python3', ['-c', 'import hashlib,sys; print(hashlib.blake2b(sys.stdin.buffer.read(), digest_size=20).hexdigest())'], {
+      input: data,
+      encoding: 'utf8',
+    }).trim();
     expect(new Blake2b(20).update(data).digest().toString('hex')).toBe(py);
     expect(new Blake2b(32).update(data).digest().toString('hex')).not.toBe(createHash('blake2b512').update(data).digest('hex').slice(0, 64));
   });

@@ -28,7 +28,7 @@ describe('VirtstreamError', () => {
   });
 
   it('subclasses keep their own name and instanceof', () => {
-    const e = new SshError('ERR_SSH_AUTH', 'root@h:22', 'denied');
+    const e = new SshError('ERR_SSH_AUTH', 'denied', { host: 'root@h:22' });
     expect(e.name).toBe('SshError');
     expect(e).toBeInstanceOf(SshError);
     expect(e).toBeInstanceOf(VirtstreamError);
@@ -37,7 +37,7 @@ describe('VirtstreamError', () => {
   });
 
   it('isVirtstreamError recognises errors across package copies by brand, and filters by code', () => {
-    const e = new TimeoutError('slow', 10);
+    const e = new TimeoutError('slow', { waitedMs: 10 });
     expect(isVirtstreamError(e)).toBe(true);
     expect(isVirtstreamError(e, 'ERR_TIMEOUT')).toBe(true);
     expect(isVirtstreamError(e, 'ERR_ABORTED')).toBe(false);
@@ -50,9 +50,9 @@ describe('VirtstreamError', () => {
   });
 
   it('SizeMismatchError picks ERR_TRUNCATED for short data', () => {
-    expect(new SizeMismatchError('disk', 10, 5).code).toBe('ERR_TRUNCATED');
-    expect(new SizeMismatchError('disk', 10, 15).code).toBe('ERR_SIZE_MISMATCH');
-    expect(new SizeMismatchError('disk', 10, 5).message).toBe('disk: expected 10 bytes, got 5');
+    expect(new SizeMismatchError({ what: 'disk', expected: 10, actual: 5 }).code).toBe('ERR_TRUNCATED');
+    expect(new SizeMismatchError({ what: 'disk', expected: 10, actual: 15 }).code).toBe('ERR_SIZE_MISMATCH');
+    expect(new SizeMismatchError({ what: 'disk', expected: 10, actual: 5 }).message).toBe('disk: expected 10 bytes, got 5');
   });
 
   it('RemoteCommandError maps 127 to ERR_COMMAND_NOT_FOUND and shows the stderr tail', () => {
@@ -68,11 +68,11 @@ describe('VirtstreamError', () => {
   });
 
   it('host key, checksum and format errors have stable codes', () => {
-    expect(new HostKeyMismatchError('[h]:22', 'SHA256:x').code).toBe('ERR_SSH_HOST_KEY_MISMATCH');
-    expect(new UnknownHostError('[h]:22', 'SHA256:x').code).toBe('ERR_SSH_UNKNOWN_HOST');
-    expect(new ChecksumMismatchError('p', 'a', 'b').code).toBe('ERR_CHECKSUM_MISMATCH');
-    expect(new FormatError('qcow2', 'bad magic').code).toBe('ERR_FORMAT_CORRUPT');
-    expect(new FormatError('qcow2', 'v1', { unsupported: true }).code).toBe('ERR_FORMAT_UNSUPPORTED');
+    expect(new HostKeyMismatchError({ host: '[h]:22', fingerprint: 'SHA256:x' }).code).toBe('ERR_SSH_HOST_KEY_MISMATCH');
+    expect(new UnknownHostError({ host: '[h]:22', fingerprint: 'SHA256:x' }).code).toBe('ERR_SSH_UNKNOWN_HOST');
+    expect(new ChecksumMismatchError({ path: 'p', expected: 'a', actual: 'b' }).code).toBe('ERR_CHECKSUM_MISMATCH');
+    expect(new FormatError('bad magic', { format: 'qcow2' }).code).toBe('ERR_FORMAT_CORRUPT');
+    expect(new FormatError('v1', { format: 'qcow2', unsupported: true }).code).toBe('ERR_FORMAT_UNSUPPORTED');
   });
 });
 

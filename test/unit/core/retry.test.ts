@@ -25,10 +25,13 @@ describe('withRetry', () => {
     let calls = 0;
     const err = new VirtstreamError('ERR_INVALID_ARGUMENT', 'bad');
     await expect(
-      withRetry(async () => {
-        calls++;
-        throw err;
-      }, { minTimeoutMs: 1 }),
+      withRetry(
+        async () => {
+          calls++;
+          throw err;
+        },
+        { minTimeoutMs: 1 },
+      ),
     ).rejects.toBe(err);
     expect(calls).toBe(1);
   });
@@ -36,10 +39,13 @@ describe('withRetry', () => {
   it('gives up after `retries` further attempts with the last error', async () => {
     let calls = 0;
     await expect(
-      withRetry(async () => {
-        calls++;
-        throw transient();
-      }, { retries: 2, minTimeoutMs: 1, maxTimeoutMs: 1 }),
+      withRetry(
+        async () => {
+          calls++;
+          throw transient();
+        },
+        { retries: 2, minTimeoutMs: 1, maxTimeoutMs: 1 },
+      ),
     ).rejects.toMatchObject({ code: 'ECONNRESET' });
     expect(calls).toBe(3);
   });
@@ -47,10 +53,13 @@ describe('withRetry', () => {
   it('honours a custom shouldRetry', async () => {
     let calls = 0;
     await expect(
-      withRetry(async () => {
-        calls++;
-        throw new Error('custom');
-      }, { retries: 1, minTimeoutMs: 1, shouldRetry: () => true }),
+      withRetry(
+        async () => {
+          calls++;
+          throw new Error('custom');
+        },
+        { retries: 1, minTimeoutMs: 1, shouldRetry: () => true },
+      ),
     ).rejects.toThrow('custom');
     expect(calls).toBe(2);
   });

@@ -47,7 +47,16 @@ describe('DigestStream', () => {
     const seen: number[] = [];
     const digest = new DigestStream({ onBytes: (b) => seen.push(b) });
     const out = createHash('sha256');
-    await pipeline(Readable.from(chunks), digest, new Writable({ write: (c: Buffer, _e, cb) => (out.update(c), cb()) }));
+    await pipeline(
+      Readable.from(chunks),
+      digest,
+      new Writable({
+        write: (c: Buffer, _e, cb) => {
+          out.update(c);
+          cb();
+        },
+      }),
+    );
     expect(digest.bytes).toBe(1_000_003);
     expect(digest.sha256).toBe(expected.digest('hex'));
     expect(out.digest('hex')).toBe(digest.sha256);
@@ -170,7 +179,11 @@ describe('toReadable', () => {
     for (const source of [gen(), web, asOld as unknown as NodeJS.ReadableStream]) {
       const { bytes, sha256 } = await measureStream(toReadable(source));
       expect(bytes).toBe(3);
-      expect(sha256).toBe(createHash('sha256').update(Buffer.from([1, 2, 3])).digest('hex'));
+      expect(sha256).toBe(
+        createHash('sha256')
+          .update(Buffer.from([1, 2, 3]))
+          .digest('hex'),
+      );
     }
   });
 });

@@ -11,7 +11,9 @@ describe('waitFor', () => {
   });
 
   it('times out with ERR_TIMEOUT naming what it waited for and the last state', async () => {
-    const err = await waitFor(async () => ({ done: false, state: 'locked' }), { minDelayMs: 1, maxDelayMs: 5, maxWaitMs: 20, what: 'snapshot ok' }).catch((e: unknown) => e);
+    const err = await waitFor(async () => ({ done: false, state: 'locked' }), { minDelayMs: 1, maxDelayMs: 5, maxWaitMs: 20, what: 'snapshot ok' }).catch(
+      (e: unknown) => e,
+    );
     expect(isVirtstreamError(err, 'ERR_TIMEOUT')).toBe(true);
     expect((err as Error).message).toContain('snapshot ok');
     expect((err as Error).message).toContain('locked');

@@ -3,14 +3,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import {
-  blobKeyType,
-  fingerprintKey,
-  knownHostsName,
-  knownKeyTypes,
-  parseKnownHosts,
-  verifyHostKey,
-} from '../../../src/core/ssh/known-hosts.js';
+import { blobKeyType, fingerprintKey, knownHostsName, knownKeyTypes, parseKnownHosts, verifyHostKey } from '../../../src/core/ssh/known-hosts.js';
 
 const tmp = mkdtempSync(join(tmpdir(), 'vs-kh-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));

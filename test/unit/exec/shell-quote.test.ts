@@ -39,7 +39,7 @@ const hostile = [
   'done',
   '{',
   'ünïcødé ✓ 💾',
-  "mix'\"$`\\\n!",
+  'mix\'"$`\\\n!',
 ];
 
 describe('quoteArg', () => {
@@ -84,7 +84,7 @@ describe.each(['sh', 'bash', 'dash'])('toShellCommand through a real %s', (shell
       start = i + 1;
     }
     expect(parts.length).toBe(args.length);
-    parts.forEach((p, i) => expect(p.equals(Buffer.from(args[i]!))).toBe(true));
+    for (const [i, p] of parts.entries()) expect(p.equals(Buffer.from(args[i]!))).toBe(true);
   });
 
   it('sets env variables with hostile values, and exec keeps them', () => {

@@ -17,15 +17,33 @@ afterAll(async () => cleanup());
 
 const p = (name: string): string => join(dir, name);
 
-/** Reader output (full stream and random reads) must equal qemu-img convert -O raw. */
+/**
+ * Reader output (full stream and random reads) must equal qemu-img convert -O raw, both with the maps
+ * kept from open and with no kept map (`mapCacheBytes: 0`: every walk streams through the L2 tables).
+ */
 async function expectSameAsQemu(path: string): Promise<void> {
   const ref = await qemuRaw(path, dir);
-  await using img = await openDiskImage(path);
+  await expectSameAs(path, ref, {});
+  await expectSameAs(path, ref, { mapCacheBytes: 0 });
+  await using kept = await openDiskImage(path);
+  await using lazy = await openDiskImage(path, { mapCacheBytes: 0 });
+  expect(await lazy.map()).toEqual(await kept.map());
+  expect(await lazy.map({ shallow: true })).toEqual(await kept.map({ shallow: true }));
+  expect(lazy.extents().map).toBeUndefined();
+}
+
+async function expectSameAs(path: string, ref: Buffer, options: { mapCacheBytes?: number }): Promise<void> {
+  await using img = await openDiskImage(path, options);
   expect(img.virtualSize).toBe(ref.length);
   const viaStream = await collect(img.extents({ chunkSize: 192 * 1024 + 512 }));
   expect(viaStream.equals(ref)).toBe(true);
   // unaligned random reads
-  for (const [off, len] of [[0, 1], [511, 1025], [65535, 70000], [ref.length - 3000, 3000]] as const) {
+  for (const [off, len] of [
+    [0, 1],
+    [511, 1025],
+    [65535, 70000],
+    [ref.length - 3000, 3000],
+  ] as const) {
     if (off < 0 || off + len > ref.length) continue;
     const got = await img.read(off, len);
     expect(got.equals(ref.subarray(off, off + len))).toBe(true);
@@ -283,11 +301,14 @@ describe('Qcow2Image typed errors', () => {
     await qemuImg('rebase', '-u', '-f', 'qcow2', '-b', 'loop-a.qcow2', '-F', 'qcow2', p('loop-a.qcow2'));
     expect(await code(p('loop-a.qcow2'))).toBe('ERR_FORMAT_CORRUPT');
   });
-  it('missing backing file and protocol backing names', async () => {
+  it('missing backing file (ERR_NOT_FOUND) and protocol backing names', async () => {
     await qemuImg('create', '-q', '-f', 'qcow2', p('gone.qcow2'), '1M');
     await qemuImg('create', '-q', '-f', 'qcow2', '-b', 'gone.qcow2', '-F', 'qcow2', p('orphan.qcow2'));
+    // a missing backing file is ERR_NOT_FOUND (as documented), whether the name is plain or hostile
     await qemuImg('rebase', '-u', '-f', 'qcow2', '-b', 'missing $(touch pwned).qcow2', '-F', 'qcow2', p('orphan.qcow2'));
-    expect(await code(p('orphan.qcow2'))).toBe('ERR_FORMAT_CORRUPT');
+    expect(await code(p('orphan.qcow2'))).toBe('ERR_NOT_FOUND');
+    await qemuImg('rebase', '-u', '-f', 'qcow2', '-b', 'no-such-dir/x.qcow2', '-F', 'qcow2', p('orphan.qcow2'));
+    expect(await code(p('orphan.qcow2'))).toBe('ERR_NOT_FOUND');
     await qemuImg('rebase', '-u', '-f', 'qcow2', '-b', 'nbd://127.0.0.1:1/x', '-F', 'raw', p('orphan.qcow2'));
     expect(await code(p('orphan.qcow2'))).toBe('ERR_FORMAT_UNSUPPORTED');
     expect(await code(p('orphan.qcow2'), { backing: 'ignore' })).toBeUndefined();

@@ -35,7 +35,11 @@ async function check(path: string): Promise<void> {
 }
 
 /** A synthetic extent stream from explicit chunks. */
-function synthetic(size: number, chunks: ExtentChunk[], map: Extent[] | null = chunks.map(({ offset, length, kind }) => ({ offset, length, kind }))): ExtentStream {
+function synthetic(
+  size: number,
+  chunks: ExtentChunk[],
+  map: Extent[] | null = chunks.map(({ offset, length, kind }) => ({ offset, length, kind })),
+): ExtentStream {
   return {
     size,
     ...(map ? { map } : {}),
@@ -166,10 +170,14 @@ describe('writeQcow2', () => {
     const lying = synthetic(1 << 20, [{ offset: 65536 * 3, length: 10, kind: 'data', data: bytes(10, 1) }], [{ offset: 0, length: 10, kind: 'data' }]);
     const err = await pipeline(writeQcow2(lying), createWriteStream(p('lying.qcow2'))).catch((e: unknown) => e);
     expect(isVirtstreamError(err, 'ERR_INVALID_ARGUMENT')).toBe(true);
-    const disorder = synthetic(1 << 20, [
-      { offset: 65536, length: 10, kind: 'data', data: bytes(10, 1) },
-      { offset: 0, length: 10, kind: 'data', data: bytes(10, 1) },
-    ], [{ offset: 0, length: 65546, kind: 'data' }]);
+    const disorder = synthetic(
+      1 << 20,
+      [
+        { offset: 65536, length: 10, kind: 'data', data: bytes(10, 1) },
+        { offset: 0, length: 10, kind: 'data', data: bytes(10, 1) },
+      ],
+      [{ offset: 0, length: 65546, kind: 'data' }],
+    );
     const err2 = await pipeline(writeQcow2(disorder), createWriteStream(p('disorder.qcow2'))).catch((e: unknown) => e);
     expect(isVirtstreamError(err2, 'ERR_INVALID_ARGUMENT')).toBe(true);
   });

@@ -1,6 +1,6 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isVirtstreamError } from '../../../src/core/errors.js';
 import type { ExtentChunk, ExtentStream } from '../../../src/formats/extent.js';
@@ -103,7 +103,14 @@ describe('rbd export-diff', () => {
         { offset: (1 << 20) + 4096, length: 4096, kind: 'data' },
         { offset: (1 << 20) + 8192, length: 10_000 - 8192, kind: 'data' },
       ]);
-      expect(Buffer.concat(got.filter((c) => c.kind === 'data').slice(1).map((c) => (c as { data: Uint8Array }).data)).equals(fill(10_000, 2))).toBe(true);
+      expect(
+        Buffer.concat(
+          got
+            .filter((c) => c.kind === 'data')
+            .slice(1)
+            .map((c) => (c as { data: Uint8Array }).data),
+        ).equals(fill(10_000, 2)),
+      ).toBe(true);
       // the random-access reader indexes the same records and has a map
       const f = join(dir, `rt-v${version}.diff`);
       await writeFile(f, bin);
@@ -125,13 +132,30 @@ describe('rbd export-diff', () => {
   it('reads a hand-built v2 stream with the p record and skips unknown tags', async () => {
     const bin = Buffer.concat([
       Buffer.from('rbd diff v2\n'),
-      Buffer.from('t'), le64(4 + 2), le32(2), Buffer.from('s2'),
-      Buffer.from('p'), le64(1), Buffer.from([0]),
-      Buffer.from('X'), le64(3), Buffer.from('abc'), // a future record type
-      Buffer.from('s'), le64(8), le64(1 << 20),
-      Buffer.from('w'), le64(16 + 3), le64(10), le64(3), Buffer.from([7, 8, 9]),
-      Buffer.from('Y'), le64(0),
-      Buffer.from('z'), le64(16), le64(4096), le64(4096),
+      Buffer.from('t'),
+      le64(4 + 2),
+      le32(2),
+      Buffer.from('s2'),
+      Buffer.from('p'),
+      le64(1),
+      Buffer.from([0]),
+      Buffer.from('X'),
+      le64(3),
+      Buffer.from('abc'), // a future record type
+      Buffer.from('s'),
+      le64(8),
+      le64(1 << 20),
+      Buffer.from('w'),
+      le64(16 + 3),
+      le64(10),
+      le64(3),
+      Buffer.from([7, 8, 9]),
+      Buffer.from('Y'),
+      le64(0),
+      Buffer.from('z'),
+      le64(16),
+      le64(4096),
+      le64(4096),
       Buffer.from('e'),
     ]);
     const s = await readRbdExportDiff(pieces(bin));
@@ -157,7 +181,18 @@ describe('rbd export-diff', () => {
     expect(await codeOf(drain(v1Unknown))).toBe('ERR_FORMAT_CORRUPT');
     const past = Buffer.concat([Buffer.from('rbd diff v1\n'), Buffer.from('s'), le64(100), Buffer.from('z'), le64(90), le64(20), Buffer.from('e')]);
     expect(await codeOf(drain(past))).toBe('ERR_FORMAT_CORRUPT');
-    const disorder = Buffer.concat([Buffer.from('rbd diff v1\n'), Buffer.from('s'), le64(100), Buffer.from('z'), le64(50), le64(10), Buffer.from('z'), le64(0), le64(10), Buffer.from('e')]);
+    const disorder = Buffer.concat([
+      Buffer.from('rbd diff v1\n'),
+      Buffer.from('s'),
+      le64(100),
+      Buffer.from('z'),
+      le64(50),
+      le64(10),
+      Buffer.from('z'),
+      le64(0),
+      le64(10),
+      Buffer.from('e'),
+    ]);
     expect(await codeOf(drain(disorder))).toBe('ERR_FORMAT_CORRUPT');
     const hugeName = Buffer.concat([Buffer.from('rbd diff v1\n'), Buffer.from('f'), le32(0xffffffff)]);
     expect(await codeOf(drain(hugeName))).toBe('ERR_FORMAT_CORRUPT');
@@ -172,7 +207,8 @@ describe('rbd export-diff', () => {
   it('fuzz: mutated diffs end in typed errors or valid chunks (seeded)', async () => {
     const rnd = prng(42);
     const chunks: ExtentChunk[] = [];
-    for (let i = 0; i < 20; i++) chunks.push(i % 3 === 0 ? { offset: i * 8192, length: 4096, kind: 'zero' } : { offset: i * 8192, length: 300, kind: 'data', data: fill(300, i) });
+    for (let i = 0; i < 20; i++)
+      chunks.push(i % 3 === 0 ? { offset: i * 8192, length: 4096, kind: 'zero' } : { offset: i * 8192, length: 300, kind: 'data', data: fill(300, i) });
     for (const version of [1, 2] as const) {
       const good = await bytesOf(writeRbdExportDiff(stream(1 << 20, chunks), { version, fromSnap: 'a', toSnap: 'b' }));
       for (let round = 0; round < 300; round++) {
@@ -209,7 +245,7 @@ describe('rbd export-diff', () => {
     );
     expect(await codeOf(applyRbdDiff(target, pieces(diff, 4096), { expectFromSnap: 'other' }))).toBe('ERR_CHAIN_INVALID');
     const res = await applyRbdDiff(target, pieces(diff, 4096), { expectFromSnap: 'b1' });
-    expect(res).toEqual({ fromSnap: 'b1', toSnap: 'b2', size, dataBytes: 3010, zeroBytes: 65536 });
+    expect(res).toMatchObject({ fromSnap: 'b1', toSnap: 'b2', size, dataBytes: 3010, zeroBytes: 65536 });
     const want = Buffer.alloc(size);
     base.copy(want);
     want.fill(0xaa, 1000, 4000);
@@ -226,16 +262,25 @@ describe('rbd export-diff', () => {
 
 describe('readRbdImageExport', () => {
   it('reads a v2 image export and rejects mutated ones with typed errors', async () => {
-    const diffA = await bytesOf(writeRbdExportDiff(stream(1 << 20, [{ offset: 0, length: 10, kind: 'data', data: fill(10, 1) }]), { version: 2, toSnap: 'a', protected: true }));
+    const diffA = await bytesOf(
+      writeRbdExportDiff(stream(1 << 20, [{ offset: 0, length: 10, kind: 'data', data: fill(10, 1) }]), { version: 2, toSnap: 'a', protected: true }),
+    );
     const diffB = await bytesOf(writeRbdExportDiff(stream(1 << 20, [{ offset: 4096, length: 4096, kind: 'zero' }]), { version: 2, fromSnap: 'a' }));
     const meta = Buffer.concat([le32(3), Buffer.from('key'), le32(5), Buffer.from('value')]);
     const good = Buffer.concat([
       Buffer.from('rbd image v2\n'),
-      Buffer.from('O'), le64(8), le64(22),
-      Buffer.from('T'), le64(8), le64(61),
-      Buffer.from('M'), le64(meta.length), meta,
+      Buffer.from('O'),
+      le64(8),
+      le64(22),
+      Buffer.from('T'),
+      le64(8),
+      le64(61),
+      Buffer.from('M'),
+      le64(meta.length),
+      meta,
       Buffer.from('E'),
-      Buffer.from('rbd image diffs v2\n'), le64(2),
+      Buffer.from('rbd image diffs v2\n'),
+      le64(2),
       diffA,
       diffB,
     ]);
@@ -298,9 +343,18 @@ describe('parseRbdDiffJson', () => {
     expect(parseRbdDiffJson('[]')).toEqual([]);
   });
   it('rejects malformed input with ERR_FORMAT_CORRUPT', () => {
-    for (const bad of ['', '{', '{}', '[1]', '[{"offset":-1,"length":1,"exists":"true"}]', '[{"offset":0,"length":1,"exists":"yes"}]', '[{"offset":0,"length":"1","exists":"true"}]', '[{"offset":1e300,"length":1,"exists":"true"}]', '[{"offset":0,"length":10,"exists":"true"},{"offset":5,"length":10,"exists":"true"}]']) {
+    for (const bad of [
+      '',
+      '{',
+      '{}',
+      '[1]',
+      '[{"offset":-1,"length":1,"exists":"true"}]',
+      '[{"offset":0,"length":1,"exists":"yes"}]',
+      '[{"offset":0,"length":"1","exists":"true"}]',
+      '[{"offset":1e300,"length":1,"exists":"true"}]',
+      '[{"offset":0,"length":10,"exists":"true"},{"offset":5,"length":10,"exists":"true"}]',
+    ]) {
       expect(() => parseRbdDiffJson(bad), bad).toThrow(expect.objectContaining({ code: 'ERR_FORMAT_CORRUPT' }));
     }
   });
 });
-

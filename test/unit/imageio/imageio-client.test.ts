@@ -44,7 +44,15 @@ describe('ImageioClient basics', () => {
   it('reads OPTIONS of a read-only nbd-like ticket over TLS', async () => {
     await using c = new ImageioClient({ transferUrl: server.transferUrl('ro'), ca: certs.ca });
     const info = await c.options();
-    expect(info).toEqual({ allow: ['OPTIONS', 'GET'], features: ['checksum', 'extents'], maxReaders: 8, maxWriters: 8, legacy: false, via: 'transfer', transport: 'tcp' });
+    expect(info).toEqual({
+      allow: ['OPTIONS', 'GET'],
+      features: ['checksum', 'extents'],
+      maxReaders: 8,
+      maxWriters: 8,
+      legacy: false,
+      via: 'transfer',
+      transport: 'tcp',
+    });
   });
 
   it('reports 1 writer for a file-backend read-write ticket', async () => {
@@ -227,7 +235,9 @@ describe('ImageioClient basics', () => {
     for (const transferUrl of ['ftp://h/images/x', 'not a url', 'https://h/other/x', 'https://u:p@h/images/x', 'https://h/images/x?y=1']) {
       expect(() => new ImageioClient({ transferUrl })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARGUMENT' }));
     }
-    expect(() => new ImageioClient({ transferUrl: 'https://h/images/x', maxConnections: 0 })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARGUMENT' }));
+    expect(() => new ImageioClient({ transferUrl: 'https://h/images/x', maxConnections: 0 })).toThrow(
+      expect.objectContaining({ code: 'ERR_INVALID_ARGUMENT' }),
+    );
   });
 
   it('rejects invalid ranges with ERR_INVALID_ARGUMENT', async () => {

@@ -160,7 +160,10 @@ describe('ImageioClient.download', () => {
 
   it('a qcow2 with corrupt compressed clusters: addTicket works, reads answer 500 with a message, not a hang', async () => {
     const src = join(dir, 'comp-src.raw');
-    await makeRawImage(src, Array.from({ length: 64 }, (_, i) => ({ kind: 'byte' as const, length: 64 * 1024, byte: i + 1 })));
+    await makeRawImage(
+      src,
+      Array.from({ length: 64 }, (_, i) => ({ kind: 'byte' as const, length: 64 * 1024, byte: i + 1 })),
+    );
     const q = join(dir, 'comp.qcow2');
     execFileSync('qemu-img', ['convert', '-q', '-c', '-f', 'raw', '-O', 'qcow2', src, q]);
     // compressed clusters are packed at the end of the file, after the metadata: garble the last ones

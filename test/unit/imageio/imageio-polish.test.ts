@@ -29,7 +29,12 @@ let size: number;
 /** The documented construction, computed independently over the whole file: H(H(block0) ‖ H(block1) ‖ …). */
 function blockHash(data: Buffer, alg: string, blockSize: number): string {
   const outer = createHash(alg);
-  for (let off = 0; off < data.length; off += blockSize) outer.update(createHash(alg).update(data.subarray(off, off + blockSize)).digest());
+  for (let off = 0; off < data.length; off += blockSize)
+    outer.update(
+      createHash(alg)
+        .update(data.subarray(off, off + blockSize))
+        .digest(),
+    );
   return outer.digest('hex');
 }
 
@@ -91,12 +96,20 @@ describe('imageio checksum endpoints', () => {
     expect(b2s.checksum).toBe(blockHash(data, 'blake2s256', 16 * MiB));
     expect(b2s.checksum).toBe(pythonBlockHash(roPath, 'blake2s', 16 * MiB));
     expect(await daemon.checksumOf('ro', { algorithm: 'sha1', blockSize: MiB })).toEqual({ algorithm: 'sha1', block_size: MiB, checksum: sha1.checksum });
-    expect(daemon.requests('ro').filter((r) => r.target === 'checksum').map((r) => r.status)).toEqual([200, 200, 200, 200]);
+    expect(
+      daemon
+        .requests('ro')
+        .filter((r) => r.target === 'checksum')
+        .map((r) => r.status),
+    ).toEqual([200, 200, 200, 200]);
   });
 
   it('the checksum changes when one byte of the image changes (file backend: every block read)', async () => {
     const p = join(dir, 'rw.raw');
-    const n = await makeRawImage(p, [{ kind: 'random', length: 2 * MiB }, { kind: 'hole', length: 2 * MiB }]);
+    const n = await makeRawImage(p, [
+      { kind: 'random', length: 2 * MiB },
+      { kind: 'hole', length: 2 * MiB },
+    ]);
     await daemon.addTicket({ uuid: 'rw', size: n, ops: ['read', 'write'], url: `file://${p}`, backend: 'file' });
     await using c = new ImageioClient({ transferUrl: daemon.transferUrl('rw'), ca: certs.ca, unixSocket: false });
     const before = await c.checksum({ blockSize: MiB });
@@ -170,7 +183,13 @@ describe('imageio checksum endpoints', () => {
         await expect(c.checksum()).rejects.toMatchObject({ code: 'ERR_UNSUPPORTED' });
         await expect(c.checksumAlgorithms()).rejects.toMatchObject({ code: 'ERR_UNSUPPORTED' });
       }
-      for (const body of ['{"algorithm":"sha1","block_size":4194304}', '{"algorithm":"sha1","block_size":"4M","checksum":"ab"}', '{"algorithm":"sha1","block_size":4194304,"checksum":"not hex"}', 'not json', '[]']) {
+      for (const body of [
+        '{"algorithm":"sha1","block_size":4194304}',
+        '{"algorithm":"sha1","block_size":"4M","checksum":"ab"}',
+        '{"algorithm":"sha1","block_size":4194304,"checksum":"not hex"}',
+        'not json',
+        '[]',
+      ]) {
         checksumBody = body;
         await using c = new ImageioClient({ transferUrl: `http://127.0.0.1:${port}/images/x`, retries: 0 });
         const err = await c.checksum().catch((e: unknown) => e);
@@ -185,7 +204,12 @@ describe('imageio checksum endpoints', () => {
 describe('BlockHash (local blkhash)', () => {
   it('a downloaded image hashes to the server checksum, for several algorithms and block sizes', async () => {
     await using c = new ImageioClient({ transferUrl: daemon.transferUrl('ro'), ca: certs.ca, unixSocket: false });
-    for (const [algorithm, blockSize] of [['blake2b', 4 * MiB], ['sha1', MiB], ['blake2b', 16 * MiB], ['sha3_256', 2 * MiB]] as const) {
+    for (const [algorithm, blockSize] of [
+      ['blake2b', 4 * MiB],
+      ['sha1', MiB],
+      ['blake2b', 16 * MiB],
+      ['sha3_256', 2 * MiB],
+    ] as const) {
       // the download skips the hole: BlockHash hashes its zero/hole chunks as zeros
       const local = await BlockHash.ofStream(await c.download({ requestSize: 1536 * 1024 }), { algorithm, blockSize });
       expect(local).toEqual(await c.checksum({ algorithm, blockSize }));
@@ -215,7 +239,11 @@ describe('BlockHash (local blkhash)', () => {
   it('a qcow2 copy made by qemu-img hashes to the raw source checksum (the hash is of guest data)', async () => {
     // qemu-img rounds sizes up to 512 bytes: a sector-aligned source
     const raw = join(dir, 'aligned.raw');
-    const n = await makeRawImage(raw, [{ kind: 'random', length: MiB + 512 }, { kind: 'hole', length: 6 * MiB }, { kind: 'random', length: 3584 }]);
+    const n = await makeRawImage(raw, [
+      { kind: 'random', length: MiB + 512 },
+      { kind: 'hole', length: 6 * MiB },
+      { kind: 'random', length: 3584 },
+    ]);
     await daemon.addTicket({ uuid: 'aligned', size: n, ops: ['read'], url: `file://${raw}` });
     const q = join(dir, 'copy.qcow2');
     execFileSync('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', raw, q]);
@@ -301,13 +329,30 @@ describe('imageio proxy role', () => {
     expect(methods).toEqual(expect.arrayContaining(['OPTIONS 200', 'PUT 200', 'PATCH 200', 'GET 206']));
   });
 
+  it('keeps daemon connections per ticket: removing one ticket (the daemon closes its sockets) leaves the next ticket working', async () => {
+    const p = join(dir, 'per-ticket.raw');
+    const n = await makeRawImage(p, [{ kind: 'random', length: MiB }]);
+    const want = readFileSync(p);
+    for (const uuid of ['pt-1', 'pt-2', 'pt-3']) {
+      await daemon.addTicket({ uuid, size: n, ops: ['read', 'write'], url: `file://${p}` });
+      await using c = new ImageioClient({ transferUrl: proxy.proxyUrl(uuid), ca: certs.ca, retries: 0 });
+      await c.write(0, want.subarray(0, 65536));
+      expect((await c.read(0, n)).equals(want)).toBe(true);
+      await daemon.removeTicket(uuid);
+    }
+  });
+
   it('relays daemon errors as they are (403 for a missing ticket) and answers 502 when the daemon is gone', async () => {
     await using c = new ImageioClient({ transferUrl: proxy.proxyUrl('no-such-ticket'), ca: certs.ca });
     const err = await c.options().catch((e: unknown) => e);
     expect(err).toBeInstanceOf(ImageioError);
     expect((err as ImageioError).status).toBe(403);
 
-    await using orphan = await ImageioProxy.start({ daemonUrl: `https://127.0.0.1:${await closedPort()}`, ca: certs.ca, tls: { key: certs.key, cert: certs.cert } });
+    await using orphan = await ImageioProxy.start({
+      daemonUrl: `https://127.0.0.1:${await closedPort()}`,
+      ca: certs.ca,
+      tls: { key: certs.key, cert: certs.cert },
+    });
     await using c2 = new ImageioClient({ transferUrl: orphan.proxyUrl('ro'), ca: certs.ca, retries: 0 });
     const err2 = await c2.options().catch((e: unknown) => e);
     expect((err2 as ImageioError).status).toBe(502);
@@ -347,7 +392,12 @@ describe('unix socket reconnect', () => {
     await c.flush();
     expect((await c.options()).transport).toBe('unix');
     expect(readFileSync(p).subarray(0, 70000).equals(Buffer.alloc(70000, 7))).toBe(true);
-    expect(daemon.requests('up-unix').filter((r) => r.method === 'PUT').every((r) => r.local === true)).toBe(true);
+    expect(
+      daemon
+        .requests('up-unix')
+        .filter((r) => r.method === 'PUT')
+        .every((r) => r.local === true),
+    ).toBe(true);
   });
 
   it('unixSocket: false stays on TCP; an unusable reported socket falls back to TCP', async () => {

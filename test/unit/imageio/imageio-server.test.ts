@@ -50,15 +50,15 @@ describe('ImageioServer protocol (imageio 2.5.3 behaviour)', () => {
   it('answers OPTIONS with Allow and the observed JSON shapes', async () => {
     const ro = await call('/images/ro', { method: 'OPTIONS' });
     expect(ro.status).toBe(200);
-    expect(ro.headers['server']).toBe('imageio/2.5.3');
-    expect(ro.headers['allow']).toBe('OPTIONS,GET');
+    expect(ro.headers.server).toBe('imageio/2.5.3');
+    expect(ro.headers.allow).toBe('OPTIONS,GET');
     expect(JSON.parse(ro.text)).toEqual({ features: ['checksum', 'extents'], max_readers: 8, max_writers: 8 });
     const rw = await call('/images/rw', { method: 'OPTIONS' });
-    expect(rw.headers['allow']).toBe('OPTIONS,GET,PUT,PATCH');
+    expect(rw.headers.allow).toBe('OPTIONS,GET,PUT,PATCH');
     expect(JSON.parse(rw.text)).toEqual({ features: ['checksum', 'extents', 'flush', 'zero'], max_readers: 8, max_writers: 8 });
     const star = await call('/images/*', { method: 'OPTIONS' });
     expect(JSON.parse(star.text)).toEqual({ features: ['checksum', 'extents', 'flush', 'zero'] });
-    expect(star.headers['allow']).toBe('OPTIONS,GET,PUT,PATCH');
+    expect(star.headers.allow).toBe('OPTIONS,GET,PUT,PATCH');
   });
 
   it('serves ranges with 206 and content-range, and whole images with 200', async () => {
@@ -90,7 +90,7 @@ describe('ImageioServer protocol (imageio 2.5.3 behaviour)', () => {
   it('answers 403 with the observed texts and connection: close', async () => {
     const missing = await call('/images/nope');
     expect(missing.status).toBe(403);
-    expect(missing.headers['connection']).toBe('close');
+    expect(missing.headers.connection).toBe('close');
     expect(missing.text).toBe('You are not allowed to access this resource: No such ticket nope\n');
     const write = await call('/images/ro', { method: 'PUT', body: 'abc', headers: { 'content-range': 'bytes 0-2/*' } });
     expect(write.status).toBe(403);
@@ -182,7 +182,9 @@ describe('ImageioServer protocol (imageio 2.5.3 behaviour)', () => {
     await expect(server.addTicket({ uuid: 'x', size: 1, ops: ['read'], url: `file://${dir}/missing.raw` })).rejects.toMatchObject({ code: 'ERR_NOT_FOUND' });
     const q = join(dir, 'q.qcow2');
     execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', q, '1M']);
-    await expect(server.addTicket({ uuid: 'x', size: MiB, ops: ['read', 'write'], url: `file://${q}`, format: 'qcow2' })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
+    await expect(server.addTicket({ uuid: 'x', size: MiB, ops: ['read', 'write'], url: `file://${q}`, format: 'qcow2' })).rejects.toMatchObject({
+      code: 'ERR_INVALID_ARGUMENT',
+    });
     const bad = join(dir, 'bad.qcow2');
     writeFileSync(bad, Buffer.concat([Buffer.from('QFI\xfb', 'latin1'), Buffer.alloc(100, 0xff)]));
     await expect(server.addTicket({ uuid: 'x', size: MiB, ops: ['read'], url: `file://${bad}`, format: 'qcow2' })).rejects.toMatchObject({

@@ -48,7 +48,14 @@ function source(size: number): { data: Buffer; stream: ExtentStream } {
 async function target(uuid: string, size: number, fill: number, extra: { backend?: 'file' | 'nbd'; ops?: ('read' | 'write')[] } = {}): Promise<string> {
   const p = join(dir, `${uuid}.raw`);
   await makeRawImage(p, [{ kind: 'byte', length: size, byte: fill }]);
-  await server.addTicket({ uuid, size, ops: extra.ops ?? ['read', 'write'], url: `file://${p}`, sparse: true, ...(extra.backend ? { backend: extra.backend } : {}) });
+  await server.addTicket({
+    uuid,
+    size,
+    ops: extra.ops ?? ['read', 'write'],
+    url: `file://${p}`,
+    sparse: true,
+    ...(extra.backend ? { backend: extra.backend } : {}),
+  });
   return p;
 }
 

@@ -22,7 +22,7 @@ describe('TlsError / tlsFailureCode', () => {
   });
 
   it('is a non-retryable VirtstreamError with code ERR_TLS', () => {
-    const e = new TlsError('CERT_HAS_EXPIRED', 'expired', { cause: withCode('CERT_HAS_EXPIRED') });
+    const e = new TlsError('expired', { tlsCode: 'CERT_HAS_EXPIRED', cause: withCode('CERT_HAS_EXPIRED') });
     expect(isVirtstreamError(e, 'ERR_TLS')).toBe(true);
     expect(e.tlsCode).toBe('CERT_HAS_EXPIRED');
     expect(e.retryable).toBe(false);

@@ -14,10 +14,18 @@ describe('rewriteDiskSources', () => {
     const info = parseDomainXml(out);
     const [vda, vdb, vdc] = info.disks;
     expect(vda).toMatchObject({ sourceType: 'block', dev: "/dev/vg1/it's new", driverType: 'raw' });
-    expect(vdb).toMatchObject({ sourceType: 'network', protocol: 'rbd', pool: 'backup', namespace: 'ns', image: 'db data', hosts: [{ name: 'mon1', port: 6789 }], auth: { username: 'libvirt', secretUsage: 'client.libvirt' } });
+    expect(vdb).toMatchObject({
+      sourceType: 'network',
+      protocol: 'rbd',
+      pool: 'backup',
+      namespace: 'ns',
+      image: 'db data',
+      hosts: [{ name: 'mon1', port: 6789 }],
+      auth: { username: 'libvirt', secretUsage: 'client.libvirt' },
+    });
     expect(vdb!.snapshot).toBeUndefined();
     expect(vdc).toMatchObject({ sourceType: 'file', file: '/var/lib/x.qcow2' });
-    expect(out).toContain("cache=\"none\"");
+    expect(out).toContain('cache="none"');
     expect(out).toContain('<boot order="1"');
     expect(info.uuid).toBe('0f7e3f6c-2b57-4bde-9d3c-5f1a7b9b1e01');
   });

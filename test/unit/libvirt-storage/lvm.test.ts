@@ -10,8 +10,8 @@ import {
   parseVgsReport,
   snapshotSizeFor,
   validateLvmName,
-} from '../../../src/libvirt/storage/lvm.js';
-import type { LvmLogicalVolume, LvmVolumeGroup } from '../../../src/libvirt/storage/lvm.js';
+} from '../../../src/libvirt/storage/lvm-client.js';
+import type { LvmLogicalVolume, LvmVolumeGroup } from '../../../src/libvirt/storage/lvm-client.js';
 import { ScriptedRunner } from './scripted-runner.js';
 
 const fixture = (name: string): string => readFileSync(new URL(`./fixtures/${name}`, import.meta.url), 'utf8');
@@ -38,8 +38,26 @@ describe('LVM JSON reports (real LVM 2.03.16 output from loop-device VGs)', () =
       report: [
         {
           lv: [
-            { lv_name: 'data', vg_name: 'vg0', lv_size: '1073741824', lv_attr: 'owi-aos---', origin: '', lv_path: '/dev/vg0/data', lv_dm_path: '/dev/mapper/vg0-data', lv_uuid: 'u1' },
-            { lv_name: 'data-snap', vg_name: 'vg0', lv_size: '214748364', lv_attr: 'swi-a-s---', origin: 'data', lv_path: '/dev/vg0/data-snap', lv_dm_path: '', lv_uuid: 'u2' },
+            {
+              lv_name: 'data',
+              vg_name: 'vg0',
+              lv_size: '1073741824',
+              lv_attr: 'owi-aos---',
+              origin: '',
+              lv_path: '/dev/vg0/data',
+              lv_dm_path: '/dev/mapper/vg0-data',
+              lv_uuid: 'u1',
+            },
+            {
+              lv_name: 'data-snap',
+              vg_name: 'vg0',
+              lv_size: '214748364',
+              lv_attr: 'swi-a-s---',
+              origin: 'data',
+              lv_path: '/dev/vg0/data-snap',
+              lv_dm_path: '',
+              lv_uuid: 'u2',
+            },
             { lv_name: '[lvol0_pmspare]', vg_name: 'vg0', lv_size: '4194304', lv_attr: 'ewi-------', origin: '', lv_path: '', lv_dm_path: '', lv_uuid: 'u3' },
           ],
         },
@@ -52,9 +70,17 @@ describe('LVM JSON reports (real LVM 2.03.16 output from loop-device VGs)', () =
   });
 
   it('refuses malformed reports with ERR_FORMAT_CORRUPT', () => {
-    for (const bad of ['', 'not json', '[]', '{"report":{}}', '{"report":[{"vg":{}}]}', '{"report":[{"vg":[{"vg_name":"a","vg_size":"-1","vg_free":"0","vg_extent_size":"4"}]}]}',
-      '{"report":[{"vg":[{"vg_name":"a","vg_size":"12x","vg_free":"0","vg_extent_size":"4"}]}]}', '{"report":[{"vg":[{"vg_size":"1","vg_free":"0","vg_extent_size":"4"}]}]}',
-      '{"report":[{"vg":[{"vg_name":"a","vg_size":"99999999999999999999","vg_free":"0","vg_extent_size":"4"}]}]}']) {
+    for (const bad of [
+      '',
+      'not json',
+      '[]',
+      '{"report":{}}',
+      '{"report":[{"vg":{}}]}',
+      '{"report":[{"vg":[{"vg_name":"a","vg_size":"-1","vg_free":"0","vg_extent_size":"4"}]}]}',
+      '{"report":[{"vg":[{"vg_name":"a","vg_size":"12x","vg_free":"0","vg_extent_size":"4"}]}]}',
+      '{"report":[{"vg":[{"vg_size":"1","vg_free":"0","vg_extent_size":"4"}]}]}',
+      '{"report":[{"vg":[{"vg_name":"a","vg_size":"99999999999999999999","vg_free":"0","vg_extent_size":"4"}]}]}',
+    ]) {
       expect(() => parseVgsReport(bad), bad).toThrow(expect.objectContaining({ code: 'ERR_FORMAT_CORRUPT' }));
     }
     expect(() => parseLvsReport('{"report":[{"lv":[42]}]}')).toThrow(expect.objectContaining({ code: 'ERR_FORMAT_CORRUPT' }));
@@ -69,14 +95,34 @@ describe('device paths and names', () => {
     expect(parseLvDevicePath('/dev/mapper/my--vg-lv--1')).toEqual({ vg: 'my-vg', lv: 'lv-1' });
     expect(parseLvDevicePath('/dev/mapper/a----b-c')).toEqual({ vg: 'a--b', lv: 'c' });
     expect(parseLvDevicePath('/dev/mapper/vg--data.1-vm--1_disk')).toEqual({ vg: 'vg-data.1', lv: 'vm-1_disk' });
-    for (const p of ['/dev/sda', '/dev/sda1', '/dev/mapper/control', '/dev/mapper/a-b-c', '/dev/mapper/-a', '/dev/mapper/a-', '/dev/disk/by-id/x',
-      '/dev/vg0/../etc', '/dev/vg0/a/b', 'vg0/lv', '/dev/vg 0/lv', "/dev/vg0/x'y", '/dev/vg0/snapshot1', '/dev/vg0/-lv', '']) {
+    for (const p of [
+      '/dev/sda',
+      '/dev/sda1',
+      '/dev/mapper/control',
+      '/dev/mapper/a-b-c',
+      '/dev/mapper/-a',
+      '/dev/mapper/a-',
+      '/dev/disk/by-id/x',
+      '/dev/vg0/../etc',
+      '/dev/vg0/a/b',
+      'vg0/lv',
+      '/dev/vg 0/lv',
+      "/dev/vg0/x'y",
+      '/dev/vg0/snapshot1',
+      '/dev/vg0/-lv',
+      '',
+    ]) {
       expect(parseLvDevicePath(p), p).toBeUndefined();
     }
   });
 
   it('round-trips dm names', () => {
-    for (const [vg, lv] of [['vg0', 'a'], ['my-vg', 'lv-1'], ['a--b', 'c-'], ['x', '-y']] as const) {
+    for (const [vg, lv] of [
+      ['vg0', 'a'],
+      ['my-vg', 'lv-1'],
+      ['a--b', 'c-'],
+      ['x', '-y'],
+    ] as const) {
       const dm = lvmDmName(vg, lv);
       if (!lv.startsWith('-') && !lv.endsWith('-')) expect(parseLvDevicePath(`/dev/mapper/${dm}`)).toEqual({ vg, lv });
     }
@@ -160,7 +206,10 @@ describe('LvmClient command sequences (recording runner)', () => {
   it('maps tool failures to ERR_LVM with the stderr tail, without fd-leak noise', async () => {
     const r = new ScriptedRunner((argv) =>
       argv[0] === 'lvcreate'
-        ? { exitCode: 5, stderr: 'File descriptor 9 leaked on lvcreate invocation.\n  Volume group "vg0" has insufficient free space (1 extents): 3 required.\n' }
+        ? {
+            exitCode: 5,
+            stderr: 'File descriptor 9 leaked on lvcreate invocation.\n  Volume group "vg0" has insufficient free space (1 extents): 3 required.\n',
+          }
         : answer(argv),
     );
     const lvm = new LvmClient(r);

@@ -2,14 +2,7 @@ import { readFileSync } from 'node:fs';
 import { Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { isRetryable } from '../../../src/core/errors.js';
-import {
-  formatRbdSpec,
-  parseRbdInfoJson,
-  parseRbdSnapshotsJson,
-  RbdClient,
-  RbdError,
-  validateRbdName,
-} from '../../../src/libvirt/storage/rbd.js';
+import { formatRbdSpec, parseRbdInfoJson, parseRbdSnapshotsJson, RbdClient, RbdError, validateRbdName } from '../../../src/libvirt/storage/rbd-client.js';
 import { ScriptedRunner } from './scripted-runner.js';
 
 const fixture = (name: string): string => readFileSync(new URL(`./fixtures/${name}`, import.meta.url), 'utf8');
@@ -36,7 +29,16 @@ describe('rbd JSON output (real Ceph 16.2.15 output)', () => {
   });
 
   it('refuses malformed output with ERR_FORMAT_CORRUPT', () => {
-    for (const bad of ['', '{', '{}', '[{"id":1}]', '[{"id":1,"name":"a","size":-1}]', '[{"id":1,"name":"a","size":1,"protected":"maybe"}]', '[null]', '[{"id":"x","name":"a","size":1}]']) {
+    for (const bad of [
+      '',
+      '{',
+      '{}',
+      '[{"id":1}]',
+      '[{"id":1,"name":"a","size":-1}]',
+      '[{"id":1,"name":"a","size":1,"protected":"maybe"}]',
+      '[null]',
+      '[{"id":"x","name":"a","size":1}]',
+    ]) {
       expect(() => parseRbdSnapshotsJson(bad), bad).toThrow(expect.objectContaining({ code: 'ERR_FORMAT_CORRUPT' }));
     }
     for (const bad of ['[]', '{"name":"a"}', '{"name":"a","size":1e300,"object_size":1,"order":1}', 'null']) {
@@ -61,7 +63,14 @@ describe('RbdClient argv and errors (recording runner)', () => {
 
   it('passes every name as its own --option=value argument, with connection and timeout options', async () => {
     const r = new ScriptedRunner((a) => ({ stdout: a[a.indexOf('--format=json') > 0 ? 0 : 0] && a.includes('ls') ? snapLs : info }));
-    const rbd = new RbdClient(r, { conf: '/etc/ceph/c.conf', id: 'backup', keyring: '/etc/ceph/k', monHosts: ['10.0.0.1:6789', '[v2:10.0.0.2:3300]'], cluster: 'ceph', opTimeoutSeconds: 30 });
+    const rbd = new RbdClient(r, {
+      conf: '/etc/ceph/c.conf',
+      id: 'backup',
+      keyring: '/etc/ceph/k',
+      monHosts: ['10.0.0.1:6789', '[v2:10.0.0.2:3300]'],
+      cluster: 'ceph',
+      opTimeoutSeconds: 30,
+    });
     const img = { pool: 'rbd', namespace: 'ns 1', image: "-x it's $(reboot)" };
     await rbd.listSnapshots(img);
     await rbd.createSnapshot(img, 'virtstream-1');
@@ -69,8 +78,17 @@ describe('RbdClient argv and errors (recording runner)', () => {
     exp.stream.resume();
     await exp.done;
     await rbd.importImage({ pool: 'rbd', image: 'new img' }, Readable.from([Buffer.from('data')]));
-    const base = ['rbd', '--cluster=ceph', '--conf=/etc/ceph/c.conf', '--id=backup', '--keyring=/etc/ceph/k', '--mon-host=10.0.0.1:6789,[v2:10.0.0.2:3300]',
-      '--rados-osd-op-timeout=30', '--rados-mon-op-timeout=30', '--client-mount-timeout=30'];
+    const base = [
+      'rbd',
+      '--cluster=ceph',
+      '--conf=/etc/ceph/c.conf',
+      '--id=backup',
+      '--keyring=/etc/ceph/k',
+      '--mon-host=10.0.0.1:6789,[v2:10.0.0.2:3300]',
+      '--rados-osd-op-timeout=30',
+      '--rados-mon-op-timeout=30',
+      '--client-mount-timeout=30',
+    ];
     const spec = ['--pool=rbd', '--namespace=ns 1', "--image=-x it's $(reboot)"];
     expect(r.argvs()).toEqual([
       [...base, 'snap', 'ls', ...spec, '--format=json'],
@@ -79,7 +97,13 @@ describe('RbdClient argv and errors (recording runner)', () => {
       [...base, 'import', '--no-progress', '--dest-pool=rbd', '--dest=new img', '-'],
     ]);
     expect(r.calls[3]!.stdin.toString()).toBe('data');
-    expect(rbd.config).toEqual({ id: 'backup', keyring: '/etc/ceph/k', conf: '/etc/ceph/c.conf', monHosts: ['10.0.0.1:6789', '[v2:10.0.0.2:3300]'], cluster: 'ceph' });
+    expect(rbd.config).toEqual({
+      id: 'backup',
+      keyring: '/etc/ceph/k',
+      conf: '/etc/ceph/c.conf',
+      monHosts: ['10.0.0.1:6789', '[v2:10.0.0.2:3300]'],
+      cluster: 'ceph',
+    });
   });
 
   it('sends the streaming commands through the data runner', async () => {
@@ -119,7 +143,12 @@ describe('RbdClient argv and errors (recording runner)', () => {
       if (code === 'ERR_RBD') expect((err as RbdError).errno).toBe(exitCode);
     }
     // no monitor to contact also exits with ENOENT: that is not a missing image
-    const noMon = new RbdClient(new ScriptedRunner(() => ({ exitCode: 2, stderr: 'monclient: get_monmap_and_config cannot identify monitors to contact\nrbd: couldn\'t connect to the cluster!\n' })));
+    const noMon = new RbdClient(
+      new ScriptedRunner(() => ({
+        exitCode: 2,
+        stderr: "monclient: get_monmap_and_config cannot identify monitors to contact\nrbd: couldn't connect to the cluster!\n",
+      })),
+    );
     await expect(noMon.exists({ pool: 'p', image: 'i' })).rejects.toMatchObject({ code: 'ERR_RBD', errno: 2 });
     const exists = await new RbdClient(new ScriptedRunner(() => ({ exitCode: 2 }))).exists({ pool: 'p', image: 'i' });
     expect(exists).toBe(false);
@@ -127,7 +156,9 @@ describe('RbdClient argv and errors (recording runner)', () => {
   });
 
   it('reports a streaming command failure through done, and the feeding failure of an import', async () => {
-    const rbd = new RbdClient(new ScriptedRunner(() => ({ stdout: 'partial', exitCode: 108, stderr: 'rbd: export error: (108) Cannot send after transport endpoint shutdown' })));
+    const rbd = new RbdClient(
+      new ScriptedRunner(() => ({ stdout: 'partial', exitCode: 108, stderr: 'rbd: export error: (108) Cannot send after transport endpoint shutdown' })),
+    );
     const exp = rbd.openExport({ pool: 'p', image: 'i' }, 's');
     exp.stream.resume();
     await expect(exp.done).rejects.toMatchObject({ code: 'ERR_RBD', errno: 108, retryable: true });

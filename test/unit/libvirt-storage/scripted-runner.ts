@@ -2,7 +2,7 @@
  * A CommandRunner that answers from a script and records every argv (and stdin) it receives: for
  * command-sequence tests of paths this machine cannot run for real (device-mapper, a guest agent).
  */
-import { PassThrough, Readable, Writable } from 'node:stream';
+import { PassThrough, type Readable, Writable } from 'node:stream';
 import { AbortedError, RemoteCommandError } from '../../../src/core/errors.js';
 import type { CommandArg, CommandExit, CommandProcess, CommandRunner, RunOptions, RunResult, SpawnOptions } from '../../../src/core/exec/command-runner.js';
 import { collectProcess } from '../../../src/core/exec/process-helpers.js';
@@ -40,8 +40,11 @@ export class ScriptedRunner implements CommandRunner {
     const a = argv.map((x) => (typeof x === 'string' ? x : Buffer.from(x).toString('utf8')));
     const call: RecordedCall = { argv: a, stdin: Buffer.alloc(0) };
     this.calls.push(call);
-    const reply = this.#script(a);
+    // the host lock: held (prints `locked`) until stdin closes
+    const isLock = a[0] === 'sh' && a[3] === 'virtstream-lock';
+    const reply = isLock ? { stdout: '' } : this.#script(a);
     const stdout = new PassThrough();
+    if (isLock) stdout.write('locked\n');
     const chunks: Buffer[] = [];
     let killed = false;
     let finishStdin: () => void = () => undefined;
@@ -58,6 +61,7 @@ export class ScriptedRunner implements CommandRunner {
       },
     });
     let kill: () => void = () => undefined;
+    let onAbort: () => void = () => undefined;
     const done = new Promise<CommandExit>((resolve, reject) => {
       const fail = (): void => reject(new AbortedError(options.signal?.reason));
       kill = () => {
@@ -67,7 +71,8 @@ export class ScriptedRunner implements CommandRunner {
         if (options.signal?.aborted) fail();
         else reject(new RemoteCommandError({ command: a.join(' '), host: this.host, exitCode: null, signal: 'SIGKILL', stderrTail: '' }));
       };
-      options.signal?.addEventListener('abort', () => kill(), { once: true });
+      onAbort = () => kill();
+      options.signal?.addEventListener('abort', onAbort, { once: true });
       if (options.signal?.aborted) {
         kill();
         return;
@@ -90,7 +95,11 @@ export class ScriptedRunner implements CommandRunner {
         else reject(new RemoteCommandError({ command: a.join(' '), host: this.host, ...exit }));
       })();
     });
-    done.catch(() => undefined);
+    // like the real runners: a finished command no longer listens to the signal
+    done.then(
+      () => options.signal?.removeEventListener('abort', onAbort),
+      () => options.signal?.removeEventListener('abort', onAbort),
+    );
     return { stdout: stdout as unknown as Readable, stdin, done, kill: () => kill() };
   }
 

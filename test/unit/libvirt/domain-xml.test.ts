@@ -90,11 +90,26 @@ describe('parseDomainXml', () => {
     ['doctype entity bomb', `<!DOCTYPE d [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;">]><domain><name>&b;</name></domain>`],
     ['no name', `<domain><uuid>00000000-0000-0000-0000-000000000001</uuid></domain>`],
     ['bad uuid', `<domain><name>x</name><uuid>$(id)</uuid></domain>`],
-    ['disk without target', `<domain><name>x</name><uuid>00000000-0000-0000-0000-000000000001</uuid><devices><disk type='file'><source file='/a'/></disk></devices></domain>`],
-    ['hostile target', `<domain><name>x</name><uuid>00000000-0000-0000-0000-000000000001</uuid><devices><disk type='file'><target dev='../$(id)'/></disk></devices></domain>`],
-    ['duplicate target', `<domain><name>x</name><uuid>00000000-0000-0000-0000-000000000001</uuid><devices><disk><target dev='vda'/></disk><disk><target dev='vda'/></disk></devices></domain>`],
-    ['network without protocol', `<domain><name>x</name><uuid>00000000-0000-0000-0000-000000000001</uuid><devices><disk type='network'><source name='p/i'/><target dev='vda'/></disk></devices></domain>`],
-    ['rbd name without pool', `<domain><name>x</name><uuid>00000000-0000-0000-0000-000000000001</uuid><devices><disk type='network'><source protocol='rbd' name='img'/><target dev='vda'/></disk></devices></domain>`],
+    [
+      'disk without target',
+      `<domain><name>x</name><uuid>00000000-0000-0000-0000-000000000001</uuid><devices><disk type='file'><source file='/a'/></disk></devices></domain>`,
+    ],
+    [
+      'hostile target',
+      `<domain><name>x</name><uuid>00000000-0000-0000-0000-000000000001</uuid><devices><disk type='file'><target dev='../$(id)'/></disk></devices></domain>`,
+    ],
+    [
+      'duplicate target',
+      `<domain><name>x</name><uuid>00000000-0000-0000-0000-000000000001</uuid><devices><disk><target dev='vda'/></disk><disk><target dev='vda'/></disk></devices></domain>`,
+    ],
+    [
+      'network without protocol',
+      `<domain><name>x</name><uuid>00000000-0000-0000-0000-000000000001</uuid><devices><disk type='network'><source name='p/i'/><target dev='vda'/></disk></devices></domain>`,
+    ],
+    [
+      'rbd name without pool',
+      `<domain><name>x</name><uuid>00000000-0000-0000-0000-000000000001</uuid><devices><disk type='network'><source protocol='rbd' name='img'/><target dev='vda'/></disk></devices></domain>`,
+    ],
   ])('rejects %s with ERR_LIBVIRT_XML', (_label, xml) => {
     expect(code(() => parseDomainXml(xml))).toBe('ERR_LIBVIRT_XML');
   });

@@ -25,11 +25,30 @@ describe('LibvirtHost argv building', () => {
   it('builds disk-only snapshots with escaped diskspecs and excluded disks', async () => {
     const runner = new ScriptedRunner();
     const host = new LibvirtHost(runner);
-    await host.snapshotDiskOnly('d', [{ target: 'vda', overlay: '/i/a,b $(x).ovl' }, { target: 'vdb', exclude: true }], { quiesce: true });
+    await host.snapshotDiskOnly(
+      'd',
+      [
+        { target: 'vda', overlay: '/i/a,b $(x).ovl' },
+        { target: 'vdb', exclude: true },
+      ],
+      { quiesce: true },
+    );
     expect(runner.calls[0]!.argv).toEqual([
-      'virsh', '-q', '-c', 'qemu:///system', 'snapshot-create-as', '--domain', 'd', '--disk-only', '--atomic', '--no-metadata', '--quiesce',
-      '--diskspec', 'vda,snapshot=external,file=/i/a,,b $(x).ovl',
-      '--diskspec', 'vdb,snapshot=no',
+      'virsh',
+      '-q',
+      '-c',
+      'qemu:///system',
+      'snapshot-create-as',
+      '--domain',
+      'd',
+      '--disk-only',
+      '--atomic',
+      '--no-metadata',
+      '--quiesce',
+      '--diskspec',
+      'vda,snapshot=external,file=/i/a,,b $(x).ovl',
+      '--diskspec',
+      'vdb,snapshot=no',
     ]);
   });
 
@@ -45,8 +64,25 @@ describe('LibvirtHost argv building', () => {
     await host.removeFiles(['-rf', '/x']);
     await host.removeFiles([]);
     expect(runner.calls.map((c) => c.argv)).toEqual([
-      ['virsh', '-q', '-c', 'qemu:///system', 'blockcommit', '--domain', 'd', '--path', 'vda', '--wait', '--active', '--pivot', '--base', '/b'],
-      ['virsh', '-q', '-c', 'qemu:///system', 'blockcommit', '--domain', 'd', '--path', 'vda', '--wait', '--top', '/t', '--base', '/b'],
+      [
+        'virsh',
+        '-q',
+        '-c',
+        'qemu:///system',
+        'blockcommit',
+        '--domain',
+        'd',
+        '--path',
+        'vda',
+        '--wait',
+        '--active',
+        '--pivot',
+        '--base',
+        '/b',
+        '--timeout',
+        '21600',
+      ],
+      ['virsh', '-q', '-c', 'qemu:///system', 'blockcommit', '--domain', 'd', '--path', 'vda', '--wait', '--top', '/t', '--base', '/b', '--timeout', '21600'],
       ['qemu-img', 'create', '-q', '-f', 'qcow2', '-b', '/b', '-F', 'raw', '--', '-o'],
       // owner then mode in one command, every value a positional argument
       ['sh', '-c', 'chown -- "$1" "$3" && chmod -- "$2" "$3"', 'virtstream-owner', 'libvirt-qemu:kvm', '0640', '-o'],
@@ -151,8 +187,19 @@ describe('LibvirtHost argv building', () => {
       expect(file.startsWith(`${dir}/virtstream-domain-`)).toBe(true);
       expect(existsSync(file)).toBe(false);
       expect(readFileSync(log, 'utf8').split('\n').slice(0, -1)).toEqual([
-        '-q', '-c', 'qemu:///system', 'define', '--file', file,
-        '-q', '-c', 'qemu:///system', 'dumpxml', '--domain', HOSTILE, '--inactive',
+        '-q',
+        '-c',
+        'qemu:///system',
+        'define',
+        '--file',
+        file,
+        '-q',
+        '-c',
+        'qemu:///system',
+        'dumpxml',
+        '--domain',
+        HOSTILE,
+        '--inactive',
       ]);
       // refused: exit 72, the temporary file removed all the same, nothing read back
       rmSync(log);

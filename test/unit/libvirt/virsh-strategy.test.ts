@@ -1,7 +1,9 @@
+import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import type { CommandArg, CommandProcess, CommandRunner, RunOptions, RunResult, SpawnOptions } from '../../../src/core/exec/command-runner.js';
 import { collectProcess } from '../../../src/core/exec/process-helpers.js';
 import type { BackupRecord, BackupTarget, RestoreSource, StoredDiskArtifact } from '../../../src/core/target.js';
+import { parseDomainXml } from '../../../src/libvirt/domain-xml.js';
 import { LibvirtHost } from '../../../src/libvirt/libvirt-host.js';
 import { VirshStrategy } from '../../../src/strategies/libvirt/virsh.js';
 import { LIVE_XML, MINIMAL_XML } from './fixtures.js';
@@ -38,7 +40,8 @@ function record(id: string, disks: StoredDiskArtifact[], parentId?: string): Bac
     startedAt: id,
     completedAt: id,
     disks,
-    metadata: [],
+    // the domain XML as the manifest records it (restores verify metadata against it)
+    metadata: [{ name: 'domain.xml', bytes: Buffer.byteLength(MINIMAL_XML), sha256: createHash('sha256').update(MINIMAL_XML).digest('hex') }],
     labels: {},
   };
 }
@@ -82,13 +85,17 @@ describe('VirshStrategy (no daemon)', () => {
     const runner = new ScriptedRunner((a) => {
       if (a.includes('domstate')) return { stdout: 'running\n' };
       if (a.includes('dumpxml')) return { stdout: LIVE_XML };
-      if (a[0] === 'qemu-img') return { stdout: JSON.stringify([{ filename: '/var/lib/libvirt/images/web 1.qcow2.vs-ovl-abc', format: 'qcow2', 'virtual-size': 1 }]) };
+      if (a[0] === 'qemu-img')
+        return { stdout: JSON.stringify([{ filename: '/var/lib/libvirt/images/web 1.qcow2.vs-ovl-abc', format: 'qcow2', 'virtual-size': 1 }]) };
       return {};
     });
     const s = new VirshStrategy({ host: new LibvirtHost(runner) });
     await expect(s.backup({ name: 'web' }, noTarget)).rejects.toMatchObject({ code: 'ERR_UNSUPPORTED', message: expect.stringMatching(/LvmSnapshotStrategy/) });
     // excluding them leaves the vmdk disk, whose format is unsupported
-    await expect(s.backup({ name: 'web' }, noTarget, { excludeDisks: ['vdb', 'sda'] })).rejects.toMatchObject({ code: 'ERR_UNSUPPORTED', message: expect.stringMatching(/vmdk/) });
+    await expect(s.backup({ name: 'web' }, noTarget, { excludeDisks: ['vdb', 'sda'] })).rejects.toMatchObject({
+      code: 'ERR_UNSUPPORTED',
+      message: expect.stringMatching(/vmdk/),
+    });
   });
 
   it('restore: no backups, unknown id, broken chain, existing domain', async () => {
@@ -104,13 +111,17 @@ describe('VirshStrategy (no daemon)', () => {
     // the domain named in the backup exists: overwrite needed, and even then it must be shut off
     await expect(s.restore('vm', source([full]))).rejects.toMatchObject({ code: 'ERR_CONFLICT' });
     await expect(s.restore('vm', source([full]), { overwrite: true })).rejects.toMatchObject({ code: 'ERR_CONFLICT' });
-    await expect(s.restore('vm', source([{ ...full, strategy: 'lvm' }]), { newName: 'other' })).rejects.toMatchObject({ code: 'ERR_UNSUPPORTED' });
+    // another strategy's backup: refused when named; unnamed, the latest is this strategy's own (there is none)
+    await expect(s.restore('vm', source([{ ...full, strategy: 'lvm' }]), { newName: 'other', backupId: '1' })).rejects.toMatchObject({
+      code: 'ERR_UNSUPPORTED',
+    });
+    await expect(s.restore('vm', source([{ ...full, strategy: 'lvm' }]), { newName: 'other' })).rejects.toMatchObject({ code: 'ERR_NOT_FOUND' });
     const orphan = record('2', [artifact('vda', 'incremental', 'missing')], 'missing');
     await expect(s.restore('vm', source([orphan]), { newName: 'other' })).rejects.toMatchObject({ code: 'ERR_REPO_CHAIN' });
   });
 
   it('restore: a new name must be a name libvirt can store', async () => {
-    const runner = new ScriptedRunner((a) => (a.includes('list') ? { stdout: '\n' } : { exitCode: 1 }));
+    const runner = new ScriptedRunner((a) => (a.includes('list') ? { stdout: '\n' } : a[3] === 'virtstream-owner-check' ? {} : { exitCode: 1 }));
     const s = new VirshStrategy({ host: new LibvirtHost(runner) });
     const full = record('1', [artifact('vda', 'full')]);
     await expect(s.restore('vm', source([full]), { newName: '../etc' })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
@@ -121,6 +132,22 @@ const STOPPED_XML = `<domain type='kvm'><name>two</name><uuid>00000000-0000-0000
 <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='/img/a.qcow2'/><target dev='vda' bus='virtio'/></disk>
 <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='/img/b.raw'/><target dev='vdb' bus='virtio'/></disk>
 </devices></domain>`;
+
+const STOPPED_BLK = ' file   disk   vda   /img/a.qcow2\n file   disk   vdb   /img/b.raw\n';
+
+/** `qemu-img info --backing-chain` of a base, or of one of our overlays on it. */
+function chainJson(file: string): string {
+  const layer = (f: string): object => ({ filename: f, format: f.endsWith('.raw') ? 'raw' : 'qcow2', 'virtual-size': 4 });
+  const base = file.replace(/\.vs-ovl-[0-9a-f]+$/, '');
+  return JSON.stringify(base === file ? [layer(file)] : [{ ...layer(file), format: 'qcow2', 'full-backing-filename': base }, layer(base)]);
+}
+
+/** `virsh domblklist --details` of a domain XML (file disks). */
+function blkOf(xml: string): string {
+  return parseDomainXml(xml)
+    .disks.map((d) => ` file   disk   ${d.target}   ${d.file ?? '-'}\n`)
+    .join('');
+}
 
 /**
  * Wraps a runner and gives every command its round-trip wave: one more than the latest wave that had
@@ -153,14 +180,20 @@ class WaveRunner implements CommandRunner {
 }
 
 describe('VirshStrategy round trips (recording runner)', () => {
-  it('stopped domain, two disks, full backup: 12 sequential round trips, 21 commands, undo order kept', async () => {
-    const scripted = new ScriptedRunner((a) => {
+  it('stopped domain, two disks, full backup: recovery, checks, snapshot, transfer and undo in 18 round trips', async () => {
+    // the definition as libvirt holds it: what was last defined
+    let current = STOPPED_XML;
+    const scripted = new ScriptedRunner((a, input) => {
       if (a[0] === 'virsh' && a[4] === 'domstate') return { stdout: 'shut off\n' };
-      if (a[0] === 'virsh' && a[4] === 'dumpxml') return { stdout: STOPPED_XML };
-      if (a[0] === 'sh' && a[3] === 'virtstream-define') return { stdout: STOPPED_XML };
+      if (a[0] === 'virsh' && a[4] === 'dumpxml') return { stdout: current };
+      if (a[0] === 'virsh' && a[4] === 'domblklist') return { stdout: blkOf(current) };
+      if (a[0] === 'sh' && a[3] === 'virtstream-define') {
+        current = input ?? current;
+        return { stdout: current };
+      }
+      if (a[0] === 'sh' && a[3] === 'virtstream-remove') return { stdout: 'removed\nremoved\nmissing\nmissing\n' };
       if (a[0] === 'qemu-img' && a[1] === 'info') {
-        const file = a[a.length - 1]!;
-        return { stdout: JSON.stringify([{ filename: file, format: file.endsWith('.raw') ? 'raw' : 'qcow2', 'virtual-size': 4 }]) };
+        return { stdout: chainJson(a[a.length - 1]!) };
       }
       if (a[0] === 'stat') return { stdout: '4\n' };
       if (a[0] === 'cat') return { stdout: 'data' };
@@ -189,37 +222,64 @@ describe('VirshStrategy round trips (recording runner)', () => {
     expect(result.warnings).toEqual([]);
     const trace = runner.trace.map((t) => t.replace(/\.vs-ovl-[0-9a-f]+/g, '.ovl'));
     expect(trace).toEqual([
+      // the domain's host lock, then the recovery of earlier runs (nothing to do here)
+      '1 sh virtstream-lock',
       '1 virsh domstate',
-      '1 virsh dumpxml',
-      '1 virsh dumpxml --inactive',
-      // both chains at once
-      '2 qemu-img info',
-      '2 qemu-img info',
+      '2 virsh domblklist',
+      '2 virsh domblklist --inactive',
+      '2 virsh dumpxml',
+      '2 virsh dumpxml --inactive',
+      '3 qemu-img info',
+      '3 qemu-img info',
+      '3 find /img',
+      // state, both definitions and what libvirt reports, at once; then both chains at once
+      '4 virsh domstate',
+      '4 virsh dumpxml',
+      '4 virsh dumpxml --inactive',
+      '4 virsh domblklist',
+      '4 virsh domblklist --inactive',
+      '5 qemu-img info',
+      '5 qemu-img info',
       // both overlays at once, each then owned and moded in one command
-      '3 qemu-img create',
-      '3 qemu-img create',
-      '4 sh virtstream-owner',
-      '4 sh virtstream-owner',
-      // mktemp + write + define + rm + dumpxml in one command
-      '5 sh virtstream-define',
-      '6 stat -L',
-      '6 cat --',
-      '7 stat -L',
-      '7 cat --',
-      // undo, newest first: merge the overlays back and redefine on the bases...
-      '8 virsh domstate',
-      '9 qemu-img commit',
-      '9 qemu-img commit',
-      '10 sh virtstream-define',
-      // ...then remove the overlays the domain no longer uses
-      '11 virsh dumpxml',
-      '11 virsh dumpxml --inactive',
-      '12 rm -f',
+      '6 qemu-img create',
+      '6 qemu-img create',
+      '7 sh virtstream-owner',
+      '7 sh virtstream-owner',
+      // mktemp + write + define + rm + dumpxml in one command; the overlays' identities
+      '8 sh virtstream-define',
+      '9 sh virtstream-identity',
+      '10 stat -L',
+      '10 cat --',
+      '11 stat -L',
+      '11 cat --',
+      // undo, read from the domain: merge the overlays back and redefine on the bases...
+      '12 virsh domstate',
+      '12 virsh domblklist',
+      '12 virsh domblklist --inactive',
+      '13 qemu-img info',
+      '13 qemu-img info',
+      '14 qemu-img commit',
+      '14 qemu-img commit',
+      '15 sh virtstream-define',
+      // ...then remove the overlays the domain no longer uses (only ours, unopened, same inode)
+      '16 virsh dumpxml',
+      '16 virsh dumpxml --inactive',
+      '16 virsh domblklist',
+      '16 virsh domblklist --inactive',
+      '17 qemu-img info',
+      '17 qemu-img info',
+      '18 sh virtstream-remove',
     ]);
-    const commits = scripted.calls.filter((c) => c.argv[0] === 'qemu-img' && c.argv[1] === 'commit').map((c) => c.argv[c.argv.length - 1]!.replace(/\.vs-ovl-[0-9a-f]+/, '.ovl'));
+    const commits = scripted.calls
+      .filter((c) => c.argv[0] === 'qemu-img' && c.argv[1] === 'commit')
+      .map((c) => c.argv[c.argv.length - 1]!.replace(/\.vs-ovl-[0-9a-f]+/, '.ovl'));
     expect(commits).toEqual(['/img/a.qcow2.ovl', '/img/b.raw.ovl']);
-    const rm = scripted.calls.find((c) => c.argv[0] === 'rm')!.argv.map((x) => x.replace(/\.vs-ovl-[0-9a-f]+/, '.ovl'));
-    expect(rm).toEqual(['rm', '-f', '--', '/img/a.qcow2.ovl', '/img/b.raw.ovl']);
+    const rm = scripted.calls
+      .find((c) => c.argv[3] === 'virtstream-remove')!
+      .argv.slice(4)
+      .map((x) => x.replace(/\.vs-ovl-[0-9a-f]+/, '.ovl'));
+    // path and recorded identity (none here: the scripted stat printed no device:inode), kept-markers too
+    expect(rm).toEqual(['/img/a.qcow2.ovl', '', '/img/a.qcow2.ovl.kept', '', '/img/b.raw.ovl', '', '/img/b.raw.ovl.kept', '']);
     // the definition pointing at the overlays, then the one pointing back at the bases
     const defined = scripted.calls.filter((c) => c.argv[0] === 'sh' && c.argv[3] === 'virtstream-define').map((c) => c.input ?? '');
     expect(defined).toHaveLength(2);
@@ -233,16 +293,16 @@ describe('VirshStrategy round trips (recording runner)', () => {
     const scripted = new ScriptedRunner((a) => {
       if (a[0] === 'virsh' && a[4] === 'domstate') return { stdout: 'shut off\n' };
       if (a[0] === 'virsh' && a[4] === 'dumpxml') return { stdout: STOPPED_XML };
+      if (a[0] === 'virsh' && a[4] === 'domblklist') return { stdout: STOPPED_BLK };
       if (a[0] === 'qemu-img' && a[1] === 'info') {
-        const file = a[a.length - 1]!;
-        return { stdout: JSON.stringify([{ filename: file, format: file.endsWith('.raw') ? 'raw' : 'qcow2', 'virtual-size': 4 }]) };
+        return { stdout: chainJson(a[a.length - 1]!) };
       }
       if (a[0] === 'qemu-img' && a[1] === 'create') {
         const file = a[a.length - 1]!;
         order.push(`create ${file.replace(/\.vs-ovl-[0-9a-f]+/, '.ovl')}`);
         return file.startsWith('/img/a') ? { exitCode: 1, stderr: 'qemu-img: no space' } : {};
       }
-      if (a[0] === 'rm') order.push('rm');
+      if (a[3] === 'virtstream-remove') order.push('rm');
       return {};
     });
     const target: BackupTarget = {
@@ -262,7 +322,10 @@ describe('VirshStrategy round trips (recording runner)', () => {
     expect(order).toEqual(['create /img/a.qcow2.ovl', 'create /img/b.raw.ovl', 'rm', 'abort']);
     // nothing was defined, nothing committed
     expect(scripted.calls.some((c) => c.argv[3] === 'virtstream-define' || c.argv[1] === 'commit')).toBe(false);
-    const rm = scripted.calls.find((c) => c.argv[0] === 'rm')!.argv.map((x) => x.replace(/\.vs-ovl-[0-9a-f]+/, '.ovl'));
-    expect(rm).toEqual(['rm', '-f', '--', '/img/a.qcow2.ovl', '/img/b.raw.ovl']);
+    const rm = scripted.calls
+      .find((c) => c.argv[3] === 'virtstream-remove')!
+      .argv.slice(4)
+      .map((x) => x.replace(/\.vs-ovl-[0-9a-f]+/, '.ovl'));
+    expect(rm.filter((x) => x !== '')).toEqual(['/img/a.qcow2.ovl', '/img/a.qcow2.ovl.kept', '/img/b.raw.ovl', '/img/b.raw.ovl.kept']);
   });
 });

@@ -89,7 +89,10 @@ describe('executePrune with synthesized fulls (raw base + rbd export-diff deltas
     expected.fill(0x11, 0, MiB);
     const full = await repo.begin({ vm: { name: 'rbd-vm' }, strategy: 'rbd', kind: 'full' });
     await full.writeMetadata('domain.xml', '<domain/>');
-    await full.writeDisk({ diskId: 'vda', name: 'pool/img', format: 'raw', virtualSize: SIZE, kind: 'full', extra: { snapshot: 's1' } }, Readable.from([Buffer.from(expected)]));
+    await full.writeDisk(
+      { diskId: 'vda', name: 'pool/img', format: 'raw', virtualSize: SIZE, kind: 'full', extra: { snapshot: 's1' } },
+      Readable.from([Buffer.from(expected)]),
+    );
     const f = await full.commit();
     let parent = f;
     for (const [i, fill] of [0x22, 0x33].entries()) {
@@ -98,7 +101,18 @@ describe('executePrune with synthesized fulls (raw base + rbd export-diff deltas
       const s = await repo.begin({ vm: { name: 'rbd-vm' }, strategy: 'rbd', kind: 'incremental', parentId: parent.id });
       await s.writeMetadata('domain.xml', '<domain/>');
       const diff = writeRbdExportDiff(extents([{ offset, fill, length: 65536 }]), { fromSnap: `s${i + 1}`, toSnap: `s${i + 2}` });
-      await s.writeDisk({ diskId: 'vda', name: 'pool/img', format: 'rbd-diff', virtualSize: SIZE, kind: 'incremental', parentBackupId: parent.id, extra: { snapshot: `s${i + 2}` } }, diff);
+      await s.writeDisk(
+        {
+          diskId: 'vda',
+          name: 'pool/img',
+          format: 'rbd-diff',
+          virtualSize: SIZE,
+          kind: 'incremental',
+          parentBackupId: parent.id,
+          extra: { snapshot: `s${i + 2}` },
+        },
+        diff,
+      );
       parent = await s.commit();
     }
     const before = await repo.list('rbd-vm');
@@ -124,7 +138,10 @@ describe('executePrune with synthesized fulls (raw base + rbd export-diff deltas
     await full.writeDisk({ diskId: 'vda', name: 'img', format: 'raw', virtualSize: SIZE, kind: 'full' }, Readable.from([Buffer.alloc(SIZE, 1)]));
     const f = await full.commit();
     const inc = await repo.begin({ vm: { name: 'bad' }, strategy: 'rbd', kind: 'incremental', parentId: f.id });
-    await inc.writeDisk({ diskId: 'vda', name: 'img', format: 'rbd-diff', virtualSize: SIZE, kind: 'incremental', parentBackupId: f.id }, Readable.from([Buffer.from('not an export-diff at all')]));
+    await inc.writeDisk(
+      { diskId: 'vda', name: 'img', format: 'rbd-diff', virtualSize: SIZE, kind: 'incremental', parentBackupId: f.id },
+      Readable.from([Buffer.from('not an export-diff at all')]),
+    );
     await inc.commit();
     const plan = planPrune(await repo.list('bad'), { keepLast: 1 }, new Date(Date.now() + 1000), { mode: 'synthesize' });
     const err = await executePrune(repo, plan).catch((e: unknown) => e);

@@ -93,7 +93,12 @@ function checkInvariants(records: RetentionRecord[], plan: PrunePlan): void {
     present.delete(k);
     for (const other of present) {
       const r = all.get(other)!;
-      expect(parentsOf(r).map((p) => key(r.vm.name, p)).includes(k), `${other} still needs ${k}`).toBe(false);
+      expect(
+        parentsOf(r)
+          .map((p) => key(r.vm.name, p))
+          .includes(k),
+        `${other} still needs ${k}`,
+      ).toBe(false);
     }
   }
 }
@@ -169,26 +174,40 @@ describe('planPrune', () => {
   });
 
   it('keeps backups dated after now whatever the rules say', () => {
-    const plan = planPrune([rec('past', 'full', NOW - DAY), rec('future', 'full', NOW + DAY), rec('old', 'full', NOW - 2 * DAY)], { keepLast: 1 }, new Date(NOW));
+    const plan = planPrune(
+      [rec('past', 'full', NOW - DAY), rec('future', 'full', NOW + DAY), rec('old', 'full', NOW - 2 * DAY)],
+      { keepLast: 1 },
+      new Date(NOW),
+    );
     expect(plan.keep.map((d) => d.id)).toEqual(['future', 'past']);
     expect(plan.remove.map((d) => d.id)).toEqual(['old']);
   });
 
   it('plans each VM apart', () => {
-    const plan = planPrune([rec('a1', 'full', NOW - 2 * DAY, undefined, 'a'), rec('a2', 'full', NOW - DAY, undefined, 'a'), rec('b1', 'full', NOW - 9 * DAY, undefined, 'b')], { keepLast: 1 }, new Date(NOW));
+    const plan = planPrune(
+      [rec('a1', 'full', NOW - 2 * DAY, undefined, 'a'), rec('a2', 'full', NOW - DAY, undefined, 'a'), rec('b1', 'full', NOW - 9 * DAY, undefined, 'b')],
+      { keepLast: 1 },
+      new Date(NOW),
+    );
     expect(plan.keep.map((d) => `${d.vm}/${d.id}`)).toEqual(['a/a2', 'b/b1']);
     expect(plan.remove.map((d) => `${d.vm}/${d.id}`)).toEqual(['a/a1']);
   });
 
   it('warns about an already broken chain and keeps what depends on it', () => {
-    const plan = planPrune([rec('i1', 'incremental', NOW - 2 * DAY, 'gone'), rec('i2', 'incremental', NOW - DAY, 'i1')], { keepLast: 1 }, new Date(NOW), { mode: 'synthesize' });
+    const plan = planPrune([rec('i1', 'incremental', NOW - 2 * DAY, 'gone'), rec('i2', 'incremental', NOW - DAY, 'i1')], { keepLast: 1 }, new Date(NOW), {
+      mode: 'synthesize',
+    });
     expect(plan.keep.map((d) => d.id)).toEqual(['i2', 'i1']);
     expect(plan.synthesize).toEqual([]);
     expect(plan.warnings.join('\n')).toMatch(/needs parent gone, which is missing/);
   });
 
   it('keeps every member of a parent cycle rather than deleting part of it', () => {
-    const plan = planPrune([rec('x', 'incremental', NOW - 3 * DAY, 'y'), rec('y', 'incremental', NOW - 2 * DAY, 'x'), rec('z', 'full', NOW - 9 * DAY)], { keepLast: 1 }, new Date(NOW));
+    const plan = planPrune(
+      [rec('x', 'incremental', NOW - 3 * DAY, 'y'), rec('y', 'incremental', NOW - 2 * DAY, 'x'), rec('z', 'full', NOW - 9 * DAY)],
+      { keepLast: 1 },
+      new Date(NOW),
+    );
     expect(plan.keep.map((d) => d.id).sort()).toEqual(['x', 'y']);
     expect(plan.remove.map((d) => d.id)).toEqual(['z']);
     expect(plan.warnings.join('\n')).toMatch(/cycle/);
@@ -264,7 +283,11 @@ describe('planPrune', () => {
         const rules = randomRules(rand);
         const plan = planPrune(records, rules, new Date(NOW));
         const keptIds = new Set(plan.keep.map((d) => `${d.vm}/${d.id}`));
-        const again = planPrune(records.filter((r) => keptIds.has(`${r.vm.name}/${r.id}`)), rules, new Date(NOW));
+        const again = planPrune(
+          records.filter((r) => keptIds.has(`${r.vm.name}/${r.id}`)),
+          rules,
+          new Date(NOW),
+        );
         expect(again.remove, `seed ${seed}`).toEqual([]);
       }
     });

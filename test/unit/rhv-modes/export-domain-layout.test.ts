@@ -1,4 +1,4 @@
-import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -64,7 +64,9 @@ describe('volume metadata', () => {
     for (const bad of [full.slice(0, full.length - 5), 'FORMAT=QED\nSIZE=8\nEOF\n', 'FORMAT=RAW\nSIZE=-1\nEOF\n', 'FORMAT=RAW\nno equals sign\nEOF\n', '']) {
       expect(() => parseVolumeMeta(bad), JSON.stringify(bad)).toThrow(expect.objectContaining({ code: 'ERR_FORMAT_CORRUPT' }));
     }
-    expect(() => formatVolumeMeta({ domain: SD, image: IMG, format: 'RAW', sizeBytes: 1000 })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARGUMENT' }));
+    expect(() => formatVolumeMeta({ domain: SD, image: IMG, format: 'RAW', sizeBytes: 1000 })).toThrow(
+      expect.objectContaining({ code: 'ERR_INVALID_ARGUMENT' }),
+    );
   });
 });
 
@@ -73,7 +75,11 @@ describe('parseOvf', () => {
     `<?xml version="1.0"?><ovf:Envelope xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><References/><Section xsi:type="ovf:DiskSection_Type">${disk}</Section><Content ovf:id="out" xsi:type="ovf:VirtualSystem_Type"><Name>web &amp; db</Name></Content></ovf:Envelope>`;
 
   it('reads the disks and the VM name', () => {
-    const s = parseOvf(ovf(`<Disk ovf:diskId="${VOL}" ovf:fileRef="${IMG}/${VOL}" ovf:volume-format="COW" ovf:boot="true" ovf:disk-alias="root" ovf:disk-interface="VirtIO_SCSI"/>`));
+    const s = parseOvf(
+      ovf(
+        `<Disk ovf:diskId="${VOL}" ovf:fileRef="${IMG}/${VOL}" ovf:volume-format="COW" ovf:boot="true" ovf:disk-alias="root" ovf:disk-interface="VirtIO_SCSI"/>`,
+      ),
+    );
     expect(s).toEqual({ name: 'web & db', disks: [{ imageId: IMG, volumeId: VOL, format: 'COW', alias: 'root', boot: true, diskInterface: 'VirtIO_SCSI' }] });
   });
 

@@ -25,7 +25,13 @@ describe('checkLvmFilter', () => {
   });
 
   it('refuses a missing, commented or accept-all filter with ERR_RHV_PROXY_VM', async () => {
-    for (const text of ['devices {\n}\n', 'devices {\n # filter = [ "r|.*|" ]\n}\n', 'devices {\n filter = [ "a|.*|" ]\n}\n', 'devices {\n filter = [ "r|.*|", "a|.*|" ]\n}\n', '\0\0garbage']) {
+    for (const text of [
+      'devices {\n}\n',
+      'devices {\n # filter = [ "r|.*|" ]\n}\n',
+      'devices {\n filter = [ "a|.*|" ]\n}\n',
+      'devices {\n filter = [ "r|.*|", "a|.*|" ]\n}\n',
+      '\0\0garbage',
+    ]) {
       await expect(checkLvmFilter(await conf(text)), JSON.stringify(text)).rejects.toMatchObject({ code: 'ERR_RHV_PROXY_VM' });
     }
     await expect(checkLvmFilter(join(dir, 'missing.conf'))).rejects.toMatchObject({ code: 'ERR_RHV_PROXY_VM' });

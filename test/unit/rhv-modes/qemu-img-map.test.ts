@@ -5,9 +5,9 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { isVirtstreamError } from '../../../src/core/errors.js';
-import { parseQemuImgMap } from '../../../src/rhv/qemu-img-map.js';
-import type { LayerMapExtent } from '../../../src/rhv/qemu-img-map.js';
-import { layerReadScript, planLayerReads } from '../../../src/strategies/rhv/ssh-read-plan.js';
+import { parseQemuImgMap } from '../../../src/formats/qemu-img-map.js';
+import type { LayerMapExtent } from '../../../src/formats/qemu-img-map.js';
+import { layerReadScript, planLayerReads } from '../../../src/snapshot/remote-chain-reader.js';
 
 const run = promisify(execFile);
 const K = 65536;
@@ -81,7 +81,11 @@ describe('parseQemuImgMap', () => {
       '[{"start":0,"length":65536,"depth":0,"zero":false,"data":true,"offset":0,"start":"$(reboot)"}]',
       `[${JSON.stringify(entry(0, K))}`,
     ];
-    for (const text of bad) expect(code(() => parseQemuImgMap(text as string, 2 * K)), String(text)).toBe('ERR_REMOTE_COMMAND');
+    for (const text of bad)
+      expect(
+        code(() => parseQemuImgMap(text as string, 2 * K)),
+        String(text),
+      ).toBe('ERR_REMOTE_COMMAND');
   });
 
   it('rejects a layer of the wrong size with ERR_FORMAT_CORRUPT', () => {

@@ -16,7 +16,9 @@ describe('storage paths', () => {
     expect(fileVolumePath({ server: 'nfs.example', exportPath: '/exports/data', storageDomainId: SD, diskId: DISK, volumeId: VOL })).toBe(
       `/rhev/data-center/mnt/nfs.example:_exports_data/${SD}/images/${DISK}/${VOL}`,
     );
-    expect(fileVolumePath({ root: '/tmp/x', server: 's', exportPath: '/e', storageDomainId: SD.toUpperCase(), diskId: DISK, volumeId: VOL })).toBe(`/tmp/x/mnt/s:_e/${SD}/images/${DISK}/${VOL}`);
+    expect(fileVolumePath({ root: '/tmp/x', server: 's', exportPath: '/e', storageDomainId: SD.toUpperCase(), diskId: DISK, volumeId: VOL })).toBe(
+      `/tmp/x/mnt/s:_e/${SD}/images/${DISK}/${VOL}`,
+    );
   });
 
   it('refuses hostile ids, servers and paths with ERR_INVALID_ARGUMENT', () => {

@@ -19,7 +19,11 @@ function v3(handlers: Parameters<typeof mswTransport>[0]) {
 describe('RhvV3Api (3.6 shapes)', () => {
   it('sends Version: 3 and reads <status><state>', async () => {
     const { api, transport } = v3([
-      http.get(`${API}/vms`, () => xml('<vms><vm id="v1"><name>web01</name><status><state>up</state></status><cluster id="c1"/></vm><vm id="v2"><name>web011</name><status><state>down</state></status></vm></vms>')),
+      http.get(`${API}/vms`, () =>
+        xml(
+          '<vms><vm id="v1"><name>web01</name><status><state>up</state></status><cluster id="c1"/></vm><vm id="v2"><name>web011</name><status><state>down</state></status></vm></vms>',
+        ),
+      ),
     ]);
     expect(await api.findVm('web01')).toEqual({ id: 'v1', name: 'web01', state: 'up', clusterId: 'c1' });
     const req = transport.sent.find((r) => r.url.pathname.endsWith('/vms'))!;
@@ -29,7 +33,9 @@ describe('RhvV3Api (3.6 shapes)', () => {
 
   it('matches hostile names client-side without a search expression', async () => {
     const name = `a" or name=* $(x)`;
-    const { api, transport } = v3([http.get(`${API}/vms`, () => xml(`<vms><vm id="v9"><name>a&quot; or name=* $(x)</name><status><state>down</state></status></vm></vms>`))]);
+    const { api, transport } = v3([
+      http.get(`${API}/vms`, () => xml(`<vms><vm id="v9"><name>a&quot; or name=* $(x)</name><status><state>down</state></status></vm></vms>`)),
+    ]);
     expect((await api.findVm(name)).id).toBe('v9');
     expect(transport.sent.find((r) => r.url.pathname.endsWith('/vms'))!.url.searchParams.has('search')).toBe(false);
     await expect(api.findVm('other')).rejects.toMatchObject({ code: 'ERR_NOT_FOUND' });
@@ -38,8 +44,14 @@ describe('RhvV3Api (3.6 shapes)', () => {
   it('posts the export and import actions in v3 shape', async () => {
     const bodies: string[] = [];
     const { api } = v3([
-      http.post(`${API}/vms/v1/export`, async ({ request }) => (bodies.push(await request.text()), xml('<action><status><state>pending</state></status></action>'))),
-      http.post(`${API}/storagedomains/sd1/vms/v1/import`, async ({ request }) => (bodies.push(await request.text()), xml('<action><status><state>pending</state></status></action>'))),
+      http.post(`${API}/vms/v1/export`, async ({ request }) => {
+        bodies.push(await request.text());
+        return xml('<action><status><state>pending</state></status></action>');
+      }),
+      http.post(`${API}/storagedomains/sd1/vms/v1/import`, async ({ request }) => {
+        bodies.push(await request.text());
+        return xml('<action><status><state>pending</state></status></action>');
+      }),
     ]);
     await api.exportVm('v1', 'sd1');
     await api.importVm('sd1', 'v1', { clusterId: 'c1', storageDomainId: 'data1', name: 'restored', clone: false });

@@ -26,7 +26,9 @@ export function mswTransport(handlers: RequestHandler[]): HttpTransport & { sent
       const res = await getResponse(handlers, request);
       if (!res) return { status: 599, headers: {}, body: `no handler for ${req.method} ${req.url}` };
       const headers: Record<string, string> = {};
-      res.headers.forEach((v, k) => (headers[k] = v));
+      res.headers.forEach((v, k) => {
+        headers[k] = v;
+      });
       return { status: res.status, headers, body: await res.text() };
     },
     close: async () => {

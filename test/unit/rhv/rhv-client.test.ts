@@ -20,7 +20,14 @@ const logout = http.post(`${BASE}/services/sso-logout`, () => HttpResponse.json(
 
 function client(handlers: Parameters<typeof mswTransport>[0], extra: Partial<RhvClientOptions> = {}) {
   const transport = mswTransport([sso, logout, ...handlers]);
-  const rhv = new RhvClient({ url: API, username: 'admin@internal', password: 'secret', transport, poll: { minDelayMs: 1, maxDelayMs: 2, maxWaitMs: 5_000 }, ...extra });
+  const rhv = new RhvClient({
+    url: API,
+    username: 'admin@internal',
+    password: 'secret',
+    transport,
+    poll: { minDelayMs: 1, maxDelayMs: 2, maxWaitMs: 5_000 },
+    ...extra,
+  });
   return { rhv, transport };
 }
 
@@ -32,12 +39,19 @@ function captureLogger(): Logger & { lines: string[] } {
 
 describe('RhvClient options', () => {
   it.each(['admin', 'admin@', '@internal', 'a@b@c', 'ad min@internal', '', 'a/b@internal'])('rejects username %j with ERR_INVALID_ARGUMENT', (username) => {
-    expect(() => new RhvClient({ url: API, username, password: 'x', transport: mswTransport([]) })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARGUMENT' }));
+    expect(() => new RhvClient({ url: API, username, password: 'x', transport: mswTransport([]) })).toThrow(
+      expect.objectContaining({ code: 'ERR_INVALID_ARGUMENT' }),
+    );
   });
 
-  it.each(['ftp://engine/ovirt-engine/api', 'https://engine/ovirt-engine', 'not a url', 'https://u:p@engine/ovirt-engine/api'])('rejects url %j with ERR_CONFIG', (url) => {
-    expect(() => new RhvClient({ url, username: 'admin@internal', password: 'x', transport: mswTransport([]) })).toThrow(expect.objectContaining({ code: 'ERR_CONFIG' }));
-  });
+  it.each(['ftp://engine/ovirt-engine/api', 'https://engine/ovirt-engine', 'not a url', 'https://u:p@engine/ovirt-engine/api'])(
+    'rejects url %j with ERR_CONFIG',
+    (url) => {
+      expect(() => new RhvClient({ url, username: 'admin@internal', password: 'x', transport: mswTransport([]) })).toThrow(
+        expect.objectContaining({ code: 'ERR_CONFIG' }),
+      );
+    },
+  );
 
   it('logs a warning when TLS verification is turned off, and never logs the password or token', async () => {
     const logger = captureLogger();
@@ -58,7 +72,12 @@ describe('RhvClient wire protocol', () => {
     expect(vms).toEqual([{ id: '1', name: 'a', status: 'up' }]);
     const [login, get] = transport.sent;
     expect(login!.url.pathname).toBe('/ovirt-engine/sso/oauth/token');
-    expect(Object.fromEntries(new URLSearchParams(login!.body))).toEqual({ grant_type: 'password', scope: 'ovirt-app-api', username: 'admin@internal', password: 'secret' });
+    expect(Object.fromEntries(new URLSearchParams(login!.body))).toEqual({
+      grant_type: 'password',
+      scope: 'ovirt-app-api',
+      username: 'admin@internal',
+      password: 'secret',
+    });
     expect(get!.headers).toMatchObject({ version: '4', accept: 'application/xml', authorization: expect.stringMatching(/^Bearer tok-\d+$/) });
     expect(get!.url.searchParams.get('search')).toBe('name=a');
     await rhv.close();
@@ -72,7 +91,13 @@ describe('RhvClient wire protocol', () => {
   it('refused credentials fail with ERR_RHV_AUTH; a non-JSON SSO answer with ERR_RHV_RESPONSE', async () => {
     const bad = client([], { password: 'nope' }).rhv;
     await expect(bad.login()).rejects.toMatchObject({ code: 'ERR_RHV_AUTH', ssoError: 'access_denied' });
-    const html = new RhvClient({ url: API, username: 'admin@internal', password: 'secret', transport: mswTransport([http.post(`${BASE}/sso/oauth/token`, () => new HttpResponse('<html>proxy error</html>', { status: 502 }))]), retries: 0 });
+    const html = new RhvClient({
+      url: API,
+      username: 'admin@internal',
+      password: 'secret',
+      transport: mswTransport([http.post(`${BASE}/sso/oauth/token`, () => new HttpResponse('<html>proxy error</html>', { status: 502 }))]),
+      retries: 0,
+    });
     await expect(html.login()).rejects.toMatchObject({ code: 'ERR_RHV_RESPONSE' });
   });
 
@@ -81,7 +106,9 @@ describe('RhvClient wire protocol', () => {
     const { rhv, transport } = client([
       http.get(`${API}/vms/1`, ({ request }) => {
         calls++;
-        return request.headers.get('authorization') === 'Bearer expired' || calls === 1 ? fault(401, 'Unauthorized', 'expired') : xml('<vm id="1"><name>a</name></vm>');
+        return request.headers.get('authorization') === 'Bearer expired' || calls === 1
+          ? fault(401, 'Unauthorized', 'expired')
+          : xml('<vm id="1"><name>a</name></vm>');
       }),
     ]);
     expect((await rhv.vms.get('1')).name).toBe('a');
@@ -100,16 +127,28 @@ describe('RhvClient wire protocol', () => {
       }),
     ]);
     const err = await rhv.snapshots.create('1', { description: 'x' }).catch((e: unknown) => e);
-    expect(err).toMatchObject({ code: 'ERR_RHV_FAULT', status: 400, retryable: false, fault: { reason: 'Operation Failed', detail: '[Cannot create Snapshot. Low disk space.]' } });
+    expect(err).toMatchObject({
+      code: 'ERR_RHV_FAULT',
+      status: 400,
+      retryable: false,
+      fault: { reason: 'Operation Failed', detail: '[Cannot create Snapshot. Low disk space.]' },
+    });
     expect(n).toBe(1);
   });
 
   it('retries idempotent GETs on 503 and fails retryable after the last attempt on persistent 500', async () => {
     let n = 0;
-    const { rhv } = client([
-      http.get(`${API}/disks/d1`, () => (++n < 3 ? fault(503, 'Service Unavailable', 'busy') : xml('<disk id="d1"><alias>root</alias><provisioned_size>1024</provisioned_size><format>cow</format><status>ok</status></disk>'))),
-      http.get(`${API}/disks/d2`, () => fault(500, 'Operation Failed', 'db down')),
-    ], { retries: 2 });
+    const { rhv } = client(
+      [
+        http.get(`${API}/disks/d1`, () =>
+          ++n < 3
+            ? fault(503, 'Service Unavailable', 'busy')
+            : xml('<disk id="d1"><alias>root</alias><provisioned_size>1024</provisioned_size><format>cow</format><status>ok</status></disk>'),
+        ),
+        http.get(`${API}/disks/d2`, () => fault(500, 'Operation Failed', 'db down')),
+      ],
+      { retries: 2 },
+    );
     expect(await rhv.disks.get('d1')).toMatchObject({ id: 'd1', name: 'root', provisionedSize: 1024, format: 'cow', status: 'ok' });
     expect(n).toBe(3);
     await expect(rhv.disks.get('d2')).rejects.toMatchObject({ code: 'ERR_RHV_FAULT', status: 500, retryable: true });
@@ -137,11 +176,20 @@ describe('RhvClient wire protocol', () => {
 
 describe('RhvClient services', () => {
   it('creates a disk-only snapshot with persist_memorystate=false, the chosen disks and a UUID correlation id', async () => {
-    const { rhv, transport } = client([http.post(`${API}/vms/vm-1/snapshots`, () => xml('<snapshot id="s1"><description>b</description><snapshot_status>locked</snapshot_status></snapshot>', 201))]);
+    const { rhv, transport } = client([
+      http.post(`${API}/vms/vm-1/snapshots`, () =>
+        xml('<snapshot id="s1"><description>b</description><snapshot_status>locked</snapshot_status></snapshot>', 201),
+      ),
+    ]);
     const snap = await rhv.snapshots.create('vm-1', { description: 'b', diskIds: ['d1', 'd"2'] });
     expect(snap).toMatchObject({ id: 's1', status: 'locked' });
     const req = transport.sent.at(-1)!;
-    expect(req.body).toBe('<snapshot><description>b</description><persist_memorystate>false</persist_memorystate><disk_attachments><disk_attachment><disk id="d1"></disk></disk_attachment><disk_attachment><disk id="d&quot;2"></disk></disk_attachment></disk_attachments></snapshot>'.replace(/<disk id="([^"]*)"><\/disk>/g, '<disk id="$1"/>'));
+    expect(req.body).toBe(
+      '<snapshot><description>b</description><persist_memorystate>false</persist_memorystate><disk_attachments><disk_attachment><disk id="d1"></disk></disk_attachment><disk_attachment><disk id="d&quot;2"></disk></disk_attachment></disk_attachments></snapshot>'.replace(
+        /<disk id="([^"]*)"><\/disk>/g,
+        '<disk id="$1"/>',
+      ),
+    );
     expect(req.url.searchParams.get('correlation_id')).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
     expect(req.headers['content-type']).toBe('application/xml');
   });
@@ -150,8 +198,12 @@ describe('RhvClient services', () => {
     let deletes = 0;
     let gets = 0;
     const { rhv } = client([
-      http.delete(`${API}/vms/vm-1/snapshots/s1`, () => (++deletes <= 2 ? fault(409, 'Operation Failed', '[Cannot remove Snapshot. Snapshot is locked.]') : xml(''))),
-      http.get(`${API}/vms/vm-1/snapshots/s1`, () => (++gets < 3 ? xml('<snapshot id="s1"><snapshot_status>locked</snapshot_status></snapshot>') : fault(404, 'Not Found', 'gone'))),
+      http.delete(`${API}/vms/vm-1/snapshots/s1`, () =>
+        ++deletes <= 2 ? fault(409, 'Operation Failed', '[Cannot remove Snapshot. Snapshot is locked.]') : xml(''),
+      ),
+      http.get(`${API}/vms/vm-1/snapshots/s1`, () =>
+        ++gets < 3 ? xml('<snapshot id="s1"><snapshot_status>locked</snapshot_status></snapshot>') : fault(404, 'Not Found', 'gone'),
+      ),
     ]);
     await rhv.snapshots.remove('vm-1', 's1');
     expect(deletes).toBe(3);
@@ -165,7 +217,11 @@ describe('RhvClient services', () => {
 
   it('a snapshot that vanishes while locked (failed engine task) is a typed error', async () => {
     let n = 0;
-    const { rhv } = client([http.get(`${API}/vms/vm-1/snapshots/s1`, () => (++n === 1 ? xml('<snapshot id="s1"><snapshot_status>locked</snapshot_status></snapshot>') : fault(404, 'Not Found', 'x')))]);
+    const { rhv } = client([
+      http.get(`${API}/vms/vm-1/snapshots/s1`, () =>
+        ++n === 1 ? xml('<snapshot id="s1"><snapshot_status>locked</snapshot_status></snapshot>') : fault(404, 'Not Found', 'x'),
+      ),
+    ]);
     await expect(rhv.snapshots.waitUntilOk('vm-1', 's1')).rejects.toMatchObject({ code: 'ERR_RHV_RESPONSE' });
   });
 
@@ -181,7 +237,9 @@ describe('RhvClient services', () => {
 
   it('reads the OVF with all_content and the All-Content header', async () => {
     const { rhv, transport } = client([
-      http.get(`${API}/vms/1`, () => xml('<vm id="1"><name>a</name><initialization><configuration><type>ovf</type><data>&lt;ovf:Envelope/&gt;</data></configuration></initialization></vm>')),
+      http.get(`${API}/vms/1`, () =>
+        xml('<vm id="1"><name>a</name><initialization><configuration><type>ovf</type><data>&lt;ovf:Envelope/&gt;</data></configuration></initialization></vm>'),
+      ),
     ]);
     expect((await rhv.vms.get('1', { allContent: true })).ovf).toBe('<ovf:Envelope/>');
     expect(transport.sent.at(-1)!.url.searchParams.get('all_content')).toBe('true');
@@ -194,7 +252,9 @@ describe('RhvClient services', () => {
     let finalized = false;
     const { rhv } = client([
       http.post(`${API}/imagetransfers`, () => xml('<image_transfer id="t1"><phase>initializing</phase></image_transfer>', 201)),
-      http.get(`${API}/imagetransfers/t1`, () => xml(`<image_transfer id="t1"><phase>${finalized ? fin.shift() ?? 'finished_success' : phases.shift() ?? 'paused_system'}</phase></image_transfer>`)),
+      http.get(`${API}/imagetransfers/t1`, () =>
+        xml(`<image_transfer id="t1"><phase>${finalized ? (fin.shift() ?? 'finished_success') : (phases.shift() ?? 'paused_system')}</phase></image_transfer>`),
+      ),
       http.post(`${API}/imagetransfers/t1/finalize`, async ({ request }) => {
         expect(await request.text()).toBe('<action/>');
         finalized = true;
@@ -209,16 +269,27 @@ describe('RhvClient services', () => {
 
   it('a stuck phase ends in ERR_TIMEOUT naming the last phase', async () => {
     const { rhv } = client([http.get(`${API}/imagetransfers/t1`, () => xml('<image_transfer id="t1"><phase>initializing</phase></image_transfer>'))]);
-    await expect(rhv.imageTransfers.waitUntilTransferring('t1', { maxWaitMs: 30 })).rejects.toMatchObject({ code: 'ERR_TIMEOUT', message: expect.stringContaining('initializing') });
+    await expect(rhv.imageTransfers.waitUntilTransferring('t1', { maxWaitMs: 30 })).rejects.toMatchObject({
+      code: 'ERR_TIMEOUT',
+      message: expect.stringContaining('initializing'),
+    });
   });
 
   it('backups: create, ready, disks with backup_mode, finalize until succeeded', async () => {
     const phases = ['starting', 'ready'];
     let finalized = false;
     const { rhv, transport } = client([
-      http.post(`${API}/vms/vm-1/backups`, () => xml('<backup id="b1"><phase>initializing</phase><to_checkpoint_id>c2</to_checkpoint_id><disks><disk id="d1"/></disks></backup>', 201)),
-      http.get(`${API}/vms/vm-1/backups/b1`, () => xml(`<backup id="b1"><phase>${finalized ? 'succeeded' : phases.shift() ?? 'ready'}</phase><from_checkpoint_id>c1</from_checkpoint_id><to_checkpoint_id>c2</to_checkpoint_id><disks><disk id="d1"/></disks></backup>`)),
-      http.get(`${API}/vms/vm-1/backups/b1/disks`, () => xml('<disks><disk id="d1"><backup_mode>incremental</backup_mode><provisioned_size>1024</provisioned_size></disk></disks>')),
+      http.post(`${API}/vms/vm-1/backups`, () =>
+        xml('<backup id="b1"><phase>initializing</phase><to_checkpoint_id>c2</to_checkpoint_id><disks><disk id="d1"/></disks></backup>', 201),
+      ),
+      http.get(`${API}/vms/vm-1/backups/b1`, () =>
+        xml(
+          `<backup id="b1"><phase>${finalized ? 'succeeded' : (phases.shift() ?? 'ready')}</phase><from_checkpoint_id>c1</from_checkpoint_id><to_checkpoint_id>c2</to_checkpoint_id><disks><disk id="d1"/></disks></backup>`,
+        ),
+      ),
+      http.get(`${API}/vms/vm-1/backups/b1/disks`, () =>
+        xml('<disks><disk id="d1"><backup_mode>incremental</backup_mode><provisioned_size>1024</provisioned_size></disk></disks>'),
+      ),
       http.post(`${API}/vms/vm-1/backups/b1/finalize`, () => {
         finalized = true;
         return xml('<action/>');
@@ -246,9 +317,17 @@ describe('RhvClient services', () => {
   });
 
   it('posts custom events', async () => {
-    const { rhv, transport } = client([http.post(`${API}/events`, () => xml('<event id="e1"><description>Backup started</description><severity>normal</severity></event>', 201))]);
-    expect(await rhv.events.add({ description: 'Backup started', vmId: 'vm-1', customId: 1234 })).toEqual({ id: 'e1', description: 'Backup started', severity: 'normal' });
-    expect(transport.sent.at(-1)!.body).toBe('<event><custom_id>1234</custom_id><description>Backup started</description><origin>virtstream</origin><severity>normal</severity><vm id="vm-1"/></event>');
+    const { rhv, transport } = client([
+      http.post(`${API}/events`, () => xml('<event id="e1"><description>Backup started</description><severity>normal</severity></event>', 201)),
+    ]);
+    expect(await rhv.events.add({ description: 'Backup started', vmId: 'vm-1', customId: 1234 })).toEqual({
+      id: 'e1',
+      description: 'Backup started',
+      severity: 'normal',
+    });
+    expect(transport.sent.at(-1)!.body).toBe(
+      '<event><custom_id>1234</custom_id><description>Backup started</description><origin>virtstream</origin><severity>normal</severity><vm id="vm-1"/></event>',
+    );
   });
 });
 

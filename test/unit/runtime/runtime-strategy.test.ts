@@ -61,11 +61,9 @@ const DATA = Buffer.from('0123456789abcdef'.repeat(64));
 /** The normal path: begin, write one disk, commit. */
 async function writeOneDisk(vm: VmRef, target: BackupTarget, options: BackupOptions): Promise<BackupResult> {
   const session = await target.begin({ vm: { name: vm.name ?? 'unnamed' }, strategy: 'scripted', kind: 'full' });
-  const written = await session.writeDisk(
-    { diskId: 'vda', name: 'vda', format: 'raw', virtualSize: DATA.length, kind: 'full' },
-    Readable.from([DATA]),
-    { onBytes: (n) => options.onProgress?.({ type: 'bytes', disk: 'vda', transferred: n, total: DATA.length }) },
-  );
+  const written = await session.writeDisk({ diskId: 'vda', name: 'vda', format: 'raw', virtualSize: DATA.length, kind: 'full' }, Readable.from([DATA]), {
+    onBytes: (n) => options.onProgress?.({ type: 'bytes', disk: 'vda', transferred: n, total: DATA.length }),
+  });
   const record = await session.commit();
   return { record, disks: [{ diskId: 'vda', kind: 'full', bytes: written.bytes }], warnings: [] };
 }
@@ -332,7 +330,8 @@ describe('RuntimeStrategy: the commit guard', () => {
 });
 
 describe('RuntimeStrategy: progress', () => {
-  const burst = (count: number, total?: number): BackupImpl =>
+  const burst =
+    (count: number, total?: number): BackupImpl =>
     async (vm, target, options) => {
       options.onProgress?.({ type: 'phase', phase: 'transfer', disk: 'vda' });
       for (let i = 1; i <= count; i++) options.onProgress?.({ type: 'bytes', disk: 'vda', transferred: i * 10, ...(total === undefined ? {} : { total }) });
@@ -473,7 +472,17 @@ describe('RuntimeStrategy: tracing channels', () => {
 
   it('publishes error with the mapped VirtstreamError', async () => {
     using sub = listen<BackupTraceContext>(BACKUP_TRACING_CHANNEL);
-    const parent = { id: 'p1', vm: { name: 'vm' }, strategy: 'scripted', kind: 'full' as const, startedAt: '', completedAt: '', disks: [], metadata: [], labels: {} };
+    const parent = {
+      id: 'p1',
+      vm: { name: 'vm' },
+      strategy: 'scripted',
+      kind: 'full' as const,
+      startedAt: '',
+      completedAt: '',
+      disks: [],
+      metadata: [],
+      labels: {},
+    };
     const inner = new ScriptedStrategy(async () => {
       throw new RangeError('boom');
     });

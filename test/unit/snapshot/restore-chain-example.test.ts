@@ -36,7 +36,14 @@ describe('examples/restore-chain.ts', () => {
     for (const out of ['out.raw', 'out.qcow2']) {
       const { stdout } = await run(process.execPath, ['--import', 'tsx/esm', 'examples/restore-chain.ts'], {
         cwd: ROOT,
-        env: { ...process.env, TSX_TSCONFIG_PATH: join(ROOT, 'examples/tsconfig.json'), VS_REPO: join(dir, 'repo'), VS_VM: 'vm1', VS_DISK: 'disk0', VS_OUT: join(dir, out) },
+        env: {
+          ...process.env,
+          TSX_TSCONFIG_PATH: join(ROOT, 'examples/tsconfig.json'),
+          VS_REPO: join(dir, 'repo'),
+          VS_VM: 'vm1',
+          VS_DISK: 'disk0',
+          VS_OUT: join(dir, out),
+        },
       });
       expect(stdout).toContain(`wrote ${join(dir, out)}`);
       await qemuImg('compare', join(dir, 'inc.qcow2'), join(dir, out));

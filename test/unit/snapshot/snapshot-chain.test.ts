@@ -82,16 +82,31 @@ describe('SnapshotChain model', () => {
   });
 
   it('finds every kind of problem', () => {
-    const kinds = (records: BackupRecord[]): string[] => SnapshotChain.fromRecords(records).validate().map((x) => `${x.kind}:${x.severity}`);
+    const kinds = (records: BackupRecord[]): string[] =>
+      SnapshotChain.fromRecords(records)
+        .validate()
+        .map((x) => `${x.kind}:${x.severity}`);
     expect(kinds([rec('b2', 2, 'gone', [disk('vda', 'qcow2', 'incremental')])])).toContain('missing-parent:error');
     expect(kinds([{ ...rec('b2', 2, undefined, []), kind: 'incremental' }])).toContain('missing-parent:error');
     expect(kinds([rec('a', 1, 'b', []), rec('b', 2, 'a', [])])).toContain('cycle:error');
-    expect(kinds([rec('b1', 5, undefined, [disk('vda', 'raw', 'full')]), rec('b2', 2, 'b1', [disk('vda', 'qcow2', 'incremental')])])).toContain('out-of-order:error');
-    expect(kinds([rec('b1', 1, undefined, [disk('vda', 'raw', 'full')]), rec('b2', 2, 'b1', [disk('vdb', 'qcow2', 'incremental')])])).toContain('disk-missing:error');
-    expect(kinds([rec('b1', 1, undefined, [disk('vda', 'qcow2', 'full')]), rec('b2', 2, 'b1', [disk('vda', 'rbd-diff', 'incremental')])])).toContain('mixed-formats:error');
-    expect(kinds([rec('b1', 1, undefined, [disk('vda', 'rbd-diff', 'full')]), rec('b2', 2, 'b1', [disk('vda', 'qcow2', 'incremental')])])).toContain('mixed-formats:error');
-    expect(kinds([rec('b1', 1, undefined, [disk('vda', 'raw', 'full')]), rec('b2', 2, 'b1', [disk('vda', 'raw', 'incremental')])])).toContain('mixed-formats:error');
-    expect(kinds([rec('b1', 1, undefined, [disk('vda', 'raw', 'full', 100)]), rec('b2', 2, 'b1', [disk('vda', 'qcow2', 'incremental', 200)])])).toEqual(['size-change:warning']);
+    expect(kinds([rec('b1', 5, undefined, [disk('vda', 'raw', 'full')]), rec('b2', 2, 'b1', [disk('vda', 'qcow2', 'incremental')])])).toContain(
+      'out-of-order:error',
+    );
+    expect(kinds([rec('b1', 1, undefined, [disk('vda', 'raw', 'full')]), rec('b2', 2, 'b1', [disk('vdb', 'qcow2', 'incremental')])])).toContain(
+      'disk-missing:error',
+    );
+    expect(kinds([rec('b1', 1, undefined, [disk('vda', 'qcow2', 'full')]), rec('b2', 2, 'b1', [disk('vda', 'rbd-diff', 'incremental')])])).toContain(
+      'mixed-formats:error',
+    );
+    expect(kinds([rec('b1', 1, undefined, [disk('vda', 'rbd-diff', 'full')]), rec('b2', 2, 'b1', [disk('vda', 'qcow2', 'incremental')])])).toContain(
+      'mixed-formats:error',
+    );
+    expect(kinds([rec('b1', 1, undefined, [disk('vda', 'raw', 'full')]), rec('b2', 2, 'b1', [disk('vda', 'raw', 'incremental')])])).toContain(
+      'mixed-formats:error',
+    );
+    expect(kinds([rec('b1', 1, undefined, [disk('vda', 'raw', 'full', 100)]), rec('b2', 2, 'b1', [disk('vda', 'qcow2', 'incremental', 200)])])).toEqual([
+      'size-change:warning',
+    ]);
     expect(kinds([rec('b1', 1, undefined, []), rec('b1', 2, undefined, [])])).toContain('duplicate-id:error');
     expect(kinds([rec('b1', 1, undefined, [disk('vda', 'qcow2', 'incremental')])])).toContain('kind-mismatch:error');
     const broken = SnapshotChain.fromRecords([rec('b2', 2, 'gone', [disk('vda', 'qcow2', 'incremental')])]);
@@ -109,7 +124,10 @@ describe('SnapshotChain model', () => {
     expect(() => broken.pathTo('b2')).toThrow(expect.objectContaining({ code: 'ERR_CHAIN_INVALID' }));
     expect(() => broken.diskPath('b2', 'vda')).toThrow(expect.objectContaining({ code: 'ERR_CHAIN_INVALID' }));
     // size changes are warnings only
-    SnapshotChain.fromRecords([rec('b1', 1, undefined, [disk('vda', 'raw', 'full', 100)]), rec('b2', 2, 'b1', [disk('vda', 'qcow2', 'incremental', 200)])]).assertValid();
+    SnapshotChain.fromRecords([
+      rec('b1', 1, undefined, [disk('vda', 'raw', 'full', 100)]),
+      rec('b2', 2, 'b1', [disk('vda', 'qcow2', 'incremental', 200)]),
+    ]).assertValid();
   });
 
   it('plans a synthetic full: older backups become redundant unless another branch needs them', () => {
@@ -129,8 +147,14 @@ describe('mergeLayerMaps', () => {
     const merged = mergeLayerMaps(
       [
         [{ offset: 0, length: 100, kind: 'data' }],
-        [{ offset: 10, length: 20, kind: 'zero' }, { offset: 50, length: 10, kind: 'data' }],
-        [{ offset: 0, length: 5, kind: 'hole' }, { offset: 15, length: 40, kind: 'data' }],
+        [
+          { offset: 10, length: 20, kind: 'zero' },
+          { offset: 50, length: 10, kind: 'data' },
+        ],
+        [
+          { offset: 0, length: 5, kind: 'hole' },
+          { offset: 15, length: 40, kind: 'data' },
+        ],
       ],
       120,
     );
@@ -198,7 +222,11 @@ describe('SnapshotChain.flatten', () => {
     // verify: the digest equals sha256 of qemu's raw output
     const verified = await chain.verify('vda', { id: 'b3' }, open);
     expect(verified).toMatchObject({ diskId: 'vda', backupId: 'b3', layers: ['b1', 'b2', 'b3'], size: 8 * 1024 * 1024 });
-    expect(verified.sha256).toBe(createHash('sha256').update(await qemuRaw(files.b3!, dir)).digest('hex'));
+    expect(verified.sha256).toBe(
+      createHash('sha256')
+        .update(await qemuRaw(files.b3!, dir))
+        .digest('hex'),
+    );
     expect(verified.dataBytes + verified.zeroBytes).toBe(8 * 1024 * 1024);
     // synthetic full into a qcow2 without intermediates, accepted by qemu-img check and equal to the chain
     await using full = await chain.synthesizeFull('latest', open);

@@ -20,7 +20,7 @@ const CHUNK = 1024 * 1024;
 async function* sparseDisk(total: number): AsyncGenerator<Uint8Array> {
   const zero = Buffer.alloc(CHUNK);
   const data = Buffer.alloc(CHUNK);
-  for (let i = 0; i < CHUNK; i += 512) data.writeUInt32LE(i * 2654435761 >>> 0, i);
+  for (let i = 0; i < CHUNK; i += 512) data.writeUInt32LE((i * 2654435761) >>> 0, i);
   for (let offset = 0, i = 0; offset < total; offset += CHUNK, i++) yield i % 64 === 7 ? data : zero;
 }
 

@@ -416,3 +416,16 @@ describe('FileRepository with hostile names', () => {
     }
   });
 });
+
+describe('FileRepository artifact formats', () => {
+  it('refuses a format named like an inherited property (toString, __proto__) with ERR_INVALID_ARGUMENT', async () => {
+    const repo = new FileRepository(root);
+    const session = await repo.begin({ vm: { name: 'web01' }, strategy: 'test', kind: 'full' });
+    for (const format of ['toString', '__proto__', 'constructor']) {
+      const info = { ...diskInfo('vda', 4096), format } as unknown as Parameters<typeof session.writeDisk>[0];
+      expect(await codeOf(session.writeDisk(info, pattern(4096)))).toBe('ERR_INVALID_ARGUMENT');
+    }
+    await session.abort();
+    expect(await repo.list('web01')).toEqual([]);
+  });
+});

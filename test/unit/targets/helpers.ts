@@ -62,7 +62,7 @@ export const HOSTILE_NAMES: readonly string[] = [
   '../../etc',
   '.staging',
   '.lock',
-  "it's \"quoted\"",
+  'it\'s "quoted"',
   '$(touch /tmp/pwned) `id`',
   'back\\slash',
   'tab\tnew\nline',

@@ -81,7 +81,13 @@ describe('FakeStrategy', () => {
     const target = new MemoryTarget();
     const { record } = await strategy.backup({ name: 'vm' }, target);
     const foreign: BackupRecord = { ...record, disks: record.disks.map((d) => ({ ...d, format: 'qcow2' as const })) };
-    const source: RestoreSource = { ...target, list: async () => [foreign], get: async () => foreign, openDisk: target.openDisk.bind(target), readMetadata: target.readMetadata.bind(target) };
+    const source: RestoreSource = {
+      ...target,
+      list: async () => [foreign],
+      get: async () => foreign,
+      openDisk: target.openDisk.bind(target),
+      readMetadata: target.readMetadata.bind(target),
+    };
     expect((await rejection(strategy.restore('vm', source, { newName: 'copy' }))).code).toBe('ERR_FORMAT_UNSUPPORTED');
     expect((await readdir(root)).sort()).toEqual(['vm']);
   });

@@ -201,7 +201,7 @@ describe('FaultyTarget', () => {
   });
 
   it('finds the injected error through cause chains and AggregateErrors', () => {
-    const injected = new FaultInjectedError('write', 'x');
+    const injected = new FaultInjectedError('x', { fault: 'write' });
     expect(FaultInjectedError.isIn(new Error('outer', { cause: new Error('mid', { cause: injected }) }))).toBe(true);
     expect(FaultInjectedError.isIn(new AggregateError([new Error('a'), injected]))).toBe(true);
     expect(FaultInjectedError.isIn(new Error('plain'))).toBe(false);

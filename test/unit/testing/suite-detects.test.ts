@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { withRuntime } from '../../../src/index.js';
 import type { BackupOptions, BackupSession, BackupStrategy, BackupTarget, VmRef } from '../../../src/index.js';
-import { defineStrategySuite, FakeStrategy, STRATEGY_SUITE_CASES } from '../../../src/entries/testing.js';
+import { defineStrategySuite, type FakeStrategy, STRATEGY_SUITE_CASES } from '../../../src/entries/testing.js';
 import { fakeFixture } from './fake-fixture.js';
 
 type Case = () => Promise<void>;
@@ -41,7 +41,10 @@ function collect(wrap?: (strategy: FakeStrategy, vmDir: string) => BackupStrateg
 }
 
 /** A strategy that delegates to FakeStrategy but lets the test rewrite the call. */
-function delegate(inner: FakeStrategy, backup: (vm: VmRef, target: BackupTarget, options: BackupOptions) => ReturnType<BackupStrategy['backup']>): BackupStrategy {
+function delegate(
+  inner: FakeStrategy,
+  backup: (vm: VmRef, target: BackupTarget, options: BackupOptions) => ReturnType<BackupStrategy['backup']>,
+): BackupStrategy {
   return {
     id: inner.id,
     capabilities: inner.capabilities,
@@ -122,8 +125,7 @@ describe('the conformance suite fails broken strategies', () => {
   });
 
   it('a strategy that claims incrementals but writes fulls fails the incremental case', async () => {
-    const alwaysFull = (s: FakeStrategy): BackupStrategy =>
-      delegate(s, (vm, target, { kind: _kind, parent: _parent, ...rest }) => s.backup(vm, target, rest));
+    const alwaysFull = (s: FakeStrategy): BackupStrategy => delegate(s, (vm, target, { kind: _kind, parent: _parent, ...rest }) => s.backup(vm, target, rest));
     await expect(collect(alwaysFull).run(INCREMENTAL!)).rejects.toThrow(/links to its parent/);
   });
 
@@ -139,6 +141,20 @@ describe('the conformance suite fails broken strategies', () => {
       },
     });
     await expect(collect(lossy).run(RESTORE!)).rejects.toThrow(/exactly the bytes the VM had/);
+  });
+
+  it('a strategy whose RestoreResult does not map new disks to their source disks fails the round trip', async () => {
+    const unmapped = (s: FakeStrategy): BackupStrategy => ({
+      id: s.id,
+      capabilities: s.capabilities,
+      backup: (vm, target, options) => s.backup(vm, target, options),
+      restore: async (vmName, source, options) => {
+        const result = await s.restore(vmName, source, options);
+        // every disk claims to come from the first source disk
+        return { ...result, disks: result.disks.map((d) => ({ ...d, sourceDiskId: result.disks[0]!.sourceDiskId })) };
+      },
+    });
+    await expect(collect(unmapped).run(RESTORE!)).rejects.toThrow(/maps every backed-up disk \(sourceDiskId\)/);
   });
 
   it('a strategy that treats the VM name as something else than data fails the hostile-name case', async () => {

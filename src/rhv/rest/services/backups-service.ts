@@ -15,7 +15,7 @@ export interface CreateBackupOptions {
   description?: string;
   /** @defaultValue true */
   requireConsistency?: boolean;
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
 }
 
 /** `/vms/{vm}/backups` (incremental backup API, 4.4+). */
@@ -43,18 +43,18 @@ export class BackupsService {
   }
 
   /** One backup. */
-  async get(vmId: string, backupId: string, options: { signal?: AbortSignal } = {}): Promise<RhvBackup> {
+  async get(vmId: string, backupId: string, options: { signal?: AbortSignal | undefined } = {}): Promise<RhvBackup> {
     return mapBackup(await this.#ctx.connection.get(`/vms/${seg(vmId)}/backups/${seg(backupId)}`, 'backup', options));
   }
 
   /** Backups of a VM. */
-  async list(vmId: string, options: { signal?: AbortSignal } = {}): Promise<RhvBackup[]> {
+  async list(vmId: string, options: { signal?: AbortSignal | undefined } = {}): Promise<RhvBackup[]> {
     const doc = await this.#ctx.connection.get(`/vms/${seg(vmId)}/backups`, 'backups', options);
     return children(doc, 'backup').map(mapBackup);
   }
 
   /** The disks of a backup with their `backup_mode` (`full`/`incremental`). */
-  async disks(vmId: string, backupId: string, options: { signal?: AbortSignal } = {}): Promise<RhvBackupDisk[]> {
+  async disks(vmId: string, backupId: string, options: { signal?: AbortSignal | undefined } = {}): Promise<RhvBackupDisk[]> {
     const doc = await this.#ctx.connection.get(`/vms/${seg(vmId)}/backups/${seg(backupId)}/disks`, 'disks', options);
     return children(doc, 'disk').map(mapBackupDisk);
   }
@@ -67,7 +67,8 @@ export class BackupsService {
       async () => {
         const b = await this.get(vmId, backupId, options.signal ? { signal: options.signal } : {});
         if (b.phase === 'ready') return { done: true, value: b };
-        if (b.phase === 'failed' || b.phase === 'succeeded') throw new RhvTransferError(backupId, b.phase, `backup ${backupId} ended in ${b.phase} before ready`);
+        if (b.phase === 'failed' || b.phase === 'succeeded')
+          throw new RhvTransferError(`backup ${backupId} ended in ${b.phase} before ready`, { id: backupId, phase: b.phase });
         return { done: false, state: b.phase };
       },
       options,
@@ -92,7 +93,7 @@ export class BackupsService {
       async () => {
         const b = await orUndefined(() => this.get(vmId, backupId, options.signal ? { signal: options.signal } : {}));
         if (!b || b.phase === 'succeeded') return { done: true, value: b };
-        if (b.phase === 'failed') throw new RhvTransferError(backupId, b.phase, `backup ${backupId} failed`);
+        if (b.phase === 'failed') throw new RhvTransferError(`backup ${backupId} failed`, { id: backupId, phase: b.phase });
         return { done: false, state: b.phase };
       },
       options,

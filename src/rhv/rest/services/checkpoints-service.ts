@@ -1,6 +1,6 @@
 import { mapCheckpoint } from '../mappers.js';
-import type { ServiceContext } from '../service-context.js';
-import { orUndefined, seg } from '../service-context.js';
+import type { RhvWaitCallOptions, ServiceContext } from '../service-context.js';
+import { orUndefined, pollUntil, seg } from '../service-context.js';
 import type { RhvCheckpoint } from '../types.js';
 import { children } from '../xml.js';
 
@@ -13,13 +13,23 @@ export class CheckpointsService {
   }
 
   /** Checkpoints of a VM, oldest first. */
-  async list(vmId: string, options: { signal?: AbortSignal } = {}): Promise<RhvCheckpoint[]> {
+  async list(vmId: string, options: { signal?: AbortSignal | undefined } = {}): Promise<RhvCheckpoint[]> {
     const doc = await this.#ctx.connection.get(`/vms/${seg(vmId)}/checkpoints`, 'checkpoints', options);
     return children(doc, 'checkpoint').map(mapCheckpoint);
   }
 
-  /** Removes a checkpoint; a missing one is not an error. */
-  async remove(vmId: string, checkpointId: string, options: { signal?: AbortSignal } = {}): Promise<void> {
-    await orUndefined(() => this.#ctx.connection.delete(`/vms/${seg(vmId)}/checkpoints/${seg(checkpointId)}`, options));
+  /**
+   * Removes a checkpoint and waits until the engine no longer lists it (the removal is
+   * asynchronous, and the next root can be removed only then). A missing one is not an error.
+   */
+  async remove(vmId: string, checkpointId: string, options: RhvWaitCallOptions = {}): Promise<void> {
+    const signal = options.signal ? { signal: options.signal } : {};
+    await orUndefined(() => this.#ctx.connection.delete(`/vms/${seg(vmId)}/checkpoints/${seg(checkpointId)}`, signal));
+    await pollUntil(
+      this.#ctx,
+      `checkpoint ${checkpointId} removed`,
+      async () => ((await this.list(vmId, signal)).some((c) => c.id === checkpointId) ? { done: false, state: 'removing' } : { done: true, value: undefined }),
+      options,
+    );
   }
 }

@@ -15,7 +15,7 @@ export interface AddDiskAttachmentOptions {
   interface?: string;
   /** @defaultValue true */
   active?: boolean;
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
 }
 
 /** `/vms/{vm}/diskattachments`. */
@@ -27,7 +27,7 @@ export class DiskAttachmentsService {
   }
 
   /** The disks attached to a VM. */
-  async list(vmId: string, options: { signal?: AbortSignal } = {}): Promise<RhvDiskAttachment[]> {
+  async list(vmId: string, options: { signal?: AbortSignal | undefined } = {}): Promise<RhvDiskAttachment[]> {
     const doc = await this.#ctx.connection.get(`/vms/${seg(vmId)}/diskattachments`, 'disk_attachments', options);
     return children(doc, 'disk_attachment').map(mapDiskAttachment);
   }
@@ -49,7 +49,7 @@ export class DiskAttachmentsService {
   }
 
   /** Detaches (default) or deletes an attached disk; a missing attachment is not an error. */
-  async remove(vmId: string, diskId: string, options: { detachOnly?: boolean; signal?: AbortSignal } = {}): Promise<void> {
+  async remove(vmId: string, diskId: string, options: { detachOnly?: boolean; signal?: AbortSignal | undefined } = {}): Promise<void> {
     await orUndefined(() =>
       this.#ctx.connection.delete(`/vms/${seg(vmId)}/diskattachments/${seg(diskId)}`, {
         query: { detach_only: options.detachOnly ?? true },

@@ -13,7 +13,7 @@ export class DiskSnapshotsService {
   }
 
   /** The disk's volumes; `includeActive` adds the active layer. */
-  async list(diskId: string, options: { includeActive?: boolean; signal?: AbortSignal } = {}): Promise<RhvDiskSnapshot[]> {
+  async list(diskId: string, options: { includeActive?: boolean; signal?: AbortSignal | undefined } = {}): Promise<RhvDiskSnapshot[]> {
     const doc = await this.#ctx.connection.get(`/disks/${seg(diskId)}/disksnapshots`, 'disk_snapshots', {
       query: { include_active: options.includeActive ?? true, include_template: true },
       ...(options.signal ? { signal: options.signal } : {}),

@@ -21,7 +21,7 @@ export interface AddDiskOptions {
   backup?: 'none' | 'incremental';
   /** Storage domain id or name. */
   storageDomain: { id?: string; name?: string };
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
 }
 
 /** `/disks`: get, add, remove, wait for a status. */
@@ -33,12 +33,12 @@ export class DisksService {
   }
 
   /** Gets a disk. @throws RhvFaultError `ERR_RHV_FAULT` (404 when missing) */
-  async get(id: string, options: { signal?: AbortSignal } = {}): Promise<RhvDisk> {
+  async get(id: string, options: { signal?: AbortSignal | undefined } = {}): Promise<RhvDisk> {
     return mapDisk(await this.#ctx.connection.get(`/disks/${seg(id)}`, 'disk', options));
   }
 
   /** Disks, optionally filtered by an engine search (e.g. `description=token`). */
-  async list(options: { search?: string; signal?: AbortSignal } = {}): Promise<RhvDisk[]> {
+  async list(options: { search?: string; signal?: AbortSignal | undefined } = {}): Promise<RhvDisk[]> {
     const doc = await this.#ctx.connection.get('/disks', 'disks', {
       query: { search: options.search },
       ...(options.signal ? { signal: options.signal } : {}),
@@ -68,9 +68,34 @@ export class DisksService {
     return mapDisk(node);
   }
 
-  /** Removes a disk; a missing disk is not an error. */
-  async remove(id: string, options: { signal?: AbortSignal } = {}): Promise<void> {
-    await orUndefined(() => this.#ctx.connection.delete(`/disks/${seg(id)}`, options));
+  /**
+   * Removes a disk; a missing disk is not an error. A disk the engine still locks (being created,
+   * or under another task: a 409) is waited out and removed then, up to three times.
+   *
+   * @throws RhvFaultError `ERR_RHV_FAULT` for other refusals
+   */
+  async remove(id: string, options: RhvWaitCallOptions = {}): Promise<void> {
+    const signal = options.signal ? { signal: options.signal } : {};
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await orUndefined(() => this.#ctx.connection.delete(`/disks/${seg(id)}`, signal));
+        return;
+      } catch (err) {
+        if (!isFaultStatus(err, 409) || attempt >= 2) throw err;
+        const disk = await orUndefined(() => this.get(id, signal));
+        if (!disk) return;
+        if (disk.status !== 'locked') throw err;
+        await pollUntil(
+          this.#ctx,
+          `disk ${id} unlocked`,
+          async () => {
+            const now = await orUndefined(() => this.get(id, signal));
+            return now === undefined || now.status !== 'locked' ? { done: true, value: undefined } : { done: false, state: now.status };
+          },
+          options,
+        );
+      }
+    }
   }
 
   /**

@@ -26,7 +26,19 @@ export interface CreateImageTransferOptions {
   timeoutPolicy?: 'legacy' | 'pause' | 'cancel';
   /** Run on this host (pick the local host to get its unix socket). */
   hostId?: string;
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
+}
+
+/**
+ * The phases a transfer ends in (`ImageTransferPhase.isFinished`): `finished_cleanup` is not one
+ * of them (after a cancel the engine passes `finalizing_cleanup`, `finished_cleanup`, then
+ * `finished_failure`), and a backup cannot be finalized before its transfers reach these.
+ */
+export const ENDED_PHASES: ReadonlySet<ImageTransferPhase> = new Set(['finished_success', 'finished_failure']);
+
+/** True once the transfer has ended (`finished_success` or `finished_failure`). */
+export function transferEnded(phase: ImageTransferPhase): boolean {
+  return ENDED_PHASES.has(phase);
 }
 
 const FAILED: ReadonlySet<ImageTransferPhase> = new Set([
@@ -74,14 +86,34 @@ export class ImageTransfersService {
   }
 
   /** One transfer. @throws RhvFaultError `ERR_RHV_FAULT` (404 once the engine forgot it) */
-  async get(id: string, options: { signal?: AbortSignal } = {}): Promise<RhvImageTransfer> {
+  async get(id: string, options: { signal?: AbortSignal | undefined } = {}): Promise<RhvImageTransfer> {
     return mapImageTransfer(await this.#ctx.connection.get(`/imagetransfers/${seg(id)}`, 'image_transfer', options));
   }
 
   /** All transfers the engine knows. */
-  async list(options: { signal?: AbortSignal } = {}): Promise<RhvImageTransfer[]> {
+  async list(options: { signal?: AbortSignal | undefined } = {}): Promise<RhvImageTransfer[]> {
     const doc = await this.#ctx.connection.get('/imagetransfers', 'image_transfers', options);
     return children(doc, 'image_transfer').map(mapImageTransfer);
+  }
+
+  /**
+   * The transfers of the given images that have not ended. The engine's answers name what a
+   * transfer moves only by `<image id>` (the disk id; the volume id is matched too): pass the disk
+   * ids and, to be safe, their volume ids. Transfers still initializing (no image yet) are left out.
+   */
+  async unfinishedFor(
+    imageIds: Iterable<string>,
+    options: { signal?: AbortSignal | undefined; direction?: 'download' | 'upload' } = {},
+  ): Promise<RhvImageTransfer[]> {
+    const ids = new Set(imageIds);
+    const all = await this.list(options.signal ? { signal: options.signal } : {});
+    return all.filter(
+      (t) =>
+        t.imageId !== undefined &&
+        ids.has(t.imageId) &&
+        !transferEnded(t.phase) &&
+        (options.direction === undefined || (t.direction ?? 'upload') === options.direction),
+    );
   }
 
   /**
@@ -96,8 +128,10 @@ export class ImageTransfersService {
       async () => {
         const t = await this.get(id, options.signal ? { signal: options.signal } : {});
         if (t.phase === 'transferring' && (t.transferUrl || t.proxyUrl)) return { done: true, value: t };
-        if (t.phase === 'paused_system') throw new RhvTransferError(id, t.phase, `image transfer ${id} paused by the system (host or imageio failure)`);
-        if (FAILED.has(t.phase) || t.phase === 'finished_success') throw new RhvTransferError(id, t.phase, `image transfer ${id} ended in ${t.phase} before transferring`);
+        if (t.phase === 'paused_system')
+          throw new RhvTransferError(`image transfer ${id} paused by the system (host or imageio failure)`, { id, phase: t.phase });
+        if (FAILED.has(t.phase) || t.phase === 'finished_success')
+          throw new RhvTransferError(`image transfer ${id} ended in ${t.phase} before transferring`, { id, phase: t.phase });
         return { done: false, state: t.phase };
       },
       options,
@@ -106,9 +140,10 @@ export class ImageTransfersService {
 
   /**
    * Finalizes and waits for `finished_success`. On engines that drop the transfer (404, < 4.4.7) the
-   * disk's `ok` status decides.
+   * disk's `ok` status decides. `paused_system` after the finalize means the finalize failed (the
+   * engine could not stop the session or verify the image): that is an error at once, not a wait.
    *
-   * @throws RhvTransferError `ERR_RHV_TRANSFER` on `finished_failure`
+   * @throws RhvTransferError `ERR_RHV_TRANSFER` on `finished_failure` or `paused_system`/`paused_user`
    */
   async finalize(id: string, options: RhvWaitCallOptions & { diskId?: string } = {}): Promise<void> {
     await this.#ctx.connection.action(`/imagetransfers/${seg(id)}`, 'finalize', {}, options.signal ? { signal: options.signal } : {});
@@ -122,24 +157,43 @@ export class ImageTransfersService {
           return { done: true, value: undefined };
         }
         if (t.phase === 'finished_success') return { done: true, value: undefined };
-        if (FAILED.has(t.phase) && t.phase !== 'finalizing_failure') throw new RhvTransferError(id, t.phase, `image transfer ${id} finalize failed (${t.phase})`);
+        if (t.phase === 'paused_system' || t.phase === 'paused_user') {
+          throw new RhvTransferError(`image transfer ${id} finalize failed: the engine paused the transfer (${t.phase}); it is cancelled`, {
+            id,
+            phase: t.phase,
+          });
+        }
+        if (FAILED.has(t.phase) && t.phase !== 'finalizing_failure')
+          throw new RhvTransferError(`image transfer ${id} finalize failed (${t.phase})`, { id, phase: t.phase });
         return { done: false, state: t.phase };
       },
       options,
     );
   }
 
-  /** Cancels the transfer and waits until it has ended (ticket gone, disk unlocked). Already-ended transfers are fine. */
+  /**
+   * Cancels the transfer and waits until it has ended: through `finalizing_cleanup` and
+   * `finished_cleanup` to `finished_failure` (ticket gone, disk unlocked; an upload's disk removed
+   * by the engine), or gone (404). A transfer already ending is only waited for.
+   */
   async cancel(id: string, options: RhvWaitCallOptions = {}): Promise<void> {
     const t = await orUndefined(() => this.get(id, options.signal ? { signal: options.signal } : {}));
-    if (!t || t.phase === 'finished_success' || t.phase === 'finished_failure' || t.phase === 'finished_cleanup') return;
-    await orUndefined(() => this.#ctx.connection.action(`/imagetransfers/${seg(id)}`, 'cancel', {}, options.signal ? { signal: options.signal } : {}));
-    await pollUntil(
+    if (!t || transferEnded(t.phase)) return;
+    // ImageTransferPhase.canBeCancelled: later phases are already on their way to an end
+    if (['initializing', 'resuming', 'transferring', 'paused_system', 'paused_user', 'unknown'].includes(t.phase)) {
+      await orUndefined(() => this.#ctx.connection.action(`/imagetransfers/${seg(id)}`, 'cancel', {}, options.signal ? { signal: options.signal } : {}));
+    }
+    await this.waitUntilEnded(id, options);
+  }
+
+  /** Waits until the transfer is `finished_success` or `finished_failure` (or gone); returns the last phase seen. */
+  async waitUntilEnded(id: string, options: RhvWaitCallOptions = {}): Promise<ImageTransferPhase | undefined> {
+    return pollUntil(
       this.#ctx,
-      `image transfer ${id} cancelled`,
+      `image transfer ${id} ended`,
       async () => {
         const cur = await orUndefined(() => this.get(id, options.signal ? { signal: options.signal } : {}));
-        if (!cur || cur.phase.startsWith('finished_')) return { done: true, value: undefined };
+        if (!cur || transferEnded(cur.phase)) return { done: true, value: cur?.phase };
         return { done: false, state: cur.phase };
       },
       options,
@@ -147,17 +201,17 @@ export class ImageTransfersService {
   }
 
   /** Extends the ticket's lifetime (`extend` action). */
-  async extend(id: string, options: { signal?: AbortSignal } = {}): Promise<void> {
+  async extend(id: string, options: { signal?: AbortSignal | undefined } = {}): Promise<void> {
     await this.#ctx.connection.action(`/imagetransfers/${seg(id)}`, 'extend', {}, options);
   }
 
   /** Pauses the transfer (`pause` action). */
-  async pause(id: string, options: { signal?: AbortSignal } = {}): Promise<void> {
+  async pause(id: string, options: { signal?: AbortSignal | undefined } = {}): Promise<void> {
     await this.#ctx.connection.action(`/imagetransfers/${seg(id)}`, 'pause', {}, options);
   }
 
   /** Resumes a paused transfer (`resume` action). */
-  async resume(id: string, options: { signal?: AbortSignal } = {}): Promise<void> {
+  async resume(id: string, options: { signal?: AbortSignal | undefined } = {}): Promise<void> {
     await this.#ctx.connection.action(`/imagetransfers/${seg(id)}`, 'resume', {}, options);
   }
 }

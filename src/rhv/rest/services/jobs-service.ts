@@ -13,7 +13,7 @@ export class JobsService {
   }
 
   /** Jobs, optionally only those with a correlation id (a UUID). */
-  async list(options: { correlationId?: string; signal?: AbortSignal } = {}): Promise<RhvJob[]> {
+  async list(options: { correlationId?: string; signal?: AbortSignal | undefined } = {}): Promise<RhvJob[]> {
     const cid = options.correlationId;
     if (cid !== undefined && !/^[0-9a-f-]{36}$/i.test(cid)) return [];
     const doc = await this.#ctx.connection.get('/jobs', 'jobs', {

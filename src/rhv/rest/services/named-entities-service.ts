@@ -24,20 +24,20 @@ export class NamedEntitiesService {
   }
 
   /** All entities. */
-  async list(options: { signal?: AbortSignal } = {}): Promise<RhvNamedEntity[]> {
+  async list(options: { signal?: AbortSignal | undefined } = {}): Promise<RhvNamedEntity[]> {
     const doc = await this.#ctx.connection.get(this.#path, this.#root, options);
     return children(doc, this.#element).map(mapNamed);
   }
 
   /** One entity by id. */
-  async get(id: string, options: { signal?: AbortSignal } = {}): Promise<RhvNamedEntity> {
+  async get(id: string, options: { signal?: AbortSignal | undefined } = {}): Promise<RhvNamedEntity> {
     return mapNamed(await this.#ctx.connection.get(`${this.#path}/${seg(id)}`, this.#element, options));
   }
 
   /** One entity by exact name. @throws NotFoundError `ERR_NOT_FOUND` */
-  async findByName(name: string, options: { signal?: AbortSignal } = {}): Promise<RhvNamedEntity> {
+  async findByName(name: string, options: { signal?: AbortSignal | undefined } = {}): Promise<RhvNamedEntity> {
     const found = (await this.list(options)).find((e) => e.name === name);
-    if (!found) throw new NotFoundError(this.#element, `no ${this.#element} named ${JSON.stringify(name)}`);
+    if (!found) throw new NotFoundError(`no ${this.#element} named ${JSON.stringify(name)}`, { what: this.#element });
     return found;
   }
 }

@@ -16,7 +16,7 @@ export interface CreateSnapshotOptions {
   persistMemoryState?: boolean;
   /** Correlation id (a UUID) for the engine's job search; generated when absent. */
   correlationId?: string;
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
 }
 
 /** Options of {@link SnapshotsService.remove}. */
@@ -36,13 +36,13 @@ export class SnapshotsService {
   }
 
   /** Snapshots of a VM (including the `active` pseudo snapshot). */
-  async list(vmId: string, options: { signal?: AbortSignal } = {}): Promise<RhvSnapshot[]> {
+  async list(vmId: string, options: { signal?: AbortSignal | undefined } = {}): Promise<RhvSnapshot[]> {
     const doc = await this.#ctx.connection.get(`/vms/${seg(vmId)}/snapshots`, 'snapshots', options);
     return children(doc, 'snapshot').map(mapSnapshot);
   }
 
   /** One snapshot. @throws RhvFaultError `ERR_RHV_FAULT` (404 when gone) */
-  async get(vmId: string, snapshotId: string, options: { signal?: AbortSignal } = {}): Promise<RhvSnapshot> {
+  async get(vmId: string, snapshotId: string, options: { signal?: AbortSignal | undefined } = {}): Promise<RhvSnapshot> {
     return mapSnapshot(await this.#ctx.connection.get(`/vms/${seg(vmId)}/snapshots/${seg(snapshotId)}`, 'snapshot', options));
   }
 
@@ -55,9 +55,7 @@ export class SnapshotsService {
       {
         description: options.description,
         persist_memorystate: options.persistMemoryState ?? false,
-        ...(options.diskIds
-          ? { disk_attachments: { disk_attachment: options.diskIds.map((id) => ({ disk: { '@id': id } })) } }
-          : {}),
+        ...(options.diskIds ? { disk_attachments: { disk_attachment: options.diskIds.map((id) => ({ disk: { '@id': id } })) } } : {}),
       },
       { query: { correlation_id: correlationId }, headers: { 'correlation-id': correlationId }, ...(options.signal ? { signal: options.signal } : {}) },
     );
@@ -83,7 +81,7 @@ export class SnapshotsService {
   }
 
   /** The disks of a snapshot with the image (disk-snapshot) id each one holds. */
-  async disks(vmId: string, snapshotId: string, options: { signal?: AbortSignal } = {}): Promise<RhvSnapshotDisk[]> {
+  async disks(vmId: string, snapshotId: string, options: { signal?: AbortSignal | undefined } = {}): Promise<RhvSnapshotDisk[]> {
     const doc = await this.#ctx.connection.get(`/vms/${seg(vmId)}/snapshots/${seg(snapshotId)}/disks`, 'disks', options);
     return children(doc, 'disk').map(mapSnapshotDisk);
   }

@@ -15,7 +15,13 @@ export interface AddVmOptions {
   ovf?: string;
   /** Template name when no OVF is given. @defaultValue 'Blank' */
   template?: string;
-  signal?: AbortSignal;
+  /**
+   * With an OVF: give the VM (and the OVF's disks) new ids (`initialization/regenerate_ids`).
+   * Without it the engine keeps the OVF's ids and refuses them while the source VM exists.
+   * @defaultValue true
+   */
+  regenerateIds?: boolean;
+  signal?: AbortSignal | undefined;
 }
 
 /** `/vms`: search, get (with OVF), add from OVF, remove, wait for a status. */
@@ -27,7 +33,7 @@ export class VmsService {
   }
 
   /** Lists VMs, optionally with an engine search expression. */
-  async list(options: { search?: string; signal?: AbortSignal } = {}): Promise<RhvVm[]> {
+  async list(options: { search?: string; signal?: AbortSignal | undefined } = {}): Promise<RhvVm[]> {
     const doc = await this.#ctx.connection.get('/vms', 'vms', {
       query: options.search === undefined ? {} : { search: options.search, case_sensitive: false },
       ...(options.signal ? { signal: options.signal } : {}),
@@ -40,11 +46,9 @@ export class VmsService {
    *
    * @throws NotFoundError `ERR_NOT_FOUND`
    */
-  async findByName(name: string, options: { signal?: AbortSignal } = {}): Promise<RhvVm> {
-    const safe = /^[A-Za-z0-9._-]+$/.test(name);
-    const vms = await this.list({ ...(safe ? { search: `name=${name}` } : {}), ...options });
-    const vm = vms.find((v) => v.name === name);
-    if (!vm) throw new NotFoundError('vm', `no VM named ${JSON.stringify(name)}`);
+  async findByName(name: string, options: { signal?: AbortSignal | undefined } = {}): Promise<RhvVm> {
+    const vm = await this.findNamed(name, options);
+    if (!vm) throw new NotFoundError(`no VM named ${JSON.stringify(name)}`, { what: 'vm' });
     return vm;
   }
 
@@ -53,14 +57,14 @@ export class VmsService {
    *
    * @throws InvalidArgumentError `ERR_INVALID_ARGUMENT` (neither id nor name), NotFoundError `ERR_NOT_FOUND`, RhvFaultError `ERR_RHV_FAULT`
    */
-  async resolve(vm: VmRef, options: { signal?: AbortSignal } = {}): Promise<RhvVm> {
+  async resolve(vm: VmRef, options: { signal?: AbortSignal | undefined } = {}): Promise<RhvVm> {
     if (vm.id) return this.get(vm.id, options);
     if (vm.name) return this.findByName(vm.name, options);
     throw new InvalidArgumentError('VmRef needs an id or a name');
   }
 
   /** Gets a VM; `allContent` includes the OVF. @throws RhvFaultError `ERR_RHV_FAULT` (404 when missing) */
-  async get(id: string, options: { allContent?: boolean; signal?: AbortSignal } = {}): Promise<RhvVm> {
+  async get(id: string, options: { allContent?: boolean; signal?: AbortSignal | undefined } = {}): Promise<RhvVm> {
     const all = options.allContent === true;
     const node = await this.#ctx.connection.get(`/vms/${seg(id)}`, 'vm', {
       query: all ? { all_content: true } : {},
@@ -68,6 +72,14 @@ export class VmsService {
       ...(options.signal ? { signal: options.signal } : {}),
     });
     return mapVm(node);
+  }
+
+  /**
+   * The VM named exactly `name`, if there is one (for checking that a name is free before a restore).
+   */
+  async findNamed(name: string, options: { signal?: AbortSignal | undefined } = {}): Promise<RhvVm | undefined> {
+    const safe = /^[A-Za-z0-9._-]+$/.test(name);
+    return (await this.list({ ...(safe ? { search: `name=${name}` } : {}), ...options })).find((v) => v.name === name);
   }
 
   /** Creates a VM (from an OVF when given). */
@@ -79,7 +91,9 @@ export class VmsService {
         name: options.name,
         cluster: options.cluster.id ? { '@id': options.cluster.id } : { name: options.cluster.name },
         template: { name: options.template ?? 'Blank' },
-        ...(options.ovf !== undefined ? { initialization: { configuration: { type: 'ovf', data: options.ovf } } } : {}),
+        ...(options.ovf !== undefined
+          ? { initialization: { configuration: { type: 'ovf', data: options.ovf }, regenerate_ids: options.regenerateIds ?? true } }
+          : {}),
       },
       options.signal ? { signal: options.signal } : {},
     );
@@ -87,7 +101,7 @@ export class VmsService {
   }
 
   /** Removes a VM (its disks stay unless `detachOnly` is false). Missing VMs are ignored. */
-  async remove(id: string, options: { detachOnly?: boolean; signal?: AbortSignal } = {}): Promise<void> {
+  async remove(id: string, options: { detachOnly?: boolean; signal?: AbortSignal | undefined } = {}): Promise<void> {
     await orUndefined(() =>
       this.#ctx.connection.delete(`/vms/${seg(id)}`, {
         query: { detach_only: options.detachOnly ?? true },

@@ -11,14 +11,7 @@
  */
 import type { Readable } from 'node:stream';
 import { normalizeAbort, throwIfAborted } from '../../core/abort.js';
-import {
-  FormatError,
-  InvalidArgumentError,
-  isVirtstreamError,
-  NotFoundError,
-  RemoteCommandError,
-  VirtstreamError,
-} from '../../core/errors.js';
+import { FormatError, InvalidArgumentError, isVirtstreamError, NotFoundError, RemoteCommandError, VirtstreamError } from '../../core/errors.js';
 import type { VirtstreamErrorOptions } from '../../core/errors.js';
 import type { CommandArg, CommandRunner } from '../../core/exec/command-runner.js';
 import type { Logger } from '../../core/logger.js';
@@ -90,7 +83,7 @@ export interface RbdSnapshot {
 
 /** Common options of every {@link RbdClient} call. */
 export interface RbdCallOptions {
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
 }
 
 /**
@@ -109,10 +102,10 @@ export class RbdError extends VirtstreamError {
   /** Last lines of the tool's stderr. */
   readonly stderrTail: string;
 
-  constructor(message: string, init: { errno: number | null; stderrTail: string }, options: VirtstreamErrorOptions = {}) {
-    super('ERR_RBD', message, { retryable: init.errno === 110 || init.errno === 108, ...options });
-    this.errno = init.errno;
-    this.stderrTail = init.stderrTail;
+  constructor(message: string, options: VirtstreamErrorOptions & { errno: number | null; stderrTail: string }) {
+    super('ERR_RBD', message, { retryable: options.errno === 110 || options.errno === 108, ...options });
+    this.errno = options.errno;
+    this.stderrTail = options.stderrTail;
   }
 }
 
@@ -132,6 +125,11 @@ const ERRNO_NAME: Record<number, string> = {
 
 /** Longest name accepted for a pool, namespace, image or snapshot (Ceph's own limit is larger). */
 const MAX_NAME = 1024;
+
+/** Image metadata keys: a plain dotted identifier (never an option). */
+function validateMetaKey(key: string): void {
+  if (!/^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$/.test(key)) throw new InvalidArgumentError(`invalid RBD metadata key ${JSON.stringify(key)}`);
+}
 
 /**
  * Checks one pool/namespace/image/snapshot name: non-empty, at most 1024 characters, none of `/`,
@@ -161,7 +159,7 @@ function validateRef(ref: RbdImageRef): void {
 
 function num(v: unknown, what: string, format: string): number {
   if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) {
-    throw new FormatError(format, `${what} is not a non-negative integer (${JSON.stringify(v)})`);
+    throw new FormatError(`${what} is not a non-negative integer (${JSON.stringify(v)})`, { format });
   }
   return v;
 }
@@ -169,14 +167,14 @@ function num(v: unknown, what: string, format: string): number {
 function bool(v: unknown, what: string, format: string): boolean {
   if (v === true || v === 'true') return true;
   if (v === false || v === 'false') return false;
-  throw new FormatError(format, `${what} is not a boolean (${JSON.stringify(v)})`);
+  throw new FormatError(`${what} is not a boolean (${JSON.stringify(v)})`, { format });
 }
 
 function parseJson(text: string, format: string): unknown {
   try {
     return JSON.parse(text) as unknown;
   } catch (err) {
-    throw new FormatError(format, 'output is not valid JSON', { cause: err });
+    throw new FormatError('output is not valid JSON', { format, cause: err });
   }
 }
 
@@ -192,10 +190,10 @@ function isRecord(v: unknown): v is Record<string, unknown> {
 export function parseRbdSnapshotsJson(text: string): RbdSnapshot[] {
   const f = 'rbd snap ls json';
   const data = parseJson(text, f);
-  if (!Array.isArray(data)) throw new FormatError(f, 'expected a JSON array');
+  if (!Array.isArray(data)) throw new FormatError('expected a JSON array', { format: f });
   return data.map((e: unknown, i) => {
-    if (!isRecord(e)) throw new FormatError(f, `entry ${i} is not an object`);
-    if (typeof e.name !== 'string' || e.name === '') throw new FormatError(f, `entry ${i} has no name`);
+    if (!isRecord(e)) throw new FormatError(`entry ${i} is not an object`, { format: f });
+    if (typeof e.name !== 'string' || e.name === '') throw new FormatError(`entry ${i} has no name`, { format: f });
     const snap: RbdSnapshot = {
       id: num(e.id, `entry ${i} id`, f),
       name: e.name,
@@ -215,8 +213,8 @@ export function parseRbdSnapshotsJson(text: string): RbdSnapshot[] {
 export function parseRbdInfoJson(text: string): RbdImageInfo {
   const f = 'rbd info json';
   const e = parseJson(text, f);
-  if (!isRecord(e)) throw new FormatError(f, 'expected a JSON object');
-  if (typeof e.name !== 'string') throw new FormatError(f, 'name missing');
+  if (!isRecord(e)) throw new FormatError('expected a JSON object', { format: f });
+  if (typeof e.name !== 'string') throw new FormatError('name missing', { format: f });
   const features = Array.isArray(e.features) ? e.features.filter((x): x is string => typeof x === 'string') : [];
   return {
     name: e.name,
@@ -269,7 +267,13 @@ export class RbdClient {
   get config(): CephClientConfig {
     const { id, keyring, conf, monHosts, cluster } = this.#options;
     // dataRunner, rbdPath and timeouts are transport details, not connection settings
-    return { ...(id !== undefined ? { id } : {}), ...(keyring !== undefined ? { keyring } : {}), ...(conf !== undefined ? { conf } : {}), ...(monHosts !== undefined ? { monHosts } : {}), ...(cluster !== undefined ? { cluster } : {}) };
+    return {
+      ...(id !== undefined ? { id } : {}),
+      ...(keyring !== undefined ? { keyring } : {}),
+      ...(conf !== undefined ? { conf } : {}),
+      ...(monHosts !== undefined ? { monHosts } : {}),
+      ...(cluster !== undefined ? { cluster } : {}),
+    };
   }
 
   /** The argv prefix: `rbd` plus connection and timeout options. */
@@ -310,9 +314,9 @@ export class RbdClient {
     // rbd also exits with ENOENT when it finds no monitor to contact (no ceph.conf, no mon_host):
     // that is a configuration problem, not a missing image
     const noCluster = /couldn't connect to the cluster|cannot identify monitors/.test(e.stderrTail);
-    if (errno === 2 && !noCluster) return new NotFoundError('rbd', message, { cause: e });
+    if (errno === 2 && !noCluster) return new NotFoundError(message, { what: 'rbd', cause: e });
     if (errno === 17) return new VirtstreamError('ERR_CONFLICT', message, { cause: e });
-    return new RbdError(message, { errno, stderrTail: e.stderrTail }, { cause: e });
+    return new RbdError(message, { errno, stderrTail: e.stderrTail, cause: e });
   }
 
   async #run(args: readonly string[], what: string, options: RbdCallOptions): Promise<string> {
@@ -362,7 +366,7 @@ export class RbdClient {
     }
     const out = await this.#run([...args, '--format=json'], `rbd ls ${pool}`, options);
     const data = parseJson(out, 'rbd ls json');
-    if (!Array.isArray(data) || data.some((x) => typeof x !== 'string')) throw new FormatError('rbd ls json', 'expected an array of names');
+    if (!Array.isArray(data) || data.some((x) => typeof x !== 'string')) throw new FormatError('expected an array of names', { format: 'rbd ls json' });
     return data as string[];
   }
 
@@ -392,6 +396,26 @@ export class RbdClient {
    */
   async removeSnapshot(ref: RbdImageRef, snap: string, options: RbdCallOptions = {}): Promise<void> {
     await this.#run(['snap', 'rm', ...this.#imageArgs(ref, snap), '--no-progress'], `rbd snap rm ${formatRbdSpec(ref, snap)}`, options);
+  }
+
+  /**
+   * `rbd image-meta get`: one metadata value of an image, or undefined when the key is not set
+   * (rbd answers a missing image the same way: check with {@link RbdClient.exists} when it matters).
+   */
+  async getImageMeta(ref: RbdImageRef, key: string, options: RbdCallOptions = {}): Promise<string | undefined> {
+    validateMetaKey(key);
+    try {
+      return (await this.#run(['image-meta', 'get', ...this.#imageArgs(ref), key], `rbd image-meta get ${formatRbdSpec(ref)}`, options)).replace(/\n$/, '');
+    } catch (err) {
+      if (isVirtstreamError(err, 'ERR_NOT_FOUND')) return undefined;
+      throw err;
+    }
+  }
+
+  /** `rbd image-meta set`: sets one metadata value of an image. */
+  async setImageMeta(ref: RbdImageRef, key: string, value: string, options: RbdCallOptions = {}): Promise<void> {
+    validateMetaKey(key);
+    await this.#run(['image-meta', 'set', ...this.#imageArgs(ref), key, value], `rbd image-meta set ${formatRbdSpec(ref)}`, options);
   }
 
   /**

@@ -5,7 +5,7 @@
  * @module
  */
 import { VirtstreamError } from '../core/errors.js';
-import type { Extent } from '../formats/extent.js';
+import type { Extent } from './extent.js';
 
 /** A range of one layer; data ranges carry the byte offset of their data in the layer's file. */
 export interface LayerMapExtent extends Extent {
@@ -65,7 +65,8 @@ export function parseQemuImgMap(output: string | Uint8Array, size: number): Laye
     const present = bool(r.present, 'present', i);
     if (start !== pos) throw bad(`entry ${i} starts at ${start}, expected ${pos}`);
     if (length === 0) throw bad(`entry ${i} is empty`);
-    if (start + length > size) throw new VirtstreamError('ERR_FORMAT_CORRUPT', `the layer is larger than the guest size ${size} (entry ${i} ends at ${start + length})`);
+    if (start + length > size)
+      throw new VirtstreamError('ERR_FORMAT_CORRUPT', `the layer is larger than the guest size ${size} (entry ${i} ends at ${start + length})`);
     if (depth !== 0) throw bad(`entry ${i} comes from a backing file (depth ${depth})`);
     pos = start + length;
     if (r.compressed === true) throw new VirtstreamError('ERR_FORMAT_UNSUPPORTED', `the layer has compressed clusters at ${start}`);

@@ -10,13 +10,7 @@
  */
 import type { Readable } from 'node:stream';
 import { normalizeAbort, throwIfAborted } from '../../core/abort.js';
-import {
-  FormatError,
-  InvalidArgumentError,
-  NotFoundError,
-  RemoteCommandError,
-  VirtstreamError,
-} from '../../core/errors.js';
+import { FormatError, InvalidArgumentError, NotFoundError, RemoteCommandError, VirtstreamError } from '../../core/errors.js';
 import type { VirtstreamErrorOptions } from '../../core/errors.js';
 import type { CommandRunner } from '../../core/exec/command-runner.js';
 import type { Logger } from '../../core/logger.js';
@@ -64,10 +58,10 @@ export class LvmError extends VirtstreamError {
   /** Last lines of the tool's stderr. */
   readonly stderrTail: string;
 
-  constructor(message: string, init: { exitCode: number | null; stderrTail: string }, options: VirtstreamErrorOptions = {}) {
+  constructor(message: string, options: VirtstreamErrorOptions & { exitCode: number | null; stderrTail: string }) {
     super('ERR_LVM', message, options);
-    this.exitCode = init.exitCode;
-    this.stderrTail = init.stderrTail;
+    this.exitCode = options.exitCode;
+    this.stderrTail = options.stderrTail;
   }
 }
 
@@ -142,14 +136,14 @@ function isRecord(v: unknown): v is Record<string, unknown> {
 function bytes(v: unknown, what: string, format: string): number {
   // with --units b --nosuffix LVM prints plain decimal strings
   const s = typeof v === 'number' ? String(v) : v;
-  if (typeof s !== 'string' || !/^\d+$/.test(s.trim())) throw new FormatError(format, `${what} is not a byte count (${JSON.stringify(v)})`);
+  if (typeof s !== 'string' || !/^\d+$/.test(s.trim())) throw new FormatError(`${what} is not a byte count (${JSON.stringify(v)})`, { format });
   const n = Number(s.trim());
-  if (!Number.isSafeInteger(n)) throw new FormatError(format, `${what} is larger than 2^53`);
+  if (!Number.isSafeInteger(n)) throw new FormatError(`${what} is larger than 2^53`, { format });
   return n;
 }
 
 function str(v: unknown, what: string, format: string): string {
-  if (typeof v !== 'string') throw new FormatError(format, `${what} missing`);
+  if (typeof v !== 'string') throw new FormatError(`${what} missing`, { format });
   return v;
 }
 
@@ -158,17 +152,17 @@ function reportRows(text: string, key: 'vg' | 'lv', format: string): Record<stri
   try {
     data = JSON.parse(text);
   } catch (err) {
-    throw new FormatError(format, 'output is not valid JSON', { cause: err });
+    throw new FormatError('output is not valid JSON', { format, cause: err });
   }
-  if (!isRecord(data) || !Array.isArray(data.report)) throw new FormatError(format, 'no "report" array');
+  if (!isRecord(data) || !Array.isArray(data.report)) throw new FormatError('no "report" array', { format });
   const rows: Record<string, unknown>[] = [];
   for (const part of data.report) {
-    if (!isRecord(part)) throw new FormatError(format, 'report entry is not an object');
+    if (!isRecord(part)) throw new FormatError('report entry is not an object', { format });
     const list = part[key];
     if (list === undefined) continue;
-    if (!Array.isArray(list)) throw new FormatError(format, `"${key}" is not an array`);
+    if (!Array.isArray(list)) throw new FormatError(`"${key}" is not an array`, { format });
     for (const row of list) {
-      if (!isRecord(row)) throw new FormatError(format, `"${key}" row is not an object`);
+      if (!isRecord(row)) throw new FormatError(`"${key}" row is not an object`, { format });
       rows.push(row);
     }
   }
@@ -239,16 +233,17 @@ export function snapshotSizeFor(origin: LvmLogicalVolume, vg: LvmVolumeGroup, po
     if (!(policy.percent > 0 && policy.percent <= 100)) throw new InvalidArgumentError(`snapshot percent must be in (0, 100], got ${policy.percent}`);
     want = Math.ceil((origin.size * policy.percent) / 100);
   } else {
-    if (!Number.isSafeInteger(policy.bytes) || policy.bytes <= 0) throw new InvalidArgumentError(`snapshot size must be a positive byte count, got ${policy.bytes}`);
+    if (!Number.isSafeInteger(policy.bytes) || policy.bytes <= 0)
+      throw new InvalidArgumentError(`snapshot size must be a positive byte count, got ${policy.bytes}`);
     want = policy.bytes;
   }
   const ext = vg.extentSize > 0 ? vg.extentSize : 4 * 1024 * 1024;
   const size = Math.max(1, Math.ceil(want / ext)) * ext;
   if (size > vg.free) {
-    throw new LvmError(
-      `snapshot of ${vg.name}/${origin.name} needs ${size} bytes but volume group ${vg.name} has ${vg.free} free`,
-      { exitCode: null, stderrTail: '' },
-    );
+    throw new LvmError(`snapshot of ${vg.name}/${origin.name} needs ${size} bytes but volume group ${vg.name} has ${vg.free} free`, {
+      exitCode: null,
+      stderrTail: '',
+    });
   }
   return size;
 }
@@ -271,7 +266,7 @@ export interface LvmClientOptions {
 
 /** Common options of every {@link LvmClient} call. */
 export interface LvmCallOptions {
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
 }
 
 const LVM_ENV = Object.freeze({ LVM_SUPPRESS_FD_WARNINGS: '1', LC_ALL: 'C' });
@@ -312,8 +307,17 @@ export class LvmClient {
   #mapError(err: unknown, what: string, signal: AbortSignal | undefined): unknown {
     const e = normalizeAbort(err, signal);
     if (!(e instanceof RemoteCommandError) || e.code === 'ERR_COMMAND_NOT_FOUND') return e;
-    const tail = e.stderrTail.trim().split('\n').filter((l) => !/leaked on/.test(l)).slice(-3).join(' | ');
-    return new LvmError(`${what} on ${this.#runner.host} failed (exit ${e.exitCode ?? e.signal ?? '?'})${tail ? `: ${tail}` : ''}`, { exitCode: e.exitCode, stderrTail: e.stderrTail }, { cause: e });
+    const tail = e.stderrTail
+      .trim()
+      .split('\n')
+      .filter((l) => !/leaked on/.test(l))
+      .slice(-3)
+      .join(' | ');
+    return new LvmError(`${what} on ${this.#runner.host} failed (exit ${e.exitCode ?? e.signal ?? '?'})${tail ? `: ${tail}` : ''}`, {
+      exitCode: e.exitCode,
+      stderrTail: e.stderrTail,
+      cause: e,
+    });
   }
 
   async #run(tool: string, args: readonly string[], what: string, options: LvmCallOptions): Promise<string> {
@@ -342,7 +346,7 @@ export class LvmClient {
   async getVolumeGroup(name: string, options: LvmCallOptions = {}): Promise<LvmVolumeGroup> {
     validateLvmName('vg', name);
     const vg = (await this.listVolumeGroups(options)).find((v) => v.name === name);
-    if (!vg) throw new NotFoundError('volume group', `volume group ${name} not found on ${this.#runner.host}`);
+    if (!vg) throw new NotFoundError(`volume group ${name} not found on ${this.#runner.host}`, { what: 'volume group' });
     return vg;
   }
 
@@ -366,7 +370,7 @@ export class LvmClient {
   async getLogicalVolume(vg: string, lv: string, options: LvmCallOptions = {}): Promise<LvmLogicalVolume> {
     validateLvmName('lv', lv);
     const found = (await this.listLogicalVolumes({ ...options, vg })).find((v) => v.name === lv);
-    if (!found) throw new NotFoundError('logical volume', `logical volume ${vg}/${lv} not found on ${this.#runner.host}`);
+    if (!found) throw new NotFoundError(`logical volume ${vg}/${lv} not found on ${this.#runner.host}`, { what: 'logical volume' });
     return found;
   }
 
@@ -391,7 +395,12 @@ export class LvmClient {
     validateLvmName('lv', origin.name);
     validateLvmName('lv', name);
     if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0) throw new InvalidArgumentError(`invalid snapshot size ${sizeBytes}`);
-    await this.#run('lvcreate', ['--yes', '--snapshot', '--name', name, '--size', `${sizeBytes}b`, '--', `${origin.vg}/${origin.name}`], `lvcreate -s ${origin.vg}/${name}`, options);
+    await this.#run(
+      'lvcreate',
+      ['--yes', '--snapshot', '--name', name, '--size', `${sizeBytes}b`, '--', `${origin.vg}/${origin.name}`],
+      `lvcreate -s ${origin.vg}/${name}`,
+      options,
+    );
     return this.getLogicalVolume(origin.vg, name, options);
   }
 
