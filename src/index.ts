@@ -97,7 +97,7 @@ export {
   openBackupDisk,
   backupLayerOpener,
   type BackupDisk,
-  type BackupDiskSource,
+  type BackupLayerOpenerOptions,
   type OpenBackupDiskOptions,
 } from './snapshot/open-backup-disk.js';
 export { ChainError, type ChainProblem, type ChainProblemKind } from './snapshot/chain-error.js';

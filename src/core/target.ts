@@ -163,6 +163,13 @@ export interface RestoreSelection {
   /** For `latest`/`before`: consider only backups written by this strategy id. */
   strategy?: string;
   /**
+   * The layers the caller reads with random access, so {@link VerifiedRestore.layerPath} must give
+   * a local path for them: `qcow2` layers only, or `all` (e.g. a sink that needs the allocation map
+   * of raw layers too). A source without local files (no `diskPath`) copies those layers to private
+   * temporary files while verifying them; the copies are removed on close. @defaultValue 'qcow2'
+   */
+  randomAccess?: 'qcow2' | 'all';
+  /**
    * Called once the point is chosen, its chain checked and its metadata verified, before any layer is
    * read: the place for cheap refusals (a name in use, the wrong strategy) so that they come before
    * reading every layer. What it throws is thrown.
@@ -198,9 +205,10 @@ export interface VerifiedRestore extends AsyncDisposable {
     options?: { signal?: AbortSignal | undefined | undefined },
   ): Promise<NodeJS.ReadableStream & AsyncIterable<Buffer>>;
   /**
-   * A local path to the verified bytes of a layer, for random access (QCOW2 readers), or `undefined`
-   * when the source has no local files. On Linux it names the held file descriptor, so a rename in
-   * the repository cannot swap the file.
+   * A local path to the verified bytes of a layer, for random access (QCOW2 readers): always there
+   * for the layers the selection's `randomAccess` covers, else `undefined` when the source has no
+   * local files. On Linux it names the held file descriptor, so a rename in the repository cannot
+   * swap the file.
    */
   layerPath(backupId: string, diskId: string): string | undefined;
   /** A metadata file of the record, as verified (held in memory: metadata files are small). */

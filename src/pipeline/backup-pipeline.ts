@@ -8,7 +8,6 @@
  * @module
  */
 import type { Readable } from 'node:stream';
-import pLimit from 'p-limit';
 import { throwIfAborted } from '../core/abort.js';
 import { CleanupStack } from '../core/cleanup-stack.js';
 import { AbortedError, InvalidArgumentError, isVirtstreamError } from '../core/errors.js';
@@ -17,6 +16,7 @@ import type { ArtifactFormat, BackupKind } from '../core/model.js';
 import type { BackupOptions, BackupResult, DiskBackupResult, StrategyCapabilities } from '../core/strategy.js';
 import type { BackupRecord, BackupSession, BackupTarget, DiskArtifactInfo } from '../core/target.js';
 import type { ProgressDisk, ProgressGate } from './progress-gate.js';
+import { eachDisk } from './each-disk.js';
 import { progressGate } from './progress-gate.js';
 
 /** What every step of a backup run is given. */
@@ -214,30 +214,6 @@ async function storeDisk(
   await read.producer?.done;
   run.progress.flush(disk);
   return written.bytes;
-}
-
-/** Runs `fn` over `items`, at most `limit` at a time; the first failure aborts the rest (through `stop`) and is thrown. */
-async function eachDisk<T, R>(items: readonly T[], limit: number, stop: (reason: unknown) => void, fn: (item: T) => Promise<R>): Promise<R[]> {
-  const gate = pLimit(Math.max(1, limit));
-  let first: { error: unknown } | undefined;
-  const settled = await Promise.allSettled(
-    items.map((item) =>
-      gate(async () => {
-        if (first) throw first.error;
-        try {
-          return await fn(item);
-        } catch (err) {
-          if (!first) {
-            first = { error: err };
-            stop(err);
-          }
-          throw err;
-        }
-      }),
-    ),
-  );
-  if (first) throw first.error;
-  return settled.map((s) => (s as PromiseFulfilledResult<R>).value);
 }
 
 /**

@@ -6,15 +6,16 @@
  *
  * @module
  */
-import { throwIfAborted } from '../core/abort.js';
+import { normalizeAbort, throwIfAborted } from '../core/abort.js';
 import { CleanupStack } from '../core/cleanup-stack.js';
-import { UnsupportedError } from '../core/errors.js';
+import { AbortedError, UnsupportedError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import type { ProgressPhase } from '../core/progress.js';
 import type { VmRef } from '../core/model.js';
 import type { RestoredDisk, RestoreOptions, RestoreResult } from '../core/strategy.js';
 import type { BackupRecord, RestoreSource, StoredDiskArtifact, VerifiedRestore } from '../core/target.js';
 import { openVerifiedRestore } from '../snapshot/verified-restore.js';
+import { eachDisk } from './each-disk.js';
 import type { ProgressGate } from './progress-gate.js';
 import { progressGate } from './progress-gate.js';
 
@@ -40,6 +41,17 @@ export interface RestoreRun {
 export interface RestoreSink<S> {
   /** The phase reported as each disk is written, for sinks whose `finish` reports `restore` itself. @defaultValue 'restore' */
   readonly diskPhase?: ProgressPhase;
+  /**
+   * The layers `writeDisk` reads with random access (`point.layerPath`): QCOW2 only, or all (raw
+   * too, e.g. for their allocation map). A source without local files has them copied to private
+   * temporary files while verified. @defaultValue 'qcow2'
+   */
+  readonly randomAccess?: 'qcow2' | 'all';
+  /**
+   * How many disks `writeDisk` may write at once; a failing disk aborts the others (their
+   * `run.signal`). Only for sinks whose `writeDisk` calls share no unguarded state. @defaultValue 1
+   */
+  readonly concurrency?: number;
   /**
    * Cheap refusals once the point is chosen and before any layer is read (a name in use);
    * `readMetadata` gives the point's metadata files (already read, e.g. the domain XML naming the VM).
@@ -67,25 +79,43 @@ export async function runRestore<S>(
   options: RestoreOptions,
   logger: Logger,
 ): Promise<RestoreResult> {
-  const { signal } = options;
-  throwIfAborted(signal);
+  throwIfAborted(options.signal);
+  // a sibling disk's failure stops the others as an abort would
+  const inner = new AbortController();
+  const onAbort = (): void => inner.abort(options.signal?.reason ?? new AbortedError());
+  if (options.signal?.aborted) onAbort();
+  else options.signal?.addEventListener('abort', onAbort, { once: true });
+  const { signal } = inner;
   const run: RestoreRun = {
     strategy,
     vmName,
     newName: options.newName ?? vmName,
     options,
     signal,
-    sig: signal ? { signal } : {},
+    sig: { signal },
     logger,
     progress: progressGate(options.onProgress),
     undo: new CleanupStack({ logger }),
     warnings: [],
   };
+  try {
+    return await restoreWith(run, sink, source, (reason) => inner.abort(reason));
+  } catch (err) {
+    // an abort surfaces as the caller's abort, not as whichever disk noticed it first
+    throw options.signal?.aborted ? normalizeAbort(err, options.signal) : err;
+  } finally {
+    options.signal?.removeEventListener('abort', onAbort);
+  }
+}
+
+async function restoreWith<S>(run: RestoreRun, sink: RestoreSink<S>, source: RestoreSource, stop: (reason: unknown) => void): Promise<RestoreResult> {
+  const { options, signal, strategy, vmName } = run;
   run.progress.phase('prepare');
   // one meaning of "which backup": the one named, else this strategy's latest
   await using point = await openVerifiedRestore(source, vmName, {
     ...(options.backupId !== undefined ? { backupId: options.backupId } : { strategy }),
     ...run.sig,
+    ...(sink.randomAccess ? { randomAccess: sink.randomAccess } : {}),
     precheck: async ({ record, readMetadata }) => {
       if (record.strategy !== strategy)
         throw new UnsupportedError(`backup ${record.id} was made by strategy ${record.strategy}; restore it with that strategy`);
@@ -94,15 +124,15 @@ export async function runRestore<S>(
   });
   try {
     const state = await sink.prepare(run, point);
-    const disks: RestoredDisk[] = [];
-    for (const artifact of sink.diskOrder?.(point.record.disks) ?? point.record.disks) {
+    const order = sink.diskOrder?.(point.record.disks) ?? point.record.disks;
+    const disks = await eachDisk(order, sink.concurrency ?? 1, stop, async (artifact) => {
       throwIfAborted(signal);
       const disk = { id: artifact.diskId, name: artifact.name };
       run.progress.phase(sink.diskPhase ?? 'restore', disk);
       const restored = await sink.writeDisk(run, state, point, artifact);
       run.progress.bytes(disk, restored.bytes, restored.bytes);
-      disks.push(restored);
-    }
+      return restored;
+    });
     run.progress.phase('finalize');
     throwIfAborted(signal);
     const vm = await sink.finish(run, state, point, disks);

@@ -1,43 +1,25 @@
 import { throwIfAborted } from '../core/abort.js';
 import type { Logger } from '../core/logger.js';
 import { silentLogger } from '../core/logger.js';
-import type { BackupRecord, BackupSession, BeginBackupOptions, RepositoryScan, RestoreSelection, VerifiedRestore } from '../core/target.js';
+import type { BackupRecord, BackupTarget, RestoreSource } from '../core/target.js';
 import { backupParents } from '../formats/manifest.js';
 import { extentsToRawStream } from '../formats/extents-to-raw-stream.js';
-import { openDiskImage } from '../formats/open-disk-image.js';
 import { writeQcow2 } from '../formats/qcow2/qcow2-writer.js';
-import { readRbdExportDiff } from '../formats/rbd/rbd-export-diff.js';
-import type { ArtifactOpener } from '../snapshot/snapshot-chain.js';
+import { backupLayerOpener } from '../snapshot/open-backup-disk.js';
 import { SnapshotChain } from '../snapshot/snapshot-chain.js';
+import { openVerifiedRestore } from '../snapshot/verified-restore.js';
 import type { PruneDecision, PrunePlan, SynthesizeStep } from './plan-prune.js';
 import { POINT_IN_TIME_LABEL, SYNTHESIZED_FROM_LABEL } from './plan-prune.js';
 
-/** The repository operations a prune needs (`FileRepository` fits). */
-export interface PruneRepository {
-  /** Committed backups of a VM, oldest first. */
-  list(vmName: string, options?: { signal?: AbortSignal | undefined }): Promise<BackupRecord[]>;
+/**
+ * The repository operations a prune needs (`FileRepository` and `MemoryTarget` fit): reading and
+ * writing backups, and deleting one. A synthesized full reads its chain through
+ * {@link openVerifiedRestore}, so random access (`diskPath`) is optional. With `scan`, nothing an
+ * unreadable backup may build on is deleted; without it, `list()` is taken as complete.
+ */
+export interface PruneRepository extends RestoreSource, BackupTarget {
   /** Deletes one backup; refuses while other backups build on it. */
   delete(vmName: string, backupId: string, options?: { signal?: AbortSignal | undefined }): Promise<unknown>;
-  /** Starts writing a new backup (a synthesized full). */
-  begin(options: BeginBackupOptions): Promise<BackupSession>;
-  /** Local path of a stored artifact (random access for QCOW2 layers). */
-  diskPath(vmName: string, backupId: string, diskId: string, options?: { signal?: AbortSignal | undefined }): Promise<string>;
-  /** Streams a stored artifact (for `rbd-diff` layers). */
-  openDisk(
-    vmName: string,
-    backupId: string,
-    diskId: string,
-    options?: { signal?: AbortSignal | undefined },
-  ): Promise<NodeJS.ReadableStream & AsyncIterable<Buffer>>;
-  /** Reads a stored metadata file, copied into the synthesized full. */
-  readMetadata(vmName: string, backupId: string, name: string, options?: { signal?: AbortSignal | undefined }): Promise<Buffer>;
-  /**
-   * Every backup of a VM including the unreadable ones (`FileRepository` has it). With it, nothing an
-   * unreadable backup may build on is deleted; without it, `list()` is taken as complete.
-   */
-  scan?(vmName: string, options?: { signal?: AbortSignal | undefined }): Promise<RepositoryScan>;
-  /** Verifies a restore point's whole chain before a synthesized full is read from it (`FileRepository` has it). */
-  openRestore?(vmName: string, selection?: RestoreSelection): Promise<VerifiedRestore>;
 }
 
 /** What {@link executePrune} reports as it goes. */
@@ -78,16 +60,9 @@ async function synthesize(repo: PruneRepository, step: SynthesizeStep, signal: A
   const chain = SnapshotChain.fromRecords(await repo.list(step.vm, opts));
   const target = chain.get(step.backupId);
   chain.planSyntheticFull({ id: target.id }); // a chain that cannot be flattened fails first, as ERR_CHAIN_INVALID
-  // the chain is verified (sizes, sha256) before a byte of the new full is written from it
-  await using point = typeof repo.openRestore === 'function' ? await repo.openRestore(step.vm, { backupId: step.backupId, ...opts }) : undefined;
-  const open: ArtifactOpener = async (backupId, diskId, o) => {
-    const art = chain.get(backupId).disks.find((d) => d.diskId === diskId);
-    if (art?.format === 'rbd-diff')
-      return readRbdExportDiff(point ? await point.openLayer(backupId, diskId, o) : await repo.openDisk(step.vm, backupId, diskId, o), o);
-    // each QCOW2 layer alone: the chain merges them (newest wins)
-    const path = point?.layerPath(backupId, diskId) ?? (await repo.diskPath(step.vm, backupId, diskId, o));
-    return openDiskImage(path, { format: art?.format === 'qcow2' ? 'qcow2' : 'raw', backing: 'ignore', ...o });
-  };
+  // the chain is verified (sizes, sha256) before a byte of the new full is written from it, and read from what was verified
+  await using point = await openVerifiedRestore(repo, step.vm, { backupId: step.backupId, ...opts });
+  const open = backupLayerOpener(point, { who: 'a prune' });
   await using full = await chain.synthesizeFull({ id: target.id }, open, opts);
   throwIfAborted(signal);
   const session = await repo.begin({
@@ -114,8 +89,7 @@ async function synthesize(repo: PruneRepository, step: SynthesizeStep, signal: A
         opts,
       );
     }
-    for (const m of target.metadata)
-      await session.writeMetadata(m.name, point ? point.readMetadata(m.name) : await repo.readMetadata(step.vm, target.id, m.name, opts), opts);
+    for (const m of target.metadata) await session.writeMetadata(m.name, point.readMetadata(m.name), opts);
     return await session.commit(opts);
   } catch (err) {
     await session.abort(err);

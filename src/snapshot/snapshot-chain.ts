@@ -94,8 +94,9 @@ const time = (r: BackupRecord): number => {
  * ```ts
  * const chain = await SnapshotChain.load(repo, 'web01');
  * chain.assertValid();
- * const point = chain.resolve({ before: new Date('2026-11-01') });
- * await using disk = await chain.flatten('vda', { id: point.id }, backupLayerOpener(repo, 'web01', chain));
+ * const at = chain.resolve({ before: new Date('2026-11-01') });
+ * await using point = await openVerifiedRestore(repo, 'web01', { backupId: at.id });
+ * await using disk = await chain.flatten('vda', { id: at.id }, backupLayerOpener(point));
  * await writeExtentsToFile(disk, '/restore/vda.raw');
  * ```
  */

@@ -258,11 +258,11 @@ async function spoolLayer(
 
 /**
  * A {@link RestoreStore} over any {@link RestoreSource}. A layer is verified by streaming `openDisk`
- * once. Random access comes from the source's `diskPath` when it has one; otherwise a QCOW2 layer
- * (which needs it) is spooled to a private temporary file while it is verified, and other layers
- * are streamed again, checked while read.
+ * once. Random access comes from the source's `diskPath` when it has one; otherwise a layer the
+ * caller reads with random access (`randomAccess`) is spooled to a private temporary file while it
+ * is verified, and other layers are streamed again, checked while read.
  */
-function sourceStore(source: RestoreSource): RestoreStore {
+function sourceStore(source: RestoreSource, randomAccess: 'qcow2' | 'all'): RestoreStore {
   return {
     async scan(vmName, signal) {
       if (typeof source.scan === 'function') return source.scan(vmName, signal ? { signal } : {});
@@ -271,7 +271,8 @@ function sourceStore(source: RestoreSource): RestoreStore {
     async pinLayer(vmName, backupId, artifact, signal) {
       const o = signal ? { signal } : {};
       const check = { bytes: artifact.bytes, sha256: artifact.sha256, file: artifact.file };
-      if (typeof source.diskPath !== 'function' && artifact.format === 'qcow2') {
+      const needsPath = randomAccess === 'all' ? artifact.format !== 'rbd-diff' : artifact.format === 'qcow2';
+      if (typeof source.diskPath !== 'function' && needsPath) {
         const spooled = await spoolLayer(await source.openDisk(vmName, backupId, artifact.diskId, o), artifact, signal);
         return {
           path: spooled.path,
@@ -327,5 +328,5 @@ function sourceStore(source: RestoreSource): RestoreStore {
  */
 export async function openVerifiedRestore(source: RestoreSource, vmName: string, selection: RestoreSelection = {}): Promise<VerifiedRestore> {
   if (typeof source.openRestore === 'function') return source.openRestore(vmName, selection);
-  return planVerifiedRestore(sourceStore(source), vmName, selection);
+  return planVerifiedRestore(sourceStore(source, selection.randomAccess ?? 'qcow2'), vmName, selection);
 }

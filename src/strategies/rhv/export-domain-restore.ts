@@ -50,14 +50,14 @@ export function exportDomainRestoreSink(
 ): RestoreSink<ExportRestore> {
   return {
     diskPhase: 'transfer',
+    // each stored artifact is opened as a disk image (its map keeps the copy sparse)
+    randomAccess: 'all',
     precheck: async (_run, record) => {
       if (record.disks.some((d) => d.kind !== 'full'))
         throw new UnsupportedError(`backup ${record.id} holds incremental artifacts: restore it with the strategy that made it (${record.strategy})`);
     },
     prepare: async (run, point) => {
       const record = point.record;
-      if (record.disks.some((d) => point.layerPath(record.id, d.diskId) === undefined))
-        throw new UnsupportedError('export-domain restore reads artifacts with random access: use a FileRepository (or a source with diskPath())');
       const stored = point.readMetadata(OVF_NAME).toString('utf8');
       parseOvf(stored); // refuse a corrupt OVF before touching the export domain
       const clusters = await v3.clusters(run.sig);

@@ -1,4 +1,5 @@
-import { open as openFile } from 'node:fs/promises';
+import { open as openFile, readdir, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { createReadStream } from 'node:fs';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -99,30 +100,38 @@ describe('openBackupDisk: the guest-visible disk of a backup as one stream', () 
     expect(got.equals(qcowExpected)).toBe(true);
   });
 
-  it('a source with only the RestoreSource calls: streamed layers work, QCOW2 is ERR_UNSUPPORTED naming the way out', async () => {
+  it('a source with only the RestoreSource calls: streamed layers work, QCOW2 layers are read from private verified copies removed on close', async () => {
     const plain: RestoreSource = {
       list: (vm, o) => repo.list(vm, o),
       get: (vm, id, o) => repo.get(vm, id, o),
       openDisk: (vm, id, disk, o) => repo.openDisk(vm, id, disk, o),
       readMetadata: (vm, id, name, o) => repo.readMetadata(vm, id, name, o),
     };
+    const copies = async (): Promise<string[]> => (await readdir(tmpdir())).filter((n) => n.startsWith('virtstream-layer-'));
+    const before = await copies();
     await using disk = await openBackupDisk(plain, 'rbd-vm', rbdIncr.id, 'root');
     expect((await readAll(disk.toReadable())).equals(changed)).toBe(true);
-    await expect(openBackupDisk(plain, 'qcow-vm', qcowIncr.id, 'root')).rejects.toMatchObject({
-      code: 'ERR_UNSUPPORTED',
-      message: expect.stringContaining('diskPath'),
-    });
+    // raw and export-diff layers stream: no copy
+    expect(await copies()).toEqual(before);
+
+    const qcow = await openBackupDisk(plain, 'qcow-vm', qcowIncr.id, 'root');
+    const made = (await copies()).filter((n) => !before.includes(n));
+    expect(made).toHaveLength(2);
+    for (const name of made) expect((await stat(join(tmpdir(), name))).mode & 0o777).toBe(0o700);
+    expect((await readAll(qcow.toReadable())).equals(qcowExpected)).toBe(true);
+    // read to the end: the copies are gone
+    expect((await copies()).filter((n) => made.includes(n))).toEqual([]);
   });
 
   it('unknown VM, backup or disk: typed errors; an aborted signal: ERR_ABORTED before any read', async () => {
-    await expect(openBackupDisk(repo, 'rbd-vm', 'no-such-backup', 'root')).rejects.toMatchObject({ code: 'ERR_CHAIN_POINT' });
+    await expect(openBackupDisk(repo, 'rbd-vm', 'no-such-backup', 'root')).rejects.toMatchObject({ code: 'ERR_NOT_FOUND' });
     await expect(openBackupDisk(repo, 'rbd-vm', rbdIncr.id, 'vdz')).rejects.toMatchObject({ code: 'ERR_NOT_FOUND' });
     const ac = new AbortController();
     ac.abort();
     await expect(openBackupDisk(repo, 'rbd-vm', rbdIncr.id, 'root', { signal: ac.signal })).rejects.toMatchObject({ code: 'ERR_ABORTED' });
   });
 
-  it('a damaged random-access layer is refused (sha256) before a byte is served, unless verify: false', async () => {
+  it('a damaged layer is refused (ERR_VERIFY_FAILED naming it) before a byte is served', async () => {
     const path = await repo.diskPath('rbd-vm', rbdFull.id, 'root');
     const fh = await openFile(path, 'r+');
     try {
@@ -130,9 +139,9 @@ describe('openBackupDisk: the guest-visible disk of a backup as one stream', () 
     } finally {
       await fh.close();
     }
-    await expect(openBackupDisk(repo, 'rbd-vm', rbdIncr.id, 'root')).rejects.toMatchObject({ code: 'ERR_CHECKSUM_MISMATCH' });
-    await using unchecked = await openBackupDisk(repo, 'rbd-vm', rbdIncr.id, 'root', { verify: false });
-    const got = await readAll(unchecked.toReadable());
-    expect(got[1000]).toBe(changed[1000]! ^ 0xff);
+    await expect(openBackupDisk(repo, 'rbd-vm', rbdIncr.id, 'root')).rejects.toMatchObject({
+      code: 'ERR_VERIFY_FAILED',
+      problems: [{ backupId: rbdFull.id, diskId: 'root', code: 'ERR_CHECKSUM_MISMATCH' }],
+    });
   });
 });

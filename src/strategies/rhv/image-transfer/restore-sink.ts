@@ -6,12 +6,12 @@
  * @module
  */
 import { randomUUID } from 'node:crypto';
-import { InvalidArgumentError, UnsupportedError } from '../../../core/errors.js';
+import { InvalidArgumentError } from '../../../core/errors.js';
 import { childLogger } from '../../../core/logger.js';
 import type { RestoredDisk } from '../../../core/strategy.js';
 import type { StoredDiskArtifact, VerifiedRestore } from '../../../core/target.js';
-import { openDiskImage } from '../../../formats/open-disk-image.js';
 import type { RestoreRun, RestoreSink } from '../../../pipeline/restore-pipeline.js';
+import { backupLayerOpener } from '../../../snapshot/open-backup-disk.js';
 import { SnapshotChain } from '../../../snapshot/snapshot-chain.js';
 import { diskLayoutFor, resolveRestoreTarget } from '../restore-target.js';
 import type { TransferContext } from './transfers.js';
@@ -29,10 +29,10 @@ interface RestoreState {
 export function transferSink(ctx: TransferContext): RestoreSink<RestoreState> {
   const client = ctx.client;
   return {
+    // the upload reads each layer's allocation map (sparse, parallel ranges, the initial size on block storage)
+    randomAccess: 'all',
+    concurrency: ctx.options.concurrency ?? 2,
     prepare: async (run, point) => {
-      if (point.record.disks.some((d) => point.layers(d.diskId).some((l) => point.layerPath(l.backupId, d.diskId) === undefined))) {
-        throw new UnsupportedError('image-transfer restore reads artifacts with random access: use a FileRepository (or a source with diskPath())');
-      }
       const ovf = point.readMetadata(OVF_NAME).toString('utf8');
       const { storageDomain, cluster } = await resolveRestoreTarget(client, ctx.options, run.newName, run.signal);
       return { chain: SnapshotChain.fromRecords(point.chain), ovf, storageDomain, cluster };
@@ -75,12 +75,7 @@ async function restoreDisk(ctx: TransferContext, run: RestoreRun, state: Restore
   await using image = await chain.flatten(
     art.diskId,
     { id: point.record.id },
-    async (backupId, diskId, o) => {
-      const step = chain.get(backupId).disks.find((d) => d.diskId === diskId);
-      if (!step || (step.format !== 'qcow2' && step.format !== 'raw'))
-        throw new UnsupportedError(`artifact of disk ${diskId} in ${backupId} is ${step?.format ?? 'missing'}: image-transfer restores qcow2 and raw`);
-      return openDiskImage(point.layerPath(backupId, diskId)!, { format: step.format, backing: 'ignore', ...(o.signal ? { signal: o.signal } : {}) });
-    },
+    backupLayerOpener(point, { formats: ['qcow2', 'raw'], who: 'image-transfer restore' }),
     run.sig,
   );
   if (image.size !== art.virtualSize) throw new InvalidArgumentError(`artifact ${art.file} has size ${image.size}, manifest says ${art.virtualSize}`);
