@@ -238,9 +238,14 @@ export async function runBackup<P extends BackupPlan>(
   options.signal?.addEventListener('abort', onAbort, { once: true });
   const undo = new CleanupStack({ logger });
   const progress = progressGate(options.onProgress);
+  let backupId: string | undefined;
   const run: BackupRun = {
     strategy: spec.id,
     vm,
+    // set once the session is begun: inspect runs before it has one
+    get backupId() {
+      return backupId;
+    },
     options,
     signal: inner.signal,
     sig: { signal: inner.signal },
@@ -265,9 +270,9 @@ export async function runBackup<P extends BackupPlan>(
       ...run.sig,
     });
     const discard = undo.defer('abort backup session', () => session.abort());
-    const inSession: BackupRun = { ...run, backupId: session.backupId };
+    backupId = session.backupId;
 
-    await source.freeze(inSession, plan);
+    await source.freeze(run, plan);
     const disks = await eachDisk(
       plan.disks,
       spec.concurrency ?? 1,
@@ -275,7 +280,7 @@ export async function runBackup<P extends BackupPlan>(
       async (disk): Promise<DiskBackupResult> => {
         throwIfAborted(run.signal);
         progress.phase('transfer', disk);
-        const read = await source.read(inSession, plan, disk);
+        const read = await source.read(run, plan, disk);
         const kind = read.kind ?? 'full';
         const reason = fallbackReason ?? read.fallbackReason;
         const bytes = await storeDisk(run, session, disk, read, {
@@ -291,11 +296,11 @@ export async function runBackup<P extends BackupPlan>(
     );
 
     progress.phase('finalize');
-    for (const [name, data] of Object.entries(await source.metadata(inSession, plan))) await session.writeMetadata(name, data, run.sig);
-    await source.beforeCommit?.(inSession, plan);
+    for (const [name, data] of Object.entries(await source.metadata(run, plan))) await session.writeMetadata(name, data, run.sig);
+    await source.beforeCommit?.(run, plan);
     const record: BackupRecord = await session.commit(run.sig);
     undo.release(discard);
-    await source.afterCommit?.(inSession, plan, record);
+    await source.afterCommit?.(run, plan, record);
     progress.phase('cleanup');
     // the normal-path tidying a source left on the stack; the backup stands whatever happens here
     await undo.unwind();
