@@ -104,6 +104,11 @@ export class TcpListener extends HttpListener {
     const host = this.#host.includes(':') ? `[${this.#host}]` : this.#host;
     return `${this.#tls ? 'https' : 'http'}://${host}:${this.#port}`;
   }
+
+  /** The URL of a ticket's image: `<url>/images/<uuid>` (the uuid percent-encoded). */
+  imageUrl(uuid: string): string {
+    return `${this.url}/images/${encodeURIComponent(uuid)}`;
+  }
 }
 
 /** A plain-HTTP listener on a Unix socket, like imageio's local service. */

@@ -128,7 +128,7 @@ export class ImageioProxy implements AsyncDisposable {
 
   /** The proxy URL of a ticket: `<url>/images/<uuid>` (the uuid percent-encoded). */
   proxyUrl(uuid: string): string {
-    return `${this.url}/images/${encodeURIComponent(uuid)}`;
+    return this.#tcp.imageUrl(uuid);
   }
 
   /** Requests relayed so far (the last 10000), oldest first. */

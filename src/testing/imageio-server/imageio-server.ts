@@ -158,7 +158,7 @@ export class ImageioServer implements AsyncDisposable {
 
   /** The transfer URL of a ticket: `<url>/images/<uuid>` (the uuid percent-encoded). */
   transferUrl(uuid: string): string {
-    return `${this.url}/images/${encodeURIComponent(uuid)}`;
+    return this.#tcp.imageUrl(uuid);
   }
 
   /**
