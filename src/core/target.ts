@@ -82,19 +82,27 @@ export interface StoredMetadata {
   sha256: string;
 }
 
-/** A committed backup. */
+/** A committed backup (what its manifest records, less the file format's own fields). */
 export interface BackupRecord {
+  /** Backup id, equal to the backup's folder name. */
   id: string;
+  /** The VM; `name` is the real name (the folder name is only an encoding of it). */
   vm: { id?: string; name: string };
+  /** Id of the strategy that wrote the backup. */
   strategy: string;
+  /** `full` or `incremental`. */
   kind: BackupKind;
+  /** The backup this one builds on; set exactly when `kind` is `incremental`. */
   parentId?: string;
   /** ISO 8601. */
   startedAt: string;
   /** ISO 8601. */
   completedAt: string;
+  /** Disk artifacts, sorted by `diskId`. */
   disks: readonly StoredDiskArtifact[];
+  /** Metadata files (OVF, domain XML, facts). */
   metadata: readonly StoredMetadata[];
+  /** Free-form string labels given to `begin`. */
   labels: Readonly<Record<string, string>>;
 }
 

@@ -46,24 +46,13 @@ export interface ManifestProducer {
   version?: string;
 }
 
-/** The parsed content of a `manifest.json` (schema {@link MANIFEST_SCHEMA}). */
-export interface BackupManifest {
+/**
+ * The parsed content of a `manifest.json` (schema {@link MANIFEST_SCHEMA}): the {@link BackupRecord}
+ * fields, plus the schema and producer, with each file's path inside the backup.
+ */
+export interface BackupManifest extends Omit<BackupRecord, 'disks' | 'metadata' | 'labels'> {
   /** Always {@link MANIFEST_SCHEMA}; other values are refused. */
   schema: typeof MANIFEST_SCHEMA;
-  /** Backup id, equal to the backup's folder name. */
-  id: string;
-  /** The VM; `name` is the real name (the folder name is only an encoding of it). */
-  vm: { id?: string; name: string };
-  /** Id of the strategy that wrote the backup. */
-  strategy: string;
-  /** `full` or `incremental`. */
-  kind: BackupKind;
-  /** The backup this one builds on; set exactly when `kind` is `incremental`. */
-  parentId?: string;
-  /** ISO 8601. */
-  startedAt: string;
-  /** ISO 8601. */
-  completedAt: string;
   /** Free-form string labels given to `begin`. */
   labels: Record<string, string>;
   /** Disk artifacts, sorted by `diskId`. */

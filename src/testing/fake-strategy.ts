@@ -15,8 +15,10 @@ import { InvalidArgumentError, NotFoundError, VirtstreamError } from '../core/er
 import { silentLogger } from '../core/logger.js';
 import type { DiskInfo, VmRef } from '../core/model.js';
 import { throttleProgress } from '../core/progress.js';
+import type { ProgressListener } from '../core/progress.js';
 import type { BackupOptions, BackupResult, BackupStrategy, DiskBackupResult, RestoreOptions, RestoreResult, StrategyCapabilities } from '../core/strategy.js';
 import type { BackupTarget, RestoreSource } from '../core/target.js';
+import { pathExists } from '../core/path-exists.js';
 import { openVerifiedRestore } from '../snapshot/verified-restore.js';
 import type { ExtentChunk, ExtentStream } from '../formats/extent.js';
 import { applyRbdDiff } from '../formats/rbd/apply-rbd-diff.js';
@@ -111,13 +113,9 @@ export class FakeStrategy implements BackupStrategy {
    *
    * @throws `ERR_INVALID_ARGUMENT`; `ERR_NOT_FOUND` (VM); `ERR_ABORTED`; target errors.
    */
-  async backup(vm: VmRef, target: BackupTarget, options: BackupOptions = {}): Promise<BackupResult> {
+  backup(vm: VmRef, target: BackupTarget, options: BackupOptions = {}): Promise<BackupResult> {
     const { signal } = options;
-    const log = options.logger ?? silentLogger;
-    const progress = throttleProgress(options.onProgress, { intervalMs: 0 });
-    await using undo = new CleanupStack({ logger: log });
-    try {
-      throwIfAborted(signal);
+    return this.#operation(options, async (undo, progress) => {
       const name = checkPlainName(vm.name, 'VM name');
       const vmDir = join(this.#root, name);
       progress({ type: 'phase', phase: 'prepare' });
@@ -209,8 +207,20 @@ export class FakeStrategy implements BackupStrategy {
       progress({ type: 'phase', phase: 'cleanup' });
       await undo.runOne(removeSnapshot);
       return { record, disks: results, warnings };
+    });
+  }
+
+  /**
+   * What backup and restore set up alike: an undo stack that unwinds on failure, progress passed on
+   * unthrottled, a check for an early abort, and an abort reported as `ERR_ABORTED`.
+   */
+  async #operation<T>(options: BackupOptions | RestoreOptions, work: (undo: CleanupStack, progress: ProgressListener) => Promise<T>): Promise<T> {
+    await using undo = new CleanupStack({ logger: options.logger ?? silentLogger });
+    try {
+      throwIfAborted(options.signal);
+      return await work(undo, throttleProgress(options.onProgress, { intervalMs: 0 }));
     } catch (err) {
-      throw normalizeAbort(err, signal);
+      throw normalizeAbort(err, options.signal);
     }
   }
 
@@ -266,13 +276,9 @@ export class FakeStrategy implements BackupStrategy {
    * @throws `ERR_CONFLICT` when the VM folder exists; `ERR_NOT_FOUND`; `ERR_CHAIN_INVALID`;
    * `ERR_FORMAT_UNSUPPORTED` for artifacts another strategy wrote; `ERR_ABORTED`.
    */
-  async restore(vmName: string, source: RestoreSource, options: RestoreOptions = {}): Promise<RestoreResult> {
+  restore(vmName: string, source: RestoreSource, options: RestoreOptions = {}): Promise<RestoreResult> {
     const { signal } = options;
-    const log = options.logger ?? silentLogger;
-    const progress = throttleProgress(options.onProgress, { intervalMs: 0 });
-    await using undo = new CleanupStack({ logger: log });
-    try {
-      throwIfAborted(signal);
+    return this.#operation(options, async (undo, progress) => {
       const name = checkPlainName(options.newName ?? vmName, 'VM name');
       const sig = signal ? { signal } : {};
       progress({ type: 'phase', phase: 'prepare' });
@@ -280,7 +286,7 @@ export class FakeStrategy implements BackupStrategy {
       await using point = await openVerifiedRestore(source, vmName, { ...(options.backupId !== undefined ? { backupId: options.backupId } : {}), ...sig });
       const record = point.record;
       const dest = join(this.#root, name);
-      if (await exists(dest)) throw new VirtstreamError('ERR_CONFLICT', `VM ${JSON.stringify(name)} already exists; restore under another name (newName)`);
+      if (await pathExists(dest)) throw new VirtstreamError('ERR_CONFLICT', `VM ${JSON.stringify(name)} already exists; restore under another name (newName)`);
       const staging = join(this.#root, `${RESTORE_PREFIX}${randomUUID()}`);
       await mkdir(staging, { recursive: true });
       const removeStaging = undo.defer('remove staged restore', () => rm(staging, { recursive: true, force: true }));
@@ -315,17 +321,6 @@ export class FakeStrategy implements BackupStrategy {
       await rename(staging, dest);
       undo.release(removeStaging);
       return { vm: { name }, disks: restored, warnings: [...point.warnings] };
-    } catch (err) {
-      throw normalizeAbort(err, signal);
-    }
-  }
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await lstat(path);
-    return true;
-  } catch {
-    return false;
+    });
   }
 }

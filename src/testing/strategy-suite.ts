@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
-import { lstat, mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isVirtstreamError } from '../core/errors.js';
@@ -19,6 +19,7 @@ import type { BackupResult, BackupStrategy } from '../core/strategy.js';
 import { measureStream } from '../core/streams.js';
 import type { StreamDigest } from '../core/streams.js';
 import type { BackupRecord, BackupTarget, RestoreSource } from '../core/target.js';
+import { pathExists } from '../core/path-exists.js';
 import { FileRepository } from '../targets/file-repository.js';
 import { FaultInjectedError, FaultyTarget } from './faulty-target.js';
 import type { FaultyTargetOptions } from './faulty-target.js';
@@ -141,6 +142,18 @@ export function defineStrategySuite(name: string, factory: () => Promise<Strateg
     return new FileRepository(dir, { fsync: false });
   };
   const signal = (): AbortSignal => AbortSignal.timeout(timeout);
+  /** One case: a fresh target for it, and the fixture must hold no leftovers after it. */
+  const suiteCase = (index: number, body: (f: StrategyFixture, repo: SuiteTarget) => Promise<void>): void => {
+    it(
+      caseName(index),
+      async () => {
+        const f = fx();
+        await body(f, await newTarget());
+        await f.assertClean({ signal: signal() });
+      },
+      timeout,
+    );
+  };
 
   describe(`strategy conformance: ${name}`, () => {
     beforeAll(async () => {
@@ -157,126 +170,84 @@ export function defineStrategySuite(name: string, factory: () => Promise<Strateg
       }
     }, timeout);
 
-    it(
-      caseName(0),
-      async () => {
-        const f = fx();
-        const before = await f.readDisks(f.vm, { signal: signal() });
-        assert.ok(before.size > 0, 'the fixture VM has no disks');
-        const repo = await newTarget();
-        const target = new FaultyTarget(repo);
-        const result = await f.strategy.backup(f.vm, target, { kind: 'full', signal: signal() });
-        const { record } = result;
-        assert.equal(record.kind, 'full');
-        assert.equal(record.strategy, f.strategy.id, 'record.strategy is the strategy id');
-        assert.equal(record.vm.name, f.vm.name);
-        assert.equal(record.parentId, undefined, 'a full backup has no parent');
-        assert.deepEqual(sorted(record.disks.map((d) => d.diskId)), sorted([...before.keys()]), 'one artifact per disk of the VM');
-        assert.deepEqual(sorted(result.disks.map((d) => d.diskId)), sorted([...before.keys()]), 'one result per disk');
-        await assertArtifacts(repo, f.vm.name, record, result, before);
-        assert.deepEqual(
-          (await repo.list(f.vm.name)).map((r) => r.id),
-          [record.id],
-          'the record is listed',
-        );
-        assert.deepEqual(
-          target.sessions.map((s) => s.state),
-          ['committed'],
-          'exactly one session, committed',
-        );
-        await assertRepoClean(repo);
-        await f.assertClean({ signal: signal() });
-      },
-      timeout,
-    );
+    suiteCase(0, async (f, repo) => {
+      const before = await f.readDisks(f.vm, { signal: signal() });
+      assert.ok(before.size > 0, 'the fixture VM has no disks');
+      const target = new FaultyTarget(repo);
+      const result = await f.strategy.backup(f.vm, target, { kind: 'full', signal: signal() });
+      const { record } = result;
+      assert.equal(record.kind, 'full');
+      assert.equal(record.strategy, f.strategy.id, 'record.strategy is the strategy id');
+      assert.equal(record.vm.name, f.vm.name);
+      assert.equal(record.parentId, undefined, 'a full backup has no parent');
+      assert.deepEqual(sorted(record.disks.map((d) => d.diskId)), sorted([...before.keys()]), 'one artifact per disk of the VM');
+      assert.deepEqual(sorted(result.disks.map((d) => d.diskId)), sorted([...before.keys()]), 'one result per disk');
+      await assertArtifacts(repo, f.vm.name, record, result, before);
+      assert.deepEqual(
+        (await repo.list(f.vm.name)).map((r) => r.id),
+        [record.id],
+        'the record is listed',
+      );
+      assert.deepEqual(
+        target.sessions.map((s) => s.state),
+        ['committed'],
+        'exactly one session, committed',
+      );
+      await assertRepoClean(repo);
+    });
 
-    it(
-      caseName(1),
-      async () => {
-        const f = fx();
-        const disks = sorted([...(await f.readDisks(f.vm, { signal: signal() })).keys()]);
-        const excluded = disks[0]!;
-        const repo = await newTarget();
-        if (disks.length >= 2) {
+    suiteCase(1, async (f, repo) => {
+      const disks = sorted([...(await f.readDisks(f.vm, { signal: signal() })).keys()]);
+      const excluded = disks[0]!;
+      if (disks.length >= 2) {
+        const { record } = await f.strategy.backup(f.vm, repo, { excludeDisks: [excluded], signal: signal() });
+        assert.deepEqual(sorted(record.disks.map((d) => d.diskId)), disks.slice(1), `disk ${excluded} is left out, the others are in`);
+      } else {
+        // one disk only: excluding it leaves nothing to back up; a typed refusal or an empty backup are both fine
+        try {
           const { record } = await f.strategy.backup(f.vm, repo, { excludeDisks: [excluded], signal: signal() });
-          assert.deepEqual(sorted(record.disks.map((d) => d.diskId)), disks.slice(1), `disk ${excluded} is left out, the others are in`);
-        } else {
-          // one disk only: excluding it leaves nothing to back up; a typed refusal or an empty backup are both fine
-          try {
-            const { record } = await f.strategy.backup(f.vm, repo, { excludeDisks: [excluded], signal: signal() });
-            assert.equal(record.disks.length, 0, `disk ${excluded} is left out`);
-          } catch (err) {
-            assert.ok(isVirtstreamError(err), `excluding every disk must fail with a VirtstreamError, got ${describeError(err)}`);
-            assert.equal((await repo.list(f.vm.name)).length, 0, 'nothing committed');
-          }
+          assert.equal(record.disks.length, 0, `disk ${excluded} is left out`);
+        } catch (err) {
+          assert.ok(isVirtstreamError(err), `excluding every disk must fail with a VirtstreamError, got ${describeError(err)}`);
+          assert.equal((await repo.list(f.vm.name)).length, 0, 'nothing committed');
         }
-        await assertRepoClean(repo);
-        await f.assertClean({ signal: signal() });
-      },
-      timeout,
-    );
+      }
+      await assertRepoClean(repo);
+    });
 
-    it(
-      caseName(2),
-      async () => {
-        const f = fx();
-        const repo = await newTarget();
-        const target = new FaultyTarget(repo);
-        const controller = new AbortController();
-        controller.abort(new Error('cancelled before start'));
-        await assertRejects(f.strategy.backup(f.vm, target, { signal: controller.signal }), 'ERR_ABORTED');
-        assert.ok(
-          target.beginCalls === 0 || target.sessions.every((s) => s.state === 'aborted'),
-          `target.begin was called and its session left ${JSON.stringify(target.sessions.map((s) => s.state))}`,
-        );
-        await assertNothingCommitted(repo, f.vm.name, target);
-        await f.assertClean({ signal: signal() });
-      },
-      timeout,
-    );
+    suiteCase(2, async (f, repo) => {
+      const target = new FaultyTarget(repo);
+      const controller = new AbortController();
+      controller.abort(new Error('cancelled before start'));
+      await assertRejects(f.strategy.backup(f.vm, target, { signal: controller.signal }), 'ERR_ABORTED');
+      assert.ok(
+        target.beginCalls === 0 || target.sessions.every((s) => s.state === 'aborted'),
+        `target.begin was called and its session left ${JSON.stringify(target.sessions.map((s) => s.state))}`,
+      );
+      await assertNothingCommitted(repo, f.vm.name, target);
+    });
 
-    it(
-      caseName(3),
-      async () => {
-        const f = fx();
-        const repo = await newTarget();
-        const target = new FaultyTarget(repo);
-        const controller = new AbortController();
-        let sawBytes = false;
-        const onProgress = (e: ProgressEvent): void => {
-          if (e.type === 'bytes' && !sawBytes) {
-            sawBytes = true;
-            controller.abort(new Error('cancelled during transfer'));
-          }
-        };
-        await assertRejects(f.strategy.backup(f.vm, target, { signal: controller.signal, onProgress }), 'ERR_ABORTED', () =>
-          sawBytes ? 'the backup ignored the abort' : 'the strategy reported no bytes progress, so the abort never fired',
-        );
-        await assertNothingCommitted(repo, f.vm.name, target);
-        await f.assertClean({ signal: signal() });
-      },
-      timeout,
-    );
+    suiteCase(3, async (f, repo) => {
+      const target = new FaultyTarget(repo);
+      const controller = new AbortController();
+      let sawBytes = false;
+      const onProgress = (e: ProgressEvent): void => {
+        if (e.type === 'bytes' && !sawBytes) {
+          sawBytes = true;
+          controller.abort(new Error('cancelled during transfer'));
+        }
+      };
+      await assertRejects(f.strategy.backup(f.vm, target, { signal: controller.signal, onProgress }), 'ERR_ABORTED', () =>
+        sawBytes ? 'the backup ignored the abort' : 'the strategy reported no bytes progress, so the abort never fired',
+      );
+      await assertNothingCommitted(repo, f.vm.name, target);
+    });
 
-    it(
-      caseName(4),
-      async () => {
-        await failingTargetCase({ failWriteAfterBytes: failAfter }, 'write');
-      },
-      timeout,
-    );
+    suiteCase(4, (f, repo) => failingTargetCase(f, repo, { failWriteAfterBytes: failAfter }, 'write'));
 
-    it(
-      caseName(5),
-      async () => {
-        await failingTargetCase({ failCommit: true }, 'commit');
-      },
-      timeout,
-    );
+    suiteCase(5, (f, repo) => failingTargetCase(f, repo, { failCommit: true }, 'commit'));
 
-    const failingTargetCase = async (faults: FaultyTargetOptions, what: string): Promise<void> => {
-      const f = fx();
-      const repo = await newTarget();
+    const failingTargetCase = async (f: StrategyFixture, repo: SuiteTarget, faults: FaultyTargetOptions, what: string): Promise<void> => {
       const target = new FaultyTarget(repo, faults);
       let error: unknown;
       try {
@@ -288,142 +259,105 @@ export function defineStrategySuite(name: string, factory: () => Promise<Strateg
       assert.ok(isVirtstreamError(error), `expected a VirtstreamError, got ${describeError(error)}`);
       assert.ok(FaultInjectedError.isIn(error), `the injected ${what} failure is not in the cause chain of ${describeError(error)}`);
       await assertNothingCommitted(repo, f.vm.name, target);
-      await f.assertClean({ signal: signal() });
     };
 
-    it(
-      caseName(6),
-      async () => {
-        const f = fx();
-        const repo = await newTarget();
-        const target = new FaultyTarget(repo);
-        const canary = join(tmpdir(), `virtstream-suite-canary-${process.pid}-${Date.now()}`);
-        const hostile = `no such vm '"; $(touch ${canary}) \`touch ${canary}\` ../..`;
-        let error: unknown;
+    suiteCase(6, async (f, repo) => {
+      const target = new FaultyTarget(repo);
+      const canary = join(tmpdir(), `virtstream-suite-canary-${process.pid}-${Date.now()}`);
+      const hostile = `no such vm '"; $(touch ${canary}) \`touch ${canary}\` ../..`;
+      let error: unknown;
+      try {
+        await f.strategy.backup({ name: hostile }, target, { signal: signal() });
+      } catch (err) {
+        error = err;
+      }
+      assert.ok(error !== undefined, 'backing up a VM that does not exist succeeded');
+      assert.ok(isVirtstreamError(error), `expected a VirtstreamError, got ${describeError(error)}`);
+      assert.ok(
+        error.code === 'ERR_NOT_FOUND' || error.code === 'ERR_INVALID_ARGUMENT',
+        `a VM that does not exist must end in ERR_NOT_FOUND (or ERR_INVALID_ARGUMENT for a name the platform cannot hold), got ${describeError(error)}`,
+      );
+      assert.equal(await pathExists(canary), false, `the VM name was executed by a shell: ${canary} exists`);
+      await assertNothingCommitted(repo, hostile, target);
+    });
+
+    suiteCase(7, async (f, repo) => {
+      const events: ProgressEvent[] = [];
+      const { record } = await f.strategy.backup(f.vm, repo, { signal: signal(), onProgress: (e) => events.push(e) });
+      assertProgress(events, record);
+    });
+
+    suiteCase(8, async (f, repo) => {
+      const { record: full } = await f.strategy.backup(f.vm, repo, { kind: 'full', signal: signal() });
+      if (!f.strategy.capabilities.incremental) {
+        let result: BackupResult | undefined;
         try {
-          await f.strategy.backup({ name: hostile }, target, { signal: signal() });
+          result = await f.strategy.backup(f.vm, repo, { kind: 'incremental', parent: full, signal: signal() });
         } catch (err) {
-          error = err;
-        }
-        assert.ok(error !== undefined, 'backing up a VM that does not exist succeeded');
-        assert.ok(isVirtstreamError(error), `expected a VirtstreamError, got ${describeError(error)}`);
-        assert.ok(
-          error.code === 'ERR_NOT_FOUND' || error.code === 'ERR_INVALID_ARGUMENT',
-          `a VM that does not exist must end in ERR_NOT_FOUND (or ERR_INVALID_ARGUMENT for a name the platform cannot hold), got ${describeError(error)}`,
-        );
-        assert.equal(await exists(canary), false, `the VM name was executed by a shell: ${canary} exists`);
-        await assertNothingCommitted(repo, hostile, target);
-        await f.assertClean({ signal: signal() });
-      },
-      timeout,
-    );
-
-    it(
-      caseName(7),
-      async () => {
-        const f = fx();
-        const repo = await newTarget();
-        const events: ProgressEvent[] = [];
-        const { record } = await f.strategy.backup(f.vm, repo, { signal: signal(), onProgress: (e) => events.push(e) });
-        assertProgress(events, record);
-        await f.assertClean({ signal: signal() });
-      },
-      timeout,
-    );
-
-    it(
-      caseName(8),
-      async () => {
-        const f = fx();
-        const repo = await newTarget();
-        const { record: full } = await f.strategy.backup(f.vm, repo, { kind: 'full', signal: signal() });
-        if (!f.strategy.capabilities.incremental) {
-          let result: BackupResult | undefined;
-          try {
-            result = await f.strategy.backup(f.vm, repo, { kind: 'incremental', parent: full, signal: signal() });
-          } catch (err) {
-            assert.ok(
-              isVirtstreamError(err, 'ERR_UNSUPPORTED'),
-              `an incremental request must be refused with ERR_UNSUPPORTED or fall back, got ${describeError(err)}`,
-            );
-          }
-          if (result) {
-            for (const d of result.disks) {
-              assert.equal(d.kind, 'full', `disk ${d.diskId}: a strategy without incrementals writes full disks`);
-              assert.ok(d.fallbackReason, `disk ${d.diskId}: the fallback to full needs a fallbackReason`);
-            }
-          }
-          await f.assertClean({ signal: signal() });
-          return;
-        }
-        assert.ok(f.mutate, 'an incremental strategy needs fixture.mutate()');
-        await f.mutate({ signal: signal() });
-        const after = await f.readDisks(f.vm, { signal: signal() });
-        const result = await f.strategy.backup(f.vm, repo, { kind: 'incremental', parent: full, signal: signal() });
-        const { record } = result;
-        assert.equal(record.parentId, full.id, 'the incremental record links to its parent');
-        assert.equal(record.kind, 'incremental');
-        const incremental = record.disks.filter((d) => d.kind === 'incremental');
-        assert.ok(incremental.length > 0, `no disk was written as incremental: ${JSON.stringify(result.disks)}`);
-        for (const d of incremental) assert.equal(d.parentBackupId, full.id, `disk ${d.diskId} builds on the parent`);
-        for (const d of result.disks) {
-          if (d.kind === 'full') assert.ok(d.fallbackReason, `disk ${d.diskId} fell back to full without a fallbackReason`);
-        }
-        await assertArtifacts(repo, f.vm.name, record, result, undefined);
-        assert.deepEqual(
-          (await repo.list(f.vm.name)).map((r) => r.id),
-          [full.id, record.id],
-        );
-        if (f.strategy.capabilities.restore) await restoreAndCompare(f, repo, record, after);
-        await f.assertClean({ signal: signal() });
-      },
-      timeout,
-    );
-
-    it(
-      caseName(9),
-      async () => {
-        const f = fx();
-        const repo = await newTarget();
-        const before = await f.readDisks(f.vm, { signal: signal() });
-        const { record } = await f.strategy.backup(f.vm, repo, { kind: 'full', signal: signal() });
-        if (!f.strategy.capabilities.restore) {
-          await assertRejects(f.strategy.restore(f.vm.name, repo, { backupId: record.id, signal: signal() }), 'ERR_UNSUPPORTED');
-          return;
-        }
-        await restoreAndCompare(f, repo, record, before);
-        await f.assertClean({ signal: signal() });
-      },
-      timeout,
-    );
-
-    it(
-      caseName(10),
-      async () => {
-        const f = fx();
-        const repo = await newTarget();
-        const seen: { phase: string; context: BackupTraceContext }[] = [];
-        const on = (phase: string) => (message: unknown) => seen.push({ phase, context: message as BackupTraceContext });
-        const handlers = { start: on('start'), asyncEnd: on('asyncEnd'), error: on('error') };
-        for (const [event, fn] of Object.entries(handlers)) subscribe(`tracing:${BACKUP_TRACING_CHANNEL}:${event}`, fn);
-        try {
-          const strategy = withRuntime(f.strategy);
-          assert.equal(strategy.id, f.strategy.id);
-          const { record } = await strategy.backup(f.vm, repo, { signal: signal(), onProgress: () => undefined });
-          const mine = seen.filter((s) => s.context.vm.name === f.vm.name && s.context.strategy === f.strategy.id);
-          assert.deepEqual(
-            mine.map((s) => s.phase),
-            ['start', 'asyncEnd'],
-            'one start and one asyncEnd event',
+          assert.ok(
+            isVirtstreamError(err, 'ERR_UNSUPPORTED'),
+            `an incremental request must be refused with ERR_UNSUPPORTED or fall back, got ${describeError(err)}`,
           );
-          assert.equal(mine[1]?.context.result?.record.id, record.id, 'the asyncEnd context carries the result');
-        } finally {
-          for (const [event, fn] of Object.entries(handlers)) unsubscribe(`tracing:${BACKUP_TRACING_CHANNEL}:${event}`, fn);
         }
-        await f.assertClean({ signal: signal() });
-      },
-      timeout,
-    );
+        if (result) {
+          for (const d of result.disks) {
+            assert.equal(d.kind, 'full', `disk ${d.diskId}: a strategy without incrementals writes full disks`);
+            assert.ok(d.fallbackReason, `disk ${d.diskId}: the fallback to full needs a fallbackReason`);
+          }
+        }
+        return;
+      }
+      assert.ok(f.mutate, 'an incremental strategy needs fixture.mutate()');
+      await f.mutate({ signal: signal() });
+      const after = await f.readDisks(f.vm, { signal: signal() });
+      const result = await f.strategy.backup(f.vm, repo, { kind: 'incremental', parent: full, signal: signal() });
+      const { record } = result;
+      assert.equal(record.parentId, full.id, 'the incremental record links to its parent');
+      assert.equal(record.kind, 'incremental');
+      const incremental = record.disks.filter((d) => d.kind === 'incremental');
+      assert.ok(incremental.length > 0, `no disk was written as incremental: ${JSON.stringify(result.disks)}`);
+      for (const d of incremental) assert.equal(d.parentBackupId, full.id, `disk ${d.diskId} builds on the parent`);
+      for (const d of result.disks) {
+        if (d.kind === 'full') assert.ok(d.fallbackReason, `disk ${d.diskId} fell back to full without a fallbackReason`);
+      }
+      await assertArtifacts(repo, f.vm.name, record, result, undefined);
+      assert.deepEqual(
+        (await repo.list(f.vm.name)).map((r) => r.id),
+        [full.id, record.id],
+      );
+      if (f.strategy.capabilities.restore) await restoreAndCompare(f, repo, record, after);
+    });
+
+    suiteCase(9, async (f, repo) => {
+      const before = await f.readDisks(f.vm, { signal: signal() });
+      const { record } = await f.strategy.backup(f.vm, repo, { kind: 'full', signal: signal() });
+      if (!f.strategy.capabilities.restore) {
+        await assertRejects(f.strategy.restore(f.vm.name, repo, { backupId: record.id, signal: signal() }), 'ERR_UNSUPPORTED');
+        return;
+      }
+      await restoreAndCompare(f, repo, record, before);
+    });
+
+    suiteCase(10, async (f, repo) => {
+      const seen: { phase: string; context: BackupTraceContext }[] = [];
+      const on = (phase: string) => (message: unknown) => seen.push({ phase, context: message as BackupTraceContext });
+      const handlers = { start: on('start'), asyncEnd: on('asyncEnd'), error: on('error') };
+      for (const [event, fn] of Object.entries(handlers)) subscribe(`tracing:${BACKUP_TRACING_CHANNEL}:${event}`, fn);
+      try {
+        const strategy = withRuntime(f.strategy);
+        assert.equal(strategy.id, f.strategy.id);
+        const { record } = await strategy.backup(f.vm, repo, { signal: signal(), onProgress: () => undefined });
+        const mine = seen.filter((s) => s.context.vm.name === f.vm.name && s.context.strategy === f.strategy.id);
+        assert.deepEqual(
+          mine.map((s) => s.phase),
+          ['start', 'asyncEnd'],
+          'one start and one asyncEnd event',
+        );
+        assert.equal(mine[1]?.context.result?.record.id, record.id, 'the asyncEnd context carries the result');
+      } finally {
+        for (const [event, fn] of Object.entries(handlers)) unsubscribe(`tracing:${BACKUP_TRACING_CHANNEL}:${event}`, fn);
+      }
+    });
   });
 
   async function restoreAndCompare(f: StrategyFixture, repo: SuiteTarget, record: BackupRecord, expected: ReadonlyMap<string, StreamDigest>): Promise<void> {
@@ -443,15 +377,6 @@ export function defineStrategySuite(name: string, factory: () => Promise<Strateg
     } finally {
       await f.removeRestored?.(newName, { signal: signal() });
     }
-  }
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await lstat(path);
-    return true;
-  } catch {
-    return false;
   }
 }
 

@@ -7,7 +7,9 @@ import type { Logger } from '../../core/logger.js';
 import type { WaitOptions, WaitResult } from '../../core/waiter.js';
 import { waitFor } from '../../core/waiter.js';
 import { RhvFaultError } from './errors.js';
-import type { RhvConnection } from './rhv-connection.js';
+import type { RestCallOptions, RhvConnection } from './rhv-connection.js';
+import { children } from './xml.js';
+import type { XmlNode } from './xml.js';
 
 /** Backoff and limits for polling long engine states (snapshot `ok`, transfer phases, backup `ready`). */
 export interface RhvPollOptions {
@@ -61,4 +63,19 @@ export async function orUndefined<T>(fn: () => Promise<T>): Promise<T | undefine
 /** Encodes one path segment (ids come from the engine, but never trust them into a path). */
 export function seg(id: string): string {
   return encodeURIComponent(id);
+}
+
+/**
+ * GETs a collection and maps its items: `<disks><disk/>…</disks>` is `listCollection(ctx, '/disks',
+ * 'disk', mapDisk)`; the API model names every collection root after its item, plus `s`.
+ */
+export async function listCollection<T>(
+  ctx: ServiceContext,
+  path: string,
+  item: string,
+  map: (node: XmlNode) => T,
+  options: RestCallOptions = {},
+): Promise<T[]> {
+  const doc = await ctx.connection.get(path, `${item}s`, options);
+  return children(doc, item).map(map);
 }

@@ -14,13 +14,12 @@
  * @module
  */
 import { randomUUID } from 'node:crypto';
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { createServer as createHttpServer } from 'node:http';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import { createServer as createNetServer } from 'node:net';
 import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { InvalidArgumentError } from '../../core/errors.js';
 import { backupRoutes } from './backup-routes.js';
@@ -45,6 +44,7 @@ import { makeOvf } from './simulator-ovf.js';
 import { snapshotRoutes } from './snapshot-routes.js';
 import { generateTlsMaterial } from './tls-material.js';
 import { vmRoutes } from './vm-routes.js';
+import { ScratchDir } from './scratch-dir.js';
 
 // the public types that moved out with their parts stay importable from here
 export type { SimulatorWrite } from './disk-images.js';
@@ -150,19 +150,19 @@ export class EngineSimulator implements AsyncDisposable {
   readonly #server: Server;
   readonly #model: EngineModel;
   readonly #ownsImageio: boolean;
-  readonly #ownsDataDir: boolean;
+  readonly #dataDir: ScratchDir;
   /** Tried in order; the first whose method and pattern match answers. */
   readonly #routes: readonly Route[];
   readonly #extensions: SimulatorExtension[] = [];
   #url = '';
   #closed = false;
 
-  private constructor(server: Server, model: EngineModel, ownsImageio: boolean, ownsDataDir: boolean) {
+  private constructor(server: Server, model: EngineModel, ownsImageio: boolean, dataDir: ScratchDir) {
     this.#server = server;
     this.#model = model;
     this.faults = model.faults;
     this.#ownsImageio = ownsImageio;
-    this.#ownsDataDir = ownsDataDir;
+    this.#dataDir = dataDir;
     this.#routes = [
       ...vmRoutes(model),
       ...diskRoutes(model),
@@ -181,8 +181,8 @@ export class EngineSimulator implements AsyncDisposable {
    */
   static async start(options: EngineSimulatorOptions = {}): Promise<EngineSimulator> {
     const profile = engineProfile(options.profile);
-    const ownsDataDir = options.dataDir === undefined;
-    const dataDir = options.dataDir ?? (await mkdtemp(join(tmpdir(), 'virtstream-engine-')));
+    const scratch = await ScratchDir.use(options.dataDir, 'virtstream-engine-');
+    const dataDir = scratch.path;
     await mkdir(join(dataDir, 'images'), { recursive: true });
     let tls: { key: string; cert: string; ca: string } | undefined;
     if (options.tls !== false) {
@@ -205,7 +205,7 @@ export class EngineSimulator implements AsyncDisposable {
     const server = tls ? createHttpsServer({ key: tls.key, cert: tls.cert }, handler) : createHttpServer(handler);
     server.keepAliveTimeout = 30_000;
     const model = new EngineModel({ imageio, dataDir, caPem: tls?.ca, users: options.users ?? { 'admin@internal': 'secret' }, profile });
-    sim = new EngineSimulator(server, model, ownsImageio, ownsDataDir);
+    sim = new EngineSimulator(server, model, ownsImageio, scratch);
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(options.port ?? 0, options.host ?? '127.0.0.1', () => resolve());
@@ -396,7 +396,7 @@ export class EngineSimulator implements AsyncDisposable {
     for (const t of [...this.#model.tickets]) await this.#model.removeTicket(t);
     await this.#model.proxy?.close();
     if (this.#ownsImageio) await this.#model.imageio.close();
-    if (this.#ownsDataDir) await rm(this.#model.dataDir, { recursive: true, force: true });
+    await this.#dataDir.remove();
   }
 
   /** Same as {@link close}. */

@@ -20,6 +20,7 @@ import type { QemuFormat } from './qemu-tools.js';
 import type { SimulatorAnswer, SimulatorExtension, SimulatorRequest } from './simulator-extension.js';
 import { simulatorFault } from './simulator-extension.js';
 import { writeFile } from 'node:fs/promises';
+import { ScratchDir } from './scratch-dir.js';
 
 const API = '/ovirt-engine/api';
 const CLUSTER_ID = 'c0ffee00-0000-4000-8000-000000000001';
@@ -85,26 +86,24 @@ export class ExportDomainSimulator implements SimulatorExtension {
   /** Next N removals of a clone answer 409 (the VM is locked). */
   cloneDeleteConflicts = 0;
   readonly #sim: EngineSimulator;
-  readonly #staging: string;
-  readonly #owns: boolean;
+  readonly #staging: ScratchDir;
   readonly #work: string;
   readonly #dcs: SimDataCenter[] = [];
   readonly #vms = new Map<string, SimV3Vm>();
   readonly #snapshots = new Map<string, SimV3Snapshot>();
 
-  private constructor(sim: EngineSimulator, staging: string, owns: boolean, work: string) {
+  private constructor(sim: EngineSimulator, staging: ScratchDir, work: string) {
     this.#sim = sim;
     this.#staging = staging;
-    this.#owns = owns;
     this.#work = work;
   }
 
   /** Creates the extension (data center `Default` with its export domain) and registers it with `sim`. */
   static async install(sim: EngineSimulator, options: ExportDomainSimulatorOptions = {}): Promise<ExportDomainSimulator> {
-    const owns = options.stagingPath === undefined;
-    const staging = options.stagingPath ?? (await mkdtemp(join(tmpdir(), 'vs-export-')));
+    const stagingDir = await ScratchDir.use(options.stagingPath, 'vs-export-');
+    const staging = stagingDir.path;
     const work = await mkdtemp(join(tmpdir(), 'vs-v3-'));
-    const ext = new ExportDomainSimulator(sim, staging, owns, work);
+    const ext = new ExportDomainSimulator(sim, stagingDir, work);
     const name = 'Default';
     const root = options.perDataCenter ? join(staging, name) : staging;
     await mkdir(root, { recursive: true });
@@ -122,7 +121,7 @@ export class ExportDomainSimulator implements SimulatorExtension {
 
   /** The staging folder. */
   get stagingPath(): string {
-    return this.#staging;
+    return this.#staging.path;
   }
 
   /** The data centers with their export domains. */
@@ -138,7 +137,7 @@ export class ExportDomainSimulator implements SimulatorExtension {
   /** Removes its work folders (and the staging folder it created). */
   async close(): Promise<void> {
     await rm(this.#work, { recursive: true, force: true });
-    if (this.#owns) await rm(this.#staging, { recursive: true, force: true });
+    await this.#staging.remove();
   }
 
   #layout(dc: SimDataCenter): ExportDomainLayout {

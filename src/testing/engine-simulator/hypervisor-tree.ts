@@ -6,13 +6,13 @@
  *
  * @module
  */
-import { mkdir, mkdtemp, readdir, readlink, rm, symlink, unlink } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, readdir, readlink, rm, symlink, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { mountDirName } from '../../rhv/storage-paths.js';
 import { toXml } from '../../rhv/rest/xml.js';
 import type { EngineSimulator } from './engine-simulator.js';
 import type { SimulatorAnswer, SimulatorExtension, SimulatorRequest } from './simulator-extension.js';
+import { ScratchDir } from './scratch-dir.js';
 
 /** The id of the simulator's data domain (`simdata`). */
 export const SIMULATOR_STORAGE_DOMAIN_ID = '5d000000-0000-4000-8000-000000000001';
@@ -44,16 +44,14 @@ export interface HypervisorTreeOptions {
  */
 export class HypervisorTree implements SimulatorExtension {
   readonly #sim: EngineSimulator;
-  readonly #root: string;
-  readonly #owns: boolean;
+  readonly #root: ScratchDir;
   readonly #server: string;
   readonly #exportPath: string;
   readonly #storageType: 'nfs' | 'iscsi';
 
-  private constructor(sim: EngineSimulator, root: string, owns: boolean, server: string, exportPath: string, storageType: 'nfs' | 'iscsi') {
+  private constructor(sim: EngineSimulator, root: ScratchDir, server: string, exportPath: string, storageType: 'nfs' | 'iscsi') {
     this.#sim = sim;
     this.#root = root;
-    this.#owns = owns;
     this.#server = server;
     this.#exportPath = exportPath;
     this.#storageType = storageType;
@@ -61,9 +59,8 @@ export class HypervisorTree implements SimulatorExtension {
 
   /** Creates the tree and registers the extension with `sim`. */
   static async install(sim: EngineSimulator, options: HypervisorTreeOptions = {}): Promise<HypervisorTree> {
-    const owns = options.root === undefined;
-    const root = options.root ?? (await mkdtemp(join(tmpdir(), 'vs-rhev-')));
-    const tree = new HypervisorTree(sim, root, owns, options.server ?? 'nfs.sim.test', options.exportPath ?? '/exports/data', options.storageType ?? 'nfs');
+    const root = await ScratchDir.use(options.root, 'vs-rhev-');
+    const tree = new HypervisorTree(sim, root, options.server ?? 'nfs.sim.test', options.exportPath ?? '/exports/data', options.storageType ?? 'nfs');
     sim.use(tree);
     await tree.sync();
     return tree;
@@ -71,12 +68,12 @@ export class HypervisorTree implements SimulatorExtension {
 
   /** The stand-in for `/rhev/data-center`. */
   get root(): string {
-    return this.#root;
+    return this.#root.path;
   }
 
   /** `<root>/mnt/<server:_path>/<sd_id>/images`. */
   get imagesDir(): string {
-    return join(this.#root, 'mnt', mountDirName(this.#server, this.#exportPath), SIMULATOR_STORAGE_DOMAIN_ID, 'images');
+    return join(this.#root.path, 'mnt', mountDirName(this.#server, this.#exportPath), SIMULATOR_STORAGE_DOMAIN_ID, 'images');
   }
 
   /** The tree entry of a volume (what `/dev/<sd>/<volume>` would be on a block domain), or `undefined`. */
@@ -114,7 +111,7 @@ export class HypervisorTree implements SimulatorExtension {
 
   /** Removes the temp root it created. */
   async close(): Promise<void> {
-    if (this.#owns) await rm(this.#root, { recursive: true, force: true });
+    await this.#root.remove();
   }
 
   /** @internal */

@@ -6,8 +6,7 @@
  *
  * @module
  */
-import { mkdir, mkdtemp, rm, symlink, unlink } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, symlink, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { toXml } from '../../rhv/rest/xml.js';
 import { child, refId, text } from '../../rhv/rest/xml.js';
@@ -17,6 +16,7 @@ import { convertImage } from './qemu-tools.js';
 import type { QemuFormat } from './qemu-tools.js';
 import type { SimulatorAnswer, SimulatorExtension, SimulatorRequest } from './simulator-extension.js';
 import { simulatorFault } from './simulator-extension.js';
+import { ScratchDir } from './scratch-dir.js';
 
 const API = '/ovirt-engine/api';
 
@@ -51,30 +51,27 @@ export class ProxyVmSimulator implements SimulatorExtension {
   /** Next N attachments never show a device. */
   deviceNeverAppears = 0;
   readonly #sim: EngineSimulator;
-  readonly #byId: string;
-  readonly #owns: boolean;
+  readonly #byId: ScratchDir;
   readonly #proxies = new Map<string, { id: string; name: string; virtioScsi: boolean }>();
   readonly #attachments: ProxyAttachment[] = [];
 
-  private constructor(sim: EngineSimulator, byId: string, owns: boolean) {
+  private constructor(sim: EngineSimulator, byId: ScratchDir) {
     this.#sim = sim;
     this.#byId = byId;
-    this.#owns = owns;
   }
 
   /** Creates the extension and registers it with `sim`. */
   static async install(sim: EngineSimulator, options: ProxyVmSimulatorOptions = {}): Promise<ProxyVmSimulator> {
-    const owns = options.byIdDir === undefined;
-    const dir = options.byIdDir ?? (await mkdtemp(join(tmpdir(), 'vs-by-id-')));
-    await mkdir(join(dir, '.store'), { recursive: true });
-    const ext = new ProxyVmSimulator(sim, dir, owns);
+    const dir = await ScratchDir.use(options.byIdDir, 'vs-by-id-');
+    await mkdir(join(dir.path, '.store'), { recursive: true });
+    const ext = new ProxyVmSimulator(sim, dir);
     sim.use(ext);
     return ext;
   }
 
   /** The simulated by-id folder. */
   get byIdDir(): string {
-    return this.#byId;
+    return this.#byId.path;
   }
 
   /** Adds a running VM without disks that acts as a proxy VM. */
@@ -92,7 +89,7 @@ export class ProxyVmSimulator implements SimulatorExtension {
   /** Detaches everything and removes the temp folder it created. */
   async close(): Promise<void> {
     for (const a of [...this.#attachments]) await this.#detach(a);
-    if (this.#owns) await rm(this.#byId, { recursive: true, force: true });
+    await this.#byId.remove();
   }
 
   /** @internal */
@@ -136,12 +133,12 @@ export class ProxyVmSimulator implements SimulatorExtension {
     if (!disk) return simulatorFault(404, 'Not Found', `Entity not found: disk ${diskId}`);
     if (this.#attachments.some((a) => a.diskId === diskId))
       return simulatorFault(409, 'Operation Failed', '[Cannot attach Virtual Disk. The disk is already attached to a proxy VM.]');
-    const link = join(this.#byId, `scsi-0QEMU_QEMU_HARDDISK_${diskId}`);
+    const link = join(this.#byId.path, `scsi-0QEMU_QEMU_HARDDISK_${diskId}`);
     let targetFile: string;
     if (snapshotId) {
       const img = disk.images.find((i) => i.snapshotId === snapshotId);
       if (!img) return simulatorFault(400, 'Bad Request', `[Cannot attach Virtual Disk. Snapshot ${snapshotId} holds no image of disk ${diskId}.]`);
-      targetFile = join(this.#byId, '.store', `${diskId}.raw`);
+      targetFile = join(this.#byId.path, '.store', `${diskId}.raw`);
       await convertImage(img.path, img.format as QemuFormat, targetFile, 'raw');
     } else {
       if (disk.vmId) return simulatorFault(409, 'Operation Failed', `[Cannot attach Virtual Disk: Disk ${disk.name} is attached to another VM.]`);
@@ -160,7 +157,7 @@ export class ProxyVmSimulator implements SimulatorExtension {
     const i = this.#attachments.indexOf(a);
     if (i >= 0) this.#attachments.splice(i, 1);
     await unlink(a.link).catch(() => undefined);
-    if (a.snapshotId) await unlink(join(this.#byId, '.store', `${a.diskId}.raw`)).catch(() => undefined);
+    if (a.snapshotId) await unlink(join(this.#byId.path, '.store', `${a.diskId}.raw`)).catch(() => undefined);
   }
 
   /**

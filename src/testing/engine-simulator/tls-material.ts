@@ -37,14 +37,12 @@ export async function generateTlsMaterial(dir: string, commonName = 'virtstream 
     }
   };
   const cn = commonName.replace(/[^A-Za-z0-9 ._-]/g, '');
+  // both keys: P-256, unencrypted
+  const newKey = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
   await openssl([
     'req',
     '-x509',
-    '-newkey',
-    'ec',
-    '-pkeyopt',
-    'ec_paramgen_curve:prime256v1',
-    '-nodes',
+    ...newKey,
     '-keyout',
     f('ca.key'),
     '-out',
@@ -58,20 +56,7 @@ export async function generateTlsMaterial(dir: string, commonName = 'virtstream 
     '-addext',
     'keyUsage=critical,keyCertSign,cRLSign',
   ]);
-  await openssl([
-    'req',
-    '-newkey',
-    'ec',
-    '-pkeyopt',
-    'ec_paramgen_curve:prime256v1',
-    '-nodes',
-    '-keyout',
-    f('server.key'),
-    '-out',
-    f('server.csr'),
-    '-subj',
-    `/CN=${cn}`,
-  ]);
+  await openssl(['req', ...newKey, '-keyout', f('server.key'), '-out', f('server.csr'), '-subj', `/CN=${cn}`]);
   const { writeFile } = await import('node:fs/promises');
   await writeFile(
     f('server.ext'),

@@ -1,10 +1,9 @@
-import { once } from 'node:events';
-import { Agent as HttpAgent, createServer as createHttpServer, request as httpRequest } from 'node:http';
-import type { IncomingHttpHeaders, IncomingMessage, Server, ServerResponse } from 'node:http';
-import { Agent as HttpsAgent, createServer as createHttpsServer, request as httpsRequest } from 'node:https';
-import type { Socket } from 'node:net';
+import { Agent as HttpAgent, request as httpRequest } from 'node:http';
+import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
+import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { pipeline } from 'node:stream/promises';
 import { InvalidArgumentError } from '../../core/errors.js';
+import { TcpListener, appendBounded, sendText } from './http-listener.js';
 
 /** Options for {@link ImageioProxy.start}. */
 export interface ImageioProxyOptions {
@@ -51,22 +50,16 @@ const MAX_AGENTS = 64;
  * ```
  */
 export class ImageioProxy implements AsyncDisposable {
-  readonly #server: Server;
-  readonly #tls: boolean;
-  readonly #host: string;
+  readonly #tcp: TcpListener;
   readonly #daemon: URL;
   /** One agent per ticket: the daemon closes a ticket's connections when it removes the ticket. */
   readonly #agents = new Map<string, HttpAgent>();
   readonly #ca: string | undefined;
-  readonly #sockets = new Set<Socket>();
   readonly #log: ImageioProxyRecord[] = [];
-  #port = 0;
   #closed = false;
 
-  private constructor(server: Server, tls: boolean, host: string, daemon: URL, ca: string | undefined) {
-    this.#server = server;
-    this.#tls = tls;
-    this.#host = host;
+  private constructor(tcp: TcpListener, daemon: URL, ca: string | undefined) {
+    this.#tcp = tcp;
     this.#daemon = daemon;
     this.#ca = ca;
   }
@@ -110,48 +103,32 @@ export class ImageioProxy implements AsyncDisposable {
     if ((daemon.protocol !== 'https:' && daemon.protocol !== 'http:') || (daemon.pathname !== '/' && daemon.pathname !== '')) {
       throw new InvalidArgumentError('imageio proxy: daemonUrl must be an http(s) origin such as https://host:54322');
     }
-    const host = options.host ?? '127.0.0.1';
-    let server: Server;
-    try {
-      server = options.tls ? createHttpsServer({ key: options.tls.key, cert: options.tls.cert }) : createHttpServer();
-    } catch (cause) {
-      throw new InvalidArgumentError('imageio proxy: unusable TLS key or certificate', { cause });
-    }
-    const p = new ImageioProxy(server, options.tls !== undefined, host, daemon, options.ca);
-    server.keepAliveTimeout = 60_000;
-    server.requestTimeout = 0;
-    server.on('connection', (sock: Socket) => {
-      p.#sockets.add(sock);
-      sock.once('close', () => p.#sockets.delete(sock));
+    // requests reach `p` only after listen() resolved, by which time it is set
+    let p: ImageioProxy;
+    const tcp = await TcpListener.listen({
+      label: 'imageio proxy',
+      host: options.host ?? '127.0.0.1',
+      port: options.port ?? 0,
+      tls: options.tls,
+      onRequest: (req, res) => void p.#relay(req, res),
     });
-    server.on('tlsClientError', () => undefined);
-    server.on('clientError', (_err, sock: Socket) => sock.destroy());
-    server.on('request', (req: IncomingMessage, res: ServerResponse) => void p.#relay(req, res));
-    server.listen(options.port ?? 0, host);
-    try {
-      await Promise.race([once(server, 'listening'), once(server, 'error').then(([e]) => Promise.reject(e as Error))]);
-    } catch (cause) {
-      throw new InvalidArgumentError(`imageio proxy: cannot listen on ${host}:${options.port ?? 0}`, { cause });
-    }
-    const addr = server.address();
-    p.#port = typeof addr === 'object' && addr ? addr.port : 0;
+    p = new ImageioProxy(tcp, daemon, options.ca);
     return p;
   }
 
   /** Base URL, e.g. `https://127.0.0.1:40124`. */
   get url(): string {
-    const host = this.#host.includes(':') ? `[${this.#host}]` : this.#host;
-    return `${this.#tls ? 'https' : 'http'}://${host}:${this.#port}`;
+    return this.#tcp.url;
   }
 
   /** The bound port. */
   get port(): number {
-    return this.#port;
+    return this.#tcp.port;
   }
 
   /** The proxy URL of a ticket: `<url>/images/<uuid>` (the uuid percent-encoded). */
   proxyUrl(uuid: string): string {
-    return `${this.url}/images/${encodeURIComponent(uuid)}`;
+    return this.#tcp.imageUrl(uuid);
   }
 
   /** Requests relayed so far (the last 10000), oldest first. */
@@ -168,9 +145,7 @@ export class ImageioProxy implements AsyncDisposable {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
-    for (const sock of this.#sockets) sock.destroy();
-    this.#server.closeAllConnections();
+    const closed = this.#tcp.close();
     for (const agent of this.#agents.values()) agent.destroy();
     this.#agents.clear();
     await closed;
@@ -182,8 +157,7 @@ export class ImageioProxy implements AsyncDisposable {
   }
 
   #record(r: ImageioProxyRecord): void {
-    this.#log.push(r);
-    if (this.#log.length > MAX_LOG) this.#log.splice(0, this.#log.length - MAX_LOG);
+    appendBounded(this.#log, r, MAX_LOG);
   }
 
   async #relay(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -193,7 +167,7 @@ export class ImageioProxy implements AsyncDisposable {
     if (!/^\/(images\/[^?#]+|info\/?)(\?[^#]*)?$/.test(path)) {
       req.resume();
       rec.status = 404;
-      return plain(res, 404, `No handler for ${path.split('?')[0]!.slice(0, 200)}`);
+      return sendText(res, 404, `No handler for ${path.split('?')[0]!.slice(0, 200)}`);
     }
     const headers: Record<string, string | string[]> = {};
     copyHeaders(req.headers, headers);
@@ -220,7 +194,7 @@ export class ImageioProxy implements AsyncDisposable {
         req.resume();
         rec.status = 502;
         res.setHeader('connection', 'close');
-        plain(res, 502, 'Bad Gateway: cannot reach the imageio daemon');
+        sendText(res, 502, 'Bad Gateway: cannot reach the imageio daemon');
       } else res.destroy();
     });
     res.on('close', () => {
@@ -253,7 +227,7 @@ export class ImageioProxy implements AsyncDisposable {
         res.end(text);
       } catch {
         rec.status = 502;
-        plain(res, 502, 'Bad Gateway: invalid OPTIONS answer from the imageio daemon');
+        sendText(res, 502, 'Bad Gateway: invalid OPTIONS answer from the imageio daemon');
       }
       return;
     }
@@ -270,14 +244,4 @@ export class ImageioProxy implements AsyncDisposable {
 
 function copyHeaders(from: IncomingHttpHeaders, to: Record<string, string | string[]>): void {
   for (const [k, v] of Object.entries(from)) if (v !== undefined && !HOP_BY_HOP.has(k)) to[k] = v;
-}
-
-function plain(res: ServerResponse, status: number, message: string): void {
-  if (res.headersSent) {
-    res.destroy();
-    return;
-  }
-  const body = `${message}\n`;
-  res.writeHead(status, { 'content-type': 'text/plain; charset=UTF-8', 'content-length': Buffer.byteLength(body) });
-  res.end(body);
 }

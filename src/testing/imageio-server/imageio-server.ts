@@ -1,8 +1,4 @@
-import { once } from 'node:events';
-import { unlink } from 'node:fs/promises';
-import { createServer as createHttpServer } from 'node:http';
-import type { IncomingMessage, Server, ServerResponse } from 'node:http';
-import { createServer as createHttpsServer } from 'node:https';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { InvalidArgumentError } from '../../core/errors.js';
@@ -10,9 +6,11 @@ import type { Extent } from '../../formats/extent.js';
 import { BlockHash } from '../../rhv/imageio/block-hash.js';
 import { DiskImageBackend, RawFileBackend } from './backends.js';
 import type { ImageBackend } from './backends.js';
+import { TcpListener, UnixListener, appendBounded, sendText } from './http-listener.js';
 import type { ImageioFault, ImageioRequestRecord, ImageioServerOptions, ImageioTicket, ImageioTicketStatus } from './types.js';
 
 const VERSION = '2.5.3';
+const LABEL = 'imageio server';
 const MiB = 1024 * 1024;
 /** The daemon processes GET/PUT in buffer_size chunks (backend_*.buffer_size = 8 MiB). */
 const BUFFER = 8 * MiB;
@@ -76,25 +74,19 @@ class HttpError extends Error {
  * ```
  */
 export class ImageioServer implements AsyncDisposable {
-  readonly #server: Server;
-  readonly #tls: boolean;
-  readonly #host: string;
+  readonly #tcp: TcpListener;
   readonly #tickets = new Map<string, TicketState>();
-  readonly #sockets = new Set<Socket>();
   readonly #faults: PendingFault[] = [];
   readonly #log: ImageioRequestRecord[] = [];
   readonly #maxLog: number;
   readonly #idleLimit = new WeakMap<Socket, number>();
   readonly #idleTimers = new WeakMap<Socket, NodeJS.Timeout>();
-  #local: Server | undefined;
+  #local: UnixListener | undefined;
   #unixSocket: string | undefined;
-  #port = 0;
   #closed = false;
 
-  private constructor(server: Server, tls: boolean, host: string, maxLog: number) {
-    this.#server = server;
-    this.#tls = tls;
-    this.#host = host;
+  private constructor(tcp: TcpListener, maxLog: number) {
+    this.#tcp = tcp;
     this.#maxLog = maxLog;
   }
 
@@ -104,65 +96,28 @@ export class ImageioServer implements AsyncDisposable {
    * @throws `ERR_INVALID_ARGUMENT` when the port cannot be bound or the TLS material is unusable.
    */
   static async start(options: ImageioServerOptions = {}): Promise<ImageioServer> {
-    const host = options.host ?? '127.0.0.1';
-    let server: Server;
-    try {
-      server = options.tls ? createHttpsServer({ key: options.tls.key, cert: options.tls.cert }) : createHttpServer();
-    } catch (cause) {
-      throw new InvalidArgumentError('imageio server: unusable TLS key or certificate', { cause });
-    }
-    const s = new ImageioServer(server, options.tls !== undefined, host, options.maxRequestLog ?? 10_000);
-    server.keepAliveTimeout = 60_000;
-    server.headersTimeout = 65_000;
-    server.requestTimeout = 0;
-    server.on('connection', (sock: Socket) => {
-      s.#sockets.add(sock);
-      sock.once('close', () => s.#sockets.delete(sock));
+    // requests reach `s` only after listen() resolved, by which time it is set
+    let s: ImageioServer;
+    const tcp = await TcpListener.listen({
+      label: LABEL,
+      host: options.host ?? '127.0.0.1',
+      port: options.port ?? 0,
+      tls: options.tls,
+      headersTimeout: 65_000,
+      onRequest: (req, res) => void s.#handle(req, res, false),
     });
-    server.on('tlsClientError', () => undefined);
-    server.on('clientError', (_err, sock: Socket) => sock.destroy());
-    server.on('request', (req: IncomingMessage, res: ServerResponse) => void s.#handle(req, res, false));
-    server.listen(options.port ?? 0, host);
-    try {
-      await Promise.race([once(server, 'listening'), once(server, 'error').then(([e]) => Promise.reject(e as Error))]);
-    } catch (cause) {
-      throw new InvalidArgumentError(`imageio server: cannot listen on ${host}:${options.port ?? 0}`, { cause });
-    }
-    const addr = server.address();
-    s.#port = typeof addr === 'object' && addr ? addr.port : 0;
+    s = new ImageioServer(tcp, options.maxRequestLog ?? 10_000);
     if (options.unixSocket !== undefined) {
       try {
-        await s.#listenLocal(options.unixSocket);
+        // the local service: plain HTTP on a Unix socket, `/images` routes only
+        s.#local = await UnixListener.listen({ label: LABEL, path: options.unixSocket, onRequest: (req, res) => void s.#handle(req, res, true) });
+        s.#unixSocket = options.unixSocket;
       } catch (err) {
         await s.close();
         throw err;
       }
     }
     return s;
-  }
-
-  /** The local service: plain HTTP on a Unix socket, `/images` routes only. */
-  async #listenLocal(path: string): Promise<void> {
-    if (typeof path !== 'string' || path === '' || path.includes('\n')) throw new InvalidArgumentError('imageio server: unixSocket must be a non-empty path');
-    const local = createHttpServer();
-    local.keepAliveTimeout = 60_000;
-    local.requestTimeout = 0;
-    local.on('connection', (sock: Socket) => {
-      this.#sockets.add(sock);
-      sock.once('close', () => this.#sockets.delete(sock));
-    });
-    local.on('clientError', (_err, sock: Socket) => sock.destroy());
-    local.on('request', (req: IncomingMessage, res: ServerResponse) => void this.#handle(req, res, true));
-    // a stale socket file from a crashed run would make listen fail (abstract names have no file)
-    if (!path.startsWith('\0')) await unlink(path).catch(() => undefined);
-    local.listen(path);
-    try {
-      await Promise.race([once(local, 'listening'), once(local, 'error').then(([e]) => Promise.reject(e as Error))]);
-    } catch (cause) {
-      throw new InvalidArgumentError(`imageio server: cannot listen on unix socket ${JSON.stringify(path)}`, { cause });
-    }
-    this.#local = local;
-    this.#unixSocket = path;
   }
 
   /** The Unix socket the local service listens on, when `unixSocket` was given. */
@@ -193,18 +148,17 @@ export class ImageioServer implements AsyncDisposable {
 
   /** Base URL, e.g. `https://127.0.0.1:40123`. */
   get url(): string {
-    const host = this.#host.includes(':') ? `[${this.#host}]` : this.#host;
-    return `${this.#tls ? 'https' : 'http'}://${host}:${this.#port}`;
+    return this.#tcp.url;
   }
 
   /** The bound port. */
   get port(): number {
-    return this.#port;
+    return this.#tcp.port;
   }
 
   /** The transfer URL of a ticket: `<url>/images/<uuid>` (the uuid percent-encoded). */
   transferUrl(uuid: string): string {
-    return `${this.url}/images/${encodeURIComponent(uuid)}`;
+    return this.#tcp.imageUrl(uuid);
   }
 
   /**
@@ -309,14 +263,7 @@ export class ImageioServer implements AsyncDisposable {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
-    const local = this.#local;
-    const localClosed = local ? new Promise<void>((resolve) => local.close(() => resolve())) : Promise.resolve();
-    for (const sock of this.#sockets) sock.destroy();
-    this.#server.closeAllConnections();
-    local?.closeAllConnections();
-    await closed;
-    await localClosed;
+    await Promise.all([this.#tcp.close(), this.#local?.close()]);
     const states = [...this.#tickets.values()];
     this.#tickets.clear();
     await Promise.allSettled(states.map((st) => this.#drop(st)));
@@ -360,8 +307,7 @@ export class ImageioServer implements AsyncDisposable {
   }
 
   #record(r: ImageioRequestRecord): void {
-    this.#log.push(r);
-    if (this.#log.length > this.#maxLog) this.#log.splice(0, this.#log.length - this.#maxLog);
+    appendBounded(this.#log, r, this.#maxLog);
   }
 
   #takeFault(method: string, uuid: string): ImageioFault | undefined {
@@ -379,6 +325,33 @@ export class ImageioServer implements AsyncDisposable {
       return f.fault;
     }
     return undefined;
+  }
+
+  /**
+   * Takes the fault due for this request and plays the kinds every method treats alike: `status`
+   * answers with the error, `expire` ends the ticket now. The caller plays the rest.
+   */
+  #fireFault(method: string, uuid: string, op: 'read' | 'write', req: IncomingMessage, rec: ImageioRequestRecord, st: TicketState): ImageioFault | undefined {
+    const fault = this.#takeFault(method, uuid);
+    if (!fault) return undefined;
+    rec.fault = fault.kind;
+    if (fault.kind === 'status') throw new HttpError(fault.status ?? 500, fault.message ?? 'Server failed to perform the request: injected fault');
+    if (fault.kind === 'expire') {
+      st.expiresAt = 0;
+      this.#authorize(uuid, op, req);
+    }
+    return fault;
+  }
+
+  /** Runs `work` as an ongoing request on the ticket: active meanwhile, its expiry pushed on after. */
+  async #busy<T>(st: TicketState, work: () => Promise<T>): Promise<T> {
+    st.ongoing++;
+    try {
+      return await work();
+    } finally {
+      st.ongoing--;
+      this.#touch(st);
+    }
   }
 
   #authorize(uuid: string, op: 'read' | 'write', req: IncomingMessage): TicketState {
@@ -436,17 +409,13 @@ export class ImageioServer implements AsyncDisposable {
         if (m[2] === '/checksum/algorithms') return this.#json(res, rec, { algorithms: [...BlockHash.algorithms] });
         const bs = url.searchParams.get('block_size');
         if (bs !== null && !/^\d{1,12}$/.test(bs)) throw new HttpError(400, `Invalid value for 'block_size': ${oneLine(bs)}`);
-        st.ongoing++;
-        try {
+        return await this.#busy(st, async () => {
           return this.#json(
             res,
             rec,
             await this.#checksum(st, url.searchParams.get('algorithm') ?? DEFAULT_CHECKSUM_ALGORITHM, bs === null ? CHECKSUM_BLOCK : Number(bs)),
           );
-        } finally {
-          st.ongoing--;
-          this.#touch(st);
-        }
+        });
       }
       if (m[2]) {
         rec.target = 'extents';
@@ -475,17 +444,7 @@ export class ImageioServer implements AsyncDisposable {
     const e = err instanceof HttpError ? err : new HttpError(500, `Server failed to perform the request: ${oneLine(err)}`);
     rec.status = e.status;
     this.#record(rec);
-    if (res.headersSent || res.destroyed) {
-      res.destroy();
-      return;
-    }
-    const body = `${e.message}\n`;
-    res.writeHead(e.status, {
-      'content-type': 'text/plain; charset=UTF-8',
-      'content-length': Buffer.byteLength(body),
-      ...e.headers,
-    });
-    res.end(body);
+    sendText(res, e.status, e.message, e.headers);
   }
 
   #json(res: ServerResponse, rec: ImageioRequestRecord, value: unknown, headers: Record<string, string> = {}): void {
@@ -566,8 +525,7 @@ export class ImageioServer implements AsyncDisposable {
     if (context !== 'zero' && context !== 'dirty') throw new HttpError(400, `Invalid value for 'context': ${context}`);
     const t = st.ticket;
     if (context === 'dirty' && !t.dirty) throw new HttpError(404, 'Ticket does not support dirty extents');
-    st.ongoing++;
-    try {
+    await this.#busy(st, async () => {
       if (t.backend === 'file') {
         // imageio's file backend: one data extent ("TODO: Use qemu-img map")
         const whole = [{ start: 0, length: t.size, zero: false, ...(context === 'dirty' ? { dirty: true } : { hole: false }) }];
@@ -582,10 +540,7 @@ export class ImageioServer implements AsyncDisposable {
         );
       }
       this.#json(res, rec, dirtyExtents(map, t.dirtyExtents, t.size));
-    } finally {
-      st.ongoing--;
-      this.#touch(st);
-    }
+    });
   }
 
   async #get(uuid: string, req: IncomingMessage, res: ServerResponse, rec: ImageioRequestRecord): Promise<void> {
@@ -610,13 +565,7 @@ export class ImageioServer implements AsyncDisposable {
     let length = end - start + 1;
     rec.offset = start;
     rec.length = length;
-    const fault = this.#takeFault('GET', uuid);
-    if (fault) rec.fault = fault.kind;
-    if (fault?.kind === 'status') throw new HttpError(fault.status ?? 500, fault.message ?? 'Server failed to perform the request: injected fault');
-    if (fault?.kind === 'expire') {
-      st.expiresAt = 0;
-      this.#authorize(uuid, 'read', req);
-    }
+    const fault = this.#fireFault('GET', uuid, 'read', req, rec, st);
     if (fault?.kind === 'short' && length > 1) {
       length -= 1;
       end -= 1;
@@ -646,8 +595,7 @@ export class ImageioServer implements AsyncDisposable {
       p.catch(() => undefined);
       return p;
     };
-    st.ongoing++;
-    try {
+    await this.#busy(st, async () => {
       let sent = 0;
       let next = readBlock(0);
       const first = next ? await next : undefined;
@@ -672,10 +620,7 @@ export class ImageioServer implements AsyncDisposable {
         return;
       }
       res.end();
-    } finally {
-      st.ongoing--;
-      this.#touch(st);
-    }
+    });
   }
 
   async #put(uuid: string, url: URL, req: IncomingMessage, res: ServerResponse, rec: ImageioRequestRecord): Promise<void> {
@@ -698,16 +643,9 @@ export class ImageioServer implements AsyncDisposable {
     rec.offset = offset;
     rec.length = length;
     rec.flush = flush;
-    const fault = this.#takeFault('PUT', uuid);
-    if (fault) rec.fault = fault.kind;
-    if (fault?.kind === 'status') throw new HttpError(fault.status ?? 500, fault.message ?? 'Server failed to perform the request: injected fault');
-    if (fault?.kind === 'expire') {
-      st.expiresAt = 0;
-      this.#authorize(uuid, 'write', req);
-    }
+    const fault = this.#fireFault('PUT', uuid, 'write', req, rec, st);
     const dropAt = fault?.kind === 'drop' ? Math.min(Math.max(0, length - 1), fault.afterBytes ?? Math.floor(length / 2)) : -1;
-    st.ongoing++;
-    try {
+    await this.#busy(st, async () => {
       let pos = 0;
       let pending: Buffer[] = [];
       let pendingLen = 0;
@@ -756,10 +694,7 @@ export class ImageioServer implements AsyncDisposable {
       this.#record(rec);
       res.writeHead(200, { 'content-length': 0 });
       res.end();
-    } finally {
-      st.ongoing--;
-      this.#touch(st);
-    }
+    });
   }
 
   async #patch(uuid: string, req: IncomingMessage, res: ServerResponse, rec: ImageioRequestRecord): Promise<void> {
@@ -776,21 +711,14 @@ export class ImageioServer implements AsyncDisposable {
     const op = o.op;
     if (op === undefined) throw new HttpError(400, "Missing required value for 'op'");
     rec.op = String(op);
-    const fault = this.#takeFault('PATCH', uuid);
-    if (fault) rec.fault = fault.kind;
-    if (fault?.kind === 'status') throw new HttpError(fault.status ?? 500, fault.message ?? 'Server failed to perform the request: injected fault');
-    if (fault?.kind === 'expire') {
-      st.expiresAt = 0;
-      this.#authorize(uuid, 'write', req);
-    }
+    const fault = this.#fireFault('PATCH', uuid, 'write', req, rec, st);
     if (fault?.kind === 'stall' || fault?.kind === 'drop') {
       this.#record(rec);
       if (fault.kind === 'drop') req.socket.destroy();
       else await waitClosed(res);
       return;
     }
-    st.ongoing++;
-    try {
+    await this.#busy(st, async () => {
       if (op === 'zero') {
         if (o.size === undefined) throw new HttpError(400, "Missing required value for 'size'");
         const size = intField(o.size, 'size');
@@ -815,10 +743,7 @@ export class ImageioServer implements AsyncDisposable {
       this.#record(rec);
       res.writeHead(200, { 'content-length': 0 });
       res.end();
-    } finally {
-      st.ongoing--;
-      this.#touch(st);
-    }
+    });
   }
 }
 

@@ -1,9 +1,8 @@
 import { RhvTransferError } from '../errors.js';
 import { mapBackup, mapBackupDisk } from '../mappers.js';
 import type { RhvWaitCallOptions, ServiceContext } from '../service-context.js';
-import { orUndefined, pollUntil, seg } from '../service-context.js';
+import { listCollection, orUndefined, pollUntil, seg } from '../service-context.js';
 import type { RhvBackup, RhvBackupDisk } from '../types.js';
-import { children } from '../xml.js';
 
 /** What {@link BackupsService.create} starts (captured SDK body; 4.4+). */
 export interface CreateBackupOptions {
@@ -49,14 +48,12 @@ export class BackupsService {
 
   /** Backups of a VM. */
   async list(vmId: string, options: { signal?: AbortSignal | undefined } = {}): Promise<RhvBackup[]> {
-    const doc = await this.#ctx.connection.get(`/vms/${seg(vmId)}/backups`, 'backups', options);
-    return children(doc, 'backup').map(mapBackup);
+    return listCollection(this.#ctx, `/vms/${seg(vmId)}/backups`, 'backup', mapBackup, options);
   }
 
   /** The disks of a backup with their `backup_mode` (`full`/`incremental`). */
   async disks(vmId: string, backupId: string, options: { signal?: AbortSignal | undefined } = {}): Promise<RhvBackupDisk[]> {
-    const doc = await this.#ctx.connection.get(`/vms/${seg(vmId)}/backups/${seg(backupId)}/disks`, 'disks', options);
-    return children(doc, 'disk').map(mapBackupDisk);
+    return listCollection(this.#ctx, `/vms/${seg(vmId)}/backups/${seg(backupId)}/disks`, 'disk', mapBackupDisk, options);
   }
 
   /** Waits for `ready`. @throws RhvTransferError `ERR_RHV_TRANSFER` when the backup fails */

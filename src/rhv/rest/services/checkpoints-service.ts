@@ -1,8 +1,7 @@
 import { mapCheckpoint } from '../mappers.js';
 import type { RhvWaitCallOptions, ServiceContext } from '../service-context.js';
-import { orUndefined, pollUntil, seg } from '../service-context.js';
+import { listCollection, orUndefined, pollUntil, seg } from '../service-context.js';
 import type { RhvCheckpoint } from '../types.js';
-import { children } from '../xml.js';
 
 /** `/vms/{vm}/checkpoints` (4.4+). */
 export class CheckpointsService {
@@ -14,8 +13,7 @@ export class CheckpointsService {
 
   /** Checkpoints of a VM, oldest first. */
   async list(vmId: string, options: { signal?: AbortSignal | undefined } = {}): Promise<RhvCheckpoint[]> {
-    const doc = await this.#ctx.connection.get(`/vms/${seg(vmId)}/checkpoints`, 'checkpoints', options);
-    return children(doc, 'checkpoint').map(mapCheckpoint);
+    return listCollection(this.#ctx, `/vms/${seg(vmId)}/checkpoints`, 'checkpoint', mapCheckpoint, options);
   }
 
   /**

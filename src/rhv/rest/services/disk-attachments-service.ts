@@ -1,8 +1,7 @@
 import { mapDiskAttachment } from '../mappers.js';
 import type { ServiceContext } from '../service-context.js';
-import { orUndefined, seg } from '../service-context.js';
+import { listCollection, orUndefined, seg } from '../service-context.js';
 import type { RhvDiskAttachment } from '../types.js';
-import { children } from '../xml.js';
 
 /** What {@link DiskAttachmentsService.add} attaches. */
 export interface AddDiskAttachmentOptions {
@@ -28,8 +27,7 @@ export class DiskAttachmentsService {
 
   /** The disks attached to a VM. */
   async list(vmId: string, options: { signal?: AbortSignal | undefined } = {}): Promise<RhvDiskAttachment[]> {
-    const doc = await this.#ctx.connection.get(`/vms/${seg(vmId)}/diskattachments`, 'disk_attachments', options);
-    return children(doc, 'disk_attachment').map(mapDiskAttachment);
+    return listCollection(this.#ctx, `/vms/${seg(vmId)}/diskattachments`, 'disk_attachment', mapDiskAttachment, options);
   }
 
   /** Attaches a disk (or a disk snapshot) to a VM. */

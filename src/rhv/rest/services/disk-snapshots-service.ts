@@ -1,8 +1,7 @@
 import { mapDiskSnapshot } from '../mappers.js';
 import type { ServiceContext } from '../service-context.js';
-import { seg } from '../service-context.js';
+import { listCollection, seg } from '../service-context.js';
 import type { RhvDiskSnapshot } from '../types.js';
-import { children } from '../xml.js';
 
 /** `/disks/{disk}/disksnapshots`: the volumes of a disk's chain (example list_disk_snapshots.py). */
 export class DiskSnapshotsService {
@@ -14,10 +13,9 @@ export class DiskSnapshotsService {
 
   /** The disk's volumes; `includeActive` adds the active layer. */
   async list(diskId: string, options: { includeActive?: boolean; signal?: AbortSignal | undefined } = {}): Promise<RhvDiskSnapshot[]> {
-    const doc = await this.#ctx.connection.get(`/disks/${seg(diskId)}/disksnapshots`, 'disk_snapshots', {
+    return listCollection(this.#ctx, `/disks/${seg(diskId)}/disksnapshots`, 'disk_snapshot', mapDiskSnapshot, {
       query: { include_active: options.includeActive ?? true, include_template: true },
       ...(options.signal ? { signal: options.signal } : {}),
     });
-    return children(doc, 'disk_snapshot').map(mapDiskSnapshot);
   }
 }

@@ -1,9 +1,8 @@
 import { RhvResponseError } from '../errors.js';
 import { mapDisk } from '../mappers.js';
 import type { RhvWaitCallOptions, ServiceContext } from '../service-context.js';
-import { isFaultStatus, orUndefined, pollUntil, seg } from '../service-context.js';
+import { isFaultStatus, listCollection, orUndefined, pollUntil, seg } from '../service-context.js';
 import type { RhvDisk, RhvDiskFormat } from '../types.js';
-import { children } from '../xml.js';
 
 /** What {@link DisksService.add} creates (api-model `DisksService.Add`, the upload_disk.py shape). */
 export interface AddDiskOptions {
@@ -39,11 +38,10 @@ export class DisksService {
 
   /** Disks, optionally filtered by an engine search (e.g. `description=token`). */
   async list(options: { search?: string; signal?: AbortSignal | undefined } = {}): Promise<RhvDisk[]> {
-    const doc = await this.#ctx.connection.get('/disks', 'disks', {
+    return listCollection(this.#ctx, '/disks', 'disk', mapDisk, {
       query: { search: options.search },
       ...(options.signal ? { signal: options.signal } : {}),
     });
-    return children(doc, 'disk').map(mapDisk);
   }
 
   /** Creates a floating disk; wait for `ok` before uploading. */

@@ -2,9 +2,8 @@ import { randomInt } from 'node:crypto';
 import { InvalidArgumentError } from '../../../core/errors.js';
 import { mapEvent } from '../mappers.js';
 import type { ServiceContext } from '../service-context.js';
-import { isFaultStatus } from '../service-context.js';
+import { isFaultStatus, listCollection } from '../service-context.js';
 import type { RhvEvent } from '../types.js';
-import { children } from '../xml.js';
 import type { XmlNode } from '../xml.js';
 
 /** Largest custom event id the engine accepts (`Integer.MAX_VALUE`). */
@@ -82,10 +81,9 @@ export class EventsService {
 
   /** Events, optionally filtered by an engine search. */
   async list(options: { search?: string; max?: number; signal?: AbortSignal | undefined } = {}): Promise<RhvEvent[]> {
-    const doc = await this.#ctx.connection.get('/events', 'events', {
+    return listCollection(this.#ctx, '/events', 'event', mapEvent, {
       query: { search: options.search, max: options.max },
       ...(options.signal ? { signal: options.signal } : {}),
     });
-    return children(doc, 'event').map(mapEvent);
   }
 }

@@ -1,9 +1,8 @@
 import { RhvResponseError, RhvTransferError } from '../errors.js';
 import { mapImageTransfer } from '../mappers.js';
 import type { RhvWaitCallOptions, ServiceContext } from '../service-context.js';
-import { orUndefined, pollUntil, seg } from '../service-context.js';
+import { listCollection, orUndefined, pollUntil, seg } from '../service-context.js';
 import type { ImageTransferPhase, RhvDiskFormat, RhvImageTransfer } from '../types.js';
-import { children } from '../xml.js';
 import type { DisksService } from './disks-service.js';
 
 /** What {@link ImageTransfersService.create} starts (captured SDK body). Exactly one of `diskId`/`snapshotId` names the image. */
@@ -92,8 +91,7 @@ export class ImageTransfersService {
 
   /** All transfers the engine knows. */
   async list(options: { signal?: AbortSignal | undefined } = {}): Promise<RhvImageTransfer[]> {
-    const doc = await this.#ctx.connection.get('/imagetransfers', 'image_transfers', options);
-    return children(doc, 'image_transfer').map(mapImageTransfer);
+    return listCollection(this.#ctx, '/imagetransfers', 'image_transfer', mapImageTransfer, options);
   }
 
   /**

@@ -1,8 +1,7 @@
 import { mapJob } from '../mappers.js';
 import type { RhvWaitCallOptions, ServiceContext } from '../service-context.js';
-import { pollUntil } from '../service-context.js';
+import { listCollection, pollUntil } from '../service-context.js';
 import type { RhvJob } from '../types.js';
-import { children } from '../xml.js';
 
 /** `/jobs`: engine jobs, searched by correlation id. */
 export class JobsService {
@@ -16,11 +15,10 @@ export class JobsService {
   async list(options: { correlationId?: string; signal?: AbortSignal | undefined } = {}): Promise<RhvJob[]> {
     const cid = options.correlationId;
     if (cid !== undefined && !/^[0-9a-f-]{36}$/i.test(cid)) return [];
-    const doc = await this.#ctx.connection.get('/jobs', 'jobs', {
+    return listCollection(this.#ctx, '/jobs', 'job', mapJob, {
       query: cid ? { search: `correlation_id=${cid}` } : {},
       ...(options.signal ? { signal: options.signal } : {}),
     });
-    return children(doc, 'job').map(mapJob);
   }
 
   /** Waits until no job with the correlation id is `started`; returns the jobs seen last. */

@@ -2,9 +2,8 @@ import { sleep } from '../../../core/abort.js';
 import { RhvResponseError } from '../errors.js';
 import { mapSnapshot, mapSnapshotDisk } from '../mappers.js';
 import type { RhvWaitCallOptions, ServiceContext } from '../service-context.js';
-import { isFaultStatus, orUndefined, pollUntil, seg } from '../service-context.js';
+import { isFaultStatus, listCollection, orUndefined, pollUntil, seg } from '../service-context.js';
 import type { RhvSnapshot, RhvSnapshotDisk } from '../types.js';
-import { children } from '../xml.js';
 
 /** What {@link SnapshotsService.create} takes (api-model `SnapshotsService.Add`). */
 export interface CreateSnapshotOptions {
@@ -37,8 +36,7 @@ export class SnapshotsService {
 
   /** Snapshots of a VM (including the `active` pseudo snapshot). */
   async list(vmId: string, options: { signal?: AbortSignal | undefined } = {}): Promise<RhvSnapshot[]> {
-    const doc = await this.#ctx.connection.get(`/vms/${seg(vmId)}/snapshots`, 'snapshots', options);
-    return children(doc, 'snapshot').map(mapSnapshot);
+    return listCollection(this.#ctx, `/vms/${seg(vmId)}/snapshots`, 'snapshot', mapSnapshot, options);
   }
 
   /** One snapshot. @throws RhvFaultError `ERR_RHV_FAULT` (404 when gone) */
@@ -82,8 +80,7 @@ export class SnapshotsService {
 
   /** The disks of a snapshot with the image (disk-snapshot) id each one holds. */
   async disks(vmId: string, snapshotId: string, options: { signal?: AbortSignal | undefined } = {}): Promise<RhvSnapshotDisk[]> {
-    const doc = await this.#ctx.connection.get(`/vms/${seg(vmId)}/snapshots/${seg(snapshotId)}/disks`, 'disks', options);
-    return children(doc, 'disk').map(mapSnapshotDisk);
+    return listCollection(this.#ctx, `/vms/${seg(vmId)}/snapshots/${seg(snapshotId)}/disks`, 'disk', mapSnapshotDisk, options);
   }
 
   /**

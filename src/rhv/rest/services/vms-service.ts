@@ -2,9 +2,8 @@ import { InvalidArgumentError, NotFoundError } from '../../../core/errors.js';
 import type { VmRef } from '../../../core/model.js';
 import { mapVm } from '../mappers.js';
 import type { ServiceContext, RhvWaitCallOptions } from '../service-context.js';
-import { orUndefined, pollUntil, seg } from '../service-context.js';
+import { listCollection, orUndefined, pollUntil, seg } from '../service-context.js';
 import type { RhvVm } from '../types.js';
-import { children } from '../xml.js';
 
 /** What {@link VmsService.add} creates a VM from. */
 export interface AddVmOptions {
@@ -34,11 +33,10 @@ export class VmsService {
 
   /** Lists VMs, optionally with an engine search expression. */
   async list(options: { search?: string; signal?: AbortSignal | undefined } = {}): Promise<RhvVm[]> {
-    const doc = await this.#ctx.connection.get('/vms', 'vms', {
+    return listCollection(this.#ctx, '/vms', 'vm', mapVm, {
       query: options.search === undefined ? {} : { search: options.search, case_sensitive: false },
       ...(options.signal ? { signal: options.signal } : {}),
     });
-    return children(doc, 'vm').map(mapVm);
   }
 
   /**
