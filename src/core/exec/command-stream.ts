@@ -26,7 +26,7 @@ export interface CommandProducer {
   stoppedBySink(error: unknown): boolean;
 }
 
-/** What {@link commandOutput} returns: the command's stdout, and the command itself as a producer. */
+/** What `commandOutput` returns: the command's stdout, and the command itself as a producer. */
 export interface CommandOutput extends CommandProducer {
   /** The command's stdout, relayed (destroying it kills the command and drains the rest). */
   readonly stream: Readable;
