@@ -43,7 +43,7 @@ export { progressGate } from './pipeline/progress-gate.js';
 export type { ProgressDisk, ProgressGate } from './pipeline/progress-gate.js';
 export { defineStrategy } from './pipeline/define-strategy.js';
 export type { StrategyDefinition } from './pipeline/define-strategy.js';
-export { DigestStream, ExactSizeStream, measureStream, stallGuard, StreamStalledError, toReadable } from './core/streams.js';
+export { ByteMeter, type ByteMeterOptions, DigestStream, ExactSizeStream, measureStream, stallGuard, StreamStalledError, toReadable } from './core/streams.js';
 export type { ByteSource, ChunkTransform, DigestStreamOptions, StreamDigest } from './core/streams.js';
 export type { BackupRecord, BackupSession, BackupTarget, BeginBackupOptions, DiskArtifactInfo, DiskArtifactResult, RepositoryScan } from './core/target.js';
 export type { RestoreLayer, RestoreSelection, RestoreSource, StoredDiskArtifact, StoredMetadata, UnreadableBackup, VerifiedRestore } from './core/target.js';

@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { normalizeAbort, throwIfAborted } from '../core/abort.js';
 import { isVirtstreamError, VirtstreamError } from '../core/errors.js';
+import { ByteMeter } from '../core/streams.js';
 import type { CommandRunner } from '../core/exec/command-runner.js';
 import type { CommandProducer, CommandStreamOptions } from '../core/exec/command-stream.js';
 import { commandOutput, producerOrSinkError } from '../core/exec/command-stream.js';
@@ -274,7 +275,7 @@ async function spoolLayers(
       const local = join(dir, `${options.label}-${i}`);
       const spooled = await spool(runner, path, local, (n) => options.onSpoolBytes?.(read + n), options);
       read += spooled.bytes;
-      if ((await probeFormat(local, signal)) === 'raw') {
+      if ((options.formats?.[i] ?? (await probeFormat(local, signal))) === 'raw') {
         // a RAW volume's map was computed while it streamed in
         const raw = await RawImage.open(local, { map: 'data', ...opts });
         const map = spooled.map;
@@ -306,23 +307,21 @@ async function spool(
   const out = commandOutput(runner, ['cat', '--', path], commandOptions(options));
   // the zero map of the stream, so a RAW volume needs no second scan
   const zeros = new ZeroMap();
-  let n = 0;
-  const count = async function* (chunks: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+  const meter = new ByteMeter({ onBytes });
+  const mapZeros = async function* (chunks: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
     for await (const chunk of chunks) {
       zeros.add(chunk);
-      n += chunk.length;
-      onBytes(n);
       yield chunk;
     }
   };
   try {
     // a large write buffer: chunks that arrive while a write runs go out together (writev)
-    await pipeline(out.stream, count, createWriteStream(local, { highWaterMark: 4 * 1024 * 1024 }), signal ? { signal } : {});
+    await pipeline(out.stream, meter, mapZeros, createWriteStream(local, { highWaterMark: 4 * 1024 * 1024 }), signal ? { signal } : {});
   } catch (err) {
     throw await producerOrSinkError(out, normalizeAbort(err, signal));
   }
   await out.done;
-  return { bytes: n, map: zeros.extents() };
+  return { bytes: meter.bytes, map: zeros.extents() };
 }
 
 // module level: esbuild's CJS output runs class static initializers out of order

@@ -12,7 +12,7 @@ import { PassThrough, Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { normalizeAbort, throwIfAborted } from '../abort.js';
 import { isVirtstreamError, RemoteCommandError } from '../errors.js';
-import { StreamStalledError, stallGuard } from '../streams.js';
+import { ByteMeter, StreamStalledError, stallGuard } from '../streams.js';
 import type { CommandArg, CommandRunner } from './command-runner.js';
 import { describeArgv } from './process-helpers.js';
 
@@ -161,14 +161,8 @@ export async function commandInput(
   });
   proc.stdout.resume();
   proc.stdin.on('error', () => undefined);
-  let bytes = 0;
-  const count = async function* (chunks: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
-    for await (const chunk of chunks) {
-      bytes += chunk.length;
-      yield chunk;
-    }
-  };
-  const feeding = pipeline(source, count, proc.stdin, options.signal ? { signal: options.signal } : {});
+  const meter = new ByteMeter();
+  const feeding = pipeline(source, meter, proc.stdin, options.signal ? { signal: options.signal } : {});
   feeding.catch(() => proc.kill());
   const [fed, exited] = await Promise.allSettled([feeding, proc.done]);
   if (exited.status === 'rejected') {
@@ -179,7 +173,7 @@ export async function commandInput(
     throw killedForSource ? normalizeAbort(fed.reason, options.signal) : (options.mapError ?? ((x: unknown) => x))(e);
   }
   if (fed.status === 'rejected') throw normalizeAbort(fed.reason, options.signal);
-  return bytes;
+  return meter.bytes;
 }
 
 /** How long a command whose data ended early may take to exit by itself and say why, ms. */
