@@ -36,7 +36,7 @@ function killSessionOf(comm: string, dir: string): number {
   }
   for (const pid of found) {
     // the session is the nearest sshd above the process (the read script runs `dd` under `sh`)
-    for (let p = procs.get(pid)?.ppid, depth = 0; p !== undefined && depth < 3; p = procs.get(p)?.ppid, depth++) {
+    for (let p = procs.get(pid)?.ppid, depth = 0; p !== undefined && depth < 4; p = procs.get(p)?.ppid, depth++) {
       if (!procs.get(p)?.args.startsWith('sshd:')) continue;
       process.kill(p, 'SIGKILL');
       return p;
@@ -98,7 +98,7 @@ describe('VirshStrategy failure semantics (fault injection)', () => {
       name,
       [
         { target: 'vda', file: vda, format: 'qcow2', sizeMb: 16 },
-        { target: 'vdb', file: vdb, format: 'raw', sizeMb: 16 },
+        { target: 'vdb', file: vdb, format: 'raw', sizeMb: 48 },
       ],
       true,
     );
@@ -153,8 +153,9 @@ describe('VirshStrategy failure semantics (fault injection)', () => {
       // a real SSH drop: the sshd session process serving the strategy's connection is killed
       // while the read script streams the frozen image; the undo steps run over a fresh connection
       {
-        // 8 MiB of changes and a slow target keep the read alive long enough to find its session
-        await guestWrite(plain, name, 1, 0x5f, '1M', '8M');
+        // 40 MiB of changes (more than the read-ahead and the SSH window) and a slow target keep the
+        // read alive long enough to find its session
+        await guestWrite(plain, name, 1, 0x5f, '1M', '40M');
         const before = await snapshotState(name);
         repo.faults = { chunkDelayMs: 20 };
         const dropSsh = await remoteRunner();
