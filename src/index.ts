@@ -16,6 +16,7 @@ export { UnsupportedError, VerifyFailedError, VirtstreamError } from './core/err
 export type { ErrorCode, IntegrityProblem, VirtstreamErrorOptions } from './core/errors.js';
 export { BoundedRunner, type CommandBounds, DEFAULT_COMMAND_TIMEOUT_MS, DEFAULT_STALL_TIMEOUT_MS } from './core/exec/bounded-runner.js';
 export type { CommandArg, CommandExit, CommandProcess, CommandRunner, RunOptions, RunResult, SpawnOptions } from './core/exec/command-runner.js';
+export type { CommandOutput, CommandProducer } from './core/exec/command-stream.js';
 export { LocalRunner, type LocalRunnerOptions } from './core/exec/local-runner.js';
 export { quoteArg, quoteArgBytes, type ShellCommandOptions, toShellCommand } from './core/exec/shell-quote.js';
 export { fileSystemError, FileSystemError } from './core/fs-error.js';
@@ -42,7 +43,7 @@ export { progressGate } from './pipeline/progress-gate.js';
 export type { ProgressDisk, ProgressGate } from './pipeline/progress-gate.js';
 export { defineStrategy } from './pipeline/define-strategy.js';
 export type { StrategyDefinition } from './pipeline/define-strategy.js';
-export { DigestStream, ExactSizeStream, measureStream, stallGuard, StreamStalledError, toReadable } from './core/streams.js';
+export { ByteMeter, type ByteMeterOptions, DigestStream, ExactSizeStream, measureStream, stallGuard, StreamStalledError, toReadable } from './core/streams.js';
 export type { ByteSource, ChunkTransform, DigestStreamOptions, StreamDigest } from './core/streams.js';
 export type { BackupRecord, BackupSession, BackupTarget, BeginBackupOptions, DiskArtifactInfo, DiskArtifactResult, RepositoryScan } from './core/target.js';
 export type { RestoreLayer, RestoreSelection, RestoreSource, StoredDiskArtifact, StoredMetadata, UnreadableBackup, VerifiedRestore } from './core/target.js';

@@ -6,7 +6,8 @@
  * @module
  */
 import { createHash } from 'node:crypto';
-import { Readable, Transform } from 'node:stream';
+import type { Hash } from 'node:crypto';
+import { Readable, Transform, Writable } from 'node:stream';
 import type { TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { ReadableStream as WebReadableStream } from 'node:stream/web';
@@ -16,32 +17,49 @@ import { InvalidArgumentError, SizeMismatchError, VirtstreamError } from './erro
 /** Any byte source the library accepts: an async iterable of chunks, a Node stream or a web stream. */
 export type ByteSource = AsyncIterable<Uint8Array> | NodeJS.ReadableStream | WebReadableStream<Uint8Array>;
 
-/** Options for {@link DigestStream}. */
-export interface DigestStreamOptions {
+/** Options for {@link ByteMeter}. */
+export interface ByteMeterOptions {
   /** Called after every chunk with the running byte count. Exceptions it throws are swallowed. */
   onBytes?: (bytes: number) => void;
+  /** Compute the sha256 of the bytes ({@link ByteMeter.sha256}). @defaultValue false */
+  sha256?: boolean;
+  /** The exact byte count the stream must carry: more fail at once (`ERR_SIZE_MISMATCH`), fewer at the end (`ERR_TRUNCATED`). */
+  expected?: number;
+  /** Names the stream in errors. @defaultValue 'stream' */
+  what?: string;
 }
 
 /**
- * A pass-through that counts bytes and computes their sha256 while they flow. After the stream
- * finished (`'end'`/`'finish'`, or the pipeline settled), {@link DigestStream.sha256} holds the hex digest.
+ * The one byte counter of every data path: a pass-through that counts bytes and, as asked, reports
+ * progress, computes their sha256 and enforces an exact size. {@link DigestStream} and
+ * {@link ExactSizeStream} are its two common uses.
  *
  * @example
  * ```ts
- * const digest = new DigestStream();
- * await pipeline(source, digest, createWriteStream('/tmp/disk.raw'));
- * console.log(digest.bytes, digest.sha256);
+ * const meter = new ByteMeter({ sha256: true, expected: disk.virtualSize, what: 'disk vda' });
+ * await pipeline(source, meter, createWriteStream('/tmp/disk.raw'));
+ * console.log(meter.bytes, meter.sha256);
  * ```
+ * @throws (as a stream error) `ERR_SIZE_MISMATCH` / `ERR_TRUNCATED` with `expected`; `ERR_INVALID_ARGUMENT` for a bad `expected`
  */
-export class DigestStream extends Transform {
-  readonly #hash = createHash('sha256');
+export class ByteMeter extends Transform {
+  readonly #hash: Hash | undefined;
   readonly #onBytes: ((bytes: number) => void) | undefined;
+  readonly #expected: number | undefined;
+  readonly #what: string;
   #bytes = 0;
   #digest: string | undefined;
 
-  constructor(options: DigestStreamOptions = {}) {
+  constructor(options: ByteMeterOptions = {}) {
     super();
+    const { expected, what = 'stream' } = options;
+    if (expected !== undefined && (!Number.isSafeInteger(expected) || expected < 0)) {
+      throw new InvalidArgumentError(`${what}: expected size ${expected} is not a non-negative integer`);
+    }
+    this.#hash = options.sha256 ? createHash('sha256') : undefined;
     this.#onBytes = options.onBytes;
+    this.#expected = expected;
+    this.#what = what;
   }
 
   /** Bytes seen so far. */
@@ -49,15 +67,19 @@ export class DigestStream extends Transform {
     return this.#bytes;
   }
 
-  /** Hex sha256 of every byte seen, set once the input ended; `undefined` before. */
+  /** Hex sha256 of every byte seen (with `sha256: true`), set once the input ended; `undefined` before. */
   get sha256(): string | undefined {
     return this.#digest;
   }
 
-  /** Stream implementation: hashes and counts `chunk`, then passes it on. */
+  /** Stream implementation: counts (and hashes) `chunk`, fails as soon as the count passes the expected size. */
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
-    this.#hash.update(chunk);
     this.#bytes += chunk.length;
+    if (this.#expected !== undefined && this.#bytes > this.#expected) {
+      callback(new SizeMismatchError({ what: this.#what, expected: this.#expected, actual: this.#bytes }));
+      return;
+    }
+    this.#hash?.update(chunk);
     if (this.#onBytes) {
       try {
         this.#onBytes(this.#bytes);
@@ -68,15 +90,42 @@ export class DigestStream extends Transform {
     callback(null, chunk);
   }
 
-  /** Stream implementation: finalizes the digest. */
+  /** Stream implementation: fails when the input ended short; finalizes the digest. */
   override _flush(callback: TransformCallback): void {
-    this.#digest = this.#hash.digest('hex');
+    if (this.#expected !== undefined && this.#bytes !== this.#expected) {
+      callback(new SizeMismatchError({ what: this.#what, expected: this.#expected, actual: this.#bytes }));
+      return;
+    }
+    this.#digest = this.#hash?.digest('hex');
     callback();
   }
 }
 
+/** Options for {@link DigestStream}. */
+export interface DigestStreamOptions {
+  /** Called after every chunk with the running byte count. Exceptions it throws are swallowed. */
+  onBytes?: (bytes: number) => void;
+}
+
 /**
- * A pass-through that fails as soon as more than `expected` bytes arrive (`ERR_SIZE_MISMATCH`) or
+ * A {@link ByteMeter} that counts bytes and computes their sha256 while they flow. After the stream
+ * finished (`'end'`/`'finish'`, or the pipeline settled), {@link ByteMeter.sha256} holds the hex digest.
+ *
+ * @example
+ * ```ts
+ * const digest = new DigestStream();
+ * await pipeline(source, digest, createWriteStream('/tmp/disk.raw'));
+ * console.log(digest.bytes, digest.sha256);
+ * ```
+ */
+export class DigestStream extends ByteMeter {
+  constructor(options: DigestStreamOptions = {}) {
+    super({ ...options, sha256: true });
+  }
+}
+
+/**
+ * A {@link ByteMeter} that fails as soon as more than `expected` bytes arrive (`ERR_SIZE_MISMATCH`) or
  * when the input ends short (`ERR_TRUNCATED`), both as {@link SizeMismatchError}.
  *
  * @example
@@ -84,43 +133,13 @@ export class DigestStream extends Transform {
  * await pipeline(download, new ExactSizeStream(disk.virtualSize, 'disk vda'), sink);
  * ```
  */
-export class ExactSizeStream extends Transform {
-  readonly #expected: number;
-  readonly #what: string;
-  #bytes = 0;
-
+export class ExactSizeStream extends ByteMeter {
   /**
    * @param expected - the exact byte count the stream must carry
    * @param what - names the stream in the error message
    */
   constructor(expected: number, what = 'stream') {
-    super();
-    if (!Number.isSafeInteger(expected) || expected < 0) {
-      throw new InvalidArgumentError(`${what}: expected size ${expected} is not a non-negative integer`);
-    }
-    this.#expected = expected;
-    this.#what = what;
-  }
-
-  /** Bytes seen so far. */
-  get bytes(): number {
-    return this.#bytes;
-  }
-
-  /** Stream implementation: fails as soon as the count passes the expected size. */
-  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
-    this.#bytes += chunk.length;
-    if (this.#bytes > this.#expected) {
-      callback(new SizeMismatchError({ what: this.#what, expected: this.#expected, actual: this.#bytes }));
-      return;
-    }
-    callback(null, chunk);
-  }
-
-  /** Stream implementation: fails when the input ended short. */
-  override _flush(callback: TransformCallback): void {
-    if (this.#bytes !== this.#expected) callback(new SizeMismatchError({ what: this.#what, expected: this.#expected, actual: this.#bytes }));
-    else callback();
+    super({ expected, what });
   }
 }
 
@@ -217,21 +236,11 @@ export interface StreamDigest {
  */
 export async function measureStream(source: ByteSource, options: { signal?: AbortSignal | undefined | undefined } = {}): Promise<StreamDigest> {
   throwIfAborted(options.signal);
-  const hash = createHash('sha256');
-  let bytes = 0;
+  const meter = new ByteMeter({ sha256: true });
   try {
-    await pipeline(
-      toReadable(source),
-      async (chunks: AsyncIterable<Buffer>) => {
-        for await (const chunk of chunks) {
-          hash.update(chunk);
-          bytes += chunk.length;
-        }
-      },
-      options.signal ? { signal: options.signal } : {},
-    );
+    await pipeline(toReadable(source), meter, new Writable({ write: (_c, _e, cb) => cb() }), options.signal ? { signal: options.signal } : {});
   } catch (err) {
     throw normalizeAbort(err, options.signal);
   }
-  return { bytes, sha256: hash.digest('hex') };
+  return { bytes: meter.bytes, sha256: meter.sha256! };
 }

@@ -16,7 +16,14 @@ export type { SignalOptions, SnapshotDiskOnlyOptions, SnapshotDiskSpec } from '.
 export { resolveQuiesce, runHooks, validateHook } from '../libvirt/hooks.js';
 export type { HookCommand, HookResult, QuiesceDecision, RunHooksOptions } from '../libvirt/hooks.js';
 export { LvmClient, lvmDmName, LvmError, parseLvDevicePath, snapshotSizeFor, validateLvmName } from '../libvirt/storage/lvm-client.js';
-export type { LvmCallOptions, LvmClientOptions, LvmLogicalVolume, LvmVolumeGroup, SnapshotSizePolicy } from '../libvirt/storage/lvm-client.js';
+export type {
+  CommandReadStream,
+  LvmCallOptions,
+  LvmClientOptions,
+  LvmLogicalVolume,
+  LvmVolumeGroup,
+  SnapshotSizePolicy,
+} from '../libvirt/storage/lvm-client.js';
 export { RbdClient, RbdError, validateRbdName } from '../libvirt/storage/rbd-client.js';
 export type {
   CephClientConfig,
@@ -29,7 +36,6 @@ export type {
 } from '../libvirt/storage/rbd-client.js';
 export { rewriteDiskSources } from '../libvirt/storage/disk-source-xml.js';
 export type { DiskSourceEdit } from '../libvirt/storage/disk-source-xml.js';
-export type { CommandReadStream } from '../libvirt/storage/command-stream.js';
 export { LvmSnapshotStrategy, type LvmSnapshotStrategyOptions, type LvmVolumeRef } from '../strategies/libvirt/lvm.js';
 export { RbdSnapshotStrategy, type RbdSnapshotStrategyOptions } from '../strategies/libvirt/rbd.js';
 export { VIRSH_DOMAIN_XML, VirshStrategy } from '../strategies/libvirt/virsh.js';

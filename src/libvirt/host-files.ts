@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
+import { commandInput } from '../core/exec/command-stream.js';
 import { throwIfAborted } from '../core/abort.js';
 import { InvalidArgumentError, isVirtstreamError, RemoteCommandError, VirtstreamError } from '../core/errors.js';
 import type { CommandProcess } from '../core/exec/command-runner.js';
@@ -230,27 +230,11 @@ export class HostFiles {
   }
 
   async writeFile(path: string, source: Readable | AsyncIterable<Uint8Array>, options: SignalOptions = {}): Promise<number> {
-    throwIfAborted(options.signal);
-    const proc = this.#cmd.data.spawn(['dd', `of=${path}`, 'bs=1M', 'conv=sparse,fsync', 'status=none'], {
-      ...(options.signal ? { signal: options.signal } : {}),
-      bulk: 'stdin',
-    });
-    proc.stdout.resume();
-    let bytes = 0;
-    const count = async function* (src: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
-      for await (const chunk of src) {
-        bytes += chunk.length;
-        yield chunk;
-      }
-    };
-    try {
-      await pipeline(source, count, proc.stdin, ...(options.signal ? [{ signal: options.signal }] : []));
-    } catch (err) {
-      proc.kill();
-      await proc.done.catch(() => undefined);
-      throw err;
-    }
-    await proc.done;
-    return bytes;
+    return commandInput(
+      this.#cmd.data,
+      ['dd', `of=${path}`, 'bs=1M', 'conv=sparse,fsync', 'status=none'],
+      source,
+      options.signal ? { signal: options.signal } : {},
+    );
   }
 }

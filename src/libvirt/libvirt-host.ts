@@ -117,6 +117,11 @@ export class LibvirtHost {
     return this.#cmd.runner;
   }
 
+  /** The runner disk data goes through (the `dataRunner` option, else {@link runner}), bounded by the host's stall bound. */
+  get dataRunner(): CommandRunner {
+    return this.#cmd.data;
+  }
+
   /** The libvirt URI in use. */
   get uri(): string {
     return this.#cmd.uri;

@@ -10,6 +10,7 @@
 import type { Readable } from 'node:stream';
 import { throwIfAborted } from '../core/abort.js';
 import { CleanupStack } from '../core/cleanup-stack.js';
+import { producerOrSinkError } from '../core/exec/command-stream.js';
 import { AbortedError, InvalidArgumentError, isVirtstreamError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import type { ArtifactFormat, BackupKind } from '../core/model.js';
@@ -136,41 +137,6 @@ export interface BackupPipelineSpec {
 export function fullOnlyFallback(spec: BackupPipelineSpec, kind: BackupKind | undefined): string | undefined {
   if (spec.capabilities.incremental || (kind ?? 'full') !== 'incremental') return undefined;
   return `the ${spec.id} strategy makes full backups only${spec.fullOnlyReason ? ` (${spec.fullOnlyReason})` : ''}`;
-}
-
-/** How long a command whose data ended early may take to exit by itself and say why, ms. */
-const PRODUCER_EXIT_GRACE_MS = 5000;
-
-/**
- * Whose failure a disk reports when the sink failed: the producing command's, if it failed on its
- * own (data that ended early is explained by the command's exit, so it gets a short while to exit),
- * else the sink's (a command stopped because the sink failed says nothing new). The command is
- * stopped either way. Aborts are reported as aborts.
- */
-async function producerOrSinkError(producer: NonNullable<DiskRead['producer']>, sinkError: unknown): Promise<unknown> {
-  const outcome = producer.done.then(
-    () => ({ failed: false as const }),
-    (error: unknown) => ({ failed: true as const, error }),
-  );
-  const endedEarly = isVirtstreamError(sinkError, 'ERR_TRUNCATED') || isVirtstreamError(sinkError, 'ERR_SIZE_MISMATCH');
-  let timer: NodeJS.Timeout | undefined;
-  const ownExit = await Promise.race([
-    outcome,
-    new Promise<undefined>((resolve) => {
-      timer = setTimeout(() => resolve(undefined), endedEarly ? PRODUCER_EXIT_GRACE_MS : 0);
-    }),
-  ]);
-  clearTimeout(timer);
-  producer.kill();
-  await outcome;
-  if (
-    ownExit?.failed &&
-    !isVirtstreamError(sinkError, 'ERR_ABORTED') &&
-    !isVirtstreamError(ownExit.error, 'ERR_ABORTED') &&
-    !producer.stoppedBySink?.(ownExit.error)
-  )
-    return ownExit.error;
-  return sinkError;
 }
 
 /** Stores one disk: the source's stream into the session, the producer's failure preferred when it says more. */

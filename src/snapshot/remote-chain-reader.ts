@@ -11,11 +11,13 @@
  */
 import { createWriteStream } from 'node:fs';
 import { join } from 'node:path';
-import { PassThrough, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { normalizeAbort, throwIfAborted } from '../core/abort.js';
 import { isVirtstreamError, VirtstreamError } from '../core/errors.js';
-import type { CommandProcess, CommandRunner } from '../core/exec/command-runner.js';
+import { ByteMeter } from '../core/streams.js';
+import type { CommandRunner } from '../core/exec/command-runner.js';
+import type { CommandProducer, CommandStreamOptions } from '../core/exec/command-stream.js';
+import { commandOutput, producerOrSinkError } from '../core/exec/command-stream.js';
 import { quoteArg } from '../core/exec/shell-quote.js';
 import type { Logger } from '../core/logger.js';
 import type { DiskImage } from '../formats/disk-image.js';
@@ -58,6 +60,12 @@ export interface RemoteChainReadOptions {
   onSpoolBytes?: (bytes: number) => void;
   logger: Logger;
   signal?: AbortSignal | undefined;
+  /** The runner of the small commands (`head`, `qemu-img map`), e.g. SSH beside a netcat `runner`. @defaultValue the data runner */
+  control?: CommandRunner;
+  /** The layers' formats when the caller knows them (saves a `head` per layer). @defaultValue probed on the host */
+  formats?: readonly ('raw' | 'qcow2')[];
+  /** Stall bound of the data read, ms (see `commandOutput`). @defaultValue the runner's own bound */
+  stallTimeoutMs?: number;
 }
 
 /** A chain being read: its guest view, and the command producing it when streamed. */
@@ -65,11 +73,10 @@ export interface RemoteChainRead {
   /** The guest view of the merged chain (newest layer wins), data ranges in guest order. */
   readonly stream: ExtentStream;
   /**
-   * The remote read behind `stream` (streamed chains only). Once killed, `done` rejects only with
-   * the command's own failure while the stream was reading (it says why the data stopped); a
-   * consumer's failure stays the consumer's.
+   * The remote read behind `stream` (streamed chains only), for the pipeline's producer-versus-sink
+   * rule: its failure is reported only when it failed by itself (it says why the data stopped).
    */
-  readonly producer?: { readonly done: Promise<void>; kill(): void };
+  readonly producer?: CommandProducer;
   /** Why the chain was spooled instead of streamed. */
   readonly spooledBecause?: string;
   /** Closes the spooled images; safe to call twice. */
@@ -82,8 +89,6 @@ const MAX_SCRIPT = 96 * 1024;
 const READ_AHEAD = 16 * 1024 * 1024;
 /** Largest data chunk handed on. */
 const MAX_CHUNK = 4 * 1024 * 1024;
-/** How long a killed read may take to report its exit before it is taken as said. */
-const KILLED_EXIT_WAIT_MS = 10_000;
 
 /**
  * Merges the maps of `layers` (oldest first, each as `parseQemuImgMap` returns it) and lists the
@@ -148,7 +153,7 @@ export async function readRemoteChain(
   size: number,
   options: RemoteChainReadOptions,
 ): Promise<RemoteChainRead> {
-  const plan = await mapLayers(runner, paths, size, options);
+  const plan = await mapLayers(options.control ?? runner, paths, size, options);
   if (typeof plan !== 'string') return streamLayers(runner, paths, size, plan, options);
   options.logger.info({ reason: plan }, 'volumes are spooled locally instead of streamed');
   return { ...(await spoolLayers(runner, paths, size, options)), spooledBecause: plan };
@@ -161,9 +166,8 @@ export async function readRemoteChain(
 async function mapLayers(runner: CommandRunner, paths: readonly string[], size: number, options: RemoteChainReadOptions): Promise<LayerReadPlan | string> {
   const opts = options.signal ? { signal: options.signal } : {};
   const maps: LayerMapExtent[][] = [];
-  for (const path of paths) {
-    const magic = (await runner.run(['head', '-c', '4', '--', path], opts)).stdout;
-    const format = magic.length === 4 && magic.readUInt32BE(0) === QCOW2_MAGIC ? 'qcow2' : 'raw';
+  for (const [i, path] of paths.entries()) {
+    const format = options.formats?.[i] ?? (await probeRemote(runner, path, opts));
     const spec = { driver: format, ...(format === 'qcow2' ? { backing: null } : {}), file: { filename: path } }; // qemu picks host_device for block devices
     const out = await runner.run(['qemu-img', 'map', '--output=json', '-U', `json:${JSON.stringify(spec)}`], opts);
     try {
@@ -179,54 +183,26 @@ async function mapLayers(runner: CommandRunner, paths: readonly string[], size: 
   return plan;
 }
 
+/** The format of a layer file on the host, from its first bytes. */
+async function probeRemote(runner: CommandRunner, path: string, opts: { signal?: AbortSignal }): Promise<'raw' | 'qcow2'> {
+  const magic = (await runner.run(['head', '-c', '4', '--', path], opts)).stdout;
+  return magic.length === 4 && magic.readUInt32BE(0) === QCOW2_MAGIC ? 'qcow2' : 'raw';
+}
+
 /** The planned ranges in one remote command, as an extent stream over its stdout. */
 function streamLayers(runner: CommandRunner, paths: readonly string[], size: number, plan: LayerReadPlan, options: RemoteChainReadOptions): RemoteChainRead {
-  throwIfAborted(options.signal);
   options.logger.debug({ files: paths.length }, 'streaming volumes');
-  const proc = runner.spawn(['sh', '-c', layerReadScript(paths, plan.reads)], { bulk: 'stdout', ...(options.signal ? { signal: options.signal } : {}) });
-  // whether the read side failed (then the command's own error explains the failure best)
-  let readFailed = false;
-  const chunks = async function* (): AsyncGenerator<ExtentChunk> {
-    try {
-      // a bounded buffer keeps the channel draining while the consumer works
-      const buffered = proc.stdout.pipe(new PassThrough({ highWaterMark: READ_AHEAD }));
-      proc.stdout.once('error', (err) => buffered.destroy(err));
-      yield* mappedChunks(buffered, plan);
-    } catch (err) {
-      readFailed = true;
-      throw err;
-    }
-  };
+  // a bounded read-ahead keeps the channel draining while the consumer works
+  const out = commandOutput(runner, ['sh', '-c', layerReadScript(paths, plan.reads)], { ...commandOptions(options), readAhead: READ_AHEAD });
   return {
-    stream: { size, map: plan.map, [Symbol.asyncIterator]: chunks },
-    producer: killableRead(proc, () => readFailed),
+    stream: { size, map: plan.map, [Symbol.asyncIterator]: () => mappedChunks(out.stream, plan) },
+    producer: out,
     close: async () => undefined,
   };
 }
 
-/** `proc` as a producer: once killed, its exit counts only when the read side failed with it, and is waited for a bounded time. */
-function killableRead(proc: CommandProcess, readFailed: () => boolean): NonNullable<RemoteChainRead['producer']> {
-  let killed = false;
-  let giveUp: () => void = () => undefined;
-  const done = new Promise<void>((resolve, reject) => {
-    giveUp = resolve;
-    proc.done.then(
-      () => resolve(),
-      (err: unknown) => (killed && !(readFailed() && isVirtstreamError(err)) ? resolve() : reject(err)),
-    );
-  });
-  // awaited by whoever consumes the stream; never an unhandled rejection meanwhile
-  done.catch(() => undefined);
-  return {
-    done,
-    kill() {
-      if (killed) return;
-      killed = true;
-      proc.kill();
-      // a destroyed stdout may keep the exit from ever settling
-      setTimeout(giveUp, KILLED_EXIT_WAIT_MS).unref();
-    },
-  };
+function commandOptions(options: RemoteChainReadOptions): CommandStreamOptions {
+  return { ...(options.signal ? { signal: options.signal } : {}), ...(options.stallTimeoutMs !== undefined ? { stallTimeoutMs: options.stallTimeoutMs } : {}) };
 }
 
 /**
@@ -299,7 +275,7 @@ async function spoolLayers(
       const local = join(dir, `${options.label}-${i}`);
       const spooled = await spool(runner, path, local, (n) => options.onSpoolBytes?.(read + n), options);
       read += spooled.bytes;
-      if ((await probeFormat(local, signal)) === 'raw') {
+      if ((options.formats?.[i] ?? (await probeFormat(local, signal))) === 'raw') {
         // a RAW volume's map was computed while it streamed in
         const raw = await RawImage.open(local, { map: 'data', ...opts });
         const map = spooled.map;
@@ -328,35 +304,24 @@ async function spool(
   const { signal } = options;
   throwIfAborted(signal);
   options.logger.debug({ path }, 'reading volume');
-  const proc = runner.spawn(['cat', '--', path], { bulk: 'stdout', ...(signal ? { signal } : {}) });
+  const out = commandOutput(runner, ['cat', '--', path], commandOptions(options));
   // the zero map of the stream, so a RAW volume needs no second scan
   const zeros = new ZeroMap();
-  let n = 0;
-  const count = new Transform({
-    highWaterMark: 1024 * 1024,
-    transform(chunk: Buffer, _enc, cb) {
+  const meter = new ByteMeter({ onBytes });
+  const mapZeros = async function* (chunks: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+    for await (const chunk of chunks) {
       zeros.add(chunk);
-      n += chunk.length;
-      onBytes(n);
-      cb(null, chunk);
-    },
-  });
-  const producer = killableRead(proc, () => true);
+      yield chunk;
+    }
+  };
   try {
     // a large write buffer: chunks that arrive while a write runs go out together (writev)
-    await pipeline(proc.stdout, count, createWriteStream(local, { highWaterMark: 4 * 1024 * 1024 }), signal ? { signal } : {});
+    await pipeline(out.stream, meter, mapZeros, createWriteStream(local, { highWaterMark: 4 * 1024 * 1024 }), signal ? { signal } : {});
   } catch (err) {
-    producer.kill();
-    if (signal?.aborted) throw normalizeAbort(err, signal);
-    // the command's own failure (exit status, lost channel) explains a broken stream best
-    const outcome = await producer.done.then(
-      () => undefined,
-      (e: unknown) => e,
-    );
-    throw outcome ?? normalizeAbort(err, signal);
+    throw await producerOrSinkError(out, normalizeAbort(err, signal));
   }
-  await producer.done;
-  return { bytes: n, map: zeros.extents() };
+  await out.done;
+  return { bytes: meter.bytes, map: zeros.extents() };
 }
 
 // module level: esbuild's CJS output runs class static initializers out of order

@@ -13,10 +13,10 @@ import { normalizeAbort, throwIfAborted } from '../../core/abort.js';
 import { FormatError, InvalidArgumentError, NotFoundError, RemoteCommandError, VirtstreamError } from '../../core/errors.js';
 import type { VirtstreamErrorOptions } from '../../core/errors.js';
 import type { CommandRunner } from '../../core/exec/command-runner.js';
+import type { CommandOutput } from '../../core/exec/command-stream.js';
+import { commandInput, commandOutput } from '../../core/exec/command-stream.js';
 import type { Logger } from '../../core/logger.js';
 import { silentLogger } from '../../core/logger.js';
-import type { CommandReadStream } from './command-stream.js';
-import { openCommandRead, runCommandWithInput } from './command-stream.js';
 
 /** A volume group from `vgs`. Sizes in bytes. */
 export interface LvmVolumeGroup {
@@ -269,6 +269,12 @@ export interface LvmCallOptions {
   signal?: AbortSignal | undefined;
 }
 
+/**
+ * A running read command (`dd if=DEVICE`, `rbd export`): read `stream`, then await `done`, which
+ * rejects with the layer's typed error (`ERR_LVM`, `ERR_RBD`, `ERR_ABORTED`, …).
+ */
+export type CommandReadStream = CommandOutput;
+
 const LVM_ENV = Object.freeze({ LVM_SUPPRESS_FD_WARNINGS: '1', LC_ALL: 'C' });
 
 /**
@@ -432,7 +438,10 @@ export class LvmClient {
   openRead(device: string, options: LvmCallOptions = {}): CommandReadStream {
     if (!parseLvDevicePath(device)) throw new InvalidArgumentError(`${JSON.stringify(device)} is not an LVM device path`);
     const argv = ['dd', `if=${device}`, `bs=${this.#options.ddBlockSize ?? '4M'}`, 'status=none'];
-    return openCommandRead(this.#options.dataRunner ?? this.#runner, argv, (err) => this.#mapError(err, `read ${device}`, options.signal), options);
+    return commandOutput(this.#options.dataRunner ?? this.#runner, argv, {
+      ...options,
+      mapError: (err) => this.#mapError(err, `read ${device}`, options.signal),
+    });
   }
 
   /**
@@ -444,6 +453,9 @@ export class LvmClient {
   async writeDevice(device: string, source: Readable | AsyncIterable<Uint8Array>, options: LvmCallOptions = {}): Promise<void> {
     if (!parseLvDevicePath(device)) throw new InvalidArgumentError(`${JSON.stringify(device)} is not an LVM device path`);
     const argv = ['dd', `of=${device}`, `bs=${this.#options.ddBlockSize ?? '4M'}`, 'iflag=fullblock', 'conv=fsync,notrunc', 'status=none'];
-    await runCommandWithInput(this.#options.dataRunner ?? this.#runner, argv, source, (err) => this.#mapError(err, `write ${device}`, options.signal), options);
+    await commandInput(this.#options.dataRunner ?? this.#runner, argv, source, {
+      ...options,
+      mapError: (err) => this.#mapError(err, `write ${device}`, options.signal),
+    });
   }
 }

@@ -14,10 +14,10 @@ import { normalizeAbort, throwIfAborted } from '../../core/abort.js';
 import { FormatError, InvalidArgumentError, isVirtstreamError, NotFoundError, RemoteCommandError, VirtstreamError } from '../../core/errors.js';
 import type { VirtstreamErrorOptions } from '../../core/errors.js';
 import type { CommandArg, CommandRunner } from '../../core/exec/command-runner.js';
+import type { CommandOutput } from '../../core/exec/command-stream.js';
+import { commandInput, commandOutput } from '../../core/exec/command-stream.js';
 import type { Logger } from '../../core/logger.js';
 import { silentLogger } from '../../core/logger.js';
-import type { CommandReadStream } from './command-stream.js';
-import { openCommandRead, runCommandWithInput } from './command-stream.js';
 
 /** How the `rbd` tool reaches and authenticates to the cluster. Unset fields use the host's defaults (`/etc/ceph`). */
 export interface CephClientConfig {
@@ -90,7 +90,10 @@ export interface RbdCallOptions {
  * A running `rbd export` / `rbd export-diff`: read `stream` (raw image, or an "rbd diff v1" stream),
  * then await `done`, which rejects with `ERR_RBD`, `ERR_NOT_FOUND`, `ERR_ABORTED`, ….
  */
-export type RbdReadStream = CommandReadStream;
+export type RbdReadStream = CommandOutput;
+
+/** `rbd`'s exit status when its stdout reader went away. */
+const EPIPE = 32;
 
 /**
  * `rbd` failed. `errno` is the tool's exit status, which is the (positive) errno of the failing
@@ -457,7 +460,12 @@ export class RbdClient {
 
   #openRead(args: string[], what: string, options: RbdCallOptions): RbdReadStream {
     this.#logger.debug({ argv: args, host: this.#runner.host }, 'rbd stream');
-    return openCommandRead(this.#data, [...this.#base(), ...args], (err) => this.#mapError(err, what, options.signal), options);
+    return commandOutput(this.#data, [...this.#base(), ...args], {
+      ...options,
+      mapError: (err) => this.#mapError(err, what, options.signal),
+      // rbd exits with EPIPE once its reader went away: that says nothing about why the data stopped
+      isBrokenPipe: (err) => err instanceof RbdError && err.errno === EPIPE,
+    });
   }
 
   /**
@@ -483,7 +491,7 @@ export class RbdClient {
 
   async #write(args: CommandArg[], what: string, source: Readable | AsyncIterable<Uint8Array>, options: RbdCallOptions): Promise<void> {
     this.#logger.debug({ argv: args, host: this.#runner.host }, 'rbd write');
-    await runCommandWithInput(this.#data, [...this.#base(), ...args], source, (err) => this.#mapError(err, what, options.signal), options);
+    await commandInput(this.#data, [...this.#base(), ...args], source, { ...options, mapError: (err) => this.#mapError(err, what, options.signal) });
   }
 
   /**

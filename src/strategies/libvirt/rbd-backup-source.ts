@@ -16,9 +16,9 @@ import type { DomainDisk } from '../../libvirt/domain-xml.js';
 import type { HookCommand } from '../../libvirt/hooks.js';
 import type { LibvirtHost } from '../../libvirt/libvirt-host.js';
 import { checkDiskSources } from '../../libvirt/recovery.js';
-import type { RbdClient, RbdImageRef, RbdReadStream } from '../../libvirt/storage/rbd-client.js';
-import { formatRbdSpec, RbdError } from '../../libvirt/storage/rbd-client.js';
-import type { BackupPlan, BackupSource, DiskRead } from '../../pipeline/backup-pipeline.js';
+import type { RbdClient, RbdImageRef } from '../../libvirt/storage/rbd-client.js';
+import { formatRbdSpec } from '../../libvirt/storage/rbd-client.js';
+import type { BackupPlan, BackupSource } from '../../pipeline/backup-pipeline.js';
 import { incrementalBase } from '../../pipeline/incremental-base.js';
 import { atConsistencyPoint } from './consistency-point.js';
 import { DOMAIN_XML, readRbdExtra } from './rbd-restore-sink.js';
@@ -40,9 +40,6 @@ export interface RbdBackupContext {
 }
 
 const sameImage = (a: RbdImageRef, b: RbdImageRef): boolean => a.pool === b.pool && a.image === b.image && (a.namespace ?? '') === (b.namespace ?? '');
-
-/** `rbd`'s exit status when its stdout reader went away. */
-const EPIPE = 32;
 
 /** Image metadata key naming the snapshot the last committed backup keeps (the next incremental's base). */
 export const BASE_META_KEY = 'virtstream.base';
@@ -168,7 +165,8 @@ export function rbdBackupSource(ctx: RbdBackupContext): BackupSource<RbdPlan> {
         stream: read.stream,
         // a diff's length is known only once it is written
         ...(full ? { expectedBytes: size } : {}),
-        producer: exportProducer(read),
+        // a failed sink's broken pipe or kill is reported as the sink's failure, not rbd's
+        producer: read,
       };
     },
 
@@ -191,19 +189,6 @@ export function rbdBackupSource(ctx: RbdBackupContext): BackupSource<RbdPlan> {
         }
       }
     },
-  };
-}
-
-/**
- * The export command as the pipeline's producer. Once a failed sink stops reading, `rbd` dies of
- * the broken pipe (EPIPE) or of the kill that follows: that says nothing about why the data
- * stopped, so the sink's error is reported.
- */
-function exportProducer(read: RbdReadStream): NonNullable<DiskRead['producer']> {
-  return {
-    done: read.done,
-    kill: () => read.kill(),
-    stoppedBySink: (err) => err instanceof RbdError && (err.errno === EPIPE || err.errno === null),
   };
 }
 

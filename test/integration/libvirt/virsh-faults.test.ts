@@ -26,14 +26,21 @@ import { activeSources, chainOf, createDomain, FaultRunner, flushGuest, guestChe
  */
 function killSessionOf(comm: string, dir: string): number {
   const ps = execFileSync('ps', ['-eo', 'pid=,ppid=,comm=,args='], { encoding: 'utf8' });
+  const procs = new Map<number, { ppid: number; args: string }>();
+  const found: number[] = [];
   for (const line of ps.split('\n')) {
     const m = /^\s*(\d+)\s+(\d+)\s+(\S+)\s+(.*)$/.exec(line);
-    if (!m || m[3] !== comm || !m[4]!.includes(dir)) continue;
-    const ppid = Number(m[2]);
-    const parent = execFileSync('ps', ['-o', 'args=', '-p', String(ppid)], { encoding: 'utf8' }).trim();
-    if (!parent.startsWith('sshd:')) continue;
-    process.kill(ppid, 'SIGKILL');
-    return ppid;
+    if (!m) continue;
+    procs.set(Number(m[1]), { ppid: Number(m[2]), args: m[4]! });
+    if (m[3] === comm && m[4]!.includes(dir)) found.push(Number(m[1]));
+  }
+  for (const pid of found) {
+    // the session is the nearest sshd above the process (the read script runs `dd` under `sh`)
+    for (let p = procs.get(pid)?.ppid, depth = 0; p !== undefined && depth < 4; p = procs.get(p)?.ppid, depth++) {
+      if (!procs.get(p)?.args.startsWith('sshd:')) continue;
+      process.kill(p, 'SIGKILL');
+      return p;
+    }
   }
   return 0;
 }
@@ -91,7 +98,7 @@ describe('VirshStrategy failure semantics (fault injection)', () => {
       name,
       [
         { target: 'vda', file: vda, format: 'qcow2', sizeMb: 16 },
-        { target: 'vdb', file: vdb, format: 'raw', sizeMb: 16 },
+        { target: 'vdb', file: vdb, format: 'raw', sizeMb: 48 },
       ],
       true,
     );
@@ -103,7 +110,10 @@ describe('VirshStrategy failure semantics (fault injection)', () => {
 
       const cases: { label: string; fault?: Fault; target?: 'enospc' | 'commit'; abort?: boolean; code?: string }[] = [
         { label: 'snapshot fails', fault: { match: (a) => a.includes('snapshot-create-as'), action: 'fail' }, code: 'ERR_LIBVIRT' },
-        { label: 'SSH drop during the transfer', fault: { match: (a) => a[0] === 'cat', action: 'kill-after', bytes: 64 * 1024 } },
+        {
+          label: 'SSH drop during the transfer',
+          fault: { match: (a) => a[0] === 'sh' && a[2]?.includes('dd if=') === true, action: 'kill-after', bytes: 64 * 1024 },
+        },
         { label: 'disk full on the target', target: 'enospc' },
         { label: 'commit of the backup fails', target: 'commit', code: 'ERR_REPO_STATE' },
         { label: 'aborted during the transfer', abort: true, code: 'ERR_ABORTED' },
@@ -141,10 +151,11 @@ describe('VirshStrategy failure semantics (fault injection)', () => {
       }
 
       // a real SSH drop: the sshd session process serving the strategy's connection is killed
-      // while `cat` streams the frozen image; the undo steps run over a fresh connection
+      // while the read script streams the frozen image; the undo steps run over a fresh connection
       {
-        // 8 MiB of changes and a slow target keep `cat` alive long enough to find its session
-        await guestWrite(plain, name, 1, 0x5f, '1M', '8M');
+        // 40 MiB of changes (more than the read-ahead and the SSH window) and a slow target keep the
+        // read alive long enough to find its session
+        await guestWrite(plain, name, 1, 0x5f, '1M', '40M');
         const before = await snapshotState(name);
         repo.faults = { chunkDelayMs: 20 };
         const dropSsh = await remoteRunner();
@@ -156,7 +167,7 @@ describe('VirshStrategy failure semantics (fault injection)', () => {
             parent,
             onProgress: (e) => {
               if (e.type !== 'bytes' || killed !== 0) return;
-              killed = killSessionOf('cat', dir);
+              killed = killSessionOf('dd', dir);
             },
           })
           .then(

@@ -1,6 +1,6 @@
 /**
  * A hostile or broken host on the real lab (libvirtd + qemu over the real sshd): a `virsh dumpxml`
- * that lies about a disk's source, a remote `cat` stopped with SIGSTOP mid-transfer, a `virsh` that
+ * that lies about a disk's source, a remote read (`dd`) stopped with SIGSTOP mid-transfer, a `virsh` that
  * hangs, a paused guest, and a host without the default file owner. Each ends in a typed error (or a
  * correct backup) with the guest exactly as it was.
  */
@@ -133,19 +133,19 @@ describe('VirshStrategy against a hostile or broken host', () => {
     }
   });
 
-  it('a remote cat stopped with SIGSTOP: ERR_STREAM_STALLED, the cat is killed, the guest back on its base', async () => {
+  it('a remote read stopped with SIGSTOP: ERR_STREAM_STALLED, the read is killed, the guest back on its base', async () => {
     const name = `vs-it-stall-${process.pid}`;
     const vda = posix.join(dir, 'stall-a.qcow2');
     await removeDomain(plain, name);
     await createDomain(plain, name, [{ target: 'vda', file: vda, format: 'qcow2', sizeMb: 48 }], true);
     try {
-      // more data than the SSH window holds, through a slow target, keeps the cat alive until stopped
+      // more data than the SSH window holds, through a slow target, keeps the read (`dd` of the data ranges) alive until stopped
       await guestWrite(plain, name, 0, 0x5a, '12M', '24M');
       const host = new LibvirtHost(ssh, { uri: uri(), fileOwner: OWNER, stallTimeoutMs: 3000 });
       const inactive = await plain.dumpXml(name, { inactive: true });
       repo.faults = { chunkDelayMs: 5 };
       let stopped = '';
-      const pattern = `^cat -- ${dir}/stall-a`;
+      const pattern = `^dd if=${dir}/stall-a`;
       const err = await new VirshStrategy({ host })
         .backup({ name }, repo, {
           onProgress: (e) => {

@@ -5,10 +5,13 @@
  *
  * @module
  */
-import { PassThrough } from 'node:stream';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { cleanupSignal, throwIfAborted } from '../../../core/abort.js';
-import { isVirtstreamError, VirtstreamError } from '../../../core/errors.js';
-import type { CommandProcess } from '../../../core/exec/command-runner.js';
+import { isVirtstreamError } from '../../../core/errors.js';
+import { extentsToRawStream } from '../../../formats/extents-to-raw-stream.js';
+import { writeQcow2 } from '../../../formats/qcow2/qcow2-writer.js';
 import type { DomainInfo } from '../../../libvirt/domain-xml.js';
 import { parseDomainXml } from '../../../libvirt/domain-xml.js';
 import type { DiskFileEdit } from '../../../libvirt/domain-xml-rewrite.js';
@@ -18,6 +21,7 @@ import { resolveQuiesce, runHooks } from '../../../libvirt/hooks.js';
 import type { LibvirtHost } from '../../../libvirt/libvirt-host.js';
 import { backupPathFor } from '../../../libvirt/domain-state.js';
 import type { BackupPlan, BackupRun, BackupSource, DiskRead } from '../../../pipeline/backup-pipeline.js';
+import { readRemoteChain } from '../../../snapshot/remote-chain-reader.js';
 import type { VirshDiskPlan } from './disk-plan.js';
 import { planDisks, verifySources } from './disk-plan.js';
 import { KEPT_SUFFIX, runOf } from './file-tags.js';
@@ -50,6 +54,8 @@ export interface VirshBackupPlan extends BackupPlan<VirshDiskPlan> {
   readonly identities: Map<string, string>;
   /** The undo step that merges the overlays back; released when they are kept. */
   revert?: symbol;
+  /** The local spool directory, for images that cannot be streamed (made on first need). */
+  spool?: Promise<string>;
 }
 
 /** Records a warning of the run: returned with the result, logged, and reported as progress. */
@@ -226,35 +232,18 @@ async function readDisk(cfg: VirshSourceConfig, run: BackupRun, plan: VirshBacku
       format = p.baseFormat;
     }
   }
-  // the size query and the transfer start together (one round trip less); the command's output
-  // waits in its bounded channel window until the size is known
-  const size = host.fileSize(source, run.sig);
-  let proc: CommandProcess;
-  try {
-    proc = host.readFile(source, run.sig);
-  } catch (err) {
-    await size.catch(() => undefined);
-    throw err;
-  }
-  // relay through a PassThrough so that on failure the command's stdout can still be drained
-  // (a runner whose stdout was destroyed mid-stream may never report its exit otherwise)
-  const relay = new PassThrough({ highWaterMark: 1024 * 1024 });
-  const stop = (): void => {
-    proc.stdout.unpipe(relay);
-    relay.destroy();
-    proc.kill();
-    proc.stdout.resume();
-  };
-  let bytes: number;
-  try {
-    bytes = await size;
-  } catch (err) {
-    stop();
-    await proc.done.catch(() => undefined);
-    throw err;
-  }
-  proc.stdout.on('error', (e: Error) => relay.destroy(e));
-  proc.stdout.pipe(relay);
+  // the image's own map (`qemu-img map`) says where its data is: only data crosses the wire, and
+  // zero ranges stay extents (the same remote read as ssh-transfer's)
+  const remote = await readRemoteChain(host.dataRunner, [source], p.virtualSize, {
+    control: host.runner,
+    formats: [format],
+    spoolDir: () => spoolDir(run, plan),
+    label: p.id,
+    onSpoolBytes: (n) => run.progress.bytes(p, n),
+    logger: run.logger,
+    signal: run.signal,
+  });
+  const closeImages = run.undo.defer(`close the spooled images of disk ${p.id}`, () => remote.close());
   const extra: Record<string, string | number | boolean> = {
     base: p.base,
     baseFormat: p.baseFormat,
@@ -262,9 +251,7 @@ async function readDisk(cfg: VirshSourceConfig, run: BackupRun, plan: VirshBacku
     flattened: source !== p.base && p.kind === 'full',
   };
   if (cfg.keep) extra.overlay = p.overlay;
-  const done = proc.done.catch((err: unknown) => Promise.reject(transferError(host, p.id, err)));
-  // the pipeline awaits it once the sink is done; until then a failure must not count as unhandled
-  done.catch(() => undefined);
+  const incremental = p.kind === 'incremental';
   return {
     format,
     virtualSize: p.virtualSize,
@@ -272,17 +259,22 @@ async function readDisk(cfg: VirshSourceConfig, run: BackupRun, plan: VirshBacku
     kind: p.kind,
     ...(p.parentBackupId !== undefined ? { parentBackupId: p.parentBackupId } : {}),
     ...(p.fallbackReason ? { fallbackReason: p.fallbackReason } : {}),
-    stream: relay,
-    expectedBytes: bytes,
-    producer: { done, kill: stop },
+    // an incremental keeps the overlay's backing name (a restore rebases each layer onto the one below)
+    stream:
+      format === 'raw'
+        ? extentsToRawStream(remote.stream, run.sig)
+        : writeQcow2(remote.stream, { ...(incremental ? { backingFile: p.base, backingFormat: p.baseFormat } : {}), ...run.sig }),
+    ...(format === 'raw' ? { expectedBytes: p.virtualSize } : {}),
+    ...(remote.producer ? { producer: remote.producer } : {}),
+    release: () => run.undo.runOne(closeImages),
   };
 }
 
-/** A failed read as the run reports it: the runner's own error, or one naming the disk and host. */
-function transferError(host: LibvirtHost, diskId: string, err: unknown): unknown {
-  if (isVirtstreamError(err)) return err;
-  return new VirtstreamError('ERR_REMOTE_COMMAND', `transfer of disk ${diskId} from ${host.host} failed: ${(err as Error).message ?? String(err)}`, {
-    cause: err,
-    retryable: true,
+/** The local directory for chains that cannot be streamed, made on first need and removed by the run's undo. */
+function spoolDir(run: BackupRun, plan: VirshBackupPlan): Promise<string> {
+  plan.spool ??= mkdtemp(join(tmpdir(), 'vs-virsh-')).then((dir) => {
+    run.undo.defer(`remove the spool directory ${dir}`, () => rm(dir, { recursive: true, force: true }));
+    return dir;
   });
+  return plan.spool;
 }
