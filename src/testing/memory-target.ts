@@ -51,7 +51,8 @@ class MemoryDriver implements TargetDriver {
   }
 
   #reserve(n: number): void {
-    if (this.held + n > this.#maxBytes) throw new InvalidArgumentError(`MemoryTarget holds at most ${this.#maxBytes} bytes; use a FileRepository for real disks`);
+    if (this.held + n > this.#maxBytes)
+      throw new InvalidArgumentError(`MemoryTarget holds at most ${this.#maxBytes} bytes; use a FileRepository for real disks`);
     this.held += n;
   }
 

@@ -193,8 +193,14 @@ class CoreBackupSession implements BackupSession {
       () => undefined,
       (err: unknown) => err ?? new Error('stream failed'),
     );
+    // what the driver pulled to the end: a driver that stops early must not store a prefix under the whole stream's name
+    let drained = false;
+    const feed = async function* (): AsyncGenerator<Buffer> {
+      for await (const chunk of digest) yield chunk as Buffer;
+      drained = true;
+    };
     try {
-      await this.#init.staged.putDisk(file, digest, { signal });
+      await this.#init.staged.putDisk(file, feed(), { signal });
     } catch (err) {
       // a driver that failed before reading must not leave the source waiting on backpressure
       digest.destroy(err instanceof Error ? err : undefined);
@@ -203,10 +209,10 @@ class CoreBackupSession implements BackupSession {
       // the premature close the driver's failure caused
       throw cause !== undefined && (cause as { code?: unknown }).code !== 'ERR_STREAM_PREMATURE_CLOSE' ? cause : err;
     }
+    if (!drained) digest.destroy();
     const failed = await upstream;
     if (failed !== undefined) throw failed;
-    // a driver that returned before the end would store a prefix under the whole stream's name
-    if (digest.sha256 === undefined) throw new VirtstreamError('ERR_INTERNAL', `the target's driver did not read ${what} to its end`);
+    if (!drained || digest.sha256 === undefined) throw new VirtstreamError('ERR_INTERNAL', `the target's driver did not read ${what} to its end`);
     return { bytes: digest.bytes, sha256: digest.sha256 };
   }
 
