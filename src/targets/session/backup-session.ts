@@ -204,10 +204,10 @@ class CoreBackupSession implements BackupSession {
     } catch (err) {
       // a driver that failed before reading must not leave the source waiting on backpressure
       digest.destroy(err instanceof Error ? err : undefined);
-      const cause = await upstream;
-      // the source's error (a short stream, an abort) says why the data stopped, unless it is only
-      // the premature close the driver's failure caused
-      throw cause !== undefined && (cause as { code?: unknown }).code !== 'ERR_STREAM_PREMATURE_CLOSE' ? cause : err;
+      await upstream;
+      // a failure of the source or of the size check reaches the driver through `data`, so the
+      // driver's error is the right one either way (upstream then only reports the teardown)
+      throw err;
     }
     if (!drained) digest.destroy();
     const failed = await upstream;

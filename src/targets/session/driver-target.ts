@@ -16,7 +16,7 @@ import { metadataFileName } from '../../formats/artifact-names.js';
 import { manifestToRecord } from '../../formats/manifest.js';
 import { beginBackup } from './backup-session.js';
 import { checkBackupId, checkVmName } from './checks.js';
-import type { TargetDriver } from './driver.js';
+import type { DriverCallOptions, TargetDriver } from './driver.js';
 
 /** Options for {@link DriverTarget}. */
 export interface DriverTargetOptions {
@@ -24,7 +24,6 @@ export interface DriverTargetOptions {
   logger?: Logger;
 }
 
-type Sig = { signal?: AbortSignal | undefined };
 
 /**
  * Makes a {@link TargetDriver} a target: `begin` runs the core session (checks, ids, names, sizes,
@@ -41,7 +40,7 @@ export class DriverTarget implements BackupTarget, RestoreSource {
   readonly #driver: TargetDriver;
   readonly #logger: Logger | undefined;
   /** A local path to a stored disk artifact; present when the driver has `localPath`. */
-  readonly diskPath?: (vmName: string, backupId: string, diskId: string, options?: Sig) => Promise<string>;
+  readonly diskPath?: (vmName: string, backupId: string, diskId: string, options?: DriverCallOptions) => Promise<string>;
 
   /**
    * @param driver - the storage backend
@@ -67,7 +66,7 @@ export class DriverTarget implements BackupTarget, RestoreSource {
   }
 
   /** Committed backups of `vmName`, oldest first. */
-  async list(vmName: string, options: Sig = {}): Promise<BackupRecord[]> {
+  async list(vmName: string, options: DriverCallOptions = {}): Promise<BackupRecord[]> {
     checkVmName(vmName);
     throwIfAborted(options.signal);
     return (await this.#driver.listManifests(vmName, options)).map(manifestToRecord);
@@ -78,14 +77,14 @@ export class DriverTarget implements BackupTarget, RestoreSource {
    *
    * @throws `ERR_NOT_FOUND`; `ERR_REPO_PATH` for a malformed id; `ERR_ABORTED`.
    */
-  async get(vmName: string, backupId: string, options: Sig = {}): Promise<BackupRecord> {
+  async get(vmName: string, backupId: string, options: DriverCallOptions = {}): Promise<BackupRecord> {
     checkVmName(vmName);
     checkBackupId(backupId);
     throwIfAborted(options.signal);
     return manifestToRecord(await this.#driver.readManifest(vmName, backupId, options));
   }
 
-  async #disk(vmName: string, backupId: string, diskId: string, options: Sig): Promise<StoredDiskArtifact> {
+  async #disk(vmName: string, backupId: string, diskId: string, options: DriverCallOptions): Promise<StoredDiskArtifact> {
     const record = await this.get(vmName, backupId, options);
     const disk = record.disks.find((d) => d.diskId === diskId);
     if (!disk) throw new NotFoundError(`backup ${JSON.stringify(backupId)} has no disk ${JSON.stringify(diskId)}`, { what: 'disk' });
@@ -98,7 +97,7 @@ export class DriverTarget implements BackupTarget, RestoreSource {
    *
    * @throws `ERR_NOT_FOUND`; `ERR_ABORTED`.
    */
-  async openDisk(vmName: string, backupId: string, diskId: string, options: Sig = {}): Promise<Readable> {
+  async openDisk(vmName: string, backupId: string, diskId: string, options: DriverCallOptions = {}): Promise<Readable> {
     return this.#verified(vmName, backupId, await this.#disk(vmName, backupId, diskId, options), options);
   }
 
@@ -107,7 +106,7 @@ export class DriverTarget implements BackupTarget, RestoreSource {
    *
    * @throws `ERR_NOT_FOUND`; `ERR_TRUNCATED`/`ERR_SIZE_MISMATCH`; `ERR_CHECKSUM_MISMATCH`; `ERR_ABORTED`.
    */
-  async readMetadata(vmName: string, backupId: string, name: string, options: Sig = {}): Promise<Buffer> {
+  async readMetadata(vmName: string, backupId: string, name: string, options: DriverCallOptions = {}): Promise<Buffer> {
     const record = await this.get(vmName, backupId, options);
     const meta = record.metadata.find((m) => m.name === name);
     if (!meta) throw new NotFoundError(`backup ${JSON.stringify(backupId)} has no metadata ${JSON.stringify(name)}`, { what: 'metadata' });
@@ -123,7 +122,7 @@ export class DriverTarget implements BackupTarget, RestoreSource {
   }
 
   /** The driver's stream of `stored.file`, checked against its recorded size and sha256 while read. */
-  async #verified(vmName: string, backupId: string, stored: { file: string; bytes: number; sha256: string }, options: Sig): Promise<Readable> {
+  async #verified(vmName: string, backupId: string, stored: { file: string; bytes: number; sha256: string }, options: DriverCallOptions): Promise<Readable> {
     const data = Readable.from(await this.#driver.openFile(vmName, backupId, stored.file, options), { objectMode: false });
     return pipeline(data, new VerifyingStream({ bytes: stored.bytes, sha256: stored.sha256, file: `${backupId}/${stored.file}` }), () => undefined);
   }
