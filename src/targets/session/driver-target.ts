@@ -24,7 +24,6 @@ export interface DriverTargetOptions {
   logger?: Logger;
 }
 
-
 /**
  * Makes a {@link TargetDriver} a target: `begin` runs the core session (checks, ids, names, sizes,
  * sha256, chain rules, the manifest), the reads serve the driver's committed manifests and files,
