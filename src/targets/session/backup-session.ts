@@ -209,10 +209,14 @@ class CoreBackupSession implements BackupSession {
       // driver's error is the right one either way (upstream then only reports the teardown)
       throw err;
     }
-    if (!drained) digest.destroy();
+    if (!drained) {
+      digest.destroy();
+      await upstream;
+      throw new VirtstreamError('ERR_INTERNAL', `the target's driver did not read ${what} to its end`);
+    }
     const failed = await upstream;
     if (failed !== undefined) throw failed;
-    if (!drained || digest.sha256 === undefined) throw new VirtstreamError('ERR_INTERNAL', `the target's driver did not read ${what} to its end`);
+    if (digest.sha256 === undefined) throw new VirtstreamError('ERR_INTERNAL', `${what}: the digest did not finish`);
     return { bytes: digest.bytes, sha256: digest.sha256 };
   }
 

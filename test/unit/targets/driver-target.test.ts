@@ -117,7 +117,7 @@ describe('the core session over a driver', () => {
     const target = new DriverTarget(driver);
     const session = await target.begin({ vm: { name: 'vm' }, strategy: 't', kind: 'full' });
     const code = await codeOf(session.writeDisk(disk('vda'), Readable.from([Buffer.alloc(5, 1), Buffer.alloc(5, 2)])));
-    expect(['ERR_INTERNAL', 'ERR_STREAM_PREMATURE_CLOSE']).toContain(code);
+    expect(code).toBe('ERR_INTERNAL');
     driver.stopEarly = false;
     // the failed disk can be written again, and the commit holds only that second write
     await session.writeDisk(disk('vda'), Readable.from([Buffer.alloc(10, 4)]));
