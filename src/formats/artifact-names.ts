@@ -54,7 +54,7 @@ export function metadataFileName(name: string): string {
  * never follow it (layers are opened alone); it is there for `qemu-img` on a copy of the folder.
  *
  * @example
- * ```ts
+ * ```ts fragment
  * backingFileName('20261121T233000.123Z-ab12cd34', 'disks/vda-0123456789ab.qcow2');
  * // '../../20261121T233000.123Z-ab12cd34/disks/vda-0123456789ab.qcow2'
  * ```
