@@ -69,6 +69,8 @@ export type { BackupManifest, ManifestDisk, ManifestMetadata, ManifestProducer }
 export { FileRepository } from './targets/file-repository.js';
 export type { BackupVerifyResult, CleanupStaleResult, DeleteOptions, DeleteResult, FileRepositoryOptions, VerifyProblem } from './targets/file-repository.js';
 export type { VerifyReport } from './targets/file-repository.js';
+export { DriverTarget, type DriverTargetOptions } from './targets/session/driver-target.js';
+export type { DriverCallOptions, DriverLock, StagedBackup, TargetDriver } from './targets/session/driver.js';
 export { writeQcow2, planQcow2, type WriteQcow2Options, type Qcow2Plan } from './formats/qcow2/qcow2-writer.js';
 export { extentsToRawStream, orderedChunks } from './formats/extents-to-raw-stream.js';
 export { writeExtentsToFile, type WriteExtentsResult } from './formats/write-extents-to-file.js';

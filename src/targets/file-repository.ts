@@ -3,8 +3,8 @@
  * The layout, manifest schema and guarantees are documented in `docs/guides/repository-format.md`.
  *
  * The class wires together the parts in `./file-repository/`: `layout` (names and paths), `lock`
- * (the VM-folder lock), `sweep` (leftovers of dead writers), `session` (writing a backup),
- * `file-sink` (writing an artifact), `backup-reader` (reading what was committed), `verify` and
+ * (the VM-folder lock), `sweep` (leftovers of dead writers), `file-driver` (its driver under the
+ * core session of `../session/`, which writes every backup), `file-sink` (writing an artifact), `backup-reader` (reading what was committed), `verify` and
  * `delete-backup`.
  *
  * @module
@@ -13,11 +13,10 @@ import { constants as fsConstants } from 'node:fs';
 import type { Stats } from 'node:fs';
 import { chmod, mkdir, open } from 'node:fs/promises';
 import { hostname } from 'node:os';
-import { join, resolve } from 'node:path';
+import { resolve } from 'node:path';
 import type { Readable } from 'node:stream';
-import { normalizeAbort, throwIfAborted } from '../core/abort.js';
+import { throwIfAborted } from '../core/abort.js';
 import { InvalidArgumentError, NotFoundError, SizeMismatchError, isVirtstreamError } from '../core/errors.js';
-import { fileSystemError } from '../core/fs-error.js';
 import type { Logger } from '../core/logger.js';
 import { childLogger, silentLogger } from '../core/logger.js';
 import { RepositoryError } from '../core/repository-error.js';
@@ -33,17 +32,17 @@ import type {
 } from '../core/target.js';
 import type { RestoreStore } from '../snapshot/verified-restore.js';
 import { planVerifiedRestore } from '../snapshot/verified-restore.js';
-import { DISKS_DIR, META_DIR, manifestToRecord } from '../formats/manifest.js';
+import { manifestToRecord } from '../formats/manifest.js';
 import type { ManifestDisk } from '../formats/manifest.js';
 import { BackupReader, verifiedStream } from './file-repository/backup-reader.js';
 import { deleteBackup } from './file-repository/delete-backup.js';
 import type { DeleteOptions, DeleteParts, DeleteResult } from './file-repository/delete-backup.js';
-import { STAGING_DIR, backupIdFor, checkBackupId, checkVmName, vmFolderName } from './file-repository/layout.js';
+import { checkBackupId, checkVmName, vmFolderName } from './file-repository/layout.js';
 import { RepositoryLocks } from './file-repository/lock.js';
-import { ensureDir, errnoCode, guarded } from './file-repository/safe-fs.js';
-import { FileBackupSession, checkBeginOptions } from './file-repository/session.js';
-import type { RepoInternals } from './file-repository/session.js';
-import { cleanupStale, sweepLeftovers } from './file-repository/sweep.js';
+import { errnoCode, guarded } from './file-repository/safe-fs.js';
+import { FileDriver } from './file-repository/file-driver.js';
+import { beginBackup } from './session/backup-session.js';
+import { cleanupStale } from './file-repository/sweep.js';
 import type { CleanupStaleResult } from './file-repository/sweep.js';
 import { verifyBackups } from './file-repository/verify.js';
 import type { VerifyReport } from './file-repository/verify.js';
@@ -101,8 +100,8 @@ export class FileRepository implements BackupTarget, RestoreSource {
   readonly #logger: Logger;
   readonly #locks: RepositoryLocks;
   readonly #reader: BackupReader;
-  /** What a session needs of its repository. */
-  readonly #internals: RepoInternals;
+  /** What the core session writes through. */
+  readonly #driver: FileDriver;
   readonly #deleteParts: DeleteParts;
 
   /**
@@ -129,14 +128,16 @@ export class FileRepository implements BackupTarget, RestoreSource {
     this.#locks = new RepositoryLocks(host, fileMode, this.#logger);
     this.#reader = new BackupReader(this.root, this.#logger);
     this.#deleteParts = { reader: this.#reader, locks: this.#locks, logger: this.#logger, dirMode: this.#dirMode, fsync: this.#fsync };
-    this.#internals = {
+    this.#driver = new FileDriver({
+      reader: this.#reader,
+      locks: this.#locks,
+      logger: this.#logger,
       fsync: this.#fsync,
       sparse,
       fileMode,
-      logger: this.#logger,
-      releaseLock: (lock) => this.#locks.release(lock),
-      get: (vmName, backupId, opts) => this.get(vmName, backupId, opts),
-    };
+      dirMode: this.#dirMode,
+      ensureRoot: () => this.#ensureRoot(),
+    });
   }
 
   /**
@@ -165,57 +166,7 @@ export class FileRepository implements BackupTarget, RestoreSource {
    * for bad options; `ERR_ABORTED`.
    */
   async begin(options: BeginBackupOptions): Promise<BackupSession> {
-    return guarded(() => this.#begin(options), options?.signal);
-  }
-
-  async #begin(options: BeginBackupOptions): Promise<BackupSession> {
-    const signal = options.signal;
-    throwIfAborted(signal);
-    checkBeginOptions(options);
-    const vmName = options.vm.name;
-    if (options.parentId !== undefined) {
-      try {
-        await this.get(vmName, options.parentId, signal ? { signal } : {});
-      } catch (err) {
-        if (isVirtstreamError(err, 'ERR_NOT_FOUND')) {
-          throw new RepositoryError('ERR_REPO_CHAIN', `parent backup ${options.parentId} of VM ${JSON.stringify(vmName)} does not exist`, { cause: err });
-        }
-        throw err;
-      }
-    }
-    const vmDir = this.#reader.vmDir(vmName);
-    await this.#ensureRoot();
-    // the VM folder and its staging folder are real folders, never symlinks (backups written through
-    // one would land where list() never looks)
-    await ensureDir(vmDir, this.#dirMode);
-    await ensureDir(join(vmDir, STAGING_DIR), this.#dirMode);
-    throwIfAborted(signal);
-    const lock = await this.#locks.acquire(vmDir, 'backup');
-    try {
-      await sweepLeftovers(vmDir, this.#locks, this.#logger);
-      throwIfAborted(signal);
-      const startedAt = new Date();
-      const backupId = backupIdFor(startedAt);
-      const staging = join(vmDir, STAGING_DIR, backupId);
-      await ensureDir(join(vmDir, STAGING_DIR), this.#dirMode);
-      await mkdir(staging, { mode: this.#dirMode });
-      await chmod(staging, this.#dirMode);
-      await ensureDir(join(staging, DISKS_DIR), this.#dirMode);
-      await ensureDir(join(staging, META_DIR), this.#dirMode);
-      this.#logger.debug({ vm: vmName, backupId }, 'backup session started');
-      return new FileBackupSession({
-        repo: this.#internals,
-        options: { ...options, vm: { ...options.vm }, labels: { ...options.labels } },
-        backupId,
-        vmDir,
-        staging,
-        lock,
-        startedAt: startedAt.toISOString(),
-      });
-    } catch (err) {
-      await this.#locks.release(lock);
-      throw fileSystemError(normalizeAbort(err, signal));
-    }
+    return guarded(() => beginBackup(this.#driver, options, { logger: this.#logger }), options?.signal);
   }
 
   /** Creates the root (with `dirMode` when this call creates it; an existing root, even a symlink, is the user's). */

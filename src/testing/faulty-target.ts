@@ -122,10 +122,16 @@ export class FaultyTarget implements BackupTarget {
   }
 }
 
+/**
+ * The decorator: each call checks its fault, then goes to the wrapped session unchanged; the only
+ * thing it adds to a write is the byte gate of {@link FaultySession.through}. Every rule of the
+ * session (state, sizes, names) stays the wrapped target's.
+ */
 class FaultySession implements BackupSession {
   readonly #inner: BackupSession;
   readonly #record: FaultySessionRecord;
   readonly #options: Readonly<FaultyTargetOptions>;
+  /** Ends a stalled write when the session is aborted or disposed. */
   readonly #controller = new AbortController();
 
   constructor(inner: BackupSession, record: FaultySessionRecord, options: Readonly<FaultyTargetOptions>) {
@@ -145,43 +151,24 @@ class FaultySession implements BackupSession {
 
   async writeDisk(info: DiskArtifactInfo, source: AsyncIterable<Uint8Array> | NodeJS.ReadableStream, options: WriteOptions = {}): Promise<DiskArtifactResult> {
     this.#record.disks.push(info.diskId);
+    const signal = options.signal ? AbortSignal.any([options.signal, this.#controller.signal]) : this.#controller.signal;
+    return this.#inner.writeDisk(info, this.#through(source, signal), options);
+  }
+
+  /** Counts the bytes passed on; at the configured byte, fails or stalls until `signal` fires. */
+  async *#through(source: AsyncIterable<Uint8Array> | NodeJS.ReadableStream, signal: AbortSignal): AsyncGenerator<Uint8Array> {
     const { failWriteAfterBytes: failAt, stallWriteAfterBytes: stallAt } = this.#options;
-    if (failAt === undefined && stallAt === undefined) return this.#inner.writeDisk(info, this.#counted(source), options);
-    const sessionSignal = this.#controller.signal;
-    const signal = options.signal ? AbortSignal.any([options.signal, sessionSignal]) : sessionSignal;
-    return this.#inner.writeDisk(info, this.#faulty(source, failAt, stallAt, signal), options);
-  }
-
-  async *#counted(source: AsyncIterable<Uint8Array> | NodeJS.ReadableStream): AsyncGenerator<Uint8Array> {
-    for await (const chunk of toReadable(source) as AsyncIterable<Buffer>) {
-      this.#record.bytesWritten += chunk.length;
-      yield chunk;
-    }
-  }
-
-  async *#faulty(
-    source: AsyncIterable<Uint8Array> | NodeJS.ReadableStream,
-    failAt: number | undefined,
-    stallAt: number | undefined,
-    signal: AbortSignal,
-  ): AsyncGenerator<Uint8Array> {
-    let passed = 0;
     const limit = Math.min(failAt ?? Infinity, stallAt ?? Infinity);
+    let passed = 0;
     for await (const chunk of toReadable(source) as AsyncIterable<Buffer>) {
-      const room = limit - passed;
-      if (chunk.length <= room) {
-        passed += chunk.length;
-        this.#record.bytesWritten += chunk.length;
-        yield chunk;
-        if (passed < limit) continue;
-      } else if (room > 0) {
-        passed += room;
-        this.#record.bytesWritten += room;
-        yield chunk.subarray(0, room);
+      const piece = chunk.length <= limit - passed ? chunk : chunk.subarray(0, limit - passed);
+      if (piece.length > 0) {
+        passed += piece.length;
+        this.#record.bytesWritten += piece.length;
+        yield piece;
       }
-      if (failAt !== undefined && failAt <= (stallAt ?? Infinity)) {
-        throw new FaultInjectedError(`writeDisk failed after ${passed} bytes`, { fault: 'write' });
-      }
+      if (passed < limit) continue;
+      if (failAt !== undefined && failAt <= (stallAt ?? Infinity)) throw new FaultInjectedError(`writeDisk failed after ${passed} bytes`, { fault: 'write' });
       await waitForAbort(signal);
     }
   }
@@ -194,14 +181,16 @@ class FaultySession implements BackupSession {
   }
 
   async abort(reason?: unknown): Promise<void> {
-    this.#controller.abort(reason ?? new AbortedError('backup session aborted'));
-    await this.#inner.abort(reason);
-    if (this.#record.state === 'open') this.#record.state = 'aborted';
+    await this.#end(reason ?? new AbortedError('backup session aborted'), () => this.#inner.abort(reason));
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
-    this.#controller.abort(new AbortedError('backup session disposed'));
-    await this.#inner[Symbol.asyncDispose]();
+    await this.#end(new AbortedError('backup session disposed'), () => this.#inner[Symbol.asyncDispose]());
+  }
+
+  async #end(reason: unknown, inner: () => PromiseLike<void>): Promise<void> {
+    this.#controller.abort(reason);
+    await inner();
     if (this.#record.state === 'open') this.#record.state = 'aborted';
   }
 }

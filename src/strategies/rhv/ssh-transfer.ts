@@ -11,7 +11,7 @@
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, posix } from 'node:path';
+import { join } from 'node:path';
 import { cleanupSignal, throwIfAborted } from '../../core/abort.js';
 import { InvalidArgumentError, NotFoundError } from '../../core/errors.js';
 import type { CommandRunner } from '../../core/exec/command-runner.js';
@@ -23,7 +23,8 @@ import type { NetcatRunnerOptions } from '../../core/ssh/netcat-runner.js';
 import { SshRunner } from '../../core/ssh/ssh-runner.js';
 import type { SshRunnerOptions } from '../../core/ssh/ssh-runner.js';
 import type { BackupOptions, BackupResult, BackupStrategy, RecoverResult, RestoreOptions, RestoreResult, StrategyCapabilities } from '../../core/strategy.js';
-import type { BackupTarget, RestoreSource, StoredDiskArtifact } from '../../core/target.js';
+import type { BackupTarget, RestoreSource } from '../../core/target.js';
+import { backingFileName } from '../../formats/artifact-names.js';
 import { writeQcow2 } from '../../formats/qcow2/qcow2-writer.js';
 import type { BackupPipelineSpec, BackupPlan, BackupSource, SourceDisk } from '../../pipeline/backup-pipeline.js';
 import { runBackup } from '../../pipeline/backup-pipeline.js';
@@ -299,7 +300,7 @@ export class SshTransferStrategy implements BackupStrategy {
         });
         const closeImages = run.undo.defer(`close the spooled volumes of disk ${p.disk.name}`, () => remote.close());
         const qcow2 = writeQcow2(remote.stream, {
-          ...(parentArtifact ? { backingFile: backingPath(run.backupId!, p.parentBackupId!, parentArtifact), backingFormat: 'qcow2' as const } : {}),
+          ...(parentArtifact ? { backingFile: backingFileName(p.parentBackupId!, parentArtifact.file), backingFormat: 'qcow2' as const } : {}),
           ...run.sig,
         });
         return {
@@ -381,10 +382,4 @@ export class SshTransferStrategy implements BackupStrategy {
     const sink = imageioRestoreSink(this.id, this.#client, { ...(this.#options.restore ?? {}), ...(this.#options.poll ? { poll: this.#options.poll } : {}) });
     return runRestore(this.id, sink, vmName, source, options, this.#log(options, { vm: vmName, op: 'restore' }));
   }
-}
-
-/** The parent artifact's path relative to the directory of the new artifact. */
-function backingPath(backupId: string, parentId: string, parent: StoredDiskArtifact): string {
-  const dir = posix.dirname(posix.join(backupId, parent.file));
-  return posix.relative(dir, posix.join(parentId, parent.file));
 }

@@ -92,13 +92,11 @@ describe('MemoryTarget', () => {
     expect(target.heldBytes).toBe(0);
   });
 
-  it('checks incremental chains on commit', async () => {
+  it('checks incremental chains on begin and on commit', async () => {
     const target = new MemoryTarget();
     expect((await rejection(target.begin({ vm: { name: 'vm' }, strategy: 't', kind: 'incremental' }))).code).toBe('ERR_REPO_CHAIN');
-    const orphan = await target.begin({ vm: { name: 'vm' }, strategy: 't', kind: 'incremental', parentId: 'nope' });
-    await orphan.writeDisk(disk('vda', 1, { kind: 'incremental', format: 'rbd-diff' }), Readable.from([Buffer.alloc(1)]));
-    expect((await rejection(orphan.commit())).code).toBe('ERR_REPO_CHAIN');
-    await orphan.abort();
+    // the core session refuses a parent that does not exist at begin, for every target alike
+    expect((await rejection(target.begin({ vm: { name: 'vm' }, strategy: 't', kind: 'incremental', parentId: 'nope' }))).code).toBe('ERR_REPO_CHAIN');
     const full = await target.begin({ vm: { name: 'vm' }, strategy: 't', kind: 'full' });
     await full.writeDisk(disk('vda', 1), Readable.from([Buffer.alloc(1)]));
     const base = await full.commit();

@@ -9,6 +9,7 @@
 import { childLogger } from '../../../core/logger.js';
 import type { StoredDiskArtifact } from '../../../core/target.js';
 import { extentsToRawStream } from '../../../formats/extents-to-raw-stream.js';
+import { backingFileName } from '../../../formats/artifact-names.js';
 import { writeQcow2 } from '../../../formats/qcow2/qcow2-writer.js';
 import type { BackupPlan, BackupRun, BackupSource, DiskRead } from '../../../pipeline/backup-pipeline.js';
 import { incrementalBase } from '../../../pipeline/incremental-base.js';
@@ -169,7 +170,10 @@ export function transferSource(
         reportsBytes: true,
         stream:
           format === 'qcow2'
-            ? writeQcow2(stream, { ...(base ? { backingFile: backingPath(base.backupId, base.artifact), backingFormat: 'qcow2' as const } : {}), ...run.sig })
+            ? writeQcow2(stream, {
+                ...(base ? { backingFile: backingFileName(base.backupId, base.artifact.file), backingFormat: 'qcow2' as const } : {}),
+                ...run.sig,
+              })
             : extentsToRawStream(stream, run.sig),
         release: async () => {
           run.progress.phase('finalize', disk);
@@ -233,12 +237,4 @@ async function chooseBases(
     else d.kind = 'incremental';
   }
   mode.settle?.(disks);
-}
-
-/**
- * The parent artifact as the new one's QCOW2 backing file, relative to the new artifact's directory:
- * every backup has the same layout, so it is up out of this backup and down into the parent.
- */
-function backingPath(parentId: string, parent: StoredDiskArtifact): string {
-  return `${'../'.repeat(parent.file.split('/').length)}${parentId}/${parent.file}`;
 }
