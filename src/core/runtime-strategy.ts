@@ -265,7 +265,9 @@ export class RuntimeStrategy implements BackupStrategy {
    */
   #loggers(callLogger: Logger | undefined, bindings: object): { log: Logger; pass: Logger } {
     const base = callLogger ?? this.#options.logger ?? silentLogger;
-    const log = childLogger(redactingLogger(base), bindings);
+    // a malformed logger is the pipeline's ERR_INVALID_ARGUMENT to report, not this layer's TypeError
+    const usable = ['debug', 'info', 'warn', 'error'].every((m) => typeof (base as unknown as Record<string, unknown>)?.[m] === 'function');
+    const log = childLogger(redactingLogger(usable ? base : silentLogger), bindings);
     return { log, pass: this.#piped ? base : log };
   }
 

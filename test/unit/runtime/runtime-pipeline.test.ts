@@ -65,6 +65,8 @@ describe('RuntimeStrategy over a pipeline strategy: each concern once', () => {
     expect(result.warnings[0]).toMatch(/full backup instead of incremental/);
     expect(await code(strategy.backup({ name: 'vm1' }, target, { labels: 'x' as never }))).toBe('ERR_INVALID_ARGUMENT');
     expect(await code(strategy.backup({} as VmRef, target))).toBe('ERR_INVALID_ARGUMENT');
+    expect(await code(strategy.backup({ name: 'vm1' }, target, { logger: {} as never }))).toBe('ERR_INVALID_ARGUMENT');
+    expect(await code(strategy.backup({ name: 'vm1' }, target, { onProgress: 'x' as never }))).toBe('ERR_INVALID_ARGUMENT');
     expect(await target.list('vm1')).toHaveLength(1);
   });
 
