@@ -24,7 +24,7 @@ export { childLogger, redact, redactingLogger, redactString, silentLogger } from
 export type { Logger } from './core/logger.js';
 export type { ArtifactFormat, BackupKind, DiskBackend, DiskFormat, DiskInfo, VmRef } from './core/model.js';
 export { throttleProgress } from './core/progress.js';
-export type { ProgressEvent, ProgressListener, ProgressPhase, ThrottleOptions } from './core/progress.js';
+export type { ProgressEvent, ProgressListener, ProgressPhase, ThrottledProgressListener, ThrottleOptions } from './core/progress.js';
 export { RepositoryError, RepositoryLockedError } from './core/repository-error.js';
 export type { LockHolder, RepositoryErrorCode, RepositoryErrorOptions } from './core/repository-error.js';
 export { withRetry } from './core/retry.js';

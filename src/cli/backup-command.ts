@@ -1,4 +1,5 @@
-import { AbortedError, isVirtstreamError, RuntimeStrategy } from '../index.js';
+import { AbortedError, isVirtstreamError, withRuntime } from '../index.js';
+import type { RuntimeStrategy } from '../index.js';
 import type { BackupKind, BackupRecord, BackupResult, BackupSession, BackupTarget } from '../index.js';
 import type { CliConfig, VmListing, VmRule } from './config.js';
 import { ConfigError } from './config-error.js';
@@ -33,10 +34,14 @@ export class SourcePool implements AsyncDisposable {
     return s;
   }
 
-  /** The rule's strategy, wrapped in {@link RuntimeStrategy} (validation, logging, throttled progress, tracing). */
+  /**
+   * The rule's strategy, wrapped in {@link RuntimeStrategy}: every command (backup, restore, cleanup)
+   * runs strategies through it, for the tracing channels, the bound logger, one progress throttle and
+   * the contract guard.
+   */
   async strategy(rule: VmRule): Promise<RuntimeStrategy> {
     const source = await this.get(rule.from);
-    return new RuntimeStrategy(await source.strategy(rule.strategy, rule.options ?? {}), { logger: this.#ctx.logger });
+    return withRuntime(await source.strategy(rule.strategy, rule.options ?? {}), { logger: this.#ctx.logger });
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { FileRepository, isVirtstreamError, LocalRunner, throwIfAborted, VirtstreamError } from '../index.js';
+import { FileRepository, isVirtstreamError, LocalRunner, throwIfAborted, VirtstreamError, withRuntime } from '../index.js';
 import type { BackupResult, BackupStrategy, Logger, ProgressEvent } from '../index.js';
 import { ImageTransferStrategy, RhvClient } from '../entries/rhv.js';
 import { EngineSimulator } from '../entries/testing.js';
@@ -145,7 +145,8 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoReport> {
     ...(sim.caPem ? { ca: sim.caPem } : {}),
     ...(options.logger ? { logger: options.logger } : {}),
   });
-  const strategy: BackupStrategy = new ImageTransferStrategy(client);
+  // through RuntimeStrategy, as every CLI command runs a strategy: tracing channels, logger context, one throttle
+  const strategy: BackupStrategy = withRuntime(new ImageTransferStrategy(client), options.logger ? { logger: options.logger } : undefined);
   const repo = new FileRepository(repository, options.logger ? { logger: options.logger } : {});
   const onProgress = (vm: string) => (e: ProgressEvent) => options.onProgress?.(vm, e);
 

@@ -9,6 +9,7 @@
  */
 import type { Readable } from 'node:stream';
 import { throwIfAborted } from '../core/abort.js';
+import { validateBackupCall } from '../core/call-validation.js';
 import { CleanupStack } from '../core/cleanup-stack.js';
 import { producerOrSinkError } from '../core/exec/command-stream.js';
 import { AbortedError, InvalidArgumentError, isVirtstreamError } from '../core/errors.js';
@@ -196,8 +197,8 @@ export async function runBackup<P extends BackupPlan>(
   logger: Logger,
   warnings: string[] = [],
 ): Promise<BackupResult> {
+  validateBackupCall(vm, target, options);
   throwIfAborted(options.signal);
-  if (!target || typeof target.begin !== 'function') throw new InvalidArgumentError('target must be a BackupTarget');
   // a sibling disk's failure stops the others as an abort would
   const inner = new AbortController();
   const onAbort = (): void => inner.abort(options.signal?.reason ?? new AbortedError());

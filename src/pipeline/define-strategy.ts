@@ -1,7 +1,9 @@
+import { validateVmRef } from '../core/call-validation.js';
 import { InvalidArgumentError, UnsupportedError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import { childLogger, redactingLogger, silentLogger } from '../core/logger.js';
 import type { BackupStrategy, StrategyCapabilities } from '../core/strategy.js';
+import { markPipelineBuilt } from '../core/strategy-contract.js';
 import type { BackupPlan, BackupSource } from './backup-pipeline.js';
 import { runBackup } from './backup-pipeline.js';
 import type { RestoreSink } from './restore-pipeline.js';
@@ -44,17 +46,18 @@ export function defineStrategy<P extends BackupPlan, S>(definition: StrategyDefi
   };
   const loggerFor = (given: Logger | undefined, vm: string): Logger =>
     childLogger(redactingLogger(given ?? definition.logger ?? silentLogger), { strategy: id, vm });
-  return {
+  // marked: RuntimeStrategy then leaves the checks, the progress gate and the session unwind to the pipeline
+  return markPipelineBuilt({
     id,
     capabilities,
-    backup(vm, target, options = {}) {
-      const name = vm?.name ?? vm?.id;
-      if (!name) return Promise.reject(new InvalidArgumentError('vm needs a name or id'));
-      return runBackup(spec, source, name, target, options, loggerFor(options.logger, name));
+    async backup(vm, target, options = {}) {
+      validateVmRef(vm); // the rest of the call is checked by runBackup
+      const name = (vm.name ?? vm.id)!;
+      return runBackup(spec, source, name, target, options, loggerFor(options?.logger, name));
     },
-    restore(vmName, from, options = {}) {
-      if (!sink) return Promise.reject(new UnsupportedError(`strategy ${id} cannot restore`));
-      return runRestore(id, sink, vmName, from, options, loggerFor(options.logger, vmName));
+    async restore(vmName, from, options = {}) {
+      if (!sink) throw new UnsupportedError(`strategy ${id} cannot restore`);
+      return runRestore(id, sink, vmName, from, options, loggerFor(options?.logger, String(vmName)));
     },
-  };
+  });
 }

@@ -7,6 +7,7 @@
  * @module
  */
 import { normalizeAbort, throwIfAborted } from '../core/abort.js';
+import { validateRestoreCall } from '../core/call-validation.js';
 import { CleanupStack } from '../core/cleanup-stack.js';
 import { AbortedError, UnsupportedError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
@@ -79,6 +80,7 @@ export async function runRestore<S>(
   options: RestoreOptions,
   logger: Logger,
 ): Promise<RestoreResult> {
+  validateRestoreCall(vmName, source, options);
   throwIfAborted(options.signal);
   // a sibling disk's failure stops the others as an abort would
   const inner = new AbortController();

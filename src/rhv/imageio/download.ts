@@ -3,7 +3,7 @@
  */
 import type { Dispatcher } from 'undici';
 import { AbortedError } from '../../core/errors.js';
-import type { ProgressListener } from '../../core/progress.js';
+import type { ThrottledProgressListener } from '../../core/progress.js';
 import type { Extent, ExtentChunk, ExtentStream } from '../../formats/extent.js';
 import { Notifier } from './notifier.js';
 
@@ -21,7 +21,8 @@ export interface DownloadPlan {
   /** Reads exactly `length` bytes at `offset`, with per-range retries. */
   readRange(d: Dispatcher, offset: number, length: number, signal: AbortSignal): Promise<Buffer>;
   signal: AbortSignal | undefined;
-  progress: ProgressListener;
+  // flushed when the transfer ends, so the last count held back arrives even on failure
+  progress: ThrottledProgressListener;
   disk: string;
 }
 
@@ -102,6 +103,7 @@ async function* iterate(plan: DownloadPlan): AsyncGenerator<ExtentChunk, void, u
     note.notify();
     await Promise.allSettled(workers);
     results.clear();
+    plan.progress.flush();
     outer?.removeEventListener('abort', onOuterAbort);
   }
 }

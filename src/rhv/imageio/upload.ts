@@ -3,7 +3,7 @@
  */
 import type { Dispatcher } from 'undici';
 import { AbortedError, InvalidArgumentError, SizeMismatchError } from '../../core/errors.js';
-import type { ProgressListener } from '../../core/progress.js';
+import type { ThrottledProgressListener } from '../../core/progress.js';
 import type { ExtentStream } from '../../formats/extent.js';
 import { Notifier } from './notifier.js';
 import type { UploadResult } from './types.js';
@@ -28,7 +28,8 @@ export interface UploadPlan {
   /** Final flush of one connection. */
   flush(d: Dispatcher, signal: AbortSignal): Promise<void>;
   signal: AbortSignal | undefined;
-  progress: ProgressListener;
+  // flushed when the transfer ends, so the last count held back arrives even on failure
+  progress: ThrottledProgressListener;
   disk: string;
 }
 
@@ -192,5 +193,6 @@ export async function runUpload(plan: UploadPlan): Promise<UploadResult> {
     note.notify();
     await Promise.allSettled(workers);
     outer?.removeEventListener('abort', onOuterAbort);
+    plan.progress.flush();
   }
 }

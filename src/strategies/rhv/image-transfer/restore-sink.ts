@@ -118,9 +118,7 @@ async function restoreDisk(ctx: TransferContext, run: RestoreRun, state: Restore
   const result = await transfer.io.upload(image, {
     diskIsZero: true,
     disk: art.name,
-    onProgress: (e) => {
-      if (e.type === 'bytes') run.progress.bytes(progressDisk, e.transferred, e.total);
-    },
+    onProgress: run.progress.bytesOf(progressDisk),
     ...(ctx.options.imageio?.connections ? { concurrency: ctx.options.imageio.connections } : {}),
     ...run.sig,
   });

@@ -145,10 +145,8 @@ export function transferSource(
         ...(ctx.options.imageio?.connections ? { concurrency: ctx.options.imageio.connections } : {}),
         ...(ctx.options.imageio?.requestSize ? { requestSize: ctx.options.imageio.requestSize } : {}),
         disk: disk.name,
-        // guest bytes against the disk size: the stored QCOW2's length is known only at its end
-        onProgress: (e) => {
-          if (e.type === 'bytes') run.progress.bytes(disk, e.transferred, e.total);
-        },
+        // guest bytes against the disk size (the stored QCOW2's length is known only at its end), throttled once, by the gate
+        onProgress: run.progress.bytesOf(disk),
         ...run.sig,
       });
       const base = incremental && disk.parentArtifact && disk.parentBackupId ? { artifact: disk.parentArtifact, backupId: disk.parentBackupId } : undefined;
