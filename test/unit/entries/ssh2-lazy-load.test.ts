@@ -20,10 +20,10 @@ const probe = `
 describe('ssh2 loads lazily', () => {
   it('is not loaded by the root, rhv, libvirt or ssh entries', () => {
     const out = runFresh(`${probe}
-      await import('../exec/src/index.ts');
-      await import('../exec/src/entries/rhv.ts');
-      await import('../exec/src/entries/libvirt.ts');
-      const { SshRunner } = await import('../exec/src/entries/ssh.ts');
+      await import('./src/index.ts');
+      await import('./src/entries/rhv.ts');
+      await import('./src/entries/libvirt.ts');
+      const { SshRunner } = await import('./src/entries/ssh.ts');
       new SshRunner({ host: '127.0.0.1', port: 1, username: 'x' });
       console.log(JSON.stringify({ loaded: loaded() }));
     `);
@@ -32,7 +32,7 @@ describe('ssh2 loads lazily', () => {
 
   it('is loaded once a runner connects (the probe can see it)', () => {
     const out = runFresh(`${probe}
-      const { SshRunner } = await import('../exec/src/entries/ssh.ts');
+      const { SshRunner } = await import('./src/entries/ssh.ts');
       const r = new SshRunner({ host: '127.0.0.1', port: 1, username: 'x', knownHosts: '', readyTimeoutMs: 2000 });
       const err = await r.connect().catch((e) => e);
       console.log(JSON.stringify({ loaded: loaded(), code: err.code }));
