@@ -23,11 +23,7 @@ export async function qemuIo(file: string, ...commands: string[]): Promise<void>
   if (/error|failed/i.test(stdout)) throw new Error(`qemu-io ${commands.join('; ')}: ${stdout}`);
 }
 
-/** A temp dir removed by the returned cleanup. */
-export async function tempDir(prefix = 'vs-fmt-'): Promise<{ dir: string; cleanup: () => Promise<void> }> {
-  const dir = await mkdtemp(join(tmpdir(), prefix));
-  return { dir, cleanup: () => rm(dir, { recursive: true, force: true }) };
-}
+export { tempDir } from './temp-dir.js';
 
 /** `qemu-img convert -O raw` of an image, read back (small test images only). */
 export async function qemuRaw(path: string, dir: string, name = 'ref.raw'): Promise<Buffer> {
@@ -76,4 +72,21 @@ export async function randomRaw(path: string, size: number, seed: number): Promi
     for (let i = off; i < end; i++) buf[i] = (rnd() * 256) | 0;
   }
   await writeFile(path, buf);
+}
+
+/** `qemu-img compare` output (`Images are identical.` when equal); a size difference is reported too. */
+export async function compare(a: { path: string; format: string }, b: { path: string; format?: string }): Promise<string> {
+  const args = ['compare', '-f', a.format, ...(b.format ? ['-F', b.format] : []), a.path, b.path];
+  try {
+    const { stdout } = await exec('qemu-img', args);
+    return stdout.trim();
+  } catch (err) {
+    return `${String((err as { stdout?: string }).stdout).trim()} ${String((err as { stderr?: string }).stderr).trim()} (${a.path} vs ${b.path})`;
+  }
+}
+
+/** Converts an image to a RAW copy (a point-in-time reference for later comparison). */
+export async function freeze(src: { path: string; format: string }, dst: string): Promise<string> {
+  await exec('qemu-img', ['convert', '-f', src.format, '-O', 'raw', src.path, dst]);
+  return dst;
 }

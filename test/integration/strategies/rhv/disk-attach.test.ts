@@ -1,33 +1,25 @@
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { isVirtstreamError } from '../../../../src/core/errors.js';
 import { ByIdDeviceDiscovery } from '../../../../src/rhv/device-discovery.js';
 import { swapUuidEndianness } from '../../../../src/rhv/proxy-vm.js';
-import { RhvClient } from '../../../../src/rhv/rhv-client.js';
 import { DiskAttachStrategy } from '../../../../src/strategies/rhv/disk-attach.js';
 import type { DiskAttachStrategyOptions } from '../../../../src/strategies/rhv/disk-attach.js';
-import { FileRepository } from '../../../../src/targets/file-repository.js';
-import { EngineSimulator } from '../../../../src/testing/engine-simulator/engine-simulator.js';
 import { ProxyVmSimulator } from '../../../../src/testing/engine-simulator/proxy-vm-sim.js';
-import { MB, POLL, compare, filesBelow, freeze } from '../../../support/rhv-modes.js';
+import { type EngineHarness, MB, POLL, twoDisks, useEngineHarness, useExtensions } from '../../../support/engine-harness.js';
+import { compare, freeze } from '../../../support/qemu-tools.js';
+import { filesBelow } from '../../../support/temp-dir.js';
 
-let sim: EngineSimulator;
-let proxies: ProxyVmSimulator;
 let proxy: { id: string; name: string };
-let rhv: RhvClient;
-let dir: string;
 let lvmConf: string;
-let repo: FileRepository;
-let vmName: string;
-let vmSeq = 0;
-let disks: { id: string; name: string }[];
+const h = { seq: 0 } as EngineHarness;
+const ext = {} as { proxies: ProxyVmSimulator };
 
 function strategy(options: Partial<DiskAttachStrategyOptions> = {}): DiskAttachStrategy {
-  return new DiskAttachStrategy(rhv, {
-    uuidFile: join(dir, 'product_uuid'),
-    deviceDiscovery: new ByIdDeviceDiscovery({ folder: proxies.byIdDir }),
+  return new DiskAttachStrategy(h.rhv, {
+    uuidFile: join(h.dir, 'product_uuid'),
+    deviceDiscovery: new ByIdDeviceDiscovery({ folder: ext.proxies.byIdDir }),
     deviceWaitMs: 2000,
     lvmConfPath: lvmConf,
     poll: POLL,
@@ -37,87 +29,63 @@ function strategy(options: Partial<DiskAttachStrategyOptions> = {}): DiskAttachS
 
 /** No attachments to the proxy, no devices, no snapshots, nothing locked. */
 async function expectClean(): Promise<void> {
-  expect(proxies.attachments()).toEqual([]);
-  expect(await filesBelow(proxies.byIdDir)).toEqual([]);
-  const st = sim.state();
+  expect(ext.proxies.attachments()).toEqual([]);
+  expect(await filesBelow(ext.proxies.byIdDir)).toEqual([]);
+  const st = h.sim.state();
   expect(st.lockedDisks).toEqual([]);
-  expect(st.vms.find((v) => v.name === vmName)!.snapshots).toEqual([]);
+  expect(st.vms.find((v) => v.name === h.vmName)!.snapshots).toEqual([]);
 }
 
 describe.each(['4.3', '4.4.2', '4.5'] as const)('engine %s', (profile) => {
+  useEngineHarness(
+    'disk-attach-it',
+    {
+      start: { profile },
+      disks: [...twoDisks('raw'), { name: 'scratch', virtualSize: 4 * MB, format: 'cow' }],
+      vmName: (seq) => `da vm ${seq} 'q' $(id)`,
+    },
+    h,
+  );
+  useExtensions(h, { proxies: (sim) => ProxyVmSimulator.install(sim) }, ext);
   beforeAll(async () => {
-    sim = await EngineSimulator.start({ profile });
-    proxies = await ProxyVmSimulator.install(sim);
-    proxy = await proxies.addProxyVm('backup-proxy');
-    rhv = new RhvClient({ url: sim.url, username: 'admin@internal', password: 'secret', ca: sim.caPem, poll: POLL });
-  });
-
-  afterAll(async () => {
-    await rhv?.close();
-    await proxies?.close();
-    await sim?.close();
+    proxy = await ext.proxies.addProxyVm('backup-proxy');
   });
 
   beforeEach(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'vs-disk-attach-it-'));
     // the proxy VM's SMBIOS UUID, as /sys/class/dmi/id/product_uuid shows it (upper case)
-    await writeFile(join(dir, 'product_uuid'), `${proxy.id.toUpperCase()}\n`);
-    lvmConf = join(dir, 'lvm.conf');
+    await writeFile(join(h.dir, 'product_uuid'), `${proxy.id.toUpperCase()}\n`);
+    lvmConf = join(h.dir, 'lvm.conf');
     await writeFile(lvmConf, 'devices {\n  # only the proxy\'s own disk\n  filter = [ "a|^/dev/vda2$|", "r|.*|" ]\n}\n');
-    repo = new FileRepository(join(dir, 'repo'), { fsync: false });
-    vmName = `da vm ${++vmSeq} 'q' $(id)`;
-    const vm = await sim.addVm({
-      name: vmName,
-      disks: [
-        {
-          name: 'root',
-          virtualSize: 16 * MB,
-          format: 'cow',
-          contents: [
-            { offset: 0, length: MB, pattern: 0x41 },
-            { offset: 9 * MB, length: 65536, pattern: 0x42 },
-          ],
-        },
-        { name: 'data', virtualSize: 8 * MB, format: 'raw', contents: [{ offset: MB + 4096, length: 3 * 65536, pattern: 0x43 }] },
-        { name: 'scratch', virtualSize: 4 * MB, format: 'cow' },
-      ],
-    });
-    disks = vm.disks;
-    sim.faults.reset();
-    proxies.deviceNeverAppears = 0;
-  });
-
-  afterEach(async () => {
-    await rm(dir, { recursive: true, force: true });
+    ext.proxies.deviceNeverAppears = 0;
   });
 
   describe('DiskAttachStrategy against the engine simulator with a proxy VM', () => {
     it('backs up through attached snapshot disks (excluding one) and restores byte-exact', async () => {
-      const refs = await Promise.all(disks.slice(0, 2).map((d, i) => freeze(sim.activeImage(d.id), join(dir, `ref-${i}.raw`))));
-      const r = await strategy().backup({ name: vmName }, repo, { excludeDisks: ['scratch'] });
+      const refs = await Promise.all(h.disks.slice(0, 2).map((d, i) => freeze(h.sim.activeImage(d.id), join(h.dir, `ref-${i}.raw`))));
+      const r = await strategy().backup({ name: h.vmName }, h.repo, { excludeDisks: ['scratch'] });
       expect(r.record.strategy).toBe('disk-attach');
-      expect(r.disks.map((d) => d.diskId)).toEqual([disks[0]!.id, disks[1]!.id]);
+      expect(r.disks.map((d) => d.diskId)).toEqual([h.disks[0]!.id, h.disks[1]!.id]);
       expect(r.record.metadata.map((m) => m.name)).toContain('vm.ovf');
       await expectClean();
       // guest writes after the snapshot are not in the backup
-      await sim.writeGuestData(vmName, 'root', { offset: 0, length: 4096, pattern: 0x99 });
-      for (const [i, d] of disks.slice(0, 2).entries()) {
-        const art = await repo.diskPath(vmName, r.record.id, d.id);
+      await h.sim.writeGuestData(h.vmName, 'root', { offset: 0, length: 4096, pattern: 0x99 });
+      for (const [i, d] of h.disks.slice(0, 2).entries()) {
+        const art = await h.repo.diskPath(h.vmName, r.record.id, d.id);
         expect(await compare({ path: refs[i]!, format: 'raw' }, { path: art, format: 'raw' })).toBe('Images are identical.');
       }
 
-      const restored = await strategy().restore(vmName, repo, { newName: `${vmName} restored` });
-      const st = sim.state();
+      const restored = await strategy().restore(h.vmName, h.repo, { newName: `${h.vmName} restored` });
+      const st = h.sim.state();
       const newVm = st.vms.find((v) => v.id === restored.vm.id)!;
-      expect(newVm.name).toBe(`${vmName} restored`);
+      expect(newVm.name).toBe(`${h.vmName} restored`);
       expect(newVm.diskIds.map((id) => st.disks.find((x) => x.id === id)!.name)).toEqual(['root', 'data']);
       for (const [i, id] of newVm.diskIds.entries())
-        expect(await compare({ path: refs[i]!, format: 'raw' }, sim.activeImage(id))).toBe('Images are identical.');
-      expect(proxies.attachments()).toEqual([]);
+        expect(await compare({ path: refs[i]!, format: 'raw' }, h.sim.activeImage(id))).toBe('Images are identical.');
+      expect(ext.proxies.attachments()).toEqual([]);
     });
 
     it('answers an incremental request with a full backup, saying why and naming the alternatives', async () => {
-      const r = await strategy().backup({ name: vmName }, repo, { kind: 'incremental', excludeDisks: ['root', 'data'] });
+      const r = await strategy().backup({ name: h.vmName }, h.repo, { kind: 'incremental', excludeDisks: ['root', 'data'] });
       expect(r.record.kind).toBe('full');
       expect(r.disks.map((d) => d.kind)).toEqual(['full']);
       expect(r.disks[0]!.fallbackReason).toMatch(/disk-attach strategy makes full backups only.*image-transfer/);
@@ -126,23 +94,23 @@ describe.each(['4.3', '4.4.2', '4.5'] as const)('engine %s', (profile) => {
     });
 
     it('finds the proxy VM by a byte-swapped SMBIOS UUID too', async () => {
-      await writeFile(join(dir, 'product_uuid'), `${swapUuidEndianness(proxy.id).toUpperCase()}\n`);
-      const r = await strategy().backup({ name: vmName }, repo, { excludeDisks: ['root', 'data'] });
+      await writeFile(join(h.dir, 'product_uuid'), `${swapUuidEndianness(proxy.id).toUpperCase()}\n`);
+      const r = await strategy().backup({ name: h.vmName }, h.repo, { excludeDisks: ['root', 'data'] });
       expect(r.disks).toHaveLength(1);
       await expectClean();
     });
 
     it('fails clearly when the SDK does not run in a VM of the engine', async () => {
-      await writeFile(join(dir, 'product_uuid'), '4c4c4544-0000-4000-8000-000000000000\n');
+      await writeFile(join(h.dir, 'product_uuid'), '4c4c4544-0000-4000-8000-000000000000\n');
       const err = await strategy()
-        .backup({ name: vmName }, repo)
+        .backup({ name: h.vmName }, h.repo)
         .catch((e: unknown) => e);
       expect(isVirtstreamError(err, 'ERR_RHV_PROXY_VM')).toBe(true);
-      await writeFile(join(dir, 'product_uuid'), '$(reboot)\n');
+      await writeFile(join(h.dir, 'product_uuid'), '$(reboot)\n');
       expect(
         isVirtstreamError(
           await strategy()
-            .backup({ name: vmName }, repo)
+            .backup({ name: h.vmName }, h.repo)
             .catch((e: unknown) => e),
           'ERR_RHV_PROXY_VM',
         ),
@@ -151,9 +119,9 @@ describe.each(['4.3', '4.4.2', '4.5'] as const)('engine %s', (profile) => {
     });
 
     it('requires Virtio-SCSI on the proxy VM', async () => {
-      const noScsi = await proxies.addProxyVm(`proxy-noscsi-${vmSeq}`, { virtioScsi: false });
+      const noScsi = await ext.proxies.addProxyVm(`proxy-noscsi-${h.seq}`, { virtioScsi: false });
       const err = await strategy({ proxyVmId: noScsi.id })
-        .backup({ name: vmName }, repo)
+        .backup({ name: h.vmName }, h.repo)
         .catch((e: unknown) => e);
       expect(isVirtstreamError(err, 'ERR_RHV_PROXY_VM')).toBe(true);
       expect(String(err)).toMatch(/Virtio-SCSI/);
@@ -163,45 +131,45 @@ describe.each(['4.3', '4.4.2', '4.5'] as const)('engine %s', (profile) => {
     it('requires an LVM filter (or warns when told to)', async () => {
       await writeFile(lvmConf, 'devices {\n  # filter = [ "r|.*|" ]\n}\n');
       const err = await strategy()
-        .backup({ name: vmName }, repo)
+        .backup({ name: h.vmName }, h.repo)
         .catch((e: unknown) => e);
       expect(isVirtstreamError(err, 'ERR_RHV_PROXY_VM')).toBe(true);
       await expectClean();
-      const r = await strategy({ lvmFilterCheck: 'warn' }).backup({ name: vmName }, repo, { excludeDisks: ['scratch', 'data'] });
+      const r = await strategy({ lvmFilterCheck: 'warn' }).backup({ name: h.vmName }, h.repo, { excludeDisks: ['scratch', 'data'] });
       expect(r.warnings.join('\n')).toMatch(/LVM filter/);
     });
 
     it('an attach that fails removes the snapshot and commits nothing', async () => {
-      sim.faults.failRequests({ method: 'POST', path: `/vms/${proxy.id}/diskattachments`, status: 500 });
+      h.sim.faults.failRequests({ method: 'POST', path: `/vms/${proxy.id}/diskattachments`, status: 500 });
       const err = await strategy()
-        .backup({ name: vmName }, repo)
+        .backup({ name: h.vmName }, h.repo)
         .catch((e: unknown) => e);
       expect(isVirtstreamError(err, 'ERR_RHV_FAULT'), String(err)).toBe(true);
       await expectClean();
-      expect(await repo.list(vmName)).toEqual([]);
+      expect(await h.repo.list(h.vmName)).toEqual([]);
     });
 
     it('a device that never appears is detached, the snapshot removed, nothing committed', async () => {
-      proxies.deviceNeverAppears = 1;
+      ext.proxies.deviceNeverAppears = 1;
       const err = await strategy({ deviceWaitMs: 300 })
-        .backup({ name: vmName }, repo)
+        .backup({ name: h.vmName }, h.repo)
         .catch((e: unknown) => e);
       expect(isVirtstreamError(err, 'ERR_NOT_FOUND'), String(err)).toBe(true);
       await expectClean();
-      expect(await repo.list(vmName)).toEqual([]);
+      expect(await h.repo.list(h.vmName)).toEqual([]);
     });
 
     it('a failure on the second disk detaches it and removes the snapshot', async () => {
       // the second attach of the run fails after the first disk was read
-      sim.faults.failRequests({ method: 'POST', path: `/vms/${proxy.id}/diskattachments`, status: 500 });
+      h.sim.faults.failRequests({ method: 'POST', path: `/vms/${proxy.id}/diskattachments`, status: 500 });
       const first = strategy();
       let attaches = 0;
       const err = await first
-        .backup({ name: vmName }, repo, {
+        .backup({ name: h.vmName }, h.repo, {
           onProgress: (e) => {
-            if (e.type === 'phase' && e.phase === 'transfer' && ++attaches === 1) sim.faults.reset();
+            if (e.type === 'phase' && e.phase === 'transfer' && ++attaches === 1) h.sim.faults.reset();
             if (e.type === 'phase' && e.phase === 'transfer' && attaches === 2)
-              sim.faults.failRequests({ method: 'POST', path: `/vms/${proxy.id}/diskattachments`, status: 500 });
+              h.sim.faults.failRequests({ method: 'POST', path: `/vms/${proxy.id}/diskattachments`, status: 500 });
           },
         })
         .catch((e: unknown) => e);
@@ -212,59 +180,59 @@ describe.each(['4.3', '4.4.2', '4.5'] as const)('engine %s', (profile) => {
     it('abort while reading a device cleans up', async () => {
       const ac = new AbortController();
       const err = await strategy()
-        .backup({ name: vmName }, repo, { signal: ac.signal, onProgress: (e) => e.type === 'bytes' && ac.abort(new Error('stop')) })
+        .backup({ name: h.vmName }, h.repo, { signal: ac.signal, onProgress: (e) => e.type === 'bytes' && ac.abort(new Error('stop')) })
         .catch((e: unknown) => e);
       expect(isVirtstreamError(err, 'ERR_ABORTED'), String(err)).toBe(true);
       await expectClean();
     });
 
     it('a restore whose attach fails removes the created disks', async () => {
-      await strategy().backup({ name: vmName }, repo, { excludeDisks: ['scratch'] });
-      const before = sim.state().disks.length;
-      sim.faults.failRequests({ method: 'POST', path: `/vms/${proxy.id}/diskattachments`, status: 500 });
+      await strategy().backup({ name: h.vmName }, h.repo, { excludeDisks: ['scratch'] });
+      const before = h.sim.state().disks.length;
+      h.sim.faults.failRequests({ method: 'POST', path: `/vms/${proxy.id}/diskattachments`, status: 500 });
       const err = await strategy()
-        .restore(vmName, repo, { newName: `${vmName} r2` })
+        .restore(h.vmName, h.repo, { newName: `${h.vmName} r2` })
         .catch((e: unknown) => e);
       expect(isVirtstreamError(err, 'ERR_RHV_FAULT'), String(err)).toBe(true);
-      expect(sim.state().disks.length).toBe(before);
-      expect(sim.state().vms.some((v) => v.name === `${vmName} r2`)).toBe(false);
-      expect(proxies.attachments()).toEqual([]);
+      expect(h.sim.state().disks.length).toBe(before);
+      expect(h.sim.state().vms.some((v) => v.name === `${h.vmName} r2`)).toBe(false);
+      expect(ext.proxies.attachments()).toEqual([]);
     });
   });
 
   describe('DiskAttachStrategy recovery after an interrupted run (issue 11.9)', () => {
     it('a killed run left a snapshot disk attached to the proxy and the snapshot: dryRun lists, backup() undoes them, the user snapshot stays', async () => {
-      const vmId = sim.vmId(vmName);
-      const user = await rhv.snapshots.create(vmId, { description: 'the user snapshot' });
-      await rhv.snapshots.waitUntilOk(vmId, user.id);
+      const vmId = h.sim.vmId(h.vmName);
+      const user = await h.rhv.snapshots.create(vmId, { description: 'the user snapshot' });
+      await h.rhv.snapshots.waitUntilOk(vmId, user.id);
       // exactly what a run killed between its attach and its detach leaves behind
-      const snap = await rhv.snapshots.create(vmId, {
+      const snap = await h.rhv.snapshots.create(vmId, {
         description: `virtstream disk-attach ${new Date().toISOString()} 0b1f4c2e-0000-4000-8000-00000000dead`,
-        diskIds: [disks[0]!.id],
+        diskIds: [h.disks[0]!.id],
       });
-      await rhv.snapshots.waitUntilOk(vmId, snap.id);
-      await rhv.diskAttachments.add(proxy.id, { diskId: disks[0]!.id, snapshotId: snap.id, interface: 'virtio_scsi', active: true, bootable: false });
-      const before = sim.state();
+      await h.rhv.snapshots.waitUntilOk(vmId, snap.id);
+      await h.rhv.diskAttachments.add(proxy.id, { diskId: h.disks[0]!.id, snapshotId: snap.id, interface: 'virtio_scsi', active: true, bootable: false });
+      const before = h.sim.state();
 
-      const dry = await strategy().recover({ name: vmName }, { dryRun: true });
+      const dry = await strategy().recover({ name: h.vmName }, { dryRun: true });
       expect(dry.actions.map((a) => [a.kind, a.done])).toEqual([
         ['disk-attachment', false],
         ['snapshot', false],
       ]);
-      expect(proxies.attachments()).toHaveLength(1);
-      expect(sim.state().vms).toEqual(before.vms);
+      expect(ext.proxies.attachments()).toHaveLength(1);
+      expect(h.sim.state().vms).toEqual(before.vms);
 
-      const r = await strategy().backup({ name: vmName }, repo, { excludeDisks: ['scratch'] });
+      const r = await strategy().backup({ name: h.vmName }, h.repo, { excludeDisks: ['scratch'] });
       expect(r.warnings).toEqual([]);
-      expect(proxies.attachments()).toEqual([]);
-      expect(await filesBelow(proxies.byIdDir)).toEqual([]);
+      expect(ext.proxies.attachments()).toEqual([]);
+      expect(await filesBelow(ext.proxies.byIdDir)).toEqual([]);
       expect(
-        sim
+        h.sim
           .state()
           .vms.find((v) => v.id === vmId)!
           .snapshots.map((s) => s.description),
       ).toEqual(['the user snapshot']);
-      expect((await strategy().recover({ name: vmName })).actions).toEqual([]);
+      expect((await strategy().recover({ name: h.vmName })).actions).toEqual([]);
     });
   });
 });

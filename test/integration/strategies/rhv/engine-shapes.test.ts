@@ -13,7 +13,8 @@ import { qcow2RequiredSize } from '../../../../src/strategies/rhv/restore-target
 import { MB, POLL, useEngineHarness } from '../../../support/engine-harness.js';
 
 const run = promisify(execFile);
-const h = useEngineHarness('rhv-shapes', [
+const h = useEngineHarness('rhv-shapes', {
+  disks: [
   {
     name: 'root',
     virtualSize: 16 * MB,
@@ -24,7 +25,8 @@ const h = useEngineHarness('rhv-shapes', [
     ],
   },
   { name: 'data', virtualSize: 8 * MB, format: 'cow', contents: [{ offset: MB, length: 3 * 65536, pattern: 0x43 }] },
-]);
+  ],
+});
 
 function strategy(options: ImageTransferStrategyOptions = {}): ImageTransferStrategy {
   return new ImageTransferStrategy(h.rhv, { poll: POLL, ...options, imageio: { retries: 1, ...options.imageio } });

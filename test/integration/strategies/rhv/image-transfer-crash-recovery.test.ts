@@ -16,7 +16,8 @@ import { MB, POLL, useEngineHarness } from '../../../support/engine-harness.js';
 
 const run = promisify(execFile);
 const FIXTURE = fileURLToPath(new URL('./fixtures/killed-backup.ts', import.meta.url));
-const h = useEngineHarness('rhv-crash', [
+const h = useEngineHarness('rhv-crash', {
+  disks: [
   {
     name: 'root',
     virtualSize: 32 * MB,
@@ -27,7 +28,8 @@ const h = useEngineHarness('rhv-crash', [
     ],
   },
   { name: 'data', virtualSize: 16 * MB, format: 'cow', contents: [{ offset: MB, length: 2 * MB, pattern: 0x43 }] },
-]);
+  ],
+});
 
 /** Runs the backup that kills itself mid-transfer; resolves with the signal it died of. */
 async function killedBackup(mode: string, parentId?: string): Promise<string | undefined> {

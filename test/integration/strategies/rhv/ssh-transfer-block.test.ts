@@ -1,28 +1,14 @@
-/**
- * ssh-transfer on a block (iSCSI) domain: volumes are LVs `<sd>/<vol>` activated only for the read.
- * The hypervisor is the lab sshd; `lvchange` is recorded (this machine has no such VG) and
- * `/dev/<sd>/<vol>` is mapped onto the simulator's volume files, everything else runs over SSH.
- */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { beforeEach, describe, expect, it } from 'vitest';
 import { isVirtstreamError } from '../../../../src/core/errors.js';
 import type { CommandArg, CommandProcess, CommandRunner, RunOptions, RunResult, SpawnOptions } from '../../../../src/core/exec/command-runner.js';
 import { SshRunner } from '../../../../src/core/ssh/ssh-runner.js';
-import { RhvClient } from '../../../../src/rhv/rhv-client.js';
 import { SshTransferStrategy } from '../../../../src/strategies/rhv/ssh-transfer.js';
-import { FileRepository } from '../../../../src/targets/file-repository.js';
-import { EngineSimulator } from '../../../../src/testing/engine-simulator/engine-simulator.js';
 import { HypervisorTree, SIMULATOR_STORAGE_DOMAIN_ID } from '../../../../src/testing/engine-simulator/hypervisor-tree.js';
 import { labSshOptions } from '../../../support/lab.js';
-import { MB, POLL, compare, freeze } from '../../../support/rhv-modes.js';
+import { MB, POLL, useEngineHarness, useExtensions } from '../../../support/engine-harness.js';
+import { compare, freeze } from '../../../support/qemu-tools.js';
 
-let sim: EngineSimulator;
-let tree: HypervisorTree;
-let rhv: RhvClient;
-let dir: string;
-let repo: FileRepository;
 const log: string[] = [];
 let failReads = 0;
 
@@ -43,7 +29,7 @@ class BlockHost implements CommandRunner {
     const dev = new RegExp(`^/dev/${SIMULATOR_STORAGE_DOMAIN_ID}/([0-9a-f-]{36})$`).exec(a[2] ?? '');
     if (a[0] === 'cat' && dev) {
       log.push(`cat ${dev[1]}`);
-      const file = tree.volumeFile(dev[1]!);
+      const file = ext.tree.volumeFile(dev[1]!);
       if (!file) throw new Error(`no volume ${dev[1]}`);
       // a failing read: the device vanishes (the command fails after starting)
       if (failReads > 0 && failReads--) return this.#ssh.spawn(['cat', '--', `${file}.missing`], options);
@@ -72,49 +58,36 @@ function mapDevices(argv: string[], what: string, vanish: boolean): string[] {
   return argv.map((arg) =>
     arg.replace(re, (_m, vol: string) => {
       log.push(`${what} ${vol}`);
-      const file = tree.volumeFile(vol);
+      const file = ext.tree.volumeFile(vol);
       if (!file) throw new Error(`no volume ${vol}`);
       return vanish ? `${file}.missing` : file;
     }),
   );
 }
 
-beforeAll(async () => {
-  sim = await EngineSimulator.start();
-  tree = await HypervisorTree.install(sim, { storageType: 'iscsi' });
-  rhv = new RhvClient({ url: sim.url, username: 'admin@internal', password: 'secret', ca: sim.caPem, poll: POLL });
-});
-afterAll(async () => {
-  await rhv?.close();
-  await sim?.close();
-  await tree?.close();
-});
+const h = useEngineHarness('ssh-block-it');
+const ext = useExtensions(h, { tree: (sim) => HypervisorTree.install(sim, { storageType: 'iscsi' }) });
 beforeEach(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'vs-ssh-block-it-'));
-  repo = new FileRepository(join(dir, 'repo'), { fsync: false });
   log.length = 0;
   failReads = 0;
 });
-afterEach(async () => {
-  await rm(dir, { recursive: true, force: true });
-});
 
 function strategy(): SshTransferStrategy {
-  return new SshTransferStrategy(rhv, { hosts: { simhost: labSshOptions() }, spoolDir: dir, poll: POLL, connect: (o) => new BlockHost(new SshRunner(o)) });
+  return new SshTransferStrategy(h.rhv, { hosts: { simhost: labSshOptions() }, spoolDir: h.dir, poll: POLL, connect: (o) => new BlockHost(new SshRunner(o)) });
 }
 
 describe('SshTransferStrategy on a block domain', () => {
   it('activates each LV only around its read, and the data is byte-exact', async () => {
-    const vm = await sim.addVm({
+    const vm = await h.sim.addVm({
       name: 'block-vm-1',
       disks: [{ name: 'root', virtualSize: 8 * MB, format: 'cow', contents: [{ offset: 0, length: MB, pattern: 0x21 }] }],
     });
-    const full = await strategy().backup({ name: 'block-vm-1' }, repo);
-    await sim.writeGuestData('block-vm-1', 'root', { offset: 2 * MB, length: 65536, pattern: 0x22 });
-    const ref = await freeze(sim.activeImage(vm.disks[0]!.id), join(dir, 'ref.raw'));
-    const inc = await strategy().backup({ name: 'block-vm-1' }, repo, { kind: 'incremental', parent: full.record });
+    const full = await strategy().backup({ name: 'block-vm-1' }, h.repo);
+    await h.sim.writeGuestData('block-vm-1', 'root', { offset: 2 * MB, length: 65536, pattern: 0x22 });
+    const ref = await freeze(h.sim.activeImage(vm.disks[0]!.id), join(h.dir, 'ref.raw'));
+    const inc = await strategy().backup({ name: 'block-vm-1' }, h.repo, { kind: 'incremental', parent: full.record });
     expect(inc.disks[0]!.kind).toBe('incremental');
-    expect(await compare({ path: ref, format: 'raw' }, { path: await repo.diskPath('block-vm-1', inc.record.id, vm.disks[0]!.id) })).toBe(
+    expect(await compare({ path: ref, format: 'raw' }, { path: await h.repo.diskPath('block-vm-1', inc.record.id, vm.disks[0]!.id) })).toBe(
       'Images are identical.',
     );
     // every access to a volume happens while its LV is active, and every activated LV is deactivated
@@ -139,17 +112,17 @@ describe('SshTransferStrategy on a block domain', () => {
 
   it('a failing read still deactivates the LV and removes the snapshot', async () => {
     // some data, so the streamed read has a range to read from the vanished device
-    await sim.addVm({
+    await h.sim.addVm({
       name: 'block-vm-2',
       disks: [{ name: 'root', virtualSize: 4 * MB, format: 'cow', contents: [{ offset: 0, length: 65536, pattern: 0x23 }] }],
     });
     failReads = 1;
     const err = await strategy()
-      .backup({ name: 'block-vm-2' }, repo)
+      .backup({ name: 'block-vm-2' }, h.repo)
       .catch((e: unknown) => e);
     expect(isVirtstreamError(err, 'ERR_REMOTE_COMMAND'), String(err)).toBe(true);
     expect(log[log.length - 1]).toMatch(/^lvchange -an /);
-    expect(sim.state().vms.find((v) => v.name === 'block-vm-2')!.snapshots).toEqual([]);
-    expect(await repo.list('block-vm-2')).toEqual([]);
+    expect(h.sim.state().vms.find((v) => v.name === 'block-vm-2')!.snapshots).toEqual([]);
+    expect(await h.repo.list('block-vm-2')).toEqual([]);
   });
 });

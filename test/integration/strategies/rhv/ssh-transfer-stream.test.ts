@@ -3,30 +3,22 @@
  * straight into the QCOW2 writer (no spool file), against the engine simulator and the lab sshd.
  */
 import { execFile } from 'node:child_process';
-import { mkdtemp, readdir, rename, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readdir, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { beforeEach, describe, expect, it } from 'vitest';
 import { isVirtstreamError } from '../../../../src/core/errors.js';
 import type { CommandArg, CommandProcess, CommandRunner, RunOptions, RunResult, SpawnOptions } from '../../../../src/core/exec/command-runner.js';
 import { SshRunner } from '../../../../src/core/ssh/ssh-runner.js';
 import { waitFor } from '../../../../src/core/waiter.js';
-import { RhvClient } from '../../../../src/rhv/rhv-client.js';
 import { SshTransferStrategy } from '../../../../src/strategies/rhv/ssh-transfer.js';
 import type { SshTransferStrategyOptions } from '../../../../src/strategies/rhv/ssh-transfer.js';
-import { FileRepository } from '../../../../src/targets/file-repository.js';
-import { EngineSimulator } from '../../../../src/testing/engine-simulator/engine-simulator.js';
 import { HypervisorTree } from '../../../../src/testing/engine-simulator/hypervisor-tree.js';
 import { labSshOptions } from '../../../support/lab.js';
-import { MB, POLL, compare, freeze } from '../../../support/rhv-modes.js';
+import { MB, POLL, useEngineHarness, useExtensions } from '../../../support/engine-harness.js';
+import { compare, freeze } from '../../../support/qemu-tools.js';
 
 const run = promisify(execFile);
-let sim: EngineSimulator;
-let tree: HypervisorTree;
-let rhv: RhvClient;
-let dir: string;
-let repo: FileRepository;
 let seq = 0;
 /** The commands the strategy started on the hypervisor. */
 const spawned: string[][] = [];
@@ -56,10 +48,10 @@ class Recording implements CommandRunner {
 }
 
 function strategy(options: Partial<SshTransferStrategyOptions> = {}): SshTransferStrategy {
-  return new SshTransferStrategy(rhv, {
+  return new SshTransferStrategy(h.rhv, {
     hosts: { simhost: labSshOptions() },
-    rhevRoot: tree.root,
-    spoolDir: dir,
+    rhevRoot: ext.tree.root,
+    spoolDir: h.dir,
     poll: POLL,
     connect: (o) => new Recording(new SshRunner(o)),
     ...options,
@@ -72,29 +64,16 @@ async function processesNaming(text: string): Promise<string[]> {
   return ps.stdout.split('\n').filter((l) => l.includes(text) && !l.includes('ps -eo'));
 }
 
-beforeAll(async () => {
-  sim = await EngineSimulator.start();
-  tree = await HypervisorTree.install(sim);
-  rhv = new RhvClient({ url: sim.url, username: 'admin@internal', password: 'secret', ca: sim.caPem, poll: POLL });
-});
-afterAll(async () => {
-  await rhv?.close();
-  await sim?.close();
-  await tree?.close();
-});
+const h = useEngineHarness('ssh-stream-it');
+const ext = useExtensions(h, { tree: (sim) => HypervisorTree.install(sim) });
 beforeEach(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'vs-ssh-stream-it-'));
-  repo = new FileRepository(join(dir, 'repo'), { fsync: false });
   spawned.length = 0;
-});
-afterEach(async () => {
-  await rm(dir, { recursive: true, force: true });
 });
 
 describe('SshTransferStrategy streamed read', () => {
   it('streams full (whole chain) and incremental (own layers) backups byte-exact without a spool directory', async () => {
     const name = `stream vm ${++seq} 'q' $(id)`;
-    const vm = await sim.addVm({
+    const vm = await h.sim.addVm({
       name,
       disks: [
         {
@@ -110,71 +89,71 @@ describe('SshTransferStrategy streamed read', () => {
       ],
     });
     // a spool directory that cannot be created: any spooling fails the backup
-    const s = strategy({ spoolDir: join(dir, 'no', 'such', 'dir') });
-    const full = await s.backup({ name }, repo);
+    const s = strategy({ spoolDir: join(h.dir, 'no', 'such', 'dir') });
+    const full = await s.backup({ name }, h.repo);
     expect(full.disks.map((d) => d.kind)).toEqual(['full', 'full']);
-    await sim.writeGuestData(name, 'root', { offset: 3 * MB, length: 65536, pattern: 0x54 });
-    await sim.writeGuestData(name, 'data', { offset: 0, length: 4096, pattern: 0x55 });
-    const refs = await Promise.all(vm.disks.map((d, i) => freeze(sim.activeImage(d.id), join(dir, `ref-${i}.raw`))));
-    const inc = await s.backup({ name }, repo, { kind: 'incremental', parent: full.record });
+    await h.sim.writeGuestData(name, 'root', { offset: 3 * MB, length: 65536, pattern: 0x54 });
+    await h.sim.writeGuestData(name, 'data', { offset: 0, length: 4096, pattern: 0x55 });
+    const refs = await Promise.all(vm.disks.map((d, i) => freeze(h.sim.activeImage(d.id), join(h.dir, `ref-${i}.raw`))));
+    const inc = await s.backup({ name }, h.repo, { kind: 'incremental', parent: full.record });
     expect(inc.disks.map((d) => d.kind)).toEqual(['incremental', 'incremental']);
     for (const [i, d] of vm.disks.entries())
-      expect(await compare({ path: refs[i]!, format: 'raw' }, { path: await repo.diskPath(name, inc.record.id, d.id) })).toBe('Images are identical.');
+      expect(await compare({ path: refs[i]!, format: 'raw' }, { path: await h.repo.diskPath(name, inc.record.id, d.id) })).toBe('Images are identical.');
     // the incremental holds only its own layer: unwritten ranges stay unallocated (read from the parent)
     const incMap = JSON.parse(
       (
         await run('qemu-img', [
           'map',
           '--output=json',
-          `json:${JSON.stringify({ driver: 'qcow2', backing: null, file: { filename: await repo.diskPath(name, inc.record.id, vm.disks[0]!.id) } })}`,
+          `json:${JSON.stringify({ driver: 'qcow2', backing: null, file: { filename: await h.repo.diskPath(name, inc.record.id, vm.disks[0]!.id) } })}`,
         ])
       ).stdout,
     ) as { start: number; length: number; data: boolean }[];
     const incData = incMap.filter((e) => e.data).reduce((n, e) => n + e.length, 0);
     expect(incData).toBe(65536);
     // a full over the chain of three volumes (base, kept snapshot, new snapshot) is the guest view
-    await sim.writeGuestData(name, 'root', { offset: 5 * MB, length: 65536, pattern: 0x56 });
-    const ref2 = await freeze(sim.activeImage(vm.disks[0]!.id), join(dir, 'ref2.raw'));
-    const full2 = await s.backup({ name }, repo, { kind: 'full' });
-    expect(await compare({ path: ref2, format: 'raw' }, { path: await repo.diskPath(name, full2.record.id, vm.disks[0]!.id) })).toBe('Images are identical.');
+    await h.sim.writeGuestData(name, 'root', { offset: 5 * MB, length: 65536, pattern: 0x56 });
+    const ref2 = await freeze(h.sim.activeImage(vm.disks[0]!.id), join(h.dir, 'ref2.raw'));
+    const full2 = await s.backup({ name }, h.repo, { kind: 'full' });
+    expect(await compare({ path: ref2, format: 'raw' }, { path: await h.repo.diskPath(name, full2.record.id, vm.disks[0]!.id) })).toBe('Images are identical.');
     // every data read was one `sh` script per disk; nothing was `cat` into a spool file
     expect(spawned.length).toBeGreaterThan(0);
     expect(spawned.every((a) => a[0] === 'sh' && a[1] === '-c')).toBe(true);
-    expect((await readdir(dir)).filter((n) => n.startsWith('vs-ssh-transfer-'))).toEqual([]);
+    expect((await readdir(h.dir)).filter((n) => n.startsWith('vs-ssh-transfer-'))).toEqual([]);
   });
 
   it('falls back to the spool path for a layer with compressed clusters, byte-exact', async () => {
     const name = `stream vm ${++seq}`;
-    const vm = await sim.addVm({
+    const vm = await h.sim.addVm({
       name,
       disks: [{ name: 'root', virtualSize: 8 * MB, format: 'cow', contents: [{ offset: MB, length: 2 * MB, pattern: 0x61 }] }],
     });
-    const base = sim.activeImage(vm.disks[0]!.id).path;
+    const base = h.sim.activeImage(vm.disks[0]!.id).path;
     await run('qemu-img', ['convert', '-c', '-f', 'qcow2', '-O', 'qcow2', base, `${base}.c`]);
     await rename(`${base}.c`, base);
-    const ref = await freeze(sim.activeImage(vm.disks[0]!.id), join(dir, 'ref.raw'));
-    const r = await strategy().backup({ name }, repo);
-    expect(await compare({ path: ref, format: 'raw' }, { path: await repo.diskPath(name, r.record.id, vm.disks[0]!.id) })).toBe('Images are identical.');
+    const ref = await freeze(h.sim.activeImage(vm.disks[0]!.id), join(h.dir, 'ref.raw'));
+    const r = await strategy().backup({ name }, h.repo);
+    expect(await compare({ path: ref, format: 'raw' }, { path: await h.repo.diskPath(name, r.record.id, vm.disks[0]!.id) })).toBe('Images are identical.');
     expect(spawned.map((a) => a[0])).toContain('cat');
-    expect((await readdir(dir)).filter((n) => n.startsWith('vs-ssh-transfer-'))).toEqual([]);
+    expect((await readdir(h.dir)).filter((n) => n.startsWith('vs-ssh-transfer-'))).toEqual([]);
   });
 
   it('abort mid-stream leaves no remote process, no spool file, no snapshot and no backup', async () => {
     const name = `stream vm ${++seq}`;
-    const vm = await sim.addVm({
+    const vm = await h.sim.addVm({
       name,
       disks: [{ name: 'root', virtualSize: 96 * MB, format: 'cow', contents: [{ offset: 0, length: 64 * MB, pattern: 0x71 }] }],
     });
     const ac = new AbortController();
     let seen = 0;
     const err = await strategy()
-      .backup({ name }, repo, { signal: ac.signal, onProgress: (e) => e.type === 'bytes' && ++seen === 1 && ac.abort(new Error('stop')) })
+      .backup({ name }, h.repo, { signal: ac.signal, onProgress: (e) => e.type === 'bytes' && ++seen === 1 && ac.abort(new Error('stop')) })
       .catch((e: unknown) => e);
     expect(isVirtstreamError(err, 'ERR_ABORTED'), String(err)).toBe(true);
     expect(seen).toBeGreaterThan(0);
     expect(spawned.map((x) => x[0])).toEqual(['sh']); // the abort hit the streamed read
     // the remote script names the disk's image directory; it must be gone (exit is asynchronous after the channel closes)
-    const imageDir = join(tree.imagesDir, vm.disks[0]!.id);
+    const imageDir = join(ext.tree.imagesDir, vm.disks[0]!.id);
     await waitFor(
       async () =>
         (await processesNaming(imageDir)).length === 0
@@ -187,9 +166,9 @@ describe('SshTransferStrategy streamed read', () => {
         what: 'the remote read to exit',
       },
     );
-    expect(sim.state().vms.find((v) => v.name === name)!.snapshots).toEqual([]);
-    expect(sim.state().lockedDisks).toEqual([]);
-    expect(await repo.list(name)).toEqual([]);
-    expect((await readdir(dir)).filter((n) => n.startsWith('vs-ssh-transfer-'))).toEqual([]);
+    expect(h.sim.state().vms.find((v) => v.name === name)!.snapshots).toEqual([]);
+    expect(h.sim.state().lockedDisks).toEqual([]);
+    expect(await h.repo.list(name)).toEqual([]);
+    expect((await readdir(h.dir)).filter((n) => n.startsWith('vs-ssh-transfer-'))).toEqual([]);
   });
 });
