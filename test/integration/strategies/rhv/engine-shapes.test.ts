@@ -15,16 +15,16 @@ import { MB, POLL, useEngineHarness } from '../../../support/engine-harness.js';
 const run = promisify(execFile);
 const h = useEngineHarness('rhv-shapes', {
   disks: [
-  {
-    name: 'root',
-    virtualSize: 16 * MB,
-    format: 'cow',
-    contents: [
-      { offset: 0, length: MB, pattern: 0x41 },
-      { offset: 9 * MB, length: 65536, pattern: 0x42 },
-    ],
-  },
-  { name: 'data', virtualSize: 8 * MB, format: 'cow', contents: [{ offset: MB, length: 3 * 65536, pattern: 0x43 }] },
+    {
+      name: 'root',
+      virtualSize: 16 * MB,
+      format: 'cow',
+      contents: [
+        { offset: 0, length: MB, pattern: 0x41 },
+        { offset: 9 * MB, length: 65536, pattern: 0x42 },
+      ],
+    },
+    { name: 'data', virtualSize: 8 * MB, format: 'cow', contents: [{ offset: MB, length: 3 * 65536, pattern: 0x43 }] },
   ],
 });
 

@@ -18,16 +18,16 @@ const run = promisify(execFile);
 const FIXTURE = fileURLToPath(new URL('./fixtures/killed-backup.ts', import.meta.url));
 const h = useEngineHarness('rhv-crash', {
   disks: [
-  {
-    name: 'root',
-    virtualSize: 32 * MB,
-    format: 'cow',
-    contents: [
-      { offset: 0, length: 4 * MB, pattern: 0x41 },
-      { offset: 20 * MB, length: MB, pattern: 0x42 },
-    ],
-  },
-  { name: 'data', virtualSize: 16 * MB, format: 'cow', contents: [{ offset: MB, length: 2 * MB, pattern: 0x43 }] },
+    {
+      name: 'root',
+      virtualSize: 32 * MB,
+      format: 'cow',
+      contents: [
+        { offset: 0, length: 4 * MB, pattern: 0x41 },
+        { offset: 20 * MB, length: MB, pattern: 0x42 },
+      ],
+    },
+    { name: 'data', virtualSize: 16 * MB, format: 'cow', contents: [{ offset: MB, length: 2 * MB, pattern: 0x43 }] },
   ],
 });
 
