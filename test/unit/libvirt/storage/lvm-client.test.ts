@@ -12,7 +12,7 @@ import {
   validateLvmName,
 } from '../../../../src/libvirt/storage/lvm-client.js';
 import type { LvmLogicalVolume, LvmVolumeGroup } from '../../../../src/libvirt/storage/lvm-client.js';
-import { ScriptedRunner } from '../../../support/scripted-stream-runner.js';
+import { ScriptedRunner } from '../../../support/scripted-runner.js';
 
 const fixture = (name: string): string => readFileSync(new URL(`./fixtures/${name}`, import.meta.url), 'utf8');
 const MiB = 1024 * 1024;

@@ -3,7 +3,7 @@ import { Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { isRetryable } from '../../../../src/core/errors.js';
 import { formatRbdSpec, parseRbdInfoJson, parseRbdSnapshotsJson, RbdClient, RbdError, validateRbdName } from '../../../../src/libvirt/storage/rbd-client.js';
-import { ScriptedRunner } from '../../../support/scripted-stream-runner.js';
+import { ScriptedRunner } from '../../../support/scripted-runner.js';
 
 const fixture = (name: string): string => readFileSync(new URL(`./fixtures/${name}`, import.meta.url), 'utf8');
 

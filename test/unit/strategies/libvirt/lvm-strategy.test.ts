@@ -11,8 +11,8 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { LibvirtHost } from '../../../../src/libvirt/libvirt-host.js';
 import { LvmSnapshotStrategy } from '../../../../src/strategies/libvirt/lvm.js';
 import { FileRepository } from '../../../../src/targets/file-repository.js';
-import type { ScriptedReply } from '../../../support/scripted-stream-runner.js';
-import { ScriptedRunner } from '../../../support/scripted-stream-runner.js';
+import type { ScriptedReply } from '../../../support/scripted-runner.js';
+import { ScriptedRunner } from '../../../support/scripted-runner.js';
 
 const work = mkdtempSync(join(tmpdir(), 'vs-lvm-unit-'));
 afterAll(() => rmSync(work, { recursive: true, force: true }));

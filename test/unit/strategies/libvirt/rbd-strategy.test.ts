@@ -11,8 +11,8 @@ import { LibvirtHost } from '../../../../src/libvirt/libvirt-host.js';
 import { RbdSnapshotStrategy } from '../../../../src/strategies/libvirt/rbd.js';
 import { FaultInjectedError, FaultyTarget } from '../../../../src/testing/faulty-target.js';
 import { FileRepository } from '../../../../src/targets/file-repository.js';
-import type { ScriptedReply } from '../../../support/scripted-stream-runner.js';
-import { ScriptedRunner } from '../../../support/scripted-stream-runner.js';
+import type { ScriptedReply } from '../../../support/scripted-runner.js';
+import { ScriptedRunner } from '../../../support/scripted-runner.js';
 
 const work = mkdtempSync(join(tmpdir(), 'vs-rbd-unit-'));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
