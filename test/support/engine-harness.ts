@@ -41,9 +41,9 @@ export interface EngineHarnessOptions {
 
 /**
  * The usual VM: a 16 MiB qcow2 `root` with data at 0 and 9 MiB, and an 8 MiB `data` disk (qcow2 or
- * raw) with data across its first MiB boundary.
+ * raw) with 192 KiB of data at `dataOffset`.
  */
-export function twoDisks(dataFormat: 'cow' | 'raw' = 'cow'): SimulatorDiskSpec[] {
+export function twoDisks(dataFormat: 'cow' | 'raw' = 'cow', dataOffset = MB + 4096): SimulatorDiskSpec[] {
   return [
     {
       name: 'root',
@@ -54,7 +54,7 @@ export function twoDisks(dataFormat: 'cow' | 'raw' = 'cow'): SimulatorDiskSpec[]
         { offset: 9 * MB, length: 65536, pattern: 0x42 },
       ],
     },
-    { name: 'data', virtualSize: 8 * MB, format: dataFormat, contents: [{ offset: MB + 4096, length: 3 * 65536, pattern: 0x43 }] },
+    { name: 'data', virtualSize: 8 * MB, format: dataFormat, contents: [{ offset: dataOffset, length: 3 * 65536, pattern: 0x43 }] },
   ];
 }
 

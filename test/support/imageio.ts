@@ -4,7 +4,9 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { afterAll, beforeAll } from 'vitest';
 import type { ExtentChunk, ExtentStream } from '../../src/formats/extent.js';
+import { ImageioServer } from '../../src/testing/imageio-server/imageio-server.js';
 
 /** PEM material for a loopback TLS server, plus an unrelated CA for negative tests. */
 export interface TestCerts {
@@ -143,4 +145,28 @@ export async function closedPort(): Promise<number> {
   const port = typeof addr === 'object' && addr ? addr.port : 0;
   await new Promise<void>((r) => srv.close(() => r()));
   return port;
+}
+
+/** What {@link useImageioServer} gives each test of the file. */
+export interface ImageioFixture {
+  certs: TestCerts;
+  /** A TLS imageio server with the test certificates. */
+  server: ImageioServer;
+  /** A scratch directory for images. */
+  dir: string;
+}
+
+/** One TLS imageio server and scratch directory per file (or `describe`), closed and removed after it. */
+export function useImageioServer(): ImageioFixture {
+  const io = {} as ImageioFixture;
+  beforeAll(async () => {
+    io.certs = makeCerts();
+    io.server = await ImageioServer.start({ tls: { key: io.certs.key, cert: io.certs.cert } });
+    io.dir = tempDir();
+  });
+  afterAll(async () => {
+    await io.server?.close();
+    removeTempDirs();
+  });
+  return io;
 }

@@ -24,7 +24,9 @@ import { ProxyVmSimulator } from '../../../../src/testing/engine-simulator/proxy
 import { defineStrategySuite } from '../../../../src/testing/strategy-suite.js';
 import type { StrategyFixture } from '../../../../src/testing/strategy-suite.js';
 import { labSshOptions } from '../../../support/lab.js';
-import { MB, POLL, filesBelow, freeze } from '../../../support/rhv-modes.js';
+import { MB, POLL } from '../../../support/engine-harness.js';
+import { freeze } from '../../../support/qemu-tools.js';
+import { filesBelow } from '../../../support/temp-dir.js';
 
 const api = { describe, it, beforeAll, afterAll };
 

@@ -10,23 +10,10 @@ import { describe, expect, it } from 'vitest';
 import { ImageTransferStrategy } from '../../../../src/strategies/rhv/image-transfer.js';
 import type { ImageTransferStrategyOptions } from '../../../../src/strategies/rhv/image-transfer.js';
 import { qcow2RequiredSize } from '../../../../src/strategies/rhv/restore-target.js';
-import { MB, POLL, useEngineHarness } from '../../../support/engine-harness.js';
+import { MB, POLL, twoDisks, useEngineHarness } from '../../../support/engine-harness.js';
 
 const run = promisify(execFile);
-const h = useEngineHarness('rhv-shapes', {
-  disks: [
-    {
-      name: 'root',
-      virtualSize: 16 * MB,
-      format: 'cow',
-      contents: [
-        { offset: 0, length: MB, pattern: 0x41 },
-        { offset: 9 * MB, length: 65536, pattern: 0x42 },
-      ],
-    },
-    { name: 'data', virtualSize: 8 * MB, format: 'cow', contents: [{ offset: MB, length: 3 * 65536, pattern: 0x43 }] },
-  ],
-});
+const h = useEngineHarness('rhv-shapes', { disks: twoDisks('cow', MB) });
 
 function strategy(options: ImageTransferStrategyOptions = {}): ImageTransferStrategy {
   return new ImageTransferStrategy(h.rhv, { poll: POLL, ...options, imageio: { retries: 1, ...options.imageio } });

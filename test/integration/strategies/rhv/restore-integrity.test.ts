@@ -18,7 +18,8 @@ import { FileRepository } from '../../../../src/targets/file-repository.js';
 import { EngineSimulator } from '../../../../src/testing/engine-simulator/engine-simulator.js';
 import { ExportDomainSimulator } from '../../../../src/testing/engine-simulator/export-domain-sim.js';
 import { ProxyVmSimulator } from '../../../../src/testing/engine-simulator/proxy-vm-sim.js';
-import { MB, POLL, filesBelow } from '../../../support/rhv-modes.js';
+import { MB, POLL } from '../../../support/engine-harness.js';
+import { filesBelow } from '../../../support/temp-dir.js';
 import { flipByte } from '../../../support/flip-byte.js';
 
 const run = promisify(execFile);

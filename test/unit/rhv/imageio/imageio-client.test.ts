@@ -7,22 +7,16 @@ import { isVirtstreamError } from '../../../../src/core/errors.js';
 import { ImageioClient } from '../../../../src/rhv/imageio/imageio-client.js';
 import { ImageioError } from '../../../../src/rhv/imageio/imageio-error.js';
 import { ImageioServer } from '../../../../src/testing/imageio-server/imageio-server.js';
-import { closedPort, collect, makeCerts, makeRawImage, removeTempDirs, tempDir, waitNoConnections } from '../../../support/imageio.js';
-import type { TestCerts } from '../../../support/imageio.js';
+import { closedPort, collect, makeRawImage, useImageioServer, waitNoConnections } from '../../../support/imageio.js';
 
-let certs: TestCerts;
-let server: ImageioServer;
 let plain: ImageioServer;
-let dir: string;
 let roPath: string;
 let size: number;
 
+const io = useImageioServer();
 beforeAll(async () => {
-  certs = makeCerts();
-  server = await ImageioServer.start({ tls: { key: certs.key, cert: certs.cert } });
   plain = await ImageioServer.start();
-  dir = tempDir();
-  roPath = join(dir, 'ro.raw');
+  roPath = join(io.dir, 'ro.raw');
   size = await makeRawImage(roPath, [
     { kind: 'random', length: 1024 * 1024 + 777 },
     { kind: 'hole', length: 3 * 1024 * 1024 - 777 },
@@ -30,19 +24,17 @@ beforeAll(async () => {
     { kind: 'hole', length: 2 * 1024 * 1024 },
     { kind: 'random', length: 4095 },
   ]);
-  await server.addTicket({ uuid: 'ro', size, ops: ['read'], url: `file://${roPath}` });
+  await io.server.addTicket({ uuid: 'ro', size, ops: ['read'], url: `file://${roPath}` });
   await plain.addTicket({ uuid: 'ro', size, ops: ['read'], url: `file://${roPath}` });
 });
 
 afterAll(async () => {
-  await server?.close();
   await plain?.close();
-  removeTempDirs();
 });
 
 describe('ImageioClient basics', () => {
   it('reads OPTIONS of a read-only nbd-like ticket over TLS', async () => {
-    await using c = new ImageioClient({ transferUrl: server.transferUrl('ro'), ca: certs.ca });
+    await using c = new ImageioClient({ transferUrl: io.server.transferUrl('ro'), ca: io.certs.ca });
     const info = await c.options();
     expect(info).toEqual({
       allow: ['OPTIONS', 'GET'],
@@ -56,10 +48,10 @@ describe('ImageioClient basics', () => {
   });
 
   it('reports 1 writer for a file-backend read-write ticket', async () => {
-    const p = join(dir, 'rw-file.raw');
+    const p = join(io.dir, 'rw-file.raw');
     const n = await makeRawImage(p, [{ kind: 'hole', length: 1 << 20 }]);
-    await server.addTicket({ uuid: 'rw-file', size: n, ops: ['read', 'write'], url: `file://${p}`, backend: 'file' });
-    await using c = new ImageioClient({ transferUrl: server.transferUrl('rw-file'), ca: certs.ca });
+    await io.server.addTicket({ uuid: 'rw-file', size: n, ops: ['read', 'write'], url: `file://${p}`, backend: 'file' });
+    await using c = new ImageioClient({ transferUrl: io.server.transferUrl('rw-file'), ca: io.certs.ca });
     const info = await c.options();
     expect(info.allow).toEqual(['OPTIONS', 'GET', 'PUT', 'PATCH']);
     expect(info.features).toEqual(['checksum', 'extents', 'flush', 'zero']);
@@ -68,7 +60,7 @@ describe('ImageioClient basics', () => {
   });
 
   it('returns zero-context extents with data and zero ranges of a sparse raw file', async () => {
-    await using c = new ImageioClient({ transferUrl: server.transferUrl('ro'), ca: certs.ca });
+    await using c = new ImageioClient({ transferUrl: io.server.transferUrl('ro'), ca: io.certs.ca });
     const ex = await c.extents('zero');
     expect(ex[0]).toMatchObject({ offset: 0, zero: false, hole: false });
     expect(ex.some((e) => e.zero && !e.hole)).toBe(true);
@@ -78,7 +70,7 @@ describe('ImageioClient basics', () => {
 
   it('reads unaligned ranges of odd sizes byte-exact', async () => {
     const file = readFileSync(roPath);
-    await using c = new ImageioClient({ transferUrl: server.transferUrl('ro'), ca: certs.ca });
+    await using c = new ImageioClient({ transferUrl: io.server.transferUrl('ro'), ca: io.certs.ca });
     for (const [off, len] of [
       [0, 1],
       [1, 4097],
@@ -93,17 +85,17 @@ describe('ImageioClient basics', () => {
 
   it('handles a hostile ticket id (quotes, spaces, $(), %) as an opaque path segment', async () => {
     const hostile = `t '"$(id)\`;&|*% x`;
-    await server.addTicket({ uuid: hostile, size, ops: ['read'], url: `file://${roPath}` });
-    await using c = new ImageioClient({ transferUrl: server.transferUrl(hostile), ca: certs.ca });
+    await io.server.addTicket({ uuid: hostile, size, ops: ['read'], url: `file://${roPath}` });
+    await using c = new ImageioClient({ transferUrl: io.server.transferUrl(hostile), ca: io.certs.ca });
     expect((await c.read(3, 7)).equals(readFileSync(roPath).subarray(3, 10))).toBe(true);
-    expect(server.getTicket(hostile)?.transferred).toBe(7);
+    expect(io.server.getTicket(hostile)?.transferred).toBe(7);
   });
 
   it('uses an injected dispatcher and never closes it', async () => {
     const { Agent } = await import('undici');
-    const agent = new Agent({ connect: { ca: certs.ca } });
+    const agent = new Agent({ connect: { ca: io.certs.ca } });
     try {
-      const c = new ImageioClient({ transferUrl: server.transferUrl('ro'), dispatcher: agent });
+      const c = new ImageioClient({ transferUrl: io.server.transferUrl('ro'), dispatcher: agent });
       const data = await c.read(0, 100);
       expect(data.equals(readFileSync(roPath).subarray(0, 100))).toBe(true);
       const stream = await c.download({ concurrency: 2 });
@@ -120,14 +112,14 @@ describe('ImageioClient basics', () => {
 
   it('never logs the ticket id, even when retrying', async () => {
     const secret = 'secret-ticket-5f2a';
-    await server.addTicket({ uuid: secret, size, ops: ['read'], url: `file://${roPath}` });
+    await io.server.addTicket({ uuid: secret, size, ops: ['read'], url: `file://${roPath}` });
     const lines: unknown[] = [];
     const log = (o: object, m?: string): void => void lines.push([o, m]);
     const logger = { debug: log, info: log, warn: log, error: log };
-    server.injectFault({ kind: 'status', status: 503, ticket: secret, times: 2 });
-    await using c = new ImageioClient({ transferUrl: server.transferUrl(secret), ca: certs.ca, logger, retryDelayMs: 1 });
+    io.server.injectFault({ kind: 'status', status: 503, ticket: secret, times: 2 });
+    await using c = new ImageioClient({ transferUrl: io.server.transferUrl(secret), ca: io.certs.ca, logger, retryDelayMs: 1 });
     await collect(await c.download());
-    await using bad = new ImageioClient({ transferUrl: server.transferUrl(secret), ca: certs.otherCa, logger });
+    await using bad = new ImageioClient({ transferUrl: io.server.transferUrl(secret), ca: io.certs.otherCa, logger });
     const err = await bad.options().catch((e: unknown) => e);
     expect(lines.length).toBeGreaterThan(1);
     expect(JSON.stringify(lines)).not.toContain(secret);
@@ -140,34 +132,34 @@ describe('ImageioClient basics', () => {
   });
 
   it('a range past the end is a 416 ERR_IMAGEIO, not retried', async () => {
-    await using c = new ImageioClient({ transferUrl: server.transferUrl('ro'), ca: certs.ca, retryDelayMs: 1 });
-    server.clearRequests();
+    await using c = new ImageioClient({ transferUrl: io.server.transferUrl('ro'), ca: io.certs.ca, retryDelayMs: 1 });
+    io.server.clearRequests();
     const err = await c.read(size - 10, 20).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(ImageioError);
     expect(err).toMatchObject({ code: 'ERR_IMAGEIO', status: 416, retryable: false, range: { offset: size - 10, length: 20 } });
-    expect(server.requests('ro').filter((r) => r.method === 'GET' && r.target === 'image')).toHaveLength(1);
+    expect(io.server.requests('ro').filter((r) => r.method === 'GET' && r.target === 'image')).toHaveLength(1);
   });
 
   it('a missing ticket is a 403 that is not retried', async () => {
-    await using c = new ImageioClient({ transferUrl: server.transferUrl('no-such-ticket'), ca: certs.ca, retryDelayMs: 1 });
-    server.clearRequests();
+    await using c = new ImageioClient({ transferUrl: io.server.transferUrl('no-such-ticket'), ca: io.certs.ca, retryDelayMs: 1 });
+    io.server.clearRequests();
     const err = await c.options().catch((e: unknown) => e);
     expect(err).toMatchObject({ code: 'ERR_IMAGEIO', status: 403, retryable: false });
     expect((err as Error).message).toContain('No such ticket');
-    expect(server.requests('no-such-ticket')).toHaveLength(1);
+    expect(io.server.requests('no-such-ticket')).toHaveLength(1);
   });
 
   it('asking dirty extents of a ticket without dirty tracking is a 404 ERR_IMAGEIO', async () => {
-    await using c = new ImageioClient({ transferUrl: server.transferUrl('ro'), ca: certs.ca });
+    await using c = new ImageioClient({ transferUrl: io.server.transferUrl('ro'), ca: io.certs.ca });
     await expect(c.extents('dirty')).rejects.toMatchObject({ code: 'ERR_IMAGEIO', status: 404 });
   });
 
   it('writes, zeroes and flushes a read-write ticket', async () => {
-    const p = join(dir, 'rw.raw');
+    const p = join(io.dir, 'rw.raw');
     const n = await makeRawImage(p, [{ kind: 'byte', length: 2 * 1024 * 1024, byte: 0x11 }]);
-    await server.addTicket({ uuid: 'rw', size: n, ops: ['read', 'write'], url: `file://${p}`, sparse: true });
-    await using c = new ImageioClient({ transferUrl: server.transferUrl('rw'), ca: certs.ca });
-    server.clearRequests();
+    await io.server.addTicket({ uuid: 'rw', size: n, ops: ['read', 'write'], url: `file://${p}`, sparse: true });
+    await using c = new ImageioClient({ transferUrl: io.server.transferUrl('rw'), ca: io.certs.ca });
+    io.server.clearRequests();
     await c.write(4097, Buffer.alloc(10_000, 0x22));
     await c.zero(1024 * 1024, 65536 * 3 + 5);
     await c.write(n - 3, Buffer.from([1, 2, 3]), { flush: true });
@@ -178,7 +170,7 @@ describe('ImageioClient basics', () => {
     expected.fill(0, 1024 * 1024, 1024 * 1024 + 65536 * 3 + 5);
     expected.set([1, 2, 3], n - 3);
     expect(file.equals(expected)).toBe(true);
-    const log = server.requests('rw').filter((r) => r.method !== 'OPTIONS');
+    const log = io.server.requests('rw').filter((r) => r.method !== 'OPTIONS');
     expect(log.map((r) => [r.method, r.op ?? null, r.flush ?? null])).toEqual([
       ['PUT', null, false],
       ['PATCH', 'zero', false],
@@ -189,26 +181,31 @@ describe('ImageioClient basics', () => {
   });
 
   it('a write to a read-only ticket is a 403, not retried', async () => {
-    await using c = new ImageioClient({ transferUrl: server.transferUrl('ro'), ca: certs.ca, retryDelayMs: 1 });
-    server.clearRequests();
+    await using c = new ImageioClient({ transferUrl: io.server.transferUrl('ro'), ca: io.certs.ca, retryDelayMs: 1 });
+    io.server.clearRequests();
     await expect(c.write(0, Buffer.alloc(4))).rejects.toMatchObject({ code: 'ERR_IMAGEIO', status: 403, retryable: false });
-    expect(server.requests('ro').filter((r) => r.method === 'PUT')).toHaveLength(1);
+    expect(io.server.requests('ro').filter((r) => r.method === 'PUT')).toHaveLength(1);
   });
 
   it('rejects a server certificate from another CA with ERR_TLS, and never falls back to the proxy on it', async () => {
-    await using c = new ImageioClient({ transferUrl: server.transferUrl('ro'), proxyUrl: server.transferUrl('ro'), ca: certs.otherCa, retryDelayMs: 1 });
+    await using c = new ImageioClient({
+      transferUrl: io.server.transferUrl('ro'),
+      proxyUrl: io.server.transferUrl('ro'),
+      ca: io.certs.otherCa,
+      retryDelayMs: 1,
+    });
     const err = await c.options().catch((e: unknown) => e);
     expect(isVirtstreamError(err, 'ERR_TLS')).toBe(true);
     expect(err).toMatchObject({ retryable: false });
   });
 
   it('verifies TLS by default (no CA given: the test CA is unknown)', async () => {
-    await using c = new ImageioClient({ transferUrl: server.transferUrl('ro'), retryDelayMs: 1 });
+    await using c = new ImageioClient({ transferUrl: io.server.transferUrl('ro'), retryDelayMs: 1 });
     await expect(c.options()).rejects.toMatchObject({ code: 'ERR_TLS' });
   });
 
   it('insecure is an explicit opt-out', async () => {
-    await using c = new ImageioClient({ transferUrl: server.transferUrl('ro'), insecure: true });
+    await using c = new ImageioClient({ transferUrl: io.server.transferUrl('ro'), insecure: true });
     expect((await c.options()).maxReaders).toBe(8);
   });
 
@@ -216,8 +213,8 @@ describe('ImageioClient basics', () => {
     const port = await closedPort();
     await using c = new ImageioClient({
       transferUrl: `https://127.0.0.1:${port}/images/ro`,
-      proxyUrl: server.transferUrl('ro'),
-      ca: certs.ca,
+      proxyUrl: io.server.transferUrl('ro'),
+      ca: io.certs.ca,
       retries: 0,
     });
     const info = await c.options();
@@ -227,7 +224,7 @@ describe('ImageioClient basics', () => {
 
   it('without proxy_url a refused connection is a retryable ERR_IMAGEIO', async () => {
     const port = await closedPort();
-    await using c = new ImageioClient({ transferUrl: `https://127.0.0.1:${port}/images/ro`, ca: certs.ca, retries: 1, retryDelayMs: 1 });
+    await using c = new ImageioClient({ transferUrl: `https://127.0.0.1:${port}/images/ro`, ca: io.certs.ca, retries: 1, retryDelayMs: 1 });
     await expect(c.options()).rejects.toMatchObject({ code: 'ERR_IMAGEIO', retryable: true, status: undefined });
   });
 
@@ -241,21 +238,21 @@ describe('ImageioClient basics', () => {
   });
 
   it('rejects invalid ranges with ERR_INVALID_ARGUMENT', async () => {
-    await using c = new ImageioClient({ transferUrl: server.transferUrl('ro'), ca: certs.ca });
+    await using c = new ImageioClient({ transferUrl: io.server.transferUrl('ro'), ca: io.certs.ca });
     await expect(c.read(-1, 5)).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
     await expect(c.read(0, 1.5)).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
     await expect(c.read(0, 65 * 1024 * 1024)).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
   });
 
   it('abort before a request sends nothing; close is idempotent and leaves no connection', async () => {
-    const c = new ImageioClient({ transferUrl: server.transferUrl('ro'), ca: certs.ca });
-    server.clearRequests();
+    const c = new ImageioClient({ transferUrl: io.server.transferUrl('ro'), ca: io.certs.ca });
+    io.server.clearRequests();
     await expect(c.read(0, 10, { signal: AbortSignal.abort() })).rejects.toMatchObject({ code: 'ERR_ABORTED' });
-    expect(server.requests('ro')).toHaveLength(0);
+    expect(io.server.requests('ro')).toHaveLength(0);
     await c.read(0, 10);
     await c.close();
     await c.close();
-    expect(await waitNoConnections(server, 'ro')).toBe(0);
+    expect(await waitNoConnections(io.server, 'ro')).toBe(0);
     await expect(c.read(0, 10)).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
   });
 });

@@ -1,17 +1,13 @@
 import { createHash } from 'node:crypto';
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { ImageioClient } from '../../../../src/rhv/imageio/imageio-client.js';
-import { ImageioServer } from '../../../../src/testing/imageio-server/imageio-server.js';
-import { makeCerts, removeTempDirs, tempDir } from '../../../support/imageio.js';
+import { tempDir, useImageioServer } from '../../../support/imageio.js';
 import type { ExtentStream } from '../../../../src/formats/extent.js';
-import type { TestCerts } from '../../../support/imageio.js';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
-let certs: TestCerts;
-let server: ImageioServer;
 let path: string;
 const SIZE = 6 * GiB + 12345;
 /** Data islands of a multi-GB sparse image: [offset, length, byte]. */
@@ -22,9 +18,8 @@ const ISLANDS: [number, number, number][] = [
   [SIZE - 5000, 5000, 0x04],
 ];
 
+const io = useImageioServer();
 beforeAll(async () => {
-  certs = makeCerts();
-  server = await ImageioServer.start({ tls: { key: certs.key, cert: certs.cert } });
   path = join(tempDir(), 'huge.raw');
   const fh = await open(path, 'w');
   try {
@@ -36,17 +31,12 @@ beforeAll(async () => {
   } finally {
     await fh.close();
   }
-  await server.addTicket({ uuid: 'huge', size: SIZE, ops: ['read'], url: `file://${path}` });
-});
-
-afterAll(async () => {
-  await server?.close();
-  removeTempDirs();
+  await io.server.addTicket({ uuid: 'huge', size: SIZE, ops: ['read'], url: `file://${path}` });
 });
 
 describe('multi-GB sparse download', () => {
   it('streams a 6 GiB sparse image through a counting sink with bounded memory', async () => {
-    await using c = new ImageioClient({ transferUrl: server.transferUrl('huge'), ca: certs.ca });
+    await using c = new ImageioClient({ transferUrl: io.server.transferUrl('huge'), ca: io.certs.ca });
     const stream = await c.download({ concurrency: 4 });
     const rssBefore = process.memoryUsage().rss;
     let peak = rssBefore;
@@ -94,7 +84,7 @@ describe('multi-GB sparse download', () => {
     await fh.write(Buffer.alloc(MiB, 0xee), 0, MiB, 2 * GiB); // old data that must be zeroed
     await fh.truncate(SIZE);
     await fh.close();
-    await server.addTicket({ uuid: 'huge-up', size: SIZE, ops: ['write'], url: `file://${target}`, sparse: true });
+    await io.server.addTicket({ uuid: 'huge-up', size: SIZE, ops: ['write'], url: `file://${target}`, sparse: true });
     const source: ExtentStream = {
       size: SIZE,
       async *[Symbol.asyncIterator]() {
@@ -110,7 +100,7 @@ describe('multi-GB sparse download', () => {
         if (pos < SIZE) yield { offset: pos, length: SIZE - pos, kind: 'hole' as const };
       },
     };
-    await using c = new ImageioClient({ transferUrl: server.transferUrl('huge-up'), ca: certs.ca });
+    await using c = new ImageioClient({ transferUrl: io.server.transferUrl('huge-up'), ca: io.certs.ca });
     const rssBefore = process.memoryUsage().rss;
     let peak = rssBefore;
     const res = await c.upload(source, {

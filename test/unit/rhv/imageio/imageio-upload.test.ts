@@ -1,28 +1,13 @@
 import { randomBytes } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { ExtentStream } from '../../../../src/formats/extent.js';
 import { ImageioClient } from '../../../../src/rhv/imageio/imageio-client.js';
-import { ImageioServer } from '../../../../src/testing/imageio-server/imageio-server.js';
-import { bufferStream, makeCerts, makeRawImage, removeTempDirs, tempDir, waitNoConnections } from '../../../support/imageio.js';
-import type { TestCerts } from '../../../support/imageio.js';
+import { bufferStream, makeRawImage, useImageioServer, waitNoConnections } from '../../../support/imageio.js';
 
 const MiB = 1024 * 1024;
-let certs: TestCerts;
-let server: ImageioServer;
-let dir: string;
-
-beforeAll(async () => {
-  certs = makeCerts();
-  server = await ImageioServer.start({ tls: { key: certs.key, cert: certs.cert } });
-  dir = tempDir();
-});
-
-afterAll(async () => {
-  await server?.close();
-  removeTempDirs();
-});
+const io = useImageioServer();
 
 /** A source image: random data, zero and hole ranges, with data split into small odd chunks. */
 function source(size: number): { data: Buffer; stream: ExtentStream } {
@@ -46,9 +31,9 @@ function source(size: number): { data: Buffer; stream: ExtentStream } {
 }
 
 async function target(uuid: string, size: number, fill: number, extra: { backend?: 'file' | 'nbd'; ops?: ('read' | 'write')[] } = {}): Promise<string> {
-  const p = join(dir, `${uuid}.raw`);
+  const p = join(io.dir, `${uuid}.raw`);
   await makeRawImage(p, [{ kind: 'byte', length: size, byte: fill }]);
-  await server.addTicket({
+  await io.server.addTicket({
     uuid,
     size,
     ops: extra.ops ?? ['read', 'write'],
@@ -64,15 +49,15 @@ describe('ImageioClient.upload', () => {
     const size = 23 * MiB + 4321;
     const { data, stream } = source(size);
     const p = await target('up1', size, 0x77);
-    await using c = new ImageioClient({ transferUrl: server.transferUrl('up1'), ca: certs.ca });
-    server.clearRequests();
+    await using c = new ImageioClient({ transferUrl: io.server.transferUrl('up1'), ca: io.certs.ca });
+    io.server.clearRequests();
     const res = await c.upload(stream, { concurrency: 3, requestSize: 2 * MiB });
     expect(readFileSync(p).equals(data)).toBe(true);
     expect(res.size).toBe(size);
     expect(res.connections).toBe(3);
     expect(res.dataBytes + res.zeroedBytes).toBe(size);
     expect(res.skippedBytes).toBe(0);
-    const log = server.requests('up1');
+    const log = io.server.requests('up1');
     const puts = log.filter((r) => r.method === 'PUT');
     expect(puts.every((r) => r.flush === false && (r.length ?? 0) <= 2 * MiB)).toBe(true);
     expect(puts.length).toBeLessThan(40); // small chunks were coalesced
@@ -86,23 +71,23 @@ describe('ImageioClient.upload', () => {
   it('skips zero ranges when the disk is known to be zero', async () => {
     const size = 9 * MiB;
     const { data, stream } = source(size);
-    const p = join(dir, 'up2.raw');
+    const p = join(io.dir, 'up2.raw');
     await makeRawImage(p, [{ kind: 'hole', length: size }]);
-    await server.addTicket({ uuid: 'up2', size, ops: ['write'], url: `file://${p}` });
-    await using c = new ImageioClient({ transferUrl: server.transferUrl('up2'), ca: certs.ca });
-    server.clearRequests();
+    await io.server.addTicket({ uuid: 'up2', size, ops: ['write'], url: `file://${p}` });
+    await using c = new ImageioClient({ transferUrl: io.server.transferUrl('up2'), ca: io.certs.ca });
+    io.server.clearRequests();
     const res = await c.upload(stream, { diskIsZero: true });
     expect(readFileSync(p).equals(data)).toBe(true);
     expect(res.zeroedBytes).toBe(0);
     expect(res.skippedBytes).toBe(size - res.dataBytes);
-    expect(server.requests('up2').filter((r) => r.op === 'zero')).toHaveLength(0);
+    expect(io.server.requests('up2').filter((r) => r.op === 'zero')).toHaveLength(0);
   });
 
   it('uses a single writer for the file backend', async () => {
     const size = 5 * MiB;
     const { data, stream } = source(size);
     const p = await target('up3', size, 1, { backend: 'file' });
-    await using c = new ImageioClient({ transferUrl: server.transferUrl('up3'), ca: certs.ca });
+    await using c = new ImageioClient({ transferUrl: io.server.transferUrl('up3'), ca: io.certs.ca });
     const res = await c.upload(stream, { concurrency: 4 });
     expect(res.connections).toBe(1);
     expect(readFileSync(p).equals(data)).toBe(true);
@@ -111,7 +96,7 @@ describe('ImageioClient.upload', () => {
   it('uploads a smaller source into a larger disk, leaving the tail alone', async () => {
     const p = await target('up4', 4 * MiB, 0x33);
     const data = randomBytes(MiB);
-    await using c = new ImageioClient({ transferUrl: server.transferUrl('up4'), ca: certs.ca });
+    await using c = new ImageioClient({ transferUrl: io.server.transferUrl('up4'), ca: io.certs.ca });
     await c.upload(bufferStream(data, [{ offset: 0, length: MiB, kind: 'data' }]));
     const file = readFileSync(p);
     expect(file.subarray(0, MiB).equals(data)).toBe(true);
@@ -120,23 +105,23 @@ describe('ImageioClient.upload', () => {
 
   it('rejects a source larger than the disk with ERR_SIZE_MISMATCH before writing', async () => {
     await target('up5', MiB, 0);
-    await using c = new ImageioClient({ transferUrl: server.transferUrl('up5'), ca: certs.ca });
-    server.clearRequests();
+    await using c = new ImageioClient({ transferUrl: io.server.transferUrl('up5'), ca: io.certs.ca });
+    io.server.clearRequests();
     const data = randomBytes(MiB + 1);
     await expect(c.upload(bufferStream(data, [{ offset: 0, length: data.length, kind: 'data' }]))).rejects.toMatchObject({ code: 'ERR_SIZE_MISMATCH' });
-    expect(server.requests('up5').filter((r) => r.method === 'PUT')).toHaveLength(0);
+    expect(io.server.requests('up5').filter((r) => r.method === 'PUT')).toHaveLength(0);
   });
 
   it('rejects a read-only ticket with ERR_UNSUPPORTED', async () => {
     await target('up6', MiB, 0, { ops: ['read'] });
-    await using c = new ImageioClient({ transferUrl: server.transferUrl('up6'), ca: certs.ca });
+    await using c = new ImageioClient({ transferUrl: io.server.transferUrl('up6'), ca: io.certs.ca });
     const data = randomBytes(10);
     await expect(c.upload(bufferStream(data, [{ offset: 0, length: 10, kind: 'data' }]))).rejects.toMatchObject({ code: 'ERR_UNSUPPORTED' });
   });
 
   it('rejects malformed sources with typed errors', async () => {
     await target('up7', MiB, 0);
-    await using c = new ImageioClient({ transferUrl: server.transferUrl('up7'), ca: certs.ca });
+    await using c = new ImageioClient({ transferUrl: io.server.transferUrl('up7'), ca: io.certs.ca });
     const data = randomBytes(8192);
     const outOfOrder = bufferStream(data, [
       { offset: 4096, length: 4096, kind: 'data' },
@@ -156,7 +141,7 @@ describe('ImageioClient.upload', () => {
 
   it('a failing source aborts the upload with its error and closes the connections', async () => {
     await target('up8', 8 * MiB, 0);
-    const c = new ImageioClient({ transferUrl: server.transferUrl('up8'), ca: certs.ca });
+    const c = new ImageioClient({ transferUrl: io.server.transferUrl('up8'), ca: io.certs.ca });
     const boom = new Error('source broke');
     const failing: ExtentStream = {
       size: 8 * MiB,
@@ -167,15 +152,15 @@ describe('ImageioClient.upload', () => {
     };
     await expect(c.upload(failing, { concurrency: 2 })).rejects.toBe(boom);
     await c.close();
-    expect(await waitNoConnections(server, 'up8')).toBe(0);
+    expect(await waitNoConnections(io.server, 'up8')).toBe(0);
   });
 
   it('abort before sends nothing; abort during ends with ERR_ABORTED and no connection left', async () => {
     await target('up9', 16 * MiB, 0);
-    const c = new ImageioClient({ transferUrl: server.transferUrl('up9'), ca: certs.ca });
-    server.clearRequests();
+    const c = new ImageioClient({ transferUrl: io.server.transferUrl('up9'), ca: io.certs.ca });
+    io.server.clearRequests();
     await expect(c.upload(source(16 * MiB).stream, { signal: AbortSignal.abort() })).rejects.toMatchObject({ code: 'ERR_ABORTED' });
-    expect(server.requests('up9')).toHaveLength(0);
+    expect(io.server.requests('up9')).toHaveLength(0);
     const ac = new AbortController();
     const inner = source(16 * MiB).stream;
     let n = 0;
@@ -190,6 +175,6 @@ describe('ImageioClient.upload', () => {
     };
     await expect(c.upload(slow, { signal: ac.signal, concurrency: 2 })).rejects.toMatchObject({ code: 'ERR_ABORTED' });
     await c.close();
-    expect(await waitNoConnections(server, 'up9')).toBe(0);
+    expect(await waitNoConnections(io.server, 'up9')).toBe(0);
   });
 });

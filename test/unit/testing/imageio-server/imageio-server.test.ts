@@ -6,42 +6,39 @@ import { Agent, request } from 'undici';
 import type { Dispatcher } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ImageioServer } from '../../../../src/testing/imageio-server/imageio-server.js';
-import { makeCerts, makeRawImage, removeTempDirs, tempDir } from '../../../support/imageio.js';
-import type { TestCerts } from '../../../support/imageio.js';
+import { makeRawImage, useImageioServer } from '../../../support/imageio.js';
 
 const MiB = 1024 * 1024;
-let certs: TestCerts;
-let server: ImageioServer;
 let agent: Agent;
-let dir: string;
 let rawPath: string;
 let size: number;
 const HOSTILE = `a b'"$(touch x)\`;|&*%`;
 
+const io = useImageioServer();
 beforeAll(async () => {
-  certs = makeCerts();
-  server = await ImageioServer.start({ tls: { key: certs.key, cert: certs.cert } });
-  agent = new Agent({ connect: { ca: certs.ca } });
-  dir = tempDir();
-  rawPath = join(dir, 'srv.raw');
+  agent = new Agent({ connect: { ca: io.certs.ca } });
+  rawPath = join(io.dir, 'srv.raw');
   size = await makeRawImage(rawPath, [
     { kind: 'random', length: MiB },
     { kind: 'hole', length: 2 * MiB },
     { kind: 'random', length: MiB },
   ]);
-  await server.addTicket({ uuid: 'ro', size, ops: ['read'], url: `file://${rawPath}` });
-  await server.addTicket({ uuid: 'rw', size, ops: ['read', 'write'], url: `file://${rawPath}`, transferId: 'transfer-rw' });
-  await server.addTicket({ uuid: HOSTILE, size, ops: ['read'], url: `file://${rawPath}` });
+  await io.server.addTicket({ uuid: 'ro', size, ops: ['read'], url: `file://${rawPath}` });
+  await io.server.addTicket({ uuid: 'rw', size, ops: ['read', 'write'], url: `file://${rawPath}`, transferId: 'transfer-rw' });
+  await io.server.addTicket({ uuid: HOSTILE, size, ops: ['read'], url: `file://${rawPath}` });
 });
 
 afterAll(async () => {
   await agent?.close();
-  await server?.close();
-  removeTempDirs();
 });
 
 async function call(path: string, opts: { method?: Dispatcher.HttpMethod; headers?: Record<string, string>; body?: string | Buffer } = {}) {
-  const res = await request(`${server.url}${path}`, { dispatcher: agent, method: opts.method ?? 'GET', headers: opts.headers ?? {}, body: opts.body ?? null });
+  const res = await request(`${io.server.url}${path}`, {
+    dispatcher: agent,
+    method: opts.method ?? 'GET',
+    headers: opts.headers ?? {},
+    body: opts.body ?? null,
+  });
   const body = Buffer.from(await res.body.arrayBuffer());
   return { status: res.statusCode, headers: res.headers, body, text: body.toString('utf8') };
 }
@@ -111,9 +108,9 @@ describe('ImageioServer protocol (imageio 2.5.3 behaviour)', () => {
   });
 
   it('validates PATCH messages', async () => {
-    const p = join(dir, 'patch.raw');
+    const p = join(io.dir, 'patch.raw');
     await makeRawImage(p, [{ kind: 'byte', length: MiB, byte: 1 }]);
-    await server.addTicket({ uuid: 'p', size: MiB, ops: ['write'], url: `file://${p}` });
+    await io.server.addTicket({ uuid: 'p', size: MiB, ops: ['write'], url: `file://${p}` });
     const json = { 'content-type': 'application/json' };
     expect((await call('/images/p', { method: 'PATCH', headers: json, body: '{"op":"zero"}' })).text).toBe("Missing required value for 'size'\n");
     const trim = await call('/images/p', { method: 'PATCH', headers: json, body: '{"op":"trim"}' });
@@ -127,9 +124,9 @@ describe('ImageioServer protocol (imageio 2.5.3 behaviour)', () => {
   });
 
   it('requires Content-Length on PUT', async () => {
-    const p = join(dir, 'put.raw');
+    const p = join(io.dir, 'put.raw');
     await makeRawImage(p, [{ kind: 'hole', length: MiB }]);
-    await server.addTicket({ uuid: 'put', size: MiB, ops: ['write'], url: `file://${p}` });
+    await io.server.addTicket({ uuid: 'put', size: MiB, ops: ['write'], url: `file://${p}` });
     const plain = await ImageioServer.start();
     try {
       await plain.addTicket({ uuid: 'put', size: MiB, ops: ['write'], url: `file://${p}` });
@@ -161,49 +158,55 @@ describe('ImageioServer protocol (imageio 2.5.3 behaviour)', () => {
   });
 
   it('reports ticket status with transferred bytes and connections, and removes tickets idempotently', async () => {
-    const st = server.getTicket('rw');
+    const st = io.server.getTicket('rw');
     expect(st).toMatchObject({ uuid: 'rw', transferId: 'transfer-rw', ops: ['read', 'write'], canceled: false, active: false });
-    expect(server.tickets().map((t) => t.uuid)).toContain('rw');
-    const before = server.getTicket('ro')!.transferred;
+    expect(io.server.tickets().map((t) => t.uuid)).toContain('rw');
+    const before = io.server.getTicket('ro')!.transferred;
     await call('/images/ro', { headers: { range: 'bytes=0-99' } });
-    expect(server.getTicket('ro')!.transferred).toBe(before + 100);
-    await server.removeTicket('rw');
-    await server.removeTicket('rw');
-    expect(server.getTicket('rw')).toBeUndefined();
+    expect(io.server.getTicket('ro')!.transferred).toBe(before + 100);
+    await io.server.removeTicket('rw');
+    await io.server.removeTicket('rw');
+    expect(io.server.getTicket('rw')).toBeUndefined();
     expect((await call('/images/rw')).status).toBe(403);
   });
 
   it('rejects bad tickets with typed errors', async () => {
-    await expect(server.addTicket({ uuid: 'x', size: 1, ops: ['read'], url: 'nbd:unix:/run/x.sock' })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
-    await expect(server.addTicket({ uuid: 'x', size: 1, ops: ['read'], url: 'http://h/images/x' })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
-    await expect(server.addTicket({ uuid: 'a/b', size: 1, ops: ['read'], url: `file://${rawPath}` })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
-    await expect(server.addTicket({ uuid: 'x', size: -1, ops: ['read'], url: `file://${rawPath}` })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
-    await expect(server.addTicket({ uuid: 'x', size: 1, ops: [], url: `file://${rawPath}` })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
-    await expect(server.addTicket({ uuid: 'x', size: 1, ops: ['read'], url: `file://${dir}/missing.raw` })).rejects.toMatchObject({ code: 'ERR_NOT_FOUND' });
-    const q = join(dir, 'q.qcow2');
-    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', q, '1M']);
-    await expect(server.addTicket({ uuid: 'x', size: MiB, ops: ['read', 'write'], url: `file://${q}`, format: 'qcow2' })).rejects.toMatchObject({
+    await expect(io.server.addTicket({ uuid: 'x', size: 1, ops: ['read'], url: 'nbd:unix:/run/x.sock' })).rejects.toMatchObject({
       code: 'ERR_INVALID_ARGUMENT',
     });
-    const bad = join(dir, 'bad.qcow2');
+    await expect(io.server.addTicket({ uuid: 'x', size: 1, ops: ['read'], url: 'http://h/images/x' })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
+    await expect(io.server.addTicket({ uuid: 'a/b', size: 1, ops: ['read'], url: `file://${rawPath}` })).rejects.toMatchObject({
+      code: 'ERR_INVALID_ARGUMENT',
+    });
+    await expect(io.server.addTicket({ uuid: 'x', size: -1, ops: ['read'], url: `file://${rawPath}` })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
+    await expect(io.server.addTicket({ uuid: 'x', size: 1, ops: [], url: `file://${rawPath}` })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
+    await expect(io.server.addTicket({ uuid: 'x', size: 1, ops: ['read'], url: `file://${io.dir}/missing.raw` })).rejects.toMatchObject({
+      code: 'ERR_NOT_FOUND',
+    });
+    const q = join(io.dir, 'q.qcow2');
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', q, '1M']);
+    await expect(io.server.addTicket({ uuid: 'x', size: MiB, ops: ['read', 'write'], url: `file://${q}`, format: 'qcow2' })).rejects.toMatchObject({
+      code: 'ERR_INVALID_ARGUMENT',
+    });
+    const bad = join(io.dir, 'bad.qcow2');
     writeFileSync(bad, Buffer.concat([Buffer.from('QFI\xfb', 'latin1'), Buffer.alloc(100, 0xff)]));
-    await expect(server.addTicket({ uuid: 'x', size: MiB, ops: ['read'], url: `file://${bad}`, format: 'qcow2' })).rejects.toMatchObject({
+    await expect(io.server.addTicket({ uuid: 'x', size: MiB, ops: ['read'], url: `file://${bad}`, format: 'qcow2' })).rejects.toMatchObject({
       code: expect.stringMatching(/^ERR_FORMAT_(CORRUPT|UNSUPPORTED)$/),
     });
-    expect(() => server.injectFault({ kind: 'stall', request: 0 })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARGUMENT' }));
+    expect(() => io.server.injectFault({ kind: 'stall', request: 0 })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARGUMENT' }));
   });
 
   it('closes connections idle longer than the ticket inactivity timeout', async () => {
-    await server.addTicket({ uuid: 'idle', size, ops: ['read'], url: `file://${rawPath}`, inactivityTimeout: 1 });
-    const own = new Agent({ connect: { ca: certs.ca } });
+    await io.server.addTicket({ uuid: 'idle', size, ops: ['read'], url: `file://${rawPath}`, inactivityTimeout: 1 });
+    const own = new Agent({ connect: { ca: io.certs.ca } });
     try {
-      const res = await request(`${server.transferUrl('idle')}`, { dispatcher: own, headers: { range: 'bytes=0-9' } });
+      const res = await request(`${io.server.transferUrl('idle')}`, { dispatcher: own, headers: { range: 'bytes=0-9' } });
       await res.body.arrayBuffer();
-      expect(server.getTicket('idle')!.connections).toBe(1);
+      expect(io.server.getTicket('idle')!.connections).toBe(1);
       let n = 1;
       for (let i = 0; i < 500 && n > 0; i++) {
         await new Promise((r) => setTimeout(r, 20));
-        n = server.getTicket('idle')!.connections;
+        n = io.server.getTicket('idle')!.connections;
       }
       expect(n).toBe(0);
     } finally {
@@ -212,15 +215,15 @@ describe('ImageioServer protocol (imageio 2.5.3 behaviour)', () => {
   });
 
   it('an expired ticket answers 403 until it is extended', async () => {
-    await server.addTicket({ uuid: 'ext', size, ops: ['read'], url: `file://${rawPath}`, transferId: 'tr-ext' });
-    server.injectFault({ kind: 'expire', ticket: 'ext' });
+    await io.server.addTicket({ uuid: 'ext', size, ops: ['read'], url: `file://${rawPath}`, transferId: 'tr-ext' });
+    io.server.injectFault({ kind: 'expire', ticket: 'ext' });
     const r = await call('/images/ext', { headers: { range: 'bytes=0-0' } });
     expect(r.status).toBe(403);
     expect(r.text).toBe('You are not allowed to access this resource: Transfer=tr-ext expired\n');
     expect((await call('/images/ext', { method: 'OPTIONS' })).status).toBe(403);
-    server.extendTicket('ext', 60);
+    io.server.extendTicket('ext', 60);
     expect((await call('/images/ext', { headers: { range: 'bytes=0-0' } })).status).toBe(206);
-    expect(() => server.extendTicket('nope', 1)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARGUMENT' }));
+    expect(() => io.server.extendTicket('nope', 1)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARGUMENT' }));
   });
 
   it('bounds the request log', async () => {
