@@ -1,12 +1,47 @@
 /** Shared helpers of the libvirt integration tests: tiny domains, guest writes, checksums, fault runners. */
-import { posix } from 'node:path';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, posix } from 'node:path';
 import { PassThrough } from 'node:stream';
+import { afterAll, beforeAll } from 'vitest';
 import { RemoteCommandError } from '../../src/core/errors.js';
 import type { CommandArg, CommandProcess, CommandRunner, RunOptions, RunResult, SpawnOptions } from '../../src/core/exec/command-runner.js';
 import { collectProcess } from '../../src/core/exec/process-helpers.js';
-import type { LibvirtHost } from '../../src/libvirt/libvirt-host.js';
+import type { SshRunner } from '../../src/core/ssh/ssh-runner.js';
+import { LibvirtHost } from '../../src/libvirt/libvirt-host.js';
+import { labVar, remoteRunner } from './lab.js';
 
 export const OWNER = 'libvirt-qemu:libvirt-qemu';
+
+/** What {@link useLibvirtLab} gives the tests of its scope. */
+export interface LibvirtLab {
+  /** The lab sshd session the host runs its commands on. */
+  ssh: SshRunner;
+  /** The lab libvirtd over that session; files it writes belong to {@link OWNER}. */
+  host: LibvirtHost;
+  /** A local scratch directory for a repository or target. */
+  repoDir: string;
+  /** A directory for disk images on the lab host, `<name>-<pid>` in the lab's image dir. */
+  dir: string;
+}
+
+/** Connects to the lab libvirtd once per scope, with a local repository dir and a remote image dir; all removed after. */
+export function useLibvirtLab(name: string): LibvirtLab {
+  const lab = {} as LibvirtLab;
+  beforeAll(async () => {
+    lab.ssh = await remoteRunner();
+    lab.host = new LibvirtHost(lab.ssh, { uri: labVar('VS_LIBVIRT_URI'), fileOwner: OWNER });
+    lab.repoDir = await mkdtemp(join(tmpdir(), `vs-virsh-${name}-`));
+    lab.dir = posix.join(labVar('VS_LIBVIRT_IMAGE_DIR'), `${name}-${process.pid}`);
+    await lab.host.mkdir(lab.dir);
+  });
+  afterAll(async () => {
+    await lab.host?.exec(['rm', '-rf', '--', lab.dir]).catch(() => undefined);
+    await lab.ssh?.close();
+    if (lab.repoDir) await rm(lab.repoDir, { recursive: true, force: true });
+  });
+  return lab;
+}
 
 export function xmlEscape(s: string): string {
   return s.replaceAll('&', '&amp;').replaceAll('<', '&lt;').replaceAll('>', '&gt;').replaceAll("'", '&apos;').replaceAll('"', '&quot;');

@@ -15,40 +15,26 @@ import { LibvirtHost } from '../../../../src/libvirt/libvirt-host.js';
 import { VirshStrategy } from '../../../../src/strategies/libvirt/virsh.js';
 import { labVar, remoteRunner } from '../../../support/lab.js';
 import { DirTarget } from '../../../support/dir-target.js';
-import { createDomain, listDir, OWNER, removeDomain } from '../../../support/libvirt-lab.js';
+import { createDomain, listDir, OWNER, removeDomain, useLibvirtLab } from '../../../support/libvirt-lab.js';
 
 const RUNS = 100;
 
 describe('VirshStrategy under random aborts', () => {
-  let ssh: SshRunner;
-  let host: LibvirtHost;
-  let repoDir: string;
   let repo: DirTarget;
-  let dir: string;
 
+  const lab = useLibvirtLab('aborts');
   beforeAll(async () => {
-    ssh = await remoteRunner();
-    host = new LibvirtHost(ssh, { uri: labVar('VS_LIBVIRT_URI'), fileOwner: OWNER });
-    repoDir = await mkdtemp(join(tmpdir(), 'vs-virsh-aborts-'));
-    repo = new DirTarget(repoDir);
-    dir = posix.join(labVar('VS_LIBVIRT_IMAGE_DIR'), `aborts-${process.pid}`);
-    await host.mkdir(dir);
-  });
-
-  afterAll(async () => {
-    await host?.exec(['rm', '-rf', '--', dir]).catch(() => undefined);
-    await ssh?.close();
-    await rm(repoDir, { recursive: true, force: true });
+    repo = new DirTarget(lab.repoDir);
   });
 
   it(`${RUNS} random aborts: each ends on the base, without overlay files, XML unchanged, nothing half-committed`, async () => {
     const name = `vs-it-aborts-${process.pid}`;
-    const vda = posix.join(dir, 'storm-a.qcow2');
-    await removeDomain(host, name);
-    await createDomain(host, name, [{ target: 'vda', file: vda, format: 'qcow2', sizeMb: 16 }], true);
+    const vda = posix.join(lab.dir, 'storm-a.qcow2');
+    await removeDomain(lab.host, name);
+    await createDomain(lab.host, name, [{ target: 'vda', file: vda, format: 'qcow2', sizeMb: 16 }], true);
     try {
-      const strategy = new VirshStrategy({ host });
-      const inactive = await host.dumpXml(name, { inactive: true });
+      const strategy = new VirshStrategy({ host: lab.host });
+      const inactive = await lab.host.dumpXml(name, { inactive: true });
       // one undisturbed backup gives the span the random delays are drawn from
       const t0 = Date.now();
       await strategy.backup({ name }, repo);
@@ -85,22 +71,22 @@ describe('VirshStrategy under random aborts', () => {
           outcomes.aborted++;
           if (phase === 'snapshot') outcomes.duringSnapshot++;
         }
-        const rows = await host.blockDevices(name);
+        const rows = await lab.host.blockDevices(name);
         expect(rows.find((r) => r.target === 'vda')?.source, label).toBe(vda);
         expect(
-          (await listDir(host, dir)).filter((f) => f.includes('.vs-')),
+          (await listDir(lab.host, lab.dir)).filter((f) => f.includes('.vs-')),
           label,
         ).toEqual([]);
-        expect(await host.dumpXml(name, { inactive: true }), label).toBe(inactive);
+        expect(await lab.host.dumpXml(name, { inactive: true }), label).toBe(inactive);
         expect((await repo.list(name)).length, label).toBe(committed);
         expect(await repo.leftovers(name), label).toEqual([]);
-        expect(await host.domainState(name), label).toBe('running');
+        expect(await lab.host.domainState(name), label).toBe('running');
       }
       // the counts for the report (not asserted: they depend on timing)
       console.log(`abort storm: ${JSON.stringify(outcomes)} of ${RUNS}, span of one backup ${span} ms`);
       expect(outcomes.aborted + outcomes.completed).toBe(RUNS);
     } finally {
-      await removeDomain(host, name);
+      await removeDomain(lab.host, name);
     }
   }, 3_600_000);
 });

@@ -14,7 +14,7 @@ import { LibvirtHost } from '../../../../src/libvirt/libvirt-host.js';
 import { VirshStrategy } from '../../../../src/strategies/libvirt/virsh.js';
 import { labVar, remoteRunner } from '../../../support/lab.js';
 import { DirTarget } from '../../../support/dir-target.js';
-import { createDomain, listDir, OWNER, removeDomain } from '../../../support/libvirt-lab.js';
+import { createDomain, listDir, OWNER, removeDomain, useLibvirtLab } from '../../../support/libvirt-lab.js';
 
 /** Starts the child backup and resolves once it reports the transfer (then it is killed with SIGKILL). */
 function backupThenKill(domain: string, repoDir: string): Promise<void> {
@@ -38,38 +38,21 @@ function backupThenKill(domain: string, repoDir: string): Promise<void> {
 }
 
 describe('VirshStrategy after kill -9', () => {
-  let ssh: SshRunner;
-  let host: LibvirtHost;
-  let repoDir: string;
-  let dir: string;
 
-  beforeAll(async () => {
-    ssh = await remoteRunner();
-    host = new LibvirtHost(ssh, { uri: labVar('VS_LIBVIRT_URI'), fileOwner: OWNER });
-    repoDir = await mkdtemp(join(tmpdir(), 'vs-virsh-crash-'));
-    dir = posix.join(labVar('VS_LIBVIRT_IMAGE_DIR'), `crash-${process.pid}`);
-    await host.mkdir(dir);
-  });
-
-  afterAll(async () => {
-    await host?.exec(['rm', '-rf', '--', dir]).catch(() => undefined);
-    await ssh?.close();
-    await rm(repoDir, { recursive: true, force: true });
-  });
-
+  const lab = useLibvirtLab('crash');
   it('the next backup merges the stale overlay back, removes it, logs it, and succeeds; a dry run changes nothing', async () => {
     const name = `vs-it-crash-${process.pid}`;
-    const vda = posix.join(dir, 'crash-a.qcow2');
-    await removeDomain(host, name);
-    await createDomain(host, name, [{ target: 'vda', file: vda, format: 'qcow2', sizeMb: 16 }], true);
+    const vda = posix.join(lab.dir, 'crash-a.qcow2');
+    await removeDomain(lab.host, name);
+    await createDomain(lab.host, name, [{ target: 'vda', file: vda, format: 'qcow2', sizeMb: 16 }], true);
     try {
-      const inactive = await host.dumpXml(name, { inactive: true });
-      await backupThenKill(name, repoDir);
+      const inactive = await lab.host.dumpXml(name, { inactive: true });
+      await backupThenKill(name, lab.repoDir);
 
       // the killed run left the guest on its overlay
-      const left = (await host.blockDevices(name)).find((r) => r.target === 'vda')!.source!;
+      const left = (await lab.host.blockDevices(name)).find((r) => r.target === 'vda')!.source!;
       expect(left).toMatch(/^.*crash-a\.qcow2\.vs-ovl-[0-9a-f]{12}$/);
-      const files = await listDir(host, dir);
+      const files = await listDir(lab.host, lab.dir);
       expect(files.some((f) => f.includes('.vs-ovl-'))).toBe(true);
 
       const lines: string[] = [];
@@ -79,32 +62,32 @@ describe('VirshStrategy after kill -9', () => {
         warn: (_o: object, m?: string) => void lines.push(`warn ${m ?? ''}`),
         error: (_o: object, m?: string) => void lines.push(`error ${m ?? ''}`),
       };
-      const strategy = new VirshStrategy({ host, logger });
+      const strategy = new VirshStrategy({ host: lab.host, logger });
 
       // the dry run lists the merge and the file, and changes nothing
       const dry = await strategy.recover({ name }, { dryRun: true });
       expect(dry.actions.map((a) => [a.kind, a.id, a.done])).toEqual([['overlay', left, false]]);
       expect(dry.actions[0]!.description).toMatch(/interrupted run [0-9a-f]{12}: merged into .*crash-a\.qcow2 \(dry run\)/);
-      expect((await host.blockDevices(name)).find((r) => r.target === 'vda')!.source).toBe(left);
-      expect(await listDir(host, dir)).toEqual(files);
+      expect((await lab.host.blockDevices(name)).find((r) => r.target === 'vda')!.source).toBe(left);
+      expect(await listDir(lab.host, lab.dir)).toEqual(files);
 
       // the next backup recovers first, then succeeds
       lines.length = 0;
-      const repo = new DirTarget(repoDir);
+      const repo = new DirTarget(lab.repoDir);
       const r = await strategy.backup({ name }, repo);
       expect(r.disks.map((d) => d.kind)).toEqual(['full']);
       expect(lines.filter((l) => l.startsWith('recovery: '))).toEqual([
         expect.stringMatching(/^recovery: disk vda runs on 1 overlay\(s\) of interrupted run [0-9a-f]{12}: merged into .*crash-a\.qcow2$/),
         expect.stringMatching(/^recovery: stale overlay of run [0-9a-f]{12} removed: .*crash-a\.qcow2\.vs-ovl-/),
       ]);
-      expect((await host.blockDevices(name)).find((r) => r.target === 'vda')!.source).toBe(vda);
-      expect((await listDir(host, dir)).filter((f) => f.includes('.vs-'))).toEqual([]);
-      expect(await host.dumpXml(name, { inactive: true })).toBe(inactive);
+      expect((await lab.host.blockDevices(name)).find((r) => r.target === 'vda')!.source).toBe(vda);
+      expect((await listDir(lab.host, lab.dir)).filter((f) => f.includes('.vs-'))).toEqual([]);
+      expect(await lab.host.dumpXml(name, { inactive: true })).toBe(inactive);
       expect((await repo.list(name)).map((b) => b.id)).toEqual([r.record.id]);
       // nothing left to recover
       expect((await strategy.recover({ name })).actions).toEqual([]);
     } finally {
-      await removeDomain(host, name);
+      await removeDomain(lab.host, name);
     }
   });
 });

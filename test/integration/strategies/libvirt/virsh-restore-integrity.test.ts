@@ -11,46 +11,32 @@ import { LibvirtHost } from '../../../../src/libvirt/libvirt-host.js';
 import { VirshStrategy } from '../../../../src/strategies/libvirt/virsh.js';
 import { FileRepository } from '../../../../src/targets/file-repository.js';
 import { labVar, remoteRunner } from '../../../support/lab.js';
-import { createDomain, guestWrite, listDir, OWNER, removeDomain } from '../../../support/libvirt-lab.js';
+import { createDomain, guestWrite, listDir, OWNER, removeDomain, useLibvirtLab } from '../../../support/libvirt-lab.js';
 import { flipByte } from '../../../support/flip-byte.js';
 
 describe('VirshStrategy restore reads only verified layers (real libvirt)', () => {
-  let ssh: SshRunner;
-  let host: LibvirtHost;
-  let repoDir: string;
   let repo: FileRepository;
-  let dir: string;
 
+  const lab = useLibvirtLab('virsh-integrity');
   beforeAll(async () => {
-    ssh = await remoteRunner();
-    host = new LibvirtHost(ssh, { uri: labVar('VS_LIBVIRT_URI'), fileOwner: OWNER });
-    repoDir = await mkdtemp(join(tmpdir(), 'vs-virsh-integrity-'));
-    repo = new FileRepository(repoDir);
-    dir = posix.join(labVar('VS_LIBVIRT_IMAGE_DIR'), `virsh-integrity-${process.pid}`);
-    await host.mkdir(dir);
-  });
-
-  afterAll(async () => {
-    await host?.exec(['rm', '-rf', '--', dir]).catch(() => undefined);
-    await ssh?.close();
-    await rm(repoDir, { recursive: true, force: true });
+    repo = new FileRepository(lab.repoDir);
   });
 
   it('a flipped byte in the full, then in the incremental: every restore through it is refused, the host untouched', async () => {
     const name = `vs-it-integrity-${process.pid}`;
     const newName = `${name}-restored`;
-    const vda = posix.join(dir, 'vda.qcow2');
-    await removeDomain(host, name);
-    await removeDomain(host, newName);
-    await createDomain(host, name, [{ target: 'vda', file: vda, format: 'qcow2', sizeMb: 16 }], true);
+    const vda = posix.join(lab.dir, 'vda.qcow2');
+    await removeDomain(lab.host, name);
+    await removeDomain(lab.host, newName);
+    await createDomain(lab.host, name, [{ target: 'vda', file: vda, format: 'qcow2', sizeMb: 16 }], true);
     try {
-      const strategy = new VirshStrategy({ host, keepSnapshot: true });
+      const strategy = new VirshStrategy({ host: lab.host, keepSnapshot: true });
       const full = await strategy.backup({ name }, repo);
-      await guestWrite(host, name, 0, 0x42, '4M', '256k');
+      await guestWrite(lab.host, name, 0, 0x42, '4M', '256k');
       const inc = await strategy.backup({ name }, repo, { kind: 'incremental', parent: full.record });
       expect(inc.record.kind).toBe('incremental');
-      const targetDir = posix.join(dir, 'restore');
-      await host.mkdir(targetDir);
+      const targetDir = posix.join(lab.dir, 'restore');
+      await lab.host.mkdir(targetDir);
 
       // damage the full: the incremental's restore needs it
       const fullPath = await repo.diskPath(name, full.record.id, 'vda');
@@ -59,20 +45,20 @@ describe('VirshStrategy restore reads only verified layers (real libvirt)', () =
         const err = await strategy.restore(name, repo, { backupId, newName, targetDir }).catch((e: unknown) => e);
         expect(err).toMatchObject({ code: 'ERR_VERIFY_FAILED' });
         expect((err as { problems: { backupId: string }[] }).problems.map((p) => p.backupId)).toEqual([full.record.id]);
-        expect(await host.hasDomain(newName)).toBe(false);
-        expect(await listDir(host, targetDir)).toEqual([]);
+        expect(await lab.host.hasDomain(newName)).toBe(false);
+        expect(await listDir(lab.host, targetDir)).toEqual([]);
       }
       // repaired full, damaged incremental: the full restores, the incremental does not
       await flipByte(fullPath, 1 << 20);
       await flipByte(await repo.diskPath(name, inc.record.id, 'vda'), 1000);
       const err = await strategy.restore(name, repo, { newName, targetDir }).catch((e: unknown) => e);
       expect((err as { problems: { backupId: string }[] }).problems.map((p) => p.backupId)).toEqual([inc.record.id]);
-      expect(await listDir(host, targetDir)).toEqual([]);
+      expect(await listDir(lab.host, targetDir)).toEqual([]);
       const ok = await strategy.restore(name, repo, { backupId: full.record.id, newName, targetDir });
       expect(ok.disks).toHaveLength(1);
     } finally {
-      await removeDomain(host, newName);
-      await removeDomain(host, name);
+      await removeDomain(lab.host, newName);
+      await removeDomain(lab.host, name);
     }
   });
 });
