@@ -1,21 +1,9 @@
-/**
- * 100 random aborts of a virsh backup on the real lab (libvirtd + qemu over the real sshd). Half are
- * spread across the whole backup, half land right after the snapshot phase starts, where libvirtd
- * completes a `snapshot-create-as` whose client was killed. Every one must end with the guest on its
- * base (`virsh domblklist`), no overlay file, the persistent XML unchanged and nothing committed
- * (or, when the abort came after the commit, a committed backup and the same clean host).
- */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join, posix } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { posix } from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { isVirtstreamError } from '../../../../src/core/errors.js';
-import type { SshRunner } from '../../../../src/core/ssh/ssh-runner.js';
-import { LibvirtHost } from '../../../../src/libvirt/libvirt-host.js';
 import { VirshStrategy } from '../../../../src/strategies/libvirt/virsh.js';
-import { labVar, remoteRunner } from '../../../support/lab.js';
 import { DirTarget } from '../../../support/dir-target.js';
-import { createDomain, listDir, OWNER, removeDomain, useLibvirtLab } from '../../../support/libvirt-lab.js';
+import { createDomain, listDir, removeDomain, useLibvirtLab } from '../../../support/libvirt-lab.js';
 
 const RUNS = 100;
 

@@ -5,16 +5,11 @@
  * gone, each action logged) and succeeds.
  */
 import { spawn } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join, posix } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { SshRunner } from '../../../../src/core/ssh/ssh-runner.js';
-import { LibvirtHost } from '../../../../src/libvirt/libvirt-host.js';
+import { describe, expect, it } from 'vitest';
 import { VirshStrategy } from '../../../../src/strategies/libvirt/virsh.js';
-import { labVar, remoteRunner } from '../../../support/lab.js';
 import { DirTarget } from '../../../support/dir-target.js';
-import { createDomain, listDir, OWNER, removeDomain, useLibvirtLab } from '../../../support/libvirt-lab.js';
+import { createDomain, listDir, removeDomain, useLibvirtLab } from '../../../support/libvirt-lab.js';
 
 /** Starts the child backup and resolves once it reports the transfer (then it is killed with SIGKILL). */
 function backupThenKill(domain: string, repoDir: string): Promise<void> {
@@ -38,7 +33,6 @@ function backupThenKill(domain: string, repoDir: string): Promise<void> {
 }
 
 describe('VirshStrategy after kill -9', () => {
-
   const lab = useLibvirtLab('crash');
   it('the next backup merges the stale overlay back, removes it, logs it, and succeeds; a dry run changes nothing', async () => {
     const name = `vs-it-crash-${process.pid}`;

@@ -6,9 +6,7 @@
  */
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join, posix } from 'node:path';
+import { posix } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { SshRunner } from '../../../../src/core/ssh/ssh-runner.js';
 import type { RestoreSource } from '../../../../src/core/target.js';
@@ -16,7 +14,18 @@ import { LibvirtHost } from '../../../../src/libvirt/libvirt-host.js';
 import { VirshStrategy } from '../../../../src/strategies/libvirt/virsh.js';
 import { labVar, remoteRunner } from '../../../support/lab.js';
 import { DirTarget } from '../../../support/dir-target.js';
-import { activeSources, chainOf, createDomain, guestWrite, listDir, LyingRunner, OWNER, removeDomain, ShimRunner, useLibvirtLab } from '../../../support/libvirt-lab.js';
+import {
+  activeSources,
+  chainOf,
+  createDomain,
+  guestWrite,
+  listDir,
+  LyingRunner,
+  OWNER,
+  removeDomain,
+  ShimRunner,
+  useLibvirtLab,
+} from '../../../support/libvirt-lab.js';
 
 const sha = (path: string): string => createHash('sha256').update(readFileSync(path)).digest('hex');
 

@@ -1,17 +1,8 @@
-/**
- * Issue 11.2 on real libvirt: a virsh restore of a chain whose full (or whose parent) is damaged is
- * refused before a byte reaches the host: no domain defined, no file in the target folder.
- */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join, posix } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { SshRunner } from '../../../../src/core/ssh/ssh-runner.js';
-import { LibvirtHost } from '../../../../src/libvirt/libvirt-host.js';
+import { posix } from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { VirshStrategy } from '../../../../src/strategies/libvirt/virsh.js';
 import { FileRepository } from '../../../../src/targets/file-repository.js';
-import { labVar, remoteRunner } from '../../../support/lab.js';
-import { createDomain, guestWrite, listDir, OWNER, removeDomain, useLibvirtLab } from '../../../support/libvirt-lab.js';
+import { createDomain, guestWrite, listDir, removeDomain, useLibvirtLab } from '../../../support/libvirt-lab.js';
 import { flipByte } from '../../../support/flip-byte.js';
 
 describe('VirshStrategy restore reads only verified layers (real libvirt)', () => {
