@@ -26,6 +26,7 @@ import type {
   VmRef,
 } from '../../../src/index.js';
 import { MemoryTarget } from '../../../src/entries/testing.js';
+import { rejection } from '../../support/rejection.js';
 
 type BackupImpl = (vm: VmRef, target: BackupTarget, options: BackupOptions) => Promise<BackupResult>;
 type RestoreImpl = (vmName: string, source: RestoreSource, options: RestoreOptions) => Promise<RestoreResult>;
@@ -66,16 +67,6 @@ async function writeOneDisk(vm: VmRef, target: BackupTarget, options: BackupOpti
   });
   const record = await session.commit();
   return { record, disks: [{ diskId: 'vda', kind: 'full', bytes: written.bytes }], warnings: [] };
-}
-
-async function rejection(promise: Promise<unknown>): Promise<VirtstreamError> {
-  try {
-    await promise;
-  } catch (err) {
-    expect(isVirtstreamError(err)).toBe(true);
-    return err as VirtstreamError;
-  }
-  throw new Error('expected a rejection');
 }
 
 function captureLogger(): { logger: Logger; records: { level: string; obj: Record<string, unknown>; msg?: string }[] } {
