@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LibvirtHost } from '../../../src/libvirt/libvirt-host.js';
 import type { SshRunner } from '../../../src/core/ssh/ssh-runner.js';
 import { labVar, remoteRunner } from '../../support/lab.js';
-import { createDomain, OWNER, removeDomain } from '../libvirt/helpers.js';
+import { createDomain, OWNER, removeDomain } from '../../support/libvirt-lab.js';
 import { runCliProcess } from './cli-process.js';
 
 const tag = Math.random().toString(16).slice(2, 10);

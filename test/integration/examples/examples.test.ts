@@ -9,7 +9,7 @@ import { posix } from 'node:path';
 import { FileRepository } from '../../../src/index.js';
 import { LibvirtHost } from '../../../src/entries/libvirt.js';
 import { labVar, remoteRunner } from '../../support/lab.js';
-import { createDomain, OWNER, removeDomain } from '../libvirt/helpers.js';
+import { createDomain, OWNER, removeDomain } from '../../support/libvirt-lab.js';
 
 const run = promisify(execFile);
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));

@@ -12,7 +12,7 @@ import { parseDomainState } from '../../../src/libvirt/virsh-output.js';
 import { LvmSnapshotStrategy } from '../../../src/strategies/libvirt/lvm.js';
 import { RbdSnapshotStrategy } from '../../../src/strategies/libvirt/rbd.js';
 import { VirshStrategy } from '../../../src/strategies/libvirt/virsh.js';
-import { ScriptedRunner } from './scripted-runner.js';
+import { ScriptedRunner } from '../../support/scripted-runner.js';
 
 const UUID = '00000000-0000-0000-0000-0000000000aa';
 const XML = {

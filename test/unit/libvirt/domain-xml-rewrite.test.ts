@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { isVirtstreamError } from '../../../src/core/errors.js';
 import { parseDomainXml } from '../../../src/libvirt/domain-xml.js';
 import { rewriteDomainXml } from '../../../src/libvirt/domain-xml-rewrite.js';
-import { LIVE_XML } from './fixtures.js';
+import { LIVE_XML } from '../../support/domain-xml.js';
 
 describe('rewriteDomainXml', () => {
   it('restores under a new identity: name, generated UUID, new disk paths, MACs regenerated', () => {

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { isVirtstreamError } from '../../../src/core/errors.js';
 import { diskLocation, parseDomainXml, splitRbdName } from '../../../src/libvirt/domain-xml.js';
-import { LIVE_XML, MINIMAL_XML } from './fixtures.js';
+import { LIVE_XML, MINIMAL_XML } from '../../support/domain-xml.js';
 
 function code(fn: () => unknown): string | undefined {
   try {

@@ -3,7 +3,7 @@ import { LocalRunner } from '../../../src/core/exec/local-runner.js';
 import type { HookResult } from '../../../src/libvirt/hooks.js';
 import { resolveQuiesce, runHooks, validateHook } from '../../../src/libvirt/hooks.js';
 import { LibvirtHost } from '../../../src/libvirt/libvirt-host.js';
-import { ScriptedRunner } from './scripted-runner.js';
+import { ScriptedRunner } from '../../support/scripted-runner.js';
 
 describe('hooks', () => {
   const host = new LibvirtHost(new LocalRunner());

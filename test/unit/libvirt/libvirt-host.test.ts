@@ -5,8 +5,8 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { LibvirtHost } from '../../../src/libvirt/libvirt-host.js';
-import { MINIMAL_XML } from './fixtures.js';
-import { ScriptedRunner } from './scripted-runner.js';
+import { MINIMAL_XML } from '../../support/domain-xml.js';
+import { ScriptedRunner } from '../../support/scripted-runner.js';
 
 const HOSTILE = `-vm 'q" $(id) ; rm -rf /`;
 

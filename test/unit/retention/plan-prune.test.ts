@@ -2,18 +2,8 @@ import { describe, expect, it } from 'vitest';
 import { isVirtstreamError } from '../../../src/index.js';
 import { planPrune } from '../../../src/retention/plan-prune.js';
 import type { PrunePlan, RetentionRecord, RetentionRules } from '../../../src/retention/plan-prune.js';
-
-/** mulberry32: a small seeded PRNG, so every failing case can be replayed from its seed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+// mulberry32: a small seeded PRNG, so every failing case can be replayed from its seed
+import { prng } from '../../support/qemu-tools.js';
 
 const DAY = 86_400_000;
 const NOW = Date.UTC(2026, 10, 21, 23, 0, 0);

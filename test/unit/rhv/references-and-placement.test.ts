@@ -9,7 +9,7 @@ import { resolveRestorePlacement } from '../../../src/rhv/restore-placement.js';
 import { decodeReferences, parseXml, toXml } from '../../../src/rhv/rest/xml.js';
 import type { XmlNode } from '../../../src/rhv/rest/xml.js';
 import { parseEngineVersion } from '../../../src/rhv/engine-version.js';
-import { mswTransport } from './msw-transport.js';
+import { mswTransport } from '../../support/msw-transport.js';
 
 const BASE = 'https://engine.example/ovirt-engine';
 const API = `${BASE}/api`;

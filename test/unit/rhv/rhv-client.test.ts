@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import type { Logger } from '../../../src/core/logger.js';
 import { RhvClient } from '../../../src/rhv/rhv-client.js';
 import type { RhvClientOptions } from '../../../src/rhv/rhv-client.js';
-import { mswTransport } from './msw-transport.js';
+import { mswTransport } from '../../support/msw-transport.js';
 
 const BASE = 'https://engine.example/ovirt-engine';
 const API = `${BASE}/api`;

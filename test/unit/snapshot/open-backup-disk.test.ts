@@ -9,7 +9,7 @@ import type { ExtentChunk, ExtentStream } from '../../../src/formats/extent.js';
 import { writeRbdExportDiff } from '../../../src/formats/rbd/rbd-export-diff.js';
 import { openBackupDisk } from '../../../src/snapshot/open-backup-disk.js';
 import { FileRepository } from '../../../src/targets/file-repository.js';
-import { collect, prng, qemuImg, qemuIo, qemuRaw, tempDir } from '../formats/qemu-tools.js';
+import { collect, prng, qemuImg, qemuIo, qemuRaw, tempDir } from '../../support/qemu-tools.js';
 
 const SIZE = 1 << 20;
 let dir = '';

@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FileRepository } from '../../../src/index.js';
-import { qemuImg, qemuIo, randomRaw, tempDir } from '../formats/qemu-tools.js';
+import { qemuImg, qemuIo, randomRaw, tempDir } from '../../support/qemu-tools.js';
 
 const run = promisify(execFile);
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));

@@ -24,7 +24,7 @@ import type { ChainLayer } from '../../../src/snapshot/merge-layers.js';
 import { mergeLayerMaps } from '../../../src/snapshot/merge-layers.js';
 import { SnapshotChain } from '../../../src/snapshot/snapshot-chain.js';
 import { FileRepository } from '../../../src/targets/file-repository.js';
-import { collect, qemuImg, qemuIo, qemuRaw, tempDir } from '../formats/qemu-tools.js';
+import { collect, qemuImg, qemuIo, qemuRaw, tempDir } from '../../support/qemu-tools.js';
 
 const MiB = 1024 * 1024;
 const SIZES = { a: 64 * MiB, b: 32 * MiB, c: 80 * MiB } as const;

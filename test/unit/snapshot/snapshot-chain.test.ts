@@ -18,7 +18,7 @@ import { ChainError } from '../../../src/snapshot/chain-error.js';
 import type { ChainLayer } from '../../../src/snapshot/merge-layers.js';
 import { mergeLayerMaps, mergeLayers } from '../../../src/snapshot/merge-layers.js';
 import { SnapshotChain } from '../../../src/snapshot/snapshot-chain.js';
-import { collect, qemuImg, qemuIo, qemuRaw, randomRaw, tempDir } from '../formats/qemu-tools.js';
+import { collect, qemuImg, qemuIo, qemuRaw, randomRaw, tempDir } from '../../support/qemu-tools.js';
 
 let dir = '';
 let cleanup: () => Promise<void> = async () => undefined;

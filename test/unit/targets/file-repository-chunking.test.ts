@@ -6,9 +6,10 @@
 import { createHash } from 'node:crypto';
 import { readFile, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { FileRepository } from '../../../src/targets/file-repository.js';
-import { diskInfo, tempRoot } from './helpers.js';
+import { diskInfo } from './helpers.js';
+import { useTempDir } from '../../support/temp-dir.js';
 
 const MiB = 1024 * 1024;
 
@@ -33,14 +34,7 @@ async function* chunked(buf: Buffer, sizes: readonly number[]): AsyncGenerator<B
 }
 
 describe('FileRepository writeDisk chunking', () => {
-  let root: string;
-  let cleanup: () => Promise<void>;
-  beforeEach(async () => {
-    ({ root, cleanup } = await tempRoot());
-  });
-  afterEach(async () => {
-    await cleanup();
-  });
+  const tmp = useTempDir('vs-repo-');
 
   for (const [label, sizes] of [
     ['1-byte and prime chunks', [1, 32_749, 3 * MiB + 1, 65_536, 7]],
@@ -49,7 +43,7 @@ describe('FileRepository writeDisk chunking', () => {
   ] as const) {
     it(`stores the exact bytes, sha256 and holes with ${label}`, async () => {
       const data = image();
-      const repo = new FileRepository(root);
+      const repo = new FileRepository(tmp.path);
       const s = await repo.begin({ vm: { name: 'vm' }, strategy: 'test', kind: 'full' });
       const seen: number[] = [];
       const result = await s.writeDisk(diskInfo('vda', data.length), chunked(data, sizes), { expectedBytes: data.length, onBytes: (n) => seen.push(n) });
@@ -67,7 +61,7 @@ describe('FileRepository writeDisk chunking', () => {
 
   it('fails with ERR_SIZE_MISMATCH as soon as a chunk passes expectedBytes, leaving no file', async () => {
     const data = image();
-    const repo = new FileRepository(root);
+    const repo = new FileRepository(tmp.path);
     const s = await repo.begin({ vm: { name: 'vm' }, strategy: 'test', kind: 'full' });
     let pulled = 0;
     async function* counted(): AsyncGenerator<Buffer> {
@@ -82,13 +76,13 @@ describe('FileRepository writeDisk chunking', () => {
       actual: 5 * MiB,
     });
     expect(pulled).toBeLessThan(data.length);
-    expect(await readdir(join(root, FileRepository.vmFolderName('vm'), '.staging', s.backupId, 'disks'))).toEqual([]);
+    expect(await readdir(join(tmp.path, FileRepository.vmFolderName('vm'), '.staging', s.backupId, 'disks'))).toEqual([]);
     await s.abort();
   });
 
   it('fails with ERR_TRUNCATED when the source ends short of expectedBytes', async () => {
     const data = image();
-    const repo = new FileRepository(root);
+    const repo = new FileRepository(tmp.path);
     const s = await repo.begin({ vm: { name: 'vm' }, strategy: 'test', kind: 'full' });
     await expect(s.writeDisk(diskInfo('vda', data.length), chunked(data, [MiB + 3]), { expectedBytes: data.length + 1 })).rejects.toMatchObject({
       code: 'ERR_TRUNCATED',
@@ -99,7 +93,7 @@ describe('FileRepository writeDisk chunking', () => {
   });
 
   it('stops at ERR_ABORTED when aborted in the middle of a large write', async () => {
-    const repo = new FileRepository(root);
+    const repo = new FileRepository(tmp.path);
     const s = await repo.begin({ vm: { name: 'vm' }, strategy: 'test', kind: 'full' });
     const controller = new AbortController();
     let pulled = 0;
@@ -113,7 +107,7 @@ describe('FileRepository writeDisk chunking', () => {
     }
     await expect(s.writeDisk(diskInfo('vda', 100 * MiB), endless(), { signal: controller.signal })).rejects.toMatchObject({ code: 'ERR_ABORTED' });
     expect(pulled).toBeLessThan(20 * MiB);
-    expect(await readdir(join(root, FileRepository.vmFolderName('vm'), '.staging', s.backupId, 'disks'))).toEqual([]);
+    expect(await readdir(join(tmp.path, FileRepository.vmFolderName('vm'), '.staging', s.backupId, 'disks'))).toEqual([]);
     await s.abort();
   });
 });

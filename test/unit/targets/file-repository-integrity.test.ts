@@ -3,7 +3,7 @@ import { createReadStream, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { executePrune, protectUnreadable } from '../../../src/retention/execute-prune.js';
 import { planPrune } from '../../../src/retention/plan-prune.js';
 import { isVirtstreamError } from '../../../src/core/errors.js';
@@ -11,23 +11,17 @@ import type { VerifyFailedError } from '../../../src/core/errors.js';
 import { FileRepository } from '../../../src/targets/file-repository.js';
 import { openVerifiedRestore } from '../../../src/snapshot/verified-restore.js';
 import { MemoryTarget } from '../../../src/testing/memory-target.js';
-import { codeOf, diskInfo, digestOf, pattern, tempRoot } from './helpers.js';
+import { codeOf, diskInfo, digestOf, pattern } from './helpers.js';
+import { useTempDir } from '../../support/temp-dir.js';
 import { flipByte } from '../../support/flip-byte.js';
 
-let root: string;
-let cleanup: () => Promise<void>;
-beforeEach(async () => {
-  ({ root, cleanup } = await tempRoot());
-});
-afterEach(async () => {
-  await cleanup();
-});
+const tmp = useTempDir('vs-repo-');
 
 const VM = 'web "01"';
 const SIZE = 300_000;
 
 function vmDir(vm = VM): string {
-  return join(root, FileRepository.vmFolderName(vm));
+  return join(tmp.path, FileRepository.vmFolderName(vm));
 }
 
 async function backup(repo: FileRepository, parentId?: string, seed = 1): Promise<string> {
@@ -49,7 +43,7 @@ async function verifyError(p: Promise<unknown>): Promise<VerifyFailedError> {
 
 /** A canary folder outside the repository that must survive untouched. */
 async function canary(): Promise<{ dir: string; intact: () => Promise<boolean> }> {
-  const dir = join(root, '..', `${root.split('/').pop()!}-canary`);
+  const dir = join(tmp.path, '..', `${tmp.path.split('/').pop()!}-canary`);
   await mkdir(join(dir, 'inner'), { recursive: true });
   await writeFile(join(dir, 'keep.txt'), 'precious');
   await writeFile(join(dir, 'inner', 'also.txt'), 'precious too');
@@ -66,7 +60,7 @@ async function canary(): Promise<{ dir: string; intact: () => Promise<boolean> }
 
 describe('restore and verify agree (issue 11.2)', () => {
   it('a flipped byte in a full fails verify of the full and of every descendant, and refuses to open for restore', async () => {
-    const repo = new FileRepository(root, { fsync: false });
+    const repo = new FileRepository(tmp.path, { fsync: false });
     const full = await backup(repo);
     const inc1 = await backup(repo, full, 2);
     const inc2 = await backup(repo, inc1, 3);
@@ -92,7 +86,7 @@ describe('restore and verify agree (issue 11.2)', () => {
   });
 
   it("a damaged incremental's parent fails verify and restore of its children only", async () => {
-    const repo = new FileRepository(root, { fsync: false });
+    const repo = new FileRepository(tmp.path, { fsync: false });
     const full = await backup(repo);
     const inc1 = await backup(repo, full, 2);
     const inc2 = await backup(repo, inc1, 3);
@@ -112,7 +106,7 @@ describe('restore and verify agree (issue 11.2)', () => {
   });
 
   it('a damaged metadata file refuses the restore point', async () => {
-    const repo = new FileRepository(root, { fsync: false });
+    const repo = new FileRepository(tmp.path, { fsync: false });
     const full = await backup(repo);
     await flipByte(join(vmDir(), full, 'meta', 'domain.xml'), 3);
     const err = await verifyError(repo.openRestore(VM, {}));
@@ -120,7 +114,7 @@ describe('restore and verify agree (issue 11.2)', () => {
   });
 
   it('a missing ancestor is ERR_REPO_CHAIN naming it', async () => {
-    const repo = new FileRepository(root, { fsync: false });
+    const repo = new FileRepository(tmp.path, { fsync: false });
     const full = await backup(repo);
     const inc = await backup(repo, full, 2);
     await repo.delete(VM, full, { force: true });
@@ -130,7 +124,7 @@ describe('restore and verify agree (issue 11.2)', () => {
   });
 
   it('reads exactly the verified bytes: a file swapped after verification is not what is read', async () => {
-    const repo = new FileRepository(root, { fsync: false });
+    const repo = new FileRepository(tmp.path, { fsync: false });
     const full = await backup(repo);
     const inc = await backup(repo, full, 2);
     const expected = await digestOf(pattern(SIZE, 1));
@@ -225,7 +219,7 @@ describe('unreadable manifests are respected, not skipped (issue 11.3)', () => {
   }
 
   it('scan and list report a future-schema backup; latest says what it skipped', async () => {
-    const repo = new FileRepository(root, { fsync: false });
+    const repo = new FileRepository(tmp.path, { fsync: false });
     const full = await backup(repo);
     const inc = await backup(repo, full, 2);
     await futureSchema(inc);
@@ -241,7 +235,7 @@ describe('unreadable manifests are respected, not skipped (issue 11.3)', () => {
   });
 
   it('delete and prune never remove what an unreadable backup may build on', async () => {
-    const repo = new FileRepository(root, { fsync: false });
+    const repo = new FileRepository(tmp.path, { fsync: false });
     const full = await backup(repo);
     const inc = await backup(repo, full, 2);
     const unrelated = await backup(repo); // a later full
@@ -261,7 +255,7 @@ describe('unreadable manifests are respected, not skipped (issue 11.3)', () => {
   });
 
   it('garbage in place of a manifest protects every older backup', async () => {
-    const repo = new FileRepository(root, { fsync: false });
+    const repo = new FileRepository(tmp.path, { fsync: false });
     const a = await backup(repo);
     const b = await backup(repo);
     const c = await backup(repo);
@@ -278,10 +272,10 @@ describe('unreadable manifests are respected, not skipped (issue 11.3)', () => {
 
 describe('symlinks in the repository are refused, never followed or deleted through (issue 11.4)', () => {
   it('a .staging symlink: begin refuses, the target survives', async () => {
-    const repo = new FileRepository(root, { fsync: false });
+    const repo = new FileRepository(tmp.path, { fsync: false });
     await backup(repo);
     const { dir, intact } = await canary();
-    await rename(join(vmDir(), '.staging'), join(root, 'old-staging'));
+    await rename(join(vmDir(), '.staging'), join(tmp.path, 'old-staging'));
     await symlink(dir, join(vmDir(), '.staging'));
     expect(await codeOf(backup(repo))).toBe('ERR_REPO_PATH');
     expect(await intact()).toBe(true);
@@ -292,7 +286,7 @@ describe('symlinks in the repository are refused, never followed or deleted thro
   });
 
   it('a .trash symlink: neither begin nor delete follows it, the target survives', async () => {
-    const repo = new FileRepository(root, { fsync: false });
+    const repo = new FileRepository(tmp.path, { fsync: false });
     const id = await backup(repo);
     const { dir, intact } = await canary();
     await symlink(dir, join(vmDir(), '.trash'));
@@ -303,9 +297,9 @@ describe('symlinks in the repository are refused, never followed or deleted thro
   });
 
   it('a symlinked VM folder: no backup is written through it, list and verify refuse it', async () => {
-    const repo = new FileRepository(root, { fsync: false });
+    const repo = new FileRepository(tmp.path, { fsync: false });
     const { dir, intact } = await canary();
-    await mkdir(root, { recursive: true });
+    await mkdir(tmp.path, { recursive: true });
     await symlink(dir, vmDir());
     expect(await codeOf(backup(repo))).toBe('ERR_REPO_PATH');
     expect(await intact()).toBe(true);
@@ -314,11 +308,11 @@ describe('symlinks in the repository are refused, never followed or deleted thro
   });
 
   it('a symlinked backup folder is reported by verify and scan, not skipped', async () => {
-    const repo = new FileRepository(root, { fsync: false });
+    const repo = new FileRepository(tmp.path, { fsync: false });
     const a = await backup(repo);
     const b = await backup(repo);
-    await rename(join(vmDir(), b), join(root, 'moved'));
-    await symlink(join(root, 'moved'), join(vmDir(), b));
+    await rename(join(vmDir(), b), join(tmp.path, 'moved'));
+    await symlink(join(tmp.path, 'moved'), join(vmDir(), b));
     const report = await repo.verify(VM);
     expect(report.backups.map((x) => [x.backupId, x.ok])).toEqual([
       [a, true],
@@ -329,7 +323,7 @@ describe('symlinks in the repository are refused, never followed or deleted thro
   });
 
   it('a symlink in place of the lock is never read through or removed', async () => {
-    const repo = new FileRepository(root, { fsync: false });
+    const repo = new FileRepository(tmp.path, { fsync: false });
     await backup(repo);
     const { dir, intact } = await canary();
     await symlink(join(dir, 'keep.txt'), join(vmDir(), '.lock'));
@@ -352,9 +346,9 @@ describe('permissions (issue 11.6)', () => {
   it('creates files 0600 and folders 0700 by default, whatever the umask', async () => {
     const old = process.umask(0);
     try {
-      const repo = new FileRepository(join(root, 'r'), { fsync: false });
+      const repo = new FileRepository(join(tmp.path, 'r'), { fsync: false });
       await backup(repo);
-      const { files, dirs } = await modesUnder(join(root, 'r'));
+      const { files, dirs } = await modesUnder(join(tmp.path, 'r'));
       expect([...files]).toEqual([0o600]);
       expect([...dirs]).toEqual([0o700]);
     } finally {
@@ -365,14 +359,14 @@ describe('permissions (issue 11.6)', () => {
   it('fileMode and dirMode are applied exactly, also under a narrow umask', async () => {
     const old = process.umask(0o077);
     try {
-      const repo = new FileRepository(join(root, 'r'), { fsync: false, fileMode: 0o640, dirMode: 0o750 });
+      const repo = new FileRepository(join(tmp.path, 'r'), { fsync: false, fileMode: 0o640, dirMode: 0o750 });
       await backup(repo);
-      const { files, dirs } = await modesUnder(join(root, 'r'));
+      const { files, dirs } = await modesUnder(join(tmp.path, 'r'));
       expect([...files]).toEqual([0o640]);
       expect([...dirs]).toEqual([0o750]);
     } finally {
       process.umask(old);
     }
-    expect(() => new FileRepository(root, { fileMode: 0o10000 })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARGUMENT' }) as Error);
+    expect(() => new FileRepository(tmp.path, { fileMode: 0o10000 })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARGUMENT' }) as Error);
   });
 });

@@ -1,17 +1,11 @@
 import { createHash } from 'node:crypto';
 import { stat } from 'node:fs/promises';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { FileRepository } from '../../../src/targets/file-repository.js';
-import { diskInfo, tempRoot } from './helpers.js';
+import { diskInfo } from './helpers.js';
+import { useTempDir } from '../../support/temp-dir.js';
 
-let root: string;
-let cleanup: () => Promise<void>;
-beforeEach(async () => {
-  ({ root, cleanup } = await tempRoot());
-});
-afterEach(async () => {
-  await cleanup();
-});
+const tmp = useTempDir('vs-repo-');
 
 const GIB = 2 ** 30;
 const CHUNK = 1024 * 1024;
@@ -31,7 +25,7 @@ describe('FileRepository with a multi-GiB stream', () => {
     for await (const c of sparseDisk(size)) hash.update(c); // reference digest of the same generated stream
     const expected = { sha256: hash.digest('hex') };
 
-    const repo = new FileRepository(root);
+    const repo = new FileRepository(tmp.path);
     const session = await repo.begin({ vm: { name: 'big' }, strategy: 'test', kind: 'full' });
     global.gc?.();
     const rssBefore = process.memoryUsage().rss;

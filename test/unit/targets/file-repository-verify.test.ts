@@ -1,22 +1,16 @@
 import { mkdir, open, readFile, rename, rm, symlink, truncate, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { FileRepository } from '../../../src/targets/file-repository.js';
-import { codeOf, diskInfo, digestOf, pattern, tempRoot } from './helpers.js';
+import { codeOf, diskInfo, digestOf, pattern } from './helpers.js';
+import { useTempDir } from '../../support/temp-dir.js';
 
-let root: string;
-let cleanup: () => Promise<void>;
-beforeEach(async () => {
-  ({ root, cleanup } = await tempRoot());
-});
-afterEach(async () => {
-  await cleanup();
-});
+const tmp = useTempDir('vs-repo-');
 
 const VM = 'db "prod" $(id)';
 
 function backupDir(id: string, vm = VM): string {
-  return join(root, FileRepository.vmFolderName(vm), id);
+  return join(tmp.path, FileRepository.vmFolderName(vm), id);
 }
 
 async function backup(repo: FileRepository, parentId?: string): Promise<string> {
@@ -45,7 +39,7 @@ async function flipByte(path: string, position: number): Promise<void> {
 
 describe('FileRepository.verify', () => {
   it('reports a clean repository as ok', async () => {
-    const repo = new FileRepository(root);
+    const repo = new FileRepository(tmp.path);
     const full = await backup(repo);
     const inc = await backup(repo, full);
     const report = await repo.verify(VM);
@@ -59,7 +53,7 @@ describe('FileRepository.verify', () => {
   });
 
   it('reports a corrupted byte, a truncated file and a missing file, each once, without throwing', async () => {
-    const repo = new FileRepository(root);
+    const repo = new FileRepository(tmp.path);
     const id = await backup(repo);
     await flipByte(await repo.diskPath(VM, id, 'vda'), 123_456);
     await truncate(await repo.diskPath(VM, id, 'vdb'), 69_999);
@@ -75,7 +69,7 @@ describe('FileRepository.verify', () => {
   });
 
   it('makes reads of damaged data fail with typed errors', async () => {
-    const repo = new FileRepository(root);
+    const repo = new FileRepository(tmp.path);
     const id = await backup(repo);
     await flipByte(await repo.diskPath(VM, id, 'vda'), 0);
     await truncate(await repo.diskPath(VM, id, 'vdb'), 1000);
@@ -86,7 +80,7 @@ describe('FileRepository.verify', () => {
     await writeFile(join(backupDir(id), 'meta', 'domain.xml'), '<domain/>+');
     expect(await codeOf(repo.readMetadata(VM, id, 'domain.xml'))).toBe('ERR_SIZE_MISMATCH');
     // with verifyOnRead off, the size is still enforced
-    const lax = new FileRepository(root, { verifyOnRead: false });
+    const lax = new FileRepository(tmp.path, { verifyOnRead: false });
     expect((await digestOf(await lax.openDisk(VM, id, 'vda'))).bytes).toBe(500_000);
     expect(await codeOf(async () => digestOf(await lax.openDisk(VM, id, 'vdb')))).toBe('ERR_TRUNCATED');
     const grown = await repo.diskPath(VM, id, 'vdb');
@@ -95,7 +89,7 @@ describe('FileRepository.verify', () => {
   });
 
   it('reports a tampered manifest: content changes are caught, invalid manifests listed as problems', async () => {
-    const repo = new FileRepository(root);
+    const repo = new FileRepository(tmp.path);
     const good = await backup(repo);
     const tampered = await backup(repo);
     const broken = await backup(repo);
@@ -119,7 +113,7 @@ describe('FileRepository.verify', () => {
   });
 
   it('rejects a manifest that names another VM or another id', async () => {
-    const repo = new FileRepository(root);
+    const repo = new FileRepository(tmp.path);
     const a = await backup(repo);
     const b = await backup(repo);
     await editManifest(a, (m) => (m.vm.name = 'someone else'));
@@ -131,10 +125,10 @@ describe('FileRepository.verify', () => {
   });
 
   it('refuses hand-crafted manifests with traversal or absolute paths (ERR_REPO_PATH)', async () => {
-    const repo = new FileRepository(root);
+    const repo = new FileRepository(tmp.path);
     const id = await backup(repo);
-    await writeFile(join(root, 'secret'), 'top secret');
-    for (const file of ['../../secret', 'disks/../../../secret', join(root, 'secret'), 'disks\\..\\..\\secret', 'manifest.json']) {
+    await writeFile(join(tmp.path, 'secret'), 'top secret');
+    for (const file of ['../../secret', 'disks/../../../secret', join(tmp.path, 'secret'), 'disks\\..\\..\\secret', 'manifest.json']) {
       await editManifest(id, (m) => (m.disks[0].file = file));
       expect(await codeOf(repo.openDisk(VM, id, 'vda'))).toBe('ERR_REPO_PATH');
       expect(await codeOf(repo.diskPath(VM, id, 'vda'))).toBe('ERR_REPO_PATH');
@@ -146,24 +140,24 @@ describe('FileRepository.verify', () => {
   });
 
   it('refuses symlinks that point out of the backup (file, disks folder, backup folder)', async () => {
-    const repo = new FileRepository(root);
+    const repo = new FileRepository(tmp.path);
     const id = await backup(repo);
-    await writeFile(join(root, 'outside.raw'), Buffer.alloc(500_000));
+    await writeFile(join(tmp.path, 'outside.raw'), Buffer.alloc(500_000));
     const vda = await repo.diskPath(VM, id, 'vda');
     await rm(vda);
-    await symlink(join(root, 'outside.raw'), vda);
+    await symlink(join(tmp.path, 'outside.raw'), vda);
     expect(await codeOf(repo.openDisk(VM, id, 'vda'))).toBe('ERR_REPO_PATH');
     expect(await codeOf(repo.diskPath(VM, id, 'vda'))).toBe('ERR_REPO_PATH');
     expect((await repo.verify(VM, id)).problems.map((p) => [p.kind, p.code])).toEqual([['path', 'ERR_REPO_PATH']]);
 
     const meta = join(backupDir(id), 'meta');
-    await rename(meta, join(root, 'elsewhere'));
-    await symlink(join(root, 'elsewhere'), meta);
+    await rename(meta, join(tmp.path, 'elsewhere'));
+    await symlink(join(tmp.path, 'elsewhere'), meta);
     expect(await codeOf(repo.readMetadata(VM, id, 'domain.xml'))).toBe('ERR_REPO_PATH');
 
     // a backup folder that is a symlink does not list and cannot be read
     const id2 = await backup(repo);
-    const moved = join(root, 'moved-backup');
+    const moved = join(tmp.path, 'moved-backup');
     await rename(backupDir(id2), moved);
     await symlink(moved, backupDir(id2));
     expect((await repo.list(VM)).map((r) => r.id)).toEqual([id]);
@@ -171,7 +165,7 @@ describe('FileRepository.verify', () => {
   });
 
   it('reports a broken chain after a forced delete', async () => {
-    const repo = new FileRepository(root);
+    const repo = new FileRepository(tmp.path);
     const full = await backup(repo);
     const inc = await backup(repo, full);
     await repo.delete(VM, full, { force: true });
@@ -184,7 +178,7 @@ describe('FileRepository.verify', () => {
   });
 
   it('throws ERR_NOT_FOUND for an unknown backup id, ERR_ABORTED on abort', async () => {
-    const repo = new FileRepository(root);
+    const repo = new FileRepository(tmp.path);
     await backup(repo);
     expect(await codeOf(repo.verify(VM, '20990101T000000.000Z-00000000'))).toBe('ERR_NOT_FOUND');
     const ac = new AbortController();
@@ -195,7 +189,7 @@ describe('FileRepository.verify', () => {
 
 describe('FileRepository.delete', () => {
   it('refuses to break a chain unless forced, and deletes leaves freely', async () => {
-    const repo = new FileRepository(root);
+    const repo = new FileRepository(tmp.path);
     const full = await backup(repo);
     const inc1 = await backup(repo, full);
     const inc2 = await backup(repo, inc1);
@@ -217,7 +211,7 @@ describe('FileRepository.delete', () => {
   });
 
   it('with force deletes and reports every backup left broken', async () => {
-    const repo = new FileRepository(root);
+    const repo = new FileRepository(tmp.path);
     const full = await backup(repo);
     const inc1 = await backup(repo, full);
     const inc2 = await backup(repo, inc1);
@@ -226,7 +220,7 @@ describe('FileRepository.delete', () => {
   });
 
   it('counts a disk-level parent reference as a dependency', async () => {
-    const repo = new FileRepository(root);
+    const repo = new FileRepository(tmp.path);
     const full = await backup(repo);
     const inc1 = await backup(repo, full);
     // a later incremental whose backup parent is inc1 but whose vdb builds directly on the full
@@ -239,10 +233,10 @@ describe('FileRepository.delete', () => {
   });
 
   it('leaves nothing behind when interrupted after the rename (trash is swept)', async () => {
-    const repo = new FileRepository(root);
+    const repo = new FileRepository(tmp.path);
     const id = await backup(repo);
     // simulate a crash between rename and removal
-    const trash = join(root, FileRepository.vmFolderName(VM), '.trash');
+    const trash = join(tmp.path, FileRepository.vmFolderName(VM), '.trash');
     await mkdir(trash, { recursive: true });
     await rename(backupDir(id), join(trash, `${id}-deadbeef`));
     expect(await repo.list(VM)).toEqual([]);

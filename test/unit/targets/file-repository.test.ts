@@ -3,22 +3,16 @@ import { readFile, readdir, stat } from 'node:fs/promises';
 import { join, relative, sep } from 'node:path';
 import { Readable } from 'node:stream';
 import { ReadableStream } from 'node:stream/web';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { parseManifest } from '../../../src/formats/manifest.js';
 import { FileRepository } from '../../../src/targets/file-repository.js';
-import { HOSTILE_NAMES, codeOf, diskInfo, digestOf, pattern, tempRoot } from './helpers.js';
+import { HOSTILE_NAMES, codeOf, diskInfo, digestOf, pattern } from './helpers.js';
+import { useTempDir } from '../../support/temp-dir.js';
 
-let root: string;
-let cleanup: () => Promise<void>;
-beforeEach(async () => {
-  ({ root, cleanup } = await tempRoot());
-});
-afterEach(async () => {
-  await cleanup();
-});
+const tmp = useTempDir('vs-repo-');
 
 function vmDir(name: string): string {
-  return join(root, FileRepository.vmFolderName(name));
+  return join(tmp.path, FileRepository.vmFolderName(name));
 }
 
 async function fullBackup(repo: FileRepository, vm: string, size = 300_000): Promise<string> {
@@ -29,7 +23,7 @@ async function fullBackup(repo: FileRepository, vm: string, size = 300_000): Pro
 
 describe('FileRepository commit', () => {
   it('stores disks and metadata, lists the committed backup and reads it back exactly', async () => {
-    const repo = new FileRepository(root);
+    const repo = new FileRepository(tmp.path);
     const session = await repo.begin({ vm: { name: 'web01', id: 'uuid-1' }, strategy: 'virsh', kind: 'full', labels: { env: 'test' } });
     expect(await repo.list('web01')).toEqual([]);
     await session.writeMetadata('domain.xml', '<domain><name>web01</name></domain>');
@@ -72,7 +66,7 @@ describe('FileRepository commit', () => {
   });
 
   it('accepts web streams and Node readables and reports running byte counts', async () => {
-    const repo = new FileRepository(root);
+    const repo = new FileRepository(tmp.path);
     const s = await repo.begin({ vm: { name: 'vm' }, strategy: 'test', kind: 'full' });
     const web = ReadableStream.from(pattern(50_000, 9)) as ReadableStream<Uint8Array>;
     const counts: number[] = [];
@@ -84,7 +78,7 @@ describe('FileRepository commit', () => {
   });
 
   it('writes several disks concurrently', async () => {
-    const repo = new FileRepository(root);
+    const repo = new FileRepository(tmp.path);
     const s = await repo.begin({ vm: { name: 'vm' }, strategy: 'test', kind: 'full' });
     const ids = ['sda', 'sdb', 'sdc', 'sdd'];
     const results = await Promise.all(ids.map((id, i) => s.writeDisk(diskInfo(id, 200_000 + i), pattern(200_000 + i, i))));
@@ -94,7 +88,7 @@ describe('FileRepository commit', () => {
   });
 
   it('leaves all-zero blocks as holes without changing bytes or checksum', async () => {
-    const repo = new FileRepository(root);
+    const repo = new FileRepository(tmp.path);
     const s = await repo.begin({ vm: { name: 'vm' }, strategy: 'test', kind: 'full' });
     const size = 64 * 1024 * 1024;
     async function* mostlyZero(): AsyncGenerator<Uint8Array> {
@@ -113,7 +107,7 @@ describe('FileRepository commit', () => {
   });
 
   it('keeps a zero-length disk and trailing holes at their exact length', async () => {
-    const repo = new FileRepository(root);
+    const repo = new FileRepository(tmp.path);
     const s = await repo.begin({ vm: { name: 'vm' }, strategy: 'test', kind: 'full' });
     await s.writeDisk(diskInfo('empty', 0), Readable.from([]), { expectedBytes: 0 });
     await s.writeDisk(diskInfo('tail', 3 * 65536 + 5), Readable.from([Buffer.alloc(10, 1), Buffer.alloc(3 * 65536 - 5)]));
@@ -124,7 +118,7 @@ describe('FileRepository commit', () => {
   });
 
   it('gives backup ids that sort by time; list is oldest first', async () => {
-    const repo = new FileRepository(root);
+    const repo = new FileRepository(tmp.path);
     const ids: string[] = [];
     for (let i = 0; i < 3; i++) ids.push(await fullBackup(repo, 'vm', 1000));
     expect([...ids].sort()).toEqual(ids);
@@ -133,7 +127,7 @@ describe('FileRepository commit', () => {
   });
 
   it('fails a disk on a size mismatch, removes its partial file, and lets the session continue', async () => {
-    const repo = new FileRepository(root);
+    const repo = new FileRepository(tmp.path);
     const s = await repo.begin({ vm: { name: 'vm' }, strategy: 'test', kind: 'full' });
     expect(await codeOf(s.writeDisk(diskInfo('vda', 100_000), pattern(99_999), { expectedBytes: 100_000 }))).toBe('ERR_TRUNCATED');
     expect(await codeOf(s.writeDisk(diskInfo('vda', 100_000), pattern(100_001), { expectedBytes: 100_000 }))).toBe('ERR_SIZE_MISMATCH');
@@ -146,7 +140,7 @@ describe('FileRepository commit', () => {
   });
 
   it('passes a source error through unchanged and removes the partial file', async () => {
-    const repo = new FileRepository(root);
+    const repo = new FileRepository(tmp.path);
     await using s = await repo.begin({ vm: { name: 'vm' }, strategy: 'test', kind: 'full' });
     const boom = new Error('source broke');
     async function* failing(): AsyncGenerator<Uint8Array> {
@@ -158,7 +152,7 @@ describe('FileRepository commit', () => {
   });
 
   it('refuses duplicates, bad metadata names, bad disk info, and calls after commit', async () => {
-    const repo = new FileRepository(root);
+    const repo = new FileRepository(tmp.path);
     const s = await repo.begin({ vm: { name: 'vm' }, strategy: 'test', kind: 'full' });
     await s.writeDisk(diskInfo('vda', 10), pattern(10));
     expect(await codeOf(s.writeDisk(diskInfo('vda', 10), pattern(10)))).toBe('ERR_CONFLICT');
@@ -183,7 +177,7 @@ describe('FileRepository commit', () => {
   });
 
   it('refuses a commit while a write is still running', async () => {
-    const repo = new FileRepository(root);
+    const repo = new FileRepository(tmp.path);
     await using s = await repo.begin({ vm: { name: 'vm' }, strategy: 'test', kind: 'full' });
     let release!: () => void;
     const gate = new Promise<void>((r) => (release = r));
@@ -201,7 +195,7 @@ describe('FileRepository commit', () => {
   });
 
   it('rejects bad begin options with typed errors', async () => {
-    const repo = new FileRepository(root);
+    const repo = new FileRepository(tmp.path);
     const vm = { name: 'vm' };
     expect(await codeOf(repo.begin({ vm: { name: '' }, strategy: 't', kind: 'full' }))).toBe('ERR_INVALID_ARGUMENT');
     expect(await codeOf(repo.begin({ vm: { name: 'a\0b' }, strategy: 't', kind: 'full' }))).toBe('ERR_INVALID_ARGUMENT');
@@ -216,7 +210,7 @@ describe('FileRepository commit', () => {
   });
 
   it('reports missing things as ERR_NOT_FOUND and malformed ids as ERR_REPO_PATH', async () => {
-    const repo = new FileRepository(root);
+    const repo = new FileRepository(tmp.path);
     const id = await fullBackup(repo, 'vm', 10);
     expect(await codeOf(repo.get('vm', '20990101T000000.000Z-00000000'))).toBe('ERR_NOT_FOUND');
     expect(await codeOf(repo.get('other', id))).toBe('ERR_NOT_FOUND');
@@ -229,13 +223,13 @@ describe('FileRepository commit', () => {
       expect(await codeOf(repo.delete('vm', bad))).toBe('ERR_REPO_PATH');
     }
     expect(await repo.list('never-backed-up')).toEqual([]);
-    expect(await new FileRepository(join(root, 'missing')).listVms()).toEqual([]);
+    expect(await new FileRepository(join(tmp.path, 'missing')).listVms()).toEqual([]);
   });
 });
 
 describe('FileRepository abort', () => {
   it('explicit abort removes everything and releases the lock', async () => {
-    const repo = new FileRepository(root);
+    const repo = new FileRepository(tmp.path);
     const s = await repo.begin({ vm: { name: 'vm' }, strategy: 'test', kind: 'full' });
     await s.writeMetadata('domain.xml', '<domain/>');
     await s.writeDisk(diskInfo('vda', 100_000), pattern(100_000));
@@ -250,7 +244,7 @@ describe('FileRepository abort', () => {
   });
 
   it('abort by signal mid-stream fails the write with ERR_ABORTED and removes the partial file', async () => {
-    const repo = new FileRepository(root);
+    const repo = new FileRepository(tmp.path);
     const s = await repo.begin({ vm: { name: 'vm' }, strategy: 'test', kind: 'full' });
     const ac = new AbortController();
     async function* endless(): AsyncGenerator<Uint8Array> {
@@ -267,7 +261,7 @@ describe('FileRepository abort', () => {
   });
 
   it('abort() during a running write cancels it and removes everything', async () => {
-    const repo = new FileRepository(root);
+    const repo = new FileRepository(tmp.path);
     const s = await repo.begin({ vm: { name: 'vm' }, strategy: 'test', kind: 'full' });
     let started!: () => void;
     const running = new Promise<void>((r) => (started = r));
@@ -287,7 +281,7 @@ describe('FileRepository abort', () => {
   });
 
   it('a session disposed without commit aborts', async () => {
-    const repo = new FileRepository(root);
+    const repo = new FileRepository(tmp.path);
     {
       await using s = await repo.begin({ vm: { name: 'vm' }, strategy: 'test', kind: 'full' });
       await s.writeDisk(diskInfo('vda', 1000), pattern(1000));
@@ -298,7 +292,7 @@ describe('FileRepository abort', () => {
   });
 
   it('honours an already aborted signal before any side effect', async () => {
-    const repo = new FileRepository(root);
+    const repo = new FileRepository(tmp.path);
     const signal = AbortSignal.abort();
     expect(await codeOf(repo.begin({ vm: { name: 'vm' }, strategy: 'test', kind: 'full', signal }))).toBe('ERR_ABORTED');
     expect(existsSync(vmDir('vm'))).toBe(false);
@@ -312,7 +306,7 @@ describe('FileRepository abort', () => {
   });
 
   it('a commit that fails its chain check removes everything (ERR_REPO_CHAIN)', async () => {
-    const repo = new FileRepository(root);
+    const repo = new FileRepository(tmp.path);
     const full = await fullBackup(repo, 'vm', 10); // has only vda
     const s = await repo.begin({ vm: { name: 'vm' }, strategy: 'test', kind: 'incremental', parentId: full });
     await s.writeDisk(diskInfo('vdz', 10, { kind: 'incremental' }), pattern(10));
@@ -323,7 +317,7 @@ describe('FileRepository abort', () => {
   });
 
   it('aborting reading with a signal destroys the stream with ERR_ABORTED', async () => {
-    const repo = new FileRepository(root);
+    const repo = new FileRepository(tmp.path);
     const id = await fullBackup(repo, 'vm', 4 * 1024 * 1024);
     const ac = new AbortController();
     const stream = await repo.openDisk('vm', id, 'vda', { signal: ac.signal });
@@ -336,7 +330,7 @@ describe('FileRepository abort', () => {
 
 describe('FileRepository chains and incrementals', () => {
   it('records parents, defaults incremental disks to the session parent, and resolves chains', async () => {
-    const repo = new FileRepository(root);
+    const repo = new FileRepository(tmp.path);
     const full = await fullBackup(repo, 'vm', 1000);
     const s1 = await repo.begin({ vm: { name: 'vm' }, strategy: 'test', kind: 'incremental', parentId: full });
     await s1.writeDisk(diskInfo('vda', 1000, { kind: 'incremental', format: 'qcow2' }), pattern(100));
@@ -356,8 +350,8 @@ describe('FileRepository chains and incrementals', () => {
 
 describe('FileRepository locking (same process)', () => {
   it('allows one writer per VM and releases the lock on commit, abort and dispose', async () => {
-    const repo = new FileRepository(root);
-    const other = new FileRepository(root);
+    const repo = new FileRepository(tmp.path);
+    const other = new FileRepository(tmp.path);
     const first = await repo.begin({ vm: { name: 'vm' }, strategy: 'test', kind: 'full' });
     const err = await other.begin({ vm: { name: 'vm' }, strategy: 'test', kind: 'full' }).catch((e: unknown) => e);
     expect(err).toMatchObject({ code: 'ERR_REPO_LOCKED', holder: { pid: process.pid } });
@@ -376,7 +370,7 @@ describe('FileRepository locking (same process)', () => {
 
 describe('FileRepository with hostile names', () => {
   it('stores every hostile VM name in its own safe folder and lists the real names', async () => {
-    const repo = new FileRepository(root);
+    const repo = new FileRepository(tmp.path);
     const ids = new Map<string, string>();
     for (const name of HOSTILE_NAMES) {
       const folder = FileRepository.vmFolderName(name);
@@ -388,7 +382,7 @@ describe('FileRepository with hostile names', () => {
       ids.set(name, (await s.commit()).id);
     }
     expect(new Set(HOSTILE_NAMES.map((n) => FileRepository.vmFolderName(n))).size).toBe(HOSTILE_NAMES.length);
-    const entries = (await readdir(root)).sort();
+    const entries = (await readdir(tmp.path)).sort();
     expect(entries).toHaveLength(HOSTILE_NAMES.length);
     expect(entries.every((e) => !e.startsWith('.'))).toBe(true);
     expect(await repo.listVms()).toEqual([...HOSTILE_NAMES].sort());
@@ -402,7 +396,7 @@ describe('FileRepository with hostile names', () => {
   });
 
   it('derives safe, distinct disk file names from hostile disk ids', async () => {
-    const repo = new FileRepository(root);
+    const repo = new FileRepository(tmp.path);
     const s = await repo.begin({ vm: { name: 'vm' }, strategy: 'test', kind: 'full' });
     for (const [i, id] of HOSTILE_NAMES.entries()) await s.writeDisk(diskInfo(id, 10 + i, { format: i % 2 ? 'qcow2' : 'raw' }), pattern(10 + i, i));
     const record = await s.commit();
@@ -419,7 +413,7 @@ describe('FileRepository with hostile names', () => {
 
 describe('FileRepository artifact formats', () => {
   it('refuses a format named like an inherited property (toString, __proto__) with ERR_INVALID_ARGUMENT', async () => {
-    const repo = new FileRepository(root);
+    const repo = new FileRepository(tmp.path);
     const session = await repo.begin({ vm: { name: 'web01' }, strategy: 'test', kind: 'full' });
     for (const format of ['toString', '__proto__', 'constructor']) {
       const info = { ...diskInfo('vda', 4096), format } as unknown as Parameters<typeof session.writeDisk>[0];

@@ -1,16 +1,7 @@
 import { createHash } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { expect } from 'vitest';
 import { isVirtstreamError } from '../../../src/core/errors.js';
 import type { DiskArtifactInfo } from '../../../src/core/target.js';
-
-/** A fresh temporary repository root; `cleanup()` removes it. */
-export async function tempRoot(): Promise<{ root: string; cleanup: () => Promise<void> }> {
-  const root = await mkdtemp(join(tmpdir(), 'vs-repo-'));
-  return { root, cleanup: () => rm(root, { recursive: true, force: true }) };
-}
 
 /** Deterministic pseudo-random bytes in odd-sized chunks (no big allocation). */
 export async function* pattern(total: number, seed = 1): AsyncGenerator<Uint8Array> {

@@ -2,9 +2,9 @@ import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { isVirtstreamError } from '../../../src/index.js';
-import type { BackupRecord, RestoreSource, VirtstreamError } from '../../../src/index.js';
+import type { BackupRecord, RestoreSource } from '../../../src/index.js';
 import { FakeStrategy, MemoryTarget } from '../../../src/entries/testing.js';
+import { rejection } from '../../support/rejection.js';
 
 let root: string;
 beforeEach(async () => {
@@ -15,16 +15,6 @@ beforeEach(async () => {
 afterEach(async () => {
   await rm(root, { recursive: true, force: true });
 });
-
-async function rejection(promise: Promise<unknown>): Promise<VirtstreamError> {
-  try {
-    await promise;
-  } catch (err) {
-    expect(isVirtstreamError(err)).toBe(true);
-    return err as VirtstreamError;
-  }
-  throw new Error('expected a rejection');
-}
 
 describe('FakeStrategy', () => {
   it('falls back to full with a reason when the parent checkpoint is gone', async () => {

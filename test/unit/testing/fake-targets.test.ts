@@ -1,8 +1,9 @@
 import { Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
-import { isVirtstreamError, measureStream } from '../../../src/index.js';
-import type { BackupSession, DiskArtifactInfo, VirtstreamError } from '../../../src/index.js';
+import { measureStream } from '../../../src/index.js';
+import type { BackupSession, DiskArtifactInfo } from '../../../src/index.js';
 import { FaultInjectedError, FaultyTarget, MemoryTarget } from '../../../src/entries/testing.js';
+import { rejection } from '../../support/rejection.js';
 
 const disk = (diskId: string, size: number, extra: Partial<DiskArtifactInfo> = {}): DiskArtifactInfo => ({
   diskId,
@@ -16,16 +17,6 @@ const disk = (diskId: string, size: number, extra: Partial<DiskArtifactInfo> = {
 /** `count` chunks of `size` bytes, each filled with its index. */
 function chunks(count: number, size: number): Buffer[] {
   return Array.from({ length: count }, (_, i) => Buffer.alloc(size, i));
-}
-
-async function rejection(promise: Promise<unknown>): Promise<VirtstreamError> {
-  try {
-    await promise;
-  } catch (err) {
-    expect(isVirtstreamError(err)).toBe(true);
-    return err as VirtstreamError;
-  }
-  throw new Error('expected a rejection');
 }
 
 describe('MemoryTarget', () => {
