@@ -61,7 +61,7 @@ const KILLED_EXIT_WAIT_MS = 10_000;
  *
  * @throws `ERR_ABORTED` when `signal` is already aborted; the stream and `done` carry the rest.
  * @example
- * ```ts
+ * ```ts fragment
  * const out = commandOutput(runner, ['cat', '--', '/var/lib/images/vda.raw'], { signal });
  * await pipeline(out.stream, createWriteStream('/backup/vda.raw'), { signal });
  * await out.done;
@@ -142,7 +142,7 @@ export function commandOutput(runner: CommandRunner, argv: readonly CommandArg[]
  *
  * @throws the mapped command error, `ERR_ABORTED`, or the source's own error.
  * @example
- * ```ts
+ * ```ts fragment
  * const bytes = await commandInput(runner, ['dd', 'of=/dev/vg0/restored', 'bs=4M', 'conv=fsync'], createReadStream('vda.raw'), { signal });
  * ```
  * @internal For virtstream's own platform layers; not part of the stable API.
@@ -186,7 +186,7 @@ const PRODUCER_EXIT_GRACE_MS = 5000;
  * new). The command is stopped either way. Aborts are reported as aborts.
  *
  * @example
- * ```ts
+ * ```ts fragment
  * try { await pipeline(out.stream, sink); } catch (err) { throw await producerOrSinkError(out, err); }
  * ```
  * @internal For virtstream's own pipeline and platform layers; not part of the stable API.
