@@ -36,6 +36,7 @@ import type { RhvPollOptions } from '../../rhv/rest/service-context.js';
 import type { RhvVm } from '../../rhv/rest/types.js';
 import { requireUuid } from '../../rhv/storage-paths.js';
 import { readRemoteChain } from '../../snapshot/remote-chain-reader.js';
+import { DEFAULT_STALL_TIMEOUT_MS } from '../../core/exec/bounded-runner.js';
 import { requireImageTransferEngine } from './image-transfer/transfers.js';
 import { createBackupSnapshot } from './backup-snapshot.js';
 import type { RhvDiskPlan } from './disk-plan.js';
@@ -73,6 +74,11 @@ export interface SshTransferStrategyOptions {
   spoolDir?: string;
   /** Keep the last backup snapshot as the base of the next incremental. @defaultValue true */
   keepLastSnapshot?: boolean;
+  /**
+   * Longest time the remote read of a disk may carry no data, ms: the command is killed and the
+   * backup fails with `ERR_STREAM_STALLED` (retryable). 0 disables. @defaultValue 120000 (2 minutes)
+   */
+  stallTimeoutMs?: number;
   /** Settings of the imageio restore (see {@link ImageTransferStrategyOptions}). */
   restore?: Omit<ImageTransferStrategyOptions, 'poll'>;
   /** Overrides the client's polling for this strategy's waits. */
@@ -132,6 +138,8 @@ export class SshTransferStrategy implements BackupStrategy {
     if (!options || (typeof options.hosts !== 'function' && (typeof options.hosts !== 'object' || options.hosts === null))) {
       throw new InvalidArgumentError('ssh-transfer needs options.hosts (SSH settings per hypervisor)');
     }
+    const stall = options.stallTimeoutMs;
+    if (stall !== undefined && (!Number.isFinite(stall) || stall < 0)) throw new InvalidArgumentError(`stallTimeoutMs must be 0 or more, got ${stall}`);
     this.#client = client;
     this.#options = Object.freeze({ ...options });
   }
@@ -297,6 +305,7 @@ export class SshTransferStrategy implements BackupStrategy {
           onSpoolBytes: (n) => run.progress.bytes(disk, n),
           logger: log,
           signal: run.signal,
+          stallTimeoutMs: this.#options.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS,
         });
         const closeImages = run.undo.defer(`close the spooled volumes of disk ${p.disk.name}`, () => remote.close());
         const qcow2 = writeQcow2(remote.stream, {

@@ -172,3 +172,50 @@ describe('SshTransferStrategy streamed read', () => {
     expect((await readdir(h.dir)).filter((n) => n.startsWith('vs-ssh-transfer-'))).toEqual([]);
   });
 });
+
+describe('SshTransferStrategy stalled read', () => {
+  it('a remote read stopped with SIGSTOP: ERR_STREAM_STALLED, the read killed, no snapshot and no backup', async () => {
+    const name = `stream vm ${++seq}`;
+    const vm = await h.sim.addVm({
+      name,
+      disks: [{ name: 'root', virtualSize: 96 * MB, format: 'cow', contents: [{ offset: 0, length: 64 * MB, pattern: 0x72 }] }],
+    });
+    const imageDir = join(ext.tree.imagesDir, vm.disks[0]!.id);
+    let stopped = false;
+    // stops the remote read as soon as it runs: more data than the SSH window holds is still to come
+    const stopRead = async (): Promise<void> => {
+      while (!stopped) {
+        stopped = await run('pkill', ['-STOP', '-f', `dd if=${imageDir}`]).then(
+          () => true,
+          () => false,
+        );
+        if (!stopped) await new Promise((r) => setTimeout(r, 10));
+      }
+    };
+    let stopping: Promise<void> | undefined;
+    try {
+      const err = await strategy({ stallTimeoutMs: 2000 })
+        .backup({ name }, h.repo, {
+          onProgress: (e) => {
+            if (e.type === 'phase' && e.phase === 'transfer') stopping ??= stopRead();
+          },
+        })
+        .catch((e: unknown) => e);
+      await stopping;
+      expect(isVirtstreamError(err, 'ERR_STREAM_STALLED'), String(err)).toBe(true);
+    } finally {
+      // a stopped process takes no signal but SIGKILL: let whatever is left run to its end
+      await run('pkill', ['-CONT', '-f', imageDir]).catch(() => undefined);
+    }
+    expect(stopped).toBe(true);
+    await waitFor(async () => ((await processesNaming(imageDir)).length === 0 ? { done: true, value: undefined } : { done: false }), {
+      minDelayMs: 20,
+      maxDelayMs: 200,
+      maxWaitMs: 20_000,
+      what: 'the remote read to exit',
+    });
+    expect(h.sim.state().vms.find((v) => v.name === name)!.snapshots).toEqual([]);
+    expect(h.sim.state().lockedDisks).toEqual([]);
+    expect(await h.repo.list(name)).toEqual([]);
+  });
+});
