@@ -64,6 +64,21 @@ async function processesNaming(text: string): Promise<string[]> {
   return ps.stdout.split('\n').filter((l) => l.includes(text) && !l.includes('ps -eo'));
 }
 
+/** Waits until no process names `imageDir` (a remote command exits asynchronously after its channel closes). */
+async function remoteReadGone(imageDir: string): Promise<void> {
+  await waitFor(
+    async () =>
+      (await processesNaming(imageDir)).length === 0 ? { done: true, value: undefined } : { done: false, state: (await processesNaming(imageDir)).join('; ') },
+    { minDelayMs: 20, maxDelayMs: 200, maxWaitMs: 20_000, what: 'the remote read to exit' },
+  );
+}
+
+/** The engine holds no snapshot of the VM and no locked disk. */
+function expectNothingLeft(name: string): void {
+  expect(h.sim.state().vms.find((v) => v.name === name)!.snapshots).toEqual([]);
+  expect(h.sim.state().lockedDisks).toEqual([]);
+}
+
 const h = useEngineHarness('ssh-stream-it');
 const ext = useExtensions(h, { tree: (sim) => HypervisorTree.install(sim) });
 beforeEach(async () => {
@@ -154,20 +169,8 @@ describe('SshTransferStrategy streamed read', () => {
     expect(spawned.map((x) => x[0])).toEqual(['sh']); // the abort hit the streamed read
     // the remote script names the disk's image directory; it must be gone (exit is asynchronous after the channel closes)
     const imageDir = join(ext.tree.imagesDir, vm.disks[0]!.id);
-    await waitFor(
-      async () =>
-        (await processesNaming(imageDir)).length === 0
-          ? { done: true, value: undefined }
-          : { done: false, state: (await processesNaming(imageDir)).join('; ') },
-      {
-        minDelayMs: 20,
-        maxDelayMs: 200,
-        maxWaitMs: 20_000,
-        what: 'the remote read to exit',
-      },
-    );
-    expect(h.sim.state().vms.find((v) => v.name === name)!.snapshots).toEqual([]);
-    expect(h.sim.state().lockedDisks).toEqual([]);
+    await remoteReadGone(imageDir);
+    expectNothingLeft(name);
     expect(await h.repo.list(name)).toEqual([]);
     expect((await readdir(h.dir)).filter((n) => n.startsWith('vs-ssh-transfer-'))).toEqual([]);
   });
@@ -208,14 +211,8 @@ describe('SshTransferStrategy stalled read', () => {
       await run('pkill', ['-CONT', '-f', imageDir]).catch(() => undefined);
     }
     expect(stopped).toBe(true);
-    await waitFor(async () => ((await processesNaming(imageDir)).length === 0 ? { done: true, value: undefined } : { done: false }), {
-      minDelayMs: 20,
-      maxDelayMs: 200,
-      maxWaitMs: 20_000,
-      what: 'the remote read to exit',
-    });
-    expect(h.sim.state().vms.find((v) => v.name === name)!.snapshots).toEqual([]);
-    expect(h.sim.state().lockedDisks).toEqual([]);
+    await remoteReadGone(imageDir);
+    expectNothingLeft(name);
     expect(await h.repo.list(name)).toEqual([]);
   });
 });
