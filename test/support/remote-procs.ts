@@ -48,3 +48,16 @@ export function listeners(port: number): string[] {
   const out = execFileSync('ss', ['-Hltn', `( sport = :${port} )`], { encoding: 'utf8' });
   return out.split('\n').filter((l) => l.trim().length > 0);
 }
+
+/**
+ * Tries `attempt` every `intervalMs` until it succeeds or `over()` says the run it acts on has ended.
+ * Resolves whether an attempt succeeded. For acting on a short-lived remote process as soon as it
+ * exists, without depending on when a progress event arrives.
+ */
+export async function retryUntil(attempt: () => boolean | Promise<boolean>, over: () => boolean, intervalMs = 10): Promise<boolean> {
+  while (!over()) {
+    if (await attempt()) return true;
+    await new Promise((r) => setTimeout(r, intervalMs));
+  }
+  return false;
+}

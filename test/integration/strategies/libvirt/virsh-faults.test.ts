@@ -16,6 +16,7 @@ import { LibvirtHost } from '../../../../src/libvirt/libvirt-host.js';
 import { VirshStrategy } from '../../../../src/strategies/libvirt/virsh.js';
 import { labVar, remoteRunner } from '../../../support/lab.js';
 import { DirTarget } from '../../../support/dir-target.js';
+import { retryUntil } from '../../../support/remote-procs.js';
 import type { Fault } from '../../../support/libvirt-lab.js';
 import {
   activeSources,
@@ -31,11 +32,11 @@ import {
 } from '../../../support/libvirt-lab.js';
 
 /**
- * Kills (SIGKILL) the sshd session process whose child runs `comm` on a file under `dir`: the TCP
- * connection of that session drops. Returns the killed pid, or 0. Only the one process this test's
- * own connection created is signalled.
+ * Kills (SIGKILL) the sshd session process that runs the chain read script (`sh` running `dd` with
+ * byte offsets) on a file under `dir`: the TCP connection of that session drops. Returns the killed
+ * pid, or 0. Only the one process this test's own connection created is signalled.
  */
-function killSessionOf(comm: string, dir: string): number {
+function killReadSessionOf(dir: string): number {
   const ps = execFileSync('ps', ['-eo', 'pid=,ppid=,comm=,args='], { encoding: 'utf8' });
   const procs = new Map<number, { ppid: number; args: string }>();
   const found: number[] = [];
@@ -43,7 +44,8 @@ function killSessionOf(comm: string, dir: string): number {
     const m = /^\s*(\d+)\s+(\d+)\s+(\S+)\s+(.*)$/.exec(line);
     if (!m) continue;
     procs.set(Number(m[1]), { ppid: Number(m[2]), args: m[4]! });
-    if (m[3] === comm && m[4]!.includes(dir)) found.push(Number(m[1]));
+    const readScript = m[3] === 'dd' || m[4]!.includes('iflag=skip_bytes');
+    if (readScript && m[4]!.includes(dir)) found.push(Number(m[1]));
   }
   for (const pid of found) {
     // the session is the nearest sshd above the process (the read script runs `dd` under `sh`)
@@ -172,19 +174,28 @@ describe('VirshStrategy failure semantics (fault injection)', () => {
         const dropSsh = await remoteRunner();
         const dropHost = new LibvirtHost(dropSsh, { uri: labVar('VS_LIBVIRT_URI'), fileOwner: OWNER });
         let killed = 0;
+        let over = false;
+        let dropping: Promise<boolean> | undefined;
+        // polled from the start of the transfer: when a progress event arrives says nothing about
+        // whether the read is still running
         const err = await new VirshStrategy({ host: dropHost, keepSnapshot: true })
           .backup({ name }, repo, {
             kind: 'incremental',
             parent,
             onProgress: (e) => {
-              if (e.type !== 'bytes' || killed !== 0) return;
-              killed = killSessionOf('dd', dir);
+              if (e.type !== 'phase' || e.phase !== 'transfer') return;
+              dropping ??= retryUntil(
+                () => (killed = killReadSessionOf(dir)) > 0,
+                () => over,
+              );
             },
           })
           .then(
             () => undefined,
             (e: unknown) => e as { code?: string },
-          );
+          )
+          .finally(() => (over = true));
+        await dropping;
         repo.faults = {};
         await dropSsh.close();
         expect(killed, 'found the sshd session of the transfer').toBeGreaterThan(0);

@@ -14,6 +14,7 @@ import { LibvirtHost } from '../../../../src/libvirt/libvirt-host.js';
 import { VirshStrategy } from '../../../../src/strategies/libvirt/virsh.js';
 import { labVar, remoteRunner } from '../../../support/lab.js';
 import { DirTarget } from '../../../support/dir-target.js';
+import { retryUntil, waitGone } from '../../../support/remote-procs.js';
 import {
   activeSources,
   chainOf,
@@ -135,33 +136,38 @@ describe('VirshStrategy against a hostile or broken host', () => {
     const name = `vs-it-stall-${process.pid}`;
     const vda = posix.join(lab.dir, 'stall-a.qcow2');
     await removeDomain(lab.host, name);
-    await createDomain(lab.host, name, [{ target: 'vda', file: vda, format: 'qcow2', sizeMb: 48 }], true);
+    await createDomain(lab.host, name, [{ target: 'vda', file: vda, format: 'qcow2', sizeMb: 80 }], true);
     try {
-      // more data than the SSH window holds, through a slow target, keeps the read (`dd` of the data ranges) alive until stopped
-      await guestWrite(lab.host, name, 0, 0x5a, '12M', '24M');
+      // more data than the read-ahead and the SSH window hold, through a slow target, keeps the read alive until stopped
+      await guestWrite(lab.host, name, 0, 0x5a, '12M', '56M');
       const host = new LibvirtHost(lab.ssh, { uri: uri(), fileOwner: OWNER, stallTimeoutMs: 3000 });
       const inactive = await lab.host.dumpXml(name, { inactive: true });
       repo.faults = { chunkDelayMs: 5 };
       let stopped = '';
-      const pattern = `^dd if=${lab.dir}/stall-a`;
+      let over = false;
+      let stopping: Promise<boolean> | undefined;
+      // the read script (`sh`) and its `dd`, never qemu, which has the same file open; `[i]` keeps
+      // the pattern from matching the remote shell that runs pkill
+      const pattern = `[i]flag=skip_bytes.*stall-a|^dd if=${lab.dir}/stall-a`;
+      const stop = async (): Promise<boolean> => (await probe.run(['pkill', '-STOP', '-f', '--', pattern], { okExitCodes: [0, 1] })).exitCode === 0;
       const err = await new VirshStrategy({ host })
         .backup({ name }, repo, {
           onProgress: (e) => {
-            if (e.type !== 'bytes' || stopped !== '') return;
-            stopped = 'pending';
-            void probe.run(['pkill', '-STOP', '-f', '--', pattern], { okExitCodes: [0, 1] }).then((r) => (stopped = r.exitCode === 0 ? 'yes' : 'no'));
+            if (e.type === 'phase' && e.phase === 'transfer') stopping ??= retryUntil(stop, () => over);
           },
         })
         .then(
           () => undefined,
           (e: unknown) => e as { code?: string; retryable?: boolean },
-        );
+        )
+        .finally(() => (over = true));
+      stopped = (await stopping) ? 'yes' : 'no';
       repo.faults = {};
       expect(stopped).toBe('yes');
       expect(err?.code).toBe('ERR_STREAM_STALLED');
       expect(err?.retryable).toBe(true);
       // the stopped process was killed on the host, not only its channel closed
-      expect((await probe.run(['pgrep', '-f', '--', pattern], { okExitCodes: [0, 1] })).exitCode).toBe(1);
+      expect(await waitGone(pattern)).toEqual([]);
       expect((await activeSources(lab.host, name)).vda).toBe(vda);
       expect(await lab.host.dumpXml(name, { inactive: true })).toBe(inactive);
       expect((await listDir(lab.host, lab.dir)).filter((f) => f.startsWith('stall') && f.includes('.vs-'))).toEqual([]);
