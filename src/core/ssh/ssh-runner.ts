@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
@@ -155,8 +156,14 @@ class Slots {
   }
 }
 
-/** Shell prelude: report the session's pid on stderr as `\x01vs-pid N\n` (stripped again by the runner). */
-const PID_PRELUDE = Buffer.from('printf \'\\001vs-pid %s\\n\' "$$" >&2; ', 'latin1');
+/**
+ * Shell prelude: report the session's pid on stderr as `\x01vs-pid N\n` (stripped again by the
+ * runner). The `: vs-cmd-…` no-op puts the command's token in the login shell's argv, so that a
+ * shell stopped or slow before it printed its pid can still be found and killed.
+ */
+function pidPrelude(token: string): Buffer {
+  return Buffer.from(`: vs-cmd-${token}; printf '\\001vs-pid %s\\n' "$$" >&2; `, 'latin1');
+}
 
 /** Start of the pid line the prelude prints. */
 const PID_MARKER = Buffer.from('\x01vs-pid ', 'latin1');
@@ -355,7 +362,8 @@ export class SshRunner implements CommandRunner, AsyncDisposable {
   spawn(argv: readonly CommandArg[], options: SpawnOptions = {}): CommandProcess {
     // The prelude reports the shell's pid (= the session's process group, sshd calls setsid) on stderr,
     // so that kill/abort can end the whole group: OpenSSH refuses `signal` requests for root sessions.
-    const command = Buffer.concat([PID_PRELUDE, toShellCommand(argv, { exec: true, ...(options.env ? { env: options.env } : {}) })]);
+    const token = randomBytes(8).toString('hex');
+    const command = Buffer.concat([pidPrelude(token), toShellCommand(argv, { exec: true, ...(options.env ? { env: options.env } : {}) })]);
     const display = describeArgv(argv);
     const { signal } = options;
     const ok = options.okExitCodes ?? [0];
@@ -367,17 +375,24 @@ export class SshRunner implements CommandRunner, AsyncDisposable {
     let stdoutEnded = false;
     let channelConn: SshConnection | undefined;
 
+    let pidReported = false;
     let resolvePid: (pid: number | null) => void = () => undefined;
     const remotePid = new Promise<number | null>((resolve) => {
-      resolvePid = resolve;
+      resolvePid = (pid) => {
+        pidReported = true;
+        resolve(pid);
+      };
     });
     const kill = (): void => {
       if (killed) return;
       killed = true;
       if (channel && !channelClosed) {
         void remotePid.then((pid) => {
-          if (pid !== null && !channelClosed) this.#killGroup(pid);
+          if (pid !== null && pid > 1 && !channelClosed) this.#killRemote(['kill', '-KILL', '--', `-${pid}`]);
         });
+        // no pid yet: the shell may never print it (stopped before its prelude), but its argv still
+        // holds the token; `[v]` keeps pkill's own shell from matching
+        if (!pidReported) this.#killRemote(['pkill', '-KILL', '-f', '--', `[v]s-cmd-${token}`]);
         channel.close();
       }
     };
@@ -552,11 +567,11 @@ export class SshRunner implements CommandRunner, AsyncDisposable {
     return { stdout, stdin, done, kill };
   }
 
-  /** Kills a remote process group through a separate channel (outside the channel limit). */
-  #killGroup(pid: number): void {
+  /** Runs a kill command (`kill` of a process group, `pkill` of a token) through a separate channel (outside the channel limit). */
+  #killRemote(argv: readonly string[]): void {
     const conn = this.#conn;
-    if (!conn || !Number.isInteger(pid) || pid <= 1) return;
-    conn.exec(toShellCommand(['kill', '-KILL', '--', `-${pid}`]), (err, ch) => {
+    if (!conn) return;
+    conn.exec(toShellCommand(argv, { exec: true }), (err, ch) => {
       if (err) {
         this.#logger.warn({ host: this.host, err }, 'cannot open a channel to kill a remote command');
         return;

@@ -9,8 +9,10 @@ import type { Server, Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isVirtstreamError } from '../../../../src/core/errors.js';
 import { SshRunner } from '../../../../src/core/ssh/ssh-runner.js';
+import type { SshConnection } from '../../../../src/core/ssh/ssh-runner.js';
 import { labSshOptions, labVar } from '../../../support/lab.js';
-import { waitGone } from '../../../support/remote-procs.js';
+import { waitFor } from '../../../../src/core/waiter.js';
+import { pgrep, waitGone } from '../../../support/remote-procs.js';
 
 let proxy: Server;
 let proxyPort: number;
@@ -86,6 +88,54 @@ describe('connection loss', () => {
       } finally {
         await runner.close();
       }
+    }
+  });
+});
+
+describe('kill', () => {
+  it('a shell stopped before it reported its pid is still killed on the host (found by its token)', async () => {
+    const { Client } = await import('ssh2');
+    const { readFileSync } = await import('node:fs');
+    const o = labSshOptions();
+    const client = new Client();
+    await new Promise<void>((resolve, reject) => {
+      client.once('ready', resolve).once('error', reject);
+      client.connect({ host: o.host, port: o.port, username: o.username, privateKey: readFileSync(o.privateKeyPath!), hostVerifier: () => true });
+    });
+    // the login shell stops itself before the runner's prelude can print its pid: the window a
+    // SIGSTOP (or a slow rc file) hits on a real host
+    let token = '';
+    const stopping = {
+      exec: (command: string | Buffer, cb: (err: Error | undefined, channel: never) => void) => {
+        const text = command.toString('latin1');
+        const m = /vs-cmd-([0-9a-f]+)/.exec(text);
+        if (m && text.includes('stopped-early')) {
+          token = m[1]!;
+          return client.exec(`kill -STOP $$; ${text}`, cb as never);
+        }
+        return client.exec(text, cb as never);
+      },
+      end: () => client.end(),
+      on: (event: string, listener: (...args: never[]) => void) => client.on(event as 'close', listener as () => void),
+    } as SshConnection;
+    const runner = new SshRunner({ host: o.host, port: o.port, username: o.username, client: stopping });
+    try {
+      const p = runner.spawn(['sh', '-c', 'sleep 600; : stopped-early']);
+      p.stdin.end();
+      p.stdout.resume();
+      // the stopped shell exists on the host (the lab sshd is on loopback)
+      await waitFor(async () => (token !== '' && pgrep(`vs-cmd-${token}`).length > 0 ? { done: true, value: undefined } : { done: false }), {
+        minDelayMs: 20,
+        maxDelayMs: 100,
+        maxWaitMs: 15_000,
+        what: 'the stopped shell',
+      });
+      p.kill();
+      await p.done.catch(() => undefined);
+      expect(await waitGone(`vs-cmd-${token}`)).toEqual([]);
+    } finally {
+      await runner.close();
+      client.end();
     }
   });
 });

@@ -148,7 +148,7 @@ describe('VirshStrategy against a hostile or broken host', () => {
       let stopping: Promise<boolean> | undefined;
       // the read script (`sh`) and its `dd`, never qemu, which has the same file open; `[i]` keeps
       // the pattern from matching the remote shell that runs pkill
-      const pattern = `[i]flag=skip_bytes.*stall-a|^dd if=${lab.dir}/stall-a`;
+      const pattern = `[i]flag=skip_bytes.*${lab.dir}/stall-a|^dd if=${lab.dir}/stall-a`;
       const stop = async (): Promise<boolean> => (await probe.run(['pkill', '-STOP', '-f', '--', pattern], { okExitCodes: [0, 1] })).exitCode === 0;
       const err = await new VirshStrategy({ host })
         .backup({ name }, repo, {
