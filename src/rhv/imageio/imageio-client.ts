@@ -1,5 +1,3 @@
-import { lookup } from 'node:dns/promises';
-import { networkInterfaces } from 'node:os';
 import { Agent, Client, Pool } from 'undici';
 import type { Dispatcher } from 'undici';
 import { AbortedError, InvalidArgumentError, isRetryable, SizeMismatchError, UnsupportedError } from '../../core/errors.js';
@@ -7,12 +5,14 @@ import type { Logger } from '../../core/logger.js';
 import { childLogger, redactingLogger, silentLogger } from '../../core/logger.js';
 import { throttleProgress } from '../../core/progress.js';
 import { withRetry } from '../../core/retry.js';
-import type { Extent, ExtentKind, ExtentStream } from '../../formats/extent.js';
+import type { Extent, ExtentStream } from '../../formats/extent.js';
 import { downloadStream } from './download.js';
 import { discard, drain, failStatus, isConnectFailure, mapTransportError, parseImageioUrl, readText, send } from './http.js';
 import type { Endpoint, ImageioHttpRequest } from './http.js';
 import { ImageioError } from './imageio-error.js';
 import type { ImageioRange } from './imageio-error.js';
+import { extentMap, parseExtents, parseJsonObject } from './imageio-responses.js';
+import { isLocalHost } from './local-host.js';
 import type {
   ImageioChecksum,
   ImageioChecksumOptions,
@@ -327,7 +327,7 @@ export class ImageioClient implements AsyncDisposable {
     const extents = await this.extents(context, { signal });
     const size = extents.length ? extents[extents.length - 1]!.offset + extents[extents.length - 1]!.length : 0;
     if (options.size !== undefined && options.size !== size) throw new SizeMismatchError({ what: 'imageio image size', expected: options.size, actual: size });
-    const map = mergeExtents(extents.map((e) => ({ offset: e.offset, length: e.length, kind: kindOf(e, context) })));
+    const map = extentMap(extents, context);
     const pieces: Extent[] = [];
     for (const e of map) {
       if (e.kind !== 'data') pieces.push(e);
@@ -489,16 +489,7 @@ export class ImageioClient implements AsyncDisposable {
       .split(',')
       .map((m) => m.trim().toUpperCase())
       .filter(Boolean);
-    const text = await readText(res.body, 64 * 1024);
-    let body: unknown;
-    try {
-      body = JSON.parse(text);
-    } catch (cause) {
-      throw new ImageioError('imageio OPTIONS: response is not JSON', { cause, status: 200 });
-    }
-    if (typeof body !== 'object' || body === null || Array.isArray(body))
-      throw new ImageioError('imageio OPTIONS: response is not a JSON object', { status: 200 });
-    const o = body as Record<string, unknown>;
+    const o = parseJsonObject(await readText(res.body, 64 * 1024), 'OPTIONS');
     const features = Array.isArray(o.features) ? o.features.filter((f): f is string => typeof f === 'string') : [];
     const limit = (v: unknown): number => (typeof v === 'number' && Number.isSafeInteger(v) && v >= 1 ? v : 1);
     return {
@@ -657,33 +648,6 @@ export class ImageioClient implements AsyncDisposable {
   }
 }
 
-/** True when `host` names this machine: loopback, or an address of one of its interfaces. */
-async function isLocalHost(host: string): Promise<boolean> {
-  const bare = host.replace(/^\[|\]$/g, '');
-  if (bare === 'localhost') return true;
-  let addrs: string[];
-  try {
-    addrs = (await lookup(bare, { all: true })).map((a) => a.address);
-  } catch {
-    return false;
-  }
-  const local = new Set<string>();
-  for (const list of Object.values(networkInterfaces())) for (const a of list ?? []) local.add(a.address);
-  return addrs.some((a) => a === '::1' || /^(::ffff:)?127\./.test(a) || local.has(a) || local.has(a.replace(/^::ffff:/, '')));
-}
-
-function parseJsonObject(text: string, what: string): Record<string, unknown> {
-  let body: unknown;
-  try {
-    body = JSON.parse(text);
-  } catch (cause) {
-    throw new ImageioError(`imageio ${what}: response is not JSON`, { cause, status: 200 });
-  }
-  if (typeof body !== 'object' || body === null || Array.isArray(body))
-    throw new ImageioError(`imageio ${what}: response is not a JSON object`, { status: 200 });
-  return body as Record<string, unknown>;
-}
-
 function positiveInt(v: number, name: string): number {
   if (!Number.isSafeInteger(v) || v < 1) throw new InvalidArgumentError(`${name} must be a positive integer, got ${v}`);
   return v;
@@ -704,52 +668,4 @@ function checkRange(offset: number, length: number): void {
   if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) {
     throw new InvalidArgumentError(`invalid range ${offset}+${length}`);
   }
-}
-
-function kindOf(e: ImageioExtent, context: ImageioExtentContext): ExtentKind {
-  if (context === 'dirty') return e.dirty ? (e.zero ? 'zero' : 'data') : 'hole';
-  if (e.hole) return 'hole';
-  return e.zero ? 'zero' : 'data';
-}
-
-function mergeExtents(list: Extent[]): Extent[] {
-  const out: Extent[] = [];
-  for (const e of list) {
-    const last = out[out.length - 1];
-    if (last && last.kind === e.kind && last.offset + last.length === e.offset) last.length += e.length;
-    else out.push({ ...e });
-  }
-  return out;
-}
-
-/** Validates the extents JSON: an array of contiguous extents from 0 with the context's fields. */
-function parseExtents(text: string, context: ImageioExtentContext): ImageioExtent[] {
-  let body: unknown;
-  try {
-    body = JSON.parse(text);
-  } catch (cause) {
-    throw new ImageioError('imageio extents: response is not JSON', { cause, status: 200 });
-  }
-  if (!Array.isArray(body)) throw new ImageioError('imageio extents: response is not a JSON array', { status: 200 });
-  const out: ImageioExtent[] = [];
-  let pos = 0;
-  for (const [i, item] of body.entries()) {
-    const o = item as Record<string, unknown> | null;
-    const bad = (why: string): never => {
-      throw new ImageioError(`imageio extents: item ${i} ${why}`, { status: 200 });
-    };
-    if (typeof o !== 'object' || o === null) bad('is not an object');
-    const { start, length, zero } = o!;
-    if (typeof start !== 'number' || !Number.isSafeInteger(start) || start !== pos) bad(`starts at ${String(start)}, expected ${pos}`);
-    if (typeof length !== 'number' || !Number.isSafeInteger(length) || length <= 0 || pos + length > Number.MAX_SAFE_INTEGER) bad('has an invalid length');
-    if (typeof zero !== 'boolean') bad('has no boolean "zero"');
-    const ext: ImageioExtent = { offset: start as number, length: length as number, zero: zero as boolean, hole: o!.hole === true };
-    if (context === 'dirty') {
-      if (typeof o!.dirty !== 'boolean') bad('has no boolean "dirty"');
-      ext.dirty = o!.dirty as boolean;
-    }
-    out.push(ext);
-    pos += length as number;
-  }
-  return out;
 }
