@@ -64,6 +64,10 @@ class TrackedSession implements BackupSession {
     return this.#inner.backupId;
   }
 
+  get acceptsExtents(): boolean {
+    return this.#inner.acceptsExtents === true;
+  }
+
   get state(): TrackedState {
     return this.#state;
   }
@@ -77,7 +81,7 @@ class TrackedSession implements BackupSession {
     return this.#inner.writeMetadata(name, data, options);
   }
 
-  writeDisk(info: DiskArtifactInfo, source: AsyncIterable<Uint8Array> | NodeJS.ReadableStream, options?: WriteOptions): Promise<DiskArtifactResult> {
+  writeDisk(info: DiskArtifactInfo, source: Parameters<BackupSession['writeDisk']>[1], options?: WriteOptions): Promise<DiskArtifactResult> {
     return this.#inner.writeDisk(info, source, options);
   }
 

@@ -1,3 +1,4 @@
+import type { ExtentStream } from './extent.js';
 import type { ArtifactFormat, BackupKind, VmRef } from './model.js';
 
 /** Passed to {@link BackupTarget.begin}. */
@@ -53,10 +54,29 @@ export interface WriteOptions {
 /** One backup being written. Nothing is visible to readers until {@link commit}. */
 export interface BackupSession extends AsyncDisposable {
   readonly backupId: string;
+  /**
+   * True when {@link writeDisk} takes an {@link ExtentStream} for `raw` artifacts. Callers give any
+   * other session bytes (the pipeline flattens the extents), so a hand-written session that only
+   * reads bytes keeps working.
+   */
+  readonly acceptsExtents?: boolean;
   /** Stores a metadata file (OVF, libvirt XML, JSON facts) beside the disks. `name` is a plain file name. */
   writeMetadata(name: string, data: string | Uint8Array, options?: { signal?: AbortSignal | undefined | undefined }): Promise<void>;
-  /** Streams one disk artifact in. Memory stays bounded: the source is consumed with backpressure. */
-  writeDisk(info: DiskArtifactInfo, source: AsyncIterable<Uint8Array> | NodeJS.ReadableStream, options?: WriteOptions): Promise<DiskArtifactResult>;
+  /**
+   * Streams one disk artifact in. Memory stays bounded: the source is consumed with backpressure.
+   *
+   * When {@link acceptsExtents} is true, a `raw` artifact may also come as an {@link ExtentStream}: the stored bytes are the same (zero
+   * and hole ranges read as zeros, `bytes` is the stream's `size`, `sha256` is over all of it), but
+   * a target that can take extents keeps those ranges as holes instead of scanning zeros it is
+   * handed; other targets get the bytes. `onBytes` then counts the guest bytes covered so far (data
+   * and zero ranges), as the byte stream would have. An extent stream for another format is
+   * `ERR_INVALID_ARGUMENT`.
+   */
+  writeDisk(
+    info: DiskArtifactInfo,
+    source: AsyncIterable<Uint8Array> | NodeJS.ReadableStream | ExtentStream,
+    options?: WriteOptions,
+  ): Promise<DiskArtifactResult>;
   /** Makes the backup visible, atomically. */
   commit(options?: { signal?: AbortSignal | undefined | undefined }): Promise<BackupRecord>;
   /** Discards everything written. Idempotent; a no-op after commit. */

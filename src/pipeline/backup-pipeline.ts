@@ -13,6 +13,9 @@ import { validateBackupCall } from '../core/call-validation.js';
 import { CleanupStack } from '../core/cleanup-stack.js';
 import { producerOrSinkError } from '../core/exec/command-stream.js';
 import { AbortedError, InvalidArgumentError, isVirtstreamError } from '../core/errors.js';
+import { isExtentStream } from '../core/extent.js';
+import { extentsToRawStream } from '../formats/extents-to-raw-stream.js';
+import type { ExtentStream } from '../core/extent.js';
 import type { Logger } from '../core/logger.js';
 import type { ArtifactFormat, BackupKind } from '../core/model.js';
 import type { BackupOptions, BackupResult, DiskBackupResult, StrategyCapabilities } from '../core/strategy.js';
@@ -71,7 +74,8 @@ export interface DiskRead {
   readonly parentBackupId?: string;
   /** Why an incremental disk was read as full (the source's own reason; the full-only policy adds its own). */
   readonly fallbackReason?: string;
-  readonly stream: AsyncIterable<Uint8Array> | NodeJS.ReadableStream;
+  /** The artifact's bytes; a `raw` one may be an extent stream (see `BackupSession.writeDisk`). */
+  readonly stream: AsyncIterable<Uint8Array> | NodeJS.ReadableStream | ExtentStream;
   /**
    * The source reports this disk's byte progress itself (`run.progress.bytes`), e.g. guest bytes
    * against the disk size when the stored stream's length is unknown; the stored bytes are then not
@@ -143,7 +147,7 @@ export function fullOnlyFallback(spec: BackupPipelineSpec, kind: BackupKind | un
 /** Stores one disk: the source's stream into the session, the producer's failure preferred when it says more. */
 async function storeDisk(
   run: BackupRun,
-  session: Pick<BackupSession, 'writeDisk'>,
+  session: Pick<BackupSession, 'writeDisk' | 'acceptsExtents'>,
   disk: SourceDisk,
   read: DiskRead,
   info: Omit<DiskArtifactInfo, 'format' | 'virtualSize' | 'extra'>,
@@ -161,15 +165,13 @@ async function storeDisk(
   run.signal.addEventListener('abort', stopSource, { once: true });
   let written;
   try {
-    written = await session.writeDisk(
-      { ...info, format: read.format, virtualSize: read.virtualSize, ...(read.extra ? { extra: read.extra } : {}) },
-      read.stream,
-      {
-        ...run.sig,
-        ...(read.expectedBytes !== undefined ? { expectedBytes: read.expectedBytes } : {}),
-        ...(read.reportsBytes ? {} : { onBytes: (n: number) => run.progress.bytes(disk, n, read.expectedBytes) }),
-      },
-    );
+    // a session that reads bytes only gets them: extents flattened, zero ranges as zeros
+    const stream = isExtentStream(read.stream) && session.acceptsExtents !== true ? extentsToRawStream(read.stream, run.sig) : read.stream;
+    written = await session.writeDisk({ ...info, format: read.format, virtualSize: read.virtualSize, ...(read.extra ? { extra: read.extra } : {}) }, stream, {
+      ...run.sig,
+      ...(read.expectedBytes !== undefined ? { expectedBytes: read.expectedBytes } : {}),
+      ...(read.reportsBytes ? {} : { onBytes: (n: number) => run.progress.bytes(disk, n, read.expectedBytes) }),
+    });
   } catch (caught) {
     // a sink stopped by the abort may throw the platform's AbortError: the run reports ERR_ABORTED
     const err = run.signal.aborted && !isVirtstreamError(caught) ? new AbortedError(run.signal.reason) : caught;
