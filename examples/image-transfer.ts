@@ -43,7 +43,7 @@ await using client = new RhvClient(
 );
 const vmName = env.VM_NAME ?? 'example-vm';
 const repo = new FileRepository(env.VIRTSTREAM_REPO ?? (await mkdtemp(join(tmpdir(), 'virtstream-example-'))));
-const strategy = new ImageTransferStrategy(client);
+const strategy = new ImageTransferStrategy({ client });
 
 const controller = new AbortController();
 process.once('SIGINT', () => controller.abort());

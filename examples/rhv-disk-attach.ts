@@ -29,7 +29,7 @@ const work = await mkdtemp(join(tmpdir(), 'virtstream-disk-attach-example-'));
 await using sim = simulate ? await EngineSimulator.start() : undefined;
 const proxies = sim ? await ProxyVmSimulator.install(sim) : undefined;
 const vmName = sim ? 'demo-vm' : (env.VM_NAME ?? '');
-let options: DiskAttachStrategyOptions = {};
+let options: Omit<DiskAttachStrategyOptions, 'client'> = {};
 if (sim && proxies) {
   await sim.addVm({ name: vmName, disks: [{ name: 'root', virtualSize: 64 << 20, format: 'cow', contents: [{ offset: 0, length: 8 << 20, pattern: 0x5a }] }] });
   const proxy = await proxies.addProxyVm('backup-proxy');
@@ -54,7 +54,7 @@ await using rhv = new RhvClient(
         ...(env.RHV_CA_FILE ? { caFile: env.RHV_CA_FILE } : {}),
       },
 );
-const strategy = new DiskAttachStrategy(rhv, options);
+const strategy = new DiskAttachStrategy({ client: rhv, ...options });
 const repo = new FileRepository(env.VS_REPO ?? join(work, 'repo'));
 const controller = new AbortController();
 process.once('SIGINT', () => controller.abort(new Error('SIGINT')));

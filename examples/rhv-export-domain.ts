@@ -49,7 +49,8 @@ const exportDomains = Object.fromEntries(
     .filter(Boolean)
     .map((kv) => kv.split('=') as [string, string]),
 );
-const strategy = new ExportDomainStrategy(rhv, {
+const strategy = new ExportDomainStrategy({
+  client: rhv,
   stagingPath: exportSim ? exportSim.stagingPath : env.VS_STAGING!,
   layout: env.VS_PER_DC === '1' ? 'per-data-center' : 'single',
   exportDomains,

@@ -45,7 +45,7 @@ await using rhv = new RhvClient(
       },
 );
 const mode = env.VS_MODE === 'snapshot-chain' ? 'snapshot-chain' : 'backup-api';
-const strategy = new ImageTransferStrategy(rhv, { incrementalMode: mode, concurrency: 2 });
+const strategy = new ImageTransferStrategy({ client: rhv, incrementalMode: mode, concurrency: 2 });
 const repo = new FileRepository(env.VS_REPO ?? (await mkdtemp(join(tmpdir(), 'virtstream-rhv-example-'))));
 
 const controller = new AbortController();

@@ -51,7 +51,8 @@ const ssh = {
   ...(env.VS_SSH_PASSWORD ? { password: env.VS_SSH_PASSWORD } : {}),
   ...(env.VS_SSH_KNOWN_HOSTS ? { knownHostsPath: env.VS_SSH_KNOWN_HOSTS } : {}),
 };
-const strategy = new SshTransferStrategy(rhv, {
+const strategy = new SshTransferStrategy({
+  client: rhv,
   // the simulator's hypervisor is named simhost; host keys are always verified
   hosts: { [sim ? 'simhost' : (env.VS_HYPERVISOR ?? '')]: ssh },
   ...(tree ? { rhevRoot: tree.root, poll: { minDelayMs: 20, maxDelayMs: 200 } } : {}),

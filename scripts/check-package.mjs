@@ -194,7 +194,7 @@ export async function tour(dir: string): Promise<BackupRecord | undefined> {
     await sim.addVm({ name: 'web01', disks: [{ name: 'root', virtualSize: 1 << 20, format: 'cow' }] });
     const client = new RhvClient({ url: sim.url, username: 'admin@internal', password: 'secret', ca: sim.caPem });
     const repo = new FileRepository(dir);
-    const strategy = new ImageTransferStrategy(client, {});
+    const strategy = new ImageTransferStrategy({ client });
     const result = await strategy.backup({ name: 'web01' }, repo, { signal: AbortSignal.timeout(60_000) });
     const host = new LibvirtHost(new SshRunner({ host: 'kvm1', username: 'root', privateKeyPath: '/root/.ssh/id_ed25519' }));
     void new VirshStrategy({ host });

@@ -146,7 +146,7 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoReport> {
     ...(options.logger ? { logger: options.logger } : {}),
   });
   // through RuntimeStrategy, as every CLI command runs a strategy: tracing channels, logger context, one throttle
-  const strategy: BackupStrategy = withRuntime(new ImageTransferStrategy(client), options.logger ? { logger: options.logger } : undefined);
+  const strategy: BackupStrategy = withRuntime(new ImageTransferStrategy({ client }), options.logger ? { logger: options.logger } : undefined);
   const repo = new FileRepository(repository, options.logger ? { logger: options.logger } : {});
   const onProgress = (vm: string) => (e: ProgressEvent) => options.onProgress?.(vm, e);
 

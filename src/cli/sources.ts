@@ -130,9 +130,10 @@ async function rhvSource(config: CliConfig, name: string, m: ManagerConfig, { en
     name,
     platform: 'rhv',
     async strategy(id, options) {
-      // RHV strategies take the client first, then their options
+      // every strategy takes one options object with its platform handle named (`client` here);
+      // the handle goes last, so no config option can replace it
       const Cls = strategyClass(mod, id, 'virtstream/rhv');
-      return new Cls(client, await resolveStrategyOptions(config, id, options, env, logger));
+      return new Cls({ ...(await resolveStrategyOptions(config, id, options, env, logger)), client });
     },
     async listVms({ tag, signal }) {
       if (tag !== undefined && !TAG.test(tag)) throw new ConfigError('tags use letters, digits, ".", "_" and "-"', { field: 'match.tag' });
@@ -160,7 +161,7 @@ async function libvirtSource(config: CliConfig, name: string, h: HostConfig, { e
     platform: 'libvirt',
     async strategy(id, options) {
       const Cls = strategyClass(mod as unknown as Record<string, unknown>, id, 'virtstream/libvirt');
-      // libvirt strategies take one options object holding the host
+      // one options object with the platform handle named (`host`), as for the RHV strategies
       return new Cls({ ...options, host, logger });
     },
     async listVms({ tag, signal }) {

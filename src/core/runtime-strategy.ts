@@ -295,7 +295,7 @@ export class RuntimeStrategy implements BackupStrategy {
  * import { ImageTransferStrategy, RhvClient } from 'virtstream/rhv';
  *
  * const client = new RhvClient({ url: 'https://engine.example.com/ovirt-engine/api', username: 'admin@internal', password: 'secret' });
- * const strategy = withRuntime(new ImageTransferStrategy(client, { concurrency: 2 }), { logger: console });
+ * const strategy = withRuntime(new ImageTransferStrategy({ client, concurrency: 2 }), { logger: console });
  * ```
  */
 export function withRuntime(strategy: BackupStrategy, options?: RuntimeStrategyOptions): RuntimeStrategy {

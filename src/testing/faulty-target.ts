@@ -7,8 +7,11 @@
 import { addAbortListener } from 'node:events';
 import { throwIfAborted } from '../core/abort.js';
 import { AbortedError, InvalidArgumentError, VirtstreamError } from '../core/errors.js';
+import { isExtentStream } from '../core/extent.js';
+import type { ExtentStream } from '../core/extent.js';
 import { toReadable } from '../core/streams.js';
 import type { BackupRecord, BackupSession, BackupTarget, BeginBackupOptions, DiskArtifactInfo, DiskArtifactResult, WriteOptions } from '../core/target.js';
+import { extentsToRawStream } from '../formats/extents-to-raw-stream.js';
 
 /** Which step a {@link FaultInjectedError} was injected into. */
 export type InjectedFault = 'begin' | 'write' | 'metadata' | 'commit';
@@ -128,6 +131,8 @@ export class FaultyTarget implements BackupTarget {
  * session (state, sizes, names) stays the wrapped target's.
  */
 class FaultySession implements BackupSession {
+  /** Extents are turned into bytes here, where the faults count them. */
+  readonly acceptsExtents = true;
   readonly #inner: BackupSession;
   readonly #record: FaultySessionRecord;
   readonly #options: Readonly<FaultyTargetOptions>;
@@ -149,10 +154,16 @@ class FaultySession implements BackupSession {
     await this.#inner.writeMetadata(name, data, options);
   }
 
-  async writeDisk(info: DiskArtifactInfo, source: AsyncIterable<Uint8Array> | NodeJS.ReadableStream, options: WriteOptions = {}): Promise<DiskArtifactResult> {
+  async writeDisk(
+    info: DiskArtifactInfo,
+    source: AsyncIterable<Uint8Array> | NodeJS.ReadableStream | ExtentStream,
+    options: WriteOptions = {},
+  ): Promise<DiskArtifactResult> {
     this.#record.disks.push(info.diskId);
     const signal = options.signal ? AbortSignal.any([options.signal, this.#controller.signal]) : this.#controller.signal;
-    return this.#inner.writeDisk(info, this.#through(source, signal), options);
+    // faults are injected at a byte count: extents pass as the bytes they stand for
+    const bytes = isExtentStream(source) ? extentsToRawStream(source, { signal }) : source;
+    return this.#inner.writeDisk(info, this.#through(bytes, signal), options);
   }
 
   /** Counts the bytes passed on; at the configured byte, fails or stalls until `signal` fires. */

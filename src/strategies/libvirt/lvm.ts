@@ -39,6 +39,7 @@ import { runBackup } from '../../pipeline/backup-pipeline.js';
 import type { RestoreSink } from '../../pipeline/restore-pipeline.js';
 import { runRestore } from '../../pipeline/restore-pipeline.js';
 import { atConsistencyPoint } from './consistency-point.js';
+import { requireLibvirtHost } from './host-option.js';
 
 /** A volume group plus logical volume name. */
 export interface LvmVolumeRef {
@@ -125,9 +126,9 @@ export class LvmSnapshotStrategy implements BackupStrategy {
   readonly #o: Readonly<LvmSnapshotStrategyOptions>;
   readonly #policy: SnapshotSizePolicy;
 
-  /** @throws `ERR_INVALID_ARGUMENT` without a host or with a bad size policy. */
+  /** @throws InvalidArgumentError `ERR_INVALID_ARGUMENT` without a `host`, or with a bad size policy */
   constructor(options: LvmSnapshotStrategyOptions) {
-    if (!options?.host) throw new InvalidArgumentError('LvmSnapshotStrategy needs a LibvirtHost');
+    requireLibvirtHost('LvmSnapshotStrategy', options);
     this.#policy = options.snapshotSize ?? { percent: 20 };
     const p = this.#policy;
     if ('percent' in p ? !(p.percent > 0 && p.percent <= 100) : !(Number.isSafeInteger(p.bytes) && p.bytes > 0)) {

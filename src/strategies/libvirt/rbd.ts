@@ -35,6 +35,7 @@ import { formatRbdSpec, RbdClient, validateRbdName } from '../../libvirt/storage
 import type { BackupPipelineSpec, BackupSource } from '../../pipeline/backup-pipeline.js';
 import { runBackup } from '../../pipeline/backup-pipeline.js';
 import { runRestore } from '../../pipeline/restore-pipeline.js';
+import { requireLibvirtHost } from './host-option.js';
 import type { RbdPlan } from './rbd-backup-source.js';
 import { BASE_META_KEY, rbdBackupSource, rbdImageOf } from './rbd-backup-source.js';
 import { rbdRestoreSink } from './rbd-restore-sink.js';
@@ -106,9 +107,9 @@ export class RbdSnapshotStrategy implements BackupStrategy {
   readonly #clients = new Map<string, RbdClient>();
   readonly #source: BackupSource<RbdPlan>;
 
-  /** @throws `ERR_INVALID_ARGUMENT` for an invalid snapshot prefix or hook. */
+  /** @throws InvalidArgumentError `ERR_INVALID_ARGUMENT` without a `host`, or for an invalid snapshot prefix or hook */
   constructor(options: RbdSnapshotStrategyOptions) {
-    if (!options?.host) throw new InvalidArgumentError('RbdSnapshotStrategy needs a LibvirtHost');
+    requireLibvirtHost('RbdSnapshotStrategy', options);
     this.#prefix = options.snapshotPrefix ?? 'virtstream-';
     validateRbdName('snapshot', `${this.#prefix}x`);
     this.#o = Object.freeze({ ...options, ceph: options.ceph ? Object.freeze({ ...options.ceph }) : undefined });

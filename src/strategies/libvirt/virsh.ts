@@ -12,6 +12,7 @@ import { recoveryWarnings, withDomainLock } from '../../libvirt/recovery.js';
 import type { BackupPipelineSpec } from '../../pipeline/backup-pipeline.js';
 import { runBackup } from '../../pipeline/backup-pipeline.js';
 import { runRestore } from '../../pipeline/restore-pipeline.js';
+import { requireLibvirtHost } from './host-option.js';
 import { virshBackupSource } from './virsh/backup-source.js';
 import { newRunId } from './virsh/file-tags.js';
 import { recoverLeftovers } from './virsh/recovery.js';
@@ -79,9 +80,9 @@ export class VirshStrategy implements BackupStrategy {
   readonly #options: Readonly<Required<Omit<VirshStrategyOptions, 'host' | 'logger'>>>;
   readonly #logger: Logger;
 
-  /** @throws `ERR_INVALID_ARGUMENT` for invalid hooks. */
+  /** @throws InvalidArgumentError `ERR_INVALID_ARGUMENT` without a `host`, or for invalid hooks */
   constructor(options: VirshStrategyOptions) {
-    this.#host = options.host;
+    this.#host = requireLibvirtHost('VirshStrategy', options);
     this.#logger = redactingLogger(options.logger ?? silentLogger);
     for (const h of [...(options.preHooks ?? []), ...(options.postHooks ?? [])]) validateHook(h);
     this.#options = Object.freeze({

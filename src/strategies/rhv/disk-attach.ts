@@ -27,10 +27,13 @@ import { createBackupSnapshot } from './backup-snapshot.js';
 import { attachedDisks } from './disk-plan.js';
 import { diskAttachRestoreSink } from './disk-attach-restore.js';
 import type { RhvRecoverOptions } from './recovery.js';
+import { rhvStrategyOptions } from './client-options.js';
 import { RecoveryLog, recoverSnapshots, unrecoveredWarnings } from './recovery.js';
 
 /** Options for {@link DiskAttachStrategy}. */
 export interface DiskAttachStrategyOptions {
+  /** The engine connection; used, never closed. */
+  client: RhvClient;
   /** The proxy VM's id; detected from the SMBIOS system UUID when absent. */
   proxyVmId?: string;
   /** File holding the system UUID. @defaultValue '/sys/class/dmi/id/product_uuid' */
@@ -88,7 +91,7 @@ interface AttachPlan extends BackupPlan<AttachDisk> {
  *
  * @example
  * ```ts
- * const strategy = new DiskAttachStrategy(rhv); // detects its own VM, checks Virtio-SCSI and the LVM filter
+ * const strategy = new DiskAttachStrategy({ client: rhv }); // detects its own VM, checks Virtio-SCSI and the LVM filter
  * await strategy.backup({ name: 'web01' }, repo, { excludeDisks: ['scratch'] });
  * ```
  */
@@ -103,13 +106,25 @@ export class DiskAttachStrategy implements BackupStrategy {
     fullOnlyReason: 'a snapshot disk read whole carries no changed blocks; image-transfer and ssh-transfer make incrementals',
   };
   readonly #client: RhvClient;
-  readonly #options: Readonly<DiskAttachStrategyOptions>;
+  readonly #options: Readonly<Omit<DiskAttachStrategyOptions, 'client'>>;
   readonly #discovery: DeviceDiscovery;
 
-  /** `client` is used, never closed. */
-  constructor(client: RhvClient, options: DiskAttachStrategyOptions = {}) {
+  /**
+   * `options.client` is used, never closed.
+   *
+   * @throws InvalidArgumentError `ERR_INVALID_ARGUMENT` without a `client`
+   */
+  constructor(options: DiskAttachStrategyOptions);
+  /**
+   * The positional form of earlier releases; it still works, with one `DeprecationWarning`.
+   *
+   * @deprecated Pass one options object: `new DiskAttachStrategy({ client, ...options })`. This form goes in the next major release.
+   */
+  constructor(client: RhvClient, options?: Omit<DiskAttachStrategyOptions, 'client'>);
+  constructor(first: DiskAttachStrategyOptions | RhvClient, rest?: Omit<DiskAttachStrategyOptions, 'client'>) {
+    const { client, ...options } = rhvStrategyOptions<DiskAttachStrategyOptions>('DiskAttachStrategy', first, rest);
     this.#client = client;
-    this.#options = Object.freeze({ ...options });
+    this.#options = Object.freeze(options);
     this.#discovery = options.deviceDiscovery ?? new ByIdDeviceDiscovery();
   }
 

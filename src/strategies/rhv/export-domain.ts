@@ -38,10 +38,13 @@ import { RhvV3Api } from '../../rhv/v3/v3-api.js';
 import type { ExportTarget } from './export-domain-target.js';
 import { exportDomainRestoreSink } from './export-domain-restore.js';
 import { cloneName, clonePattern, readExportedOvf, removeExport, requireApiV3, resolveExportTarget } from './export-domain-target.js';
+import { rhvStrategyOptions } from './client-options.js';
 import { RecoveryLog, unrecoveredWarnings } from './recovery.js';
 
 /** Options for {@link ExportDomainStrategy}. */
 export interface ExportDomainStrategyOptions {
+  /** The engine connection, created with `apiVersion: 3`; used, never closed. */
+  client: RhvClient;
   /** Where the export domain's NFS share is mounted on this machine (the directory holding `<sd_uuid>/`). */
   stagingPath: string;
   /**
@@ -101,7 +104,7 @@ interface ExportPlan extends BackupPlan<SourceDisk> {
  * @example
  * ```ts
  * await using rhv = new RhvClient({ url, username, password, caFile, apiVersion: 3 });
- * const strategy = new ExportDomainStrategy(rhv, { stagingPath: '/mnt/export' });
+ * const strategy = new ExportDomainStrategy({ client: rhv, stagingPath: '/mnt/export' });
  * await strategy.backup({ name: 'web01' }, repo);
  * ```
  */
@@ -117,19 +120,27 @@ export class ExportDomainStrategy implements BackupStrategy {
   };
   readonly #client: RhvClient;
   readonly #v3: RhvV3Api;
-  readonly #options: Readonly<ExportDomainStrategyOptions>;
+  readonly #options: Readonly<Omit<ExportDomainStrategyOptions, 'client'>>;
 
   /**
-   * `client` must be created with `apiVersion: 3`; it is used, never closed.
+   * `options.client` must be created with `apiVersion: 3`; it is used, never closed.
    *
-   * @throws InvalidArgumentError `ERR_INVALID_ARGUMENT` without a staging path or with a v4 client
+   * @throws InvalidArgumentError `ERR_INVALID_ARGUMENT` without a `client` or a staging path, or with a v4 client
    */
-  constructor(client: RhvClient, options: ExportDomainStrategyOptions) {
-    if (!options || typeof options.stagingPath !== 'string' || !options.stagingPath.startsWith('/'))
+  constructor(options: ExportDomainStrategyOptions);
+  /**
+   * The positional form of earlier releases; it still works, with one `DeprecationWarning`.
+   *
+   * @deprecated Pass one options object: `new ExportDomainStrategy({ client, stagingPath, ... })`. This form goes in the next major release.
+   */
+  constructor(client: RhvClient, options: Omit<ExportDomainStrategyOptions, 'client'>);
+  constructor(first: ExportDomainStrategyOptions | RhvClient, rest?: Omit<ExportDomainStrategyOptions, 'client'>) {
+    const { client, ...options } = rhvStrategyOptions<ExportDomainStrategyOptions>('ExportDomainStrategy', first, rest);
+    if (typeof options.stagingPath !== 'string' || !options.stagingPath.startsWith('/'))
       throw new InvalidArgumentError('export-domain needs an absolute options.stagingPath');
     this.#client = client;
     this.#v3 = new RhvV3Api(client, options.poll ?? {});
-    this.#options = Object.freeze({ ...options });
+    this.#options = Object.freeze(options);
   }
 
   #log(options: { logger?: Logger }, bindings: object): Logger {

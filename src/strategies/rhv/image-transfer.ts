@@ -28,10 +28,13 @@ import { transferSource } from './image-transfer/transfer-source.js';
 import type { TransferContext } from './image-transfer/transfers.js';
 import { requireImageTransferEngine, SNAPSHOT_DESCRIPTION_PREFIX } from './image-transfer/transfers.js';
 import type { RhvRecoverOptions } from './recovery.js';
+import { rhvStrategyOptions } from './client-options.js';
 import { keptSnapshotIds, listingSource, recoverBackups, recoverSnapshots, recoverTransfers, startRecovery, unrecoveredWarnings, vmDisks } from './recovery.js';
 
 /** Options for {@link ImageTransferStrategy}. */
 export interface ImageTransferStrategyOptions {
+  /** The engine connection; used, never closed. */
+  client: RhvClient;
   /** Disks transferred in parallel. @defaultValue 2 */
   concurrency?: number;
   /** Output format of disk artifacts; incrementals need `qcow2`. @defaultValue 'qcow2' */
@@ -94,7 +97,7 @@ export interface ImageTransferStrategyOptions {
  * @example
  * ```ts
  * await using rhv = new RhvClient({ url, username: 'admin@internal', password, caFile: 'ca.pem' });
- * const strategy = new ImageTransferStrategy(rhv, { incrementalMode: 'backup-api' });
+ * const strategy = new ImageTransferStrategy({ client: rhv, incrementalMode: 'backup-api' });
  * const repo = new FileRepository('/backups');
  * const full = await strategy.backup({ name: 'web01' }, repo);
  * await strategy.backup({ name: 'web01' }, repo, { kind: 'incremental', parent: full.record });
@@ -106,12 +109,24 @@ export class ImageTransferStrategy implements BackupStrategy {
   /** What this strategy can do. */
   readonly capabilities: StrategyCapabilities = Object.freeze({ incremental: true, live: true, sparse: true, restore: true });
   readonly #client: RhvClient;
-  readonly #options: Readonly<ImageTransferStrategyOptions>;
+  readonly #options: Readonly<Omit<ImageTransferStrategyOptions, 'client'>>;
   readonly #ctx: TransferContext;
   readonly #spec: BackupPipelineSpec;
 
-  /** `client` is used, never closed. */
-  constructor(client: RhvClient, options: ImageTransferStrategyOptions = {}) {
+  /**
+   * `options.client` is used, never closed.
+   *
+   * @throws InvalidArgumentError `ERR_INVALID_ARGUMENT` without a `client`, or with a bad `concurrency` or `keepCheckpoints`
+   */
+  constructor(options: ImageTransferStrategyOptions);
+  /**
+   * The positional form of earlier releases; it still works, with one `DeprecationWarning`.
+   *
+   * @deprecated Pass one options object: `new ImageTransferStrategy({ client, ...options })`. This form goes in the next major release.
+   */
+  constructor(client: RhvClient, options?: Omit<ImageTransferStrategyOptions, 'client'>);
+  constructor(first: ImageTransferStrategyOptions | RhvClient, rest?: Omit<ImageTransferStrategyOptions, 'client'>) {
+    const { client, ...options } = rhvStrategyOptions<ImageTransferStrategyOptions>('ImageTransferStrategy', first, rest);
     this.#client = client;
     const concurrency = options.concurrency ?? 2;
     if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 64) throw new InvalidArgumentError(`concurrency must be 1..64, got ${concurrency}`);
@@ -233,6 +248,6 @@ export class ImageTransferStrategy implements BackupStrategy {
  * raw layers and the OVF): ssh-transfer restores its backups through it.
  * @internal
  */
-export function imageioRestoreSink(strategy: string, client: RhvClient, options: ImageTransferStrategyOptions = {}): RestoreSink<unknown> {
+export function imageioRestoreSink(strategy: string, client: RhvClient, options: Omit<ImageTransferStrategyOptions, 'client'> = {}): RestoreSink<unknown> {
   return transferSink(Object.freeze({ strategy, client, options: Object.freeze({ ...options }), poll: options.poll ?? {} })) as RestoreSink<unknown>;
 }

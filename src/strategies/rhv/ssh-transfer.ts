@@ -42,6 +42,7 @@ import { createBackupSnapshot } from './backup-snapshot.js';
 import type { RhvDiskPlan } from './disk-plan.js';
 import { imageioRestoreSink } from './image-transfer.js';
 import type { ImageTransferStrategyOptions } from './image-transfer.js';
+import { rhvStrategyOptions } from './client-options.js';
 import { describeDiskLock, keptSnapshotIds, listingSource, recoverSnapshots, startRecovery, unrecoveredWarnings } from './recovery.js';
 import type { RhvRecoverOptions } from './recovery.js';
 import type { HypervisorInfo, StorageDomainLocation } from './ssh-transfer-host.js';
@@ -55,6 +56,8 @@ const OVF_NAME = 'vm.ovf';
 
 /** Options for {@link SshTransferStrategy}. */
 export interface SshTransferStrategyOptions {
+  /** The engine connection (metadata, snapshots, the imageio restore); used, never closed. */
+  client: RhvClient;
   /**
    * SSH settings per hypervisor, keyed by host name, id or address, or a function of the host.
    * Host keys are verified (known_hosts); key or password authentication.
@@ -80,7 +83,7 @@ export interface SshTransferStrategyOptions {
    */
   stallTimeoutMs?: number;
   /** Settings of the imageio restore (see {@link ImageTransferStrategyOptions}). */
-  restore?: Omit<ImageTransferStrategyOptions, 'poll'>;
+  restore?: Omit<ImageTransferStrategyOptions, 'client' | 'poll'>;
   /** Overrides the client's polling for this strategy's waits. */
   poll?: RhvPollOptions;
   /** Creates the runner for a hypervisor (tests wrap it); the strategy closes what it gets. @defaultValue `new SshRunner(options)` */
@@ -117,7 +120,8 @@ interface SshPlan extends BackupPlan<SshDisk> {
  *
  * @example
  * ```ts
- * const strategy = new SshTransferStrategy(rhv, {
+ * const strategy = new SshTransferStrategy({
+ *   client: rhv,
  *   hosts: { host1: { host: 'host1.example', username: 'root', privateKeyPath: '/root/.ssh/id_ed25519', knownHostsPath: '/root/.ssh/known_hosts' } },
  * });
  * const full = await strategy.backup({ name: 'web01' }, repo);
@@ -131,17 +135,29 @@ export class SshTransferStrategy implements BackupStrategy {
   readonly capabilities: StrategyCapabilities = Object.freeze({ incremental: true, live: true, sparse: true, restore: true });
   readonly #spec: BackupPipelineSpec = { id: this.id, capabilities: this.capabilities };
   readonly #client: RhvClient;
-  readonly #options: Readonly<SshTransferStrategyOptions>;
+  readonly #options: Readonly<Omit<SshTransferStrategyOptions, 'client'>>;
 
-  /** `client` is used, never closed. @throws InvalidArgumentError `ERR_INVALID_ARGUMENT` without `hosts` */
-  constructor(client: RhvClient, options: SshTransferStrategyOptions) {
-    if (!options || (typeof options.hosts !== 'function' && (typeof options.hosts !== 'object' || options.hosts === null))) {
+  /**
+   * `options.client` is used, never closed.
+   *
+   * @throws InvalidArgumentError `ERR_INVALID_ARGUMENT` without a `client` or `hosts`, or with a bad `stallTimeoutMs`
+   */
+  constructor(options: SshTransferStrategyOptions);
+  /**
+   * The positional form of earlier releases; it still works, with one `DeprecationWarning`.
+   *
+   * @deprecated Pass one options object: `new SshTransferStrategy({ client, hosts, ... })`. This form goes in the next major release.
+   */
+  constructor(client: RhvClient, options: Omit<SshTransferStrategyOptions, 'client'>);
+  constructor(first: SshTransferStrategyOptions | RhvClient, rest?: Omit<SshTransferStrategyOptions, 'client'>) {
+    const { client, ...options } = rhvStrategyOptions<SshTransferStrategyOptions>('SshTransferStrategy', first, rest);
+    if (typeof options.hosts !== 'function' && (typeof options.hosts !== 'object' || options.hosts === null)) {
       throw new InvalidArgumentError('ssh-transfer needs options.hosts (SSH settings per hypervisor)');
     }
     const stall = options.stallTimeoutMs;
     if (stall !== undefined && (!Number.isFinite(stall) || stall < 0)) throw new InvalidArgumentError(`stallTimeoutMs must be 0 or more, got ${stall}`);
     this.#client = client;
-    this.#options = Object.freeze({ ...options });
+    this.#options = Object.freeze(options);
   }
 
   #log(options: { logger?: Logger }, bindings: object): Logger {

@@ -9,7 +9,9 @@
 import { createHash } from 'node:crypto';
 import { pipeline } from 'node:stream/promises';
 import { normalizeAbort, throwIfAborted } from '../../core/abort.js';
-import { AbortedError, VirtstreamError, isVirtstreamError } from '../../core/errors.js';
+import { AbortedError, InvalidArgumentError, SizeMismatchError, VirtstreamError, isVirtstreamError } from '../../core/errors.js';
+import { isExtentStream } from '../../core/extent.js';
+import type { ExtentStream } from '../../core/extent.js';
 import { fileSystemError } from '../../core/fs-error.js';
 import type { Logger } from '../../core/logger.js';
 import { silentLogger } from '../../core/logger.js';
@@ -17,10 +19,12 @@ import { RepositoryError } from '../../core/repository-error.js';
 import { DigestStream, ExactSizeStream, toReadable } from '../../core/streams.js';
 import type { BackupRecord, BackupSession, BeginBackupOptions, DiskArtifactInfo, DiskArtifactResult, WriteOptions } from '../../core/target.js';
 import { backupIdFor, diskFileName, metadataFileName } from '../../formats/artifact-names.js';
+import { extentsToRawStream } from '../../formats/extents-to-raw-stream.js';
 import { MANIFEST_SCHEMA, assertPlainName, manifestToRecord } from '../../formats/manifest.js';
 import type { BackupManifest, ManifestDisk, ManifestMetadata } from '../../formats/manifest.js';
 import { checkBeginOptions, checkDiskInfo, checkExpectedBytes } from './checks.js';
 import type { DriverLock, StagedBackup, TargetDriver } from './driver.js';
+import { MeasuredExtents } from './measured-extents.js';
 
 /** What {@link beginBackup} needs besides the driver. */
 export interface BeginContext {
@@ -87,6 +91,8 @@ interface SessionInit {
 }
 
 class CoreBackupSession implements BackupSession {
+  /** Drivers that cannot take extents get the bytes from the session itself. */
+  readonly acceptsExtents = true;
   readonly backupId: string;
   readonly #init: SessionInit;
   readonly #options: BeginBackupOptions;
@@ -148,10 +154,19 @@ class CoreBackupSession implements BackupSession {
     }
   }
 
-  async writeDisk(info: DiskArtifactInfo, source: AsyncIterable<Uint8Array> | NodeJS.ReadableStream, options: WriteOptions = {}): Promise<DiskArtifactResult> {
+  async writeDisk(
+    info: DiskArtifactInfo,
+    source: AsyncIterable<Uint8Array> | NodeJS.ReadableStream | ExtentStream,
+    options: WriteOptions = {},
+  ): Promise<DiskArtifactResult> {
     this.#assertOpen();
     const checked = checkDiskInfo(info, this.#options.parentId);
     checkExpectedBytes(options.expectedBytes);
+    const extents = isExtentStream(source) ? source : undefined;
+    if (extents) {
+      if (checked.format !== 'raw') throw new InvalidArgumentError(`an extent stream can be written as a raw artifact only, not ${checked.format}`);
+      if (!Number.isSafeInteger(extents.size) || extents.size < 0) throw new InvalidArgumentError('extent stream size must be a non-negative integer');
+    }
     const key = `disk:${checked.diskId}`;
     const file = diskFileName(checked.diskId, checked.format);
     if (this.#disks.has(checked.diskId) || this.#reserved.has(key)) {
@@ -163,7 +178,10 @@ class CoreBackupSession implements BackupSession {
     this.#reserved.add(key);
     this.#files.add(file);
     try {
-      const measured = await this.#track(this.#put(file, source, signal, `disk ${JSON.stringify(checked.diskId)}`, options));
+      const what = `disk ${JSON.stringify(checked.diskId)}`;
+      const measured = await this.#track(
+        extents ? this.#putExtents(file, extents, signal, what, options) : this.#put(file, source as AsyncIterable<Uint8Array>, signal, what, options),
+      );
       this.#disks.set(checked.diskId, { ...checked, file, ...measured, writtenAt: new Date().toISOString() });
       this.#init.logger.debug({ backupId: this.backupId, diskId: checked.diskId, bytes: measured.bytes }, 'disk artifact written');
       return { diskId: checked.diskId, ...measured };
@@ -173,6 +191,24 @@ class CoreBackupSession implements BackupSession {
     } finally {
       this.#reserved.delete(key);
     }
+  }
+
+  /**
+   * A disk given as extents: to a driver that takes extents, checked and measured as the raw bytes
+   * they stand for; to any other driver, as those bytes (`extentsToRawStream`).
+   */
+  async #putExtents(file: string, source: ExtentStream, signal: AbortSignal, what: string, options: WriteOptions): Promise<{ bytes: number; sha256: string }> {
+    // the size is known up front: a wrong one fails as a wrong-size byte stream would, before any write
+    if (options.expectedBytes !== undefined && options.expectedBytes !== source.size) {
+      throw new SizeMismatchError({ what, expected: options.expectedBytes, actual: source.size });
+    }
+    const staged = this.#init.staged;
+    if (!staged.putDiskExtents) return this.#put(file, extentsToRawStream(source, { signal }), signal, what, { ...options, expectedBytes: source.size });
+    const measured = new MeasuredExtents(source, signal, options.onBytes);
+    await staged.putDiskExtents(file, measured, { signal });
+    throwIfAborted(signal);
+    if (!measured.drained) throw new VirtstreamError('ERR_INTERNAL', `the target's driver did not read ${what} to its end`);
+    return { bytes: source.size, sha256: measured.digest() };
   }
 
   /** Streams `source` through the size check and the digest into the driver. */

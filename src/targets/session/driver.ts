@@ -6,6 +6,7 @@
  *
  * @module
  */
+import type { ExtentStream } from '../../core/extent.js';
 import type { BackupManifest } from '../../formats/manifest.js';
 
 /** Options every driver call takes. */
@@ -31,6 +32,15 @@ export interface StagedBackup {
    * (a short stream, an abort) or the store fails, throw, and leave nothing of `file` behind.
    */
   putDisk(file: string, data: AsyncIterable<Buffer>, options: DriverCallOptions): Promise<void>;
+  /**
+   * Optional capability: stores one `raw` disk artifact given as extents, so that zero and hole
+   * ranges need not be written (nor scanned for) as zeros. The stored bytes must read exactly as
+   * the raw byte sequence: data at its offsets, zeros elsewhere, `data.size` bytes in all. `data` is
+   * already checked (chunks in order, inside `size`, gaps given as holes) and measured by the core:
+   * consume it to its end; on failure, throw and leave nothing of `file` behind, as `putDisk`.
+   * Without it, the core passes the bytes to `putDisk` (what `extentsToRawStream` makes of them).
+   */
+  putDiskExtents?(file: string, data: ExtentStream, options: DriverCallOptions): Promise<void>;
   /** Stores one small metadata file under `file` (`meta/<name>`); on failure, throw and leave nothing behind. */
   putMetadata(file: string, data: Buffer, options: DriverCallOptions): Promise<void>;
   /**

@@ -75,7 +75,7 @@ export interface ExportDomainSimulatorOptions {
  * ```ts
  * const exports = await ExportDomainSimulator.install(sim);
  * const rhv3 = new RhvClient({ url: sim.url, username: 'admin@internal', password: 'secret', ca: sim.caPem, apiVersion: 3 });
- * new ExportDomainStrategy(rhv3, { stagingPath: exports.stagingPath, chown: false });
+ * new ExportDomainStrategy({ client: rhv3, stagingPath: exports.stagingPath, chown: false });
  * ```
  */
 export class ExportDomainSimulator implements SimulatorExtension {

@@ -39,7 +39,7 @@ export interface HypervisorTreeOptions {
  * @example
  * ```ts
  * const tree = await HypervisorTree.install(sim);
- * new SshTransferStrategy(rhv, { hosts: { simhost: sshOptions }, rhevRoot: tree.root });
+ * new SshTransferStrategy({ client: rhv, hosts: { simhost: sshOptions }, rhevRoot: tree.root });
  * ```
  */
 export class HypervisorTree implements SimulatorExtension {

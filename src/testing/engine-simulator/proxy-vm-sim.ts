@@ -44,7 +44,7 @@ export interface ProxyVmSimulatorOptions {
  * ```ts
  * const proxies = await ProxyVmSimulator.install(sim);
  * const proxy = await proxies.addProxyVm('backup-proxy');
- * new DiskAttachStrategy(rhv, { proxyVmId: proxy.id, deviceDiscovery: new ByIdDeviceDiscovery({ folder: proxies.byIdDir }) });
+ * new DiskAttachStrategy({ client: rhv, proxyVmId: proxy.id, deviceDiscovery: new ByIdDeviceDiscovery({ folder: proxies.byIdDir }) });
  * ```
  */
 export class ProxyVmSimulator implements SimulatorExtension {

@@ -8,7 +8,6 @@
  */
 import { childLogger } from '../../../core/logger.js';
 import type { StoredDiskArtifact } from '../../../core/target.js';
-import { extentsToRawStream } from '../../../formats/extents-to-raw-stream.js';
 import { backingFileName } from '../../../formats/artifact-names.js';
 import { writeQcow2 } from '../../../formats/qcow2/qcow2-writer.js';
 import type { BackupPlan, BackupRun, BackupSource, DiskRead } from '../../../pipeline/backup-pipeline.js';
@@ -172,7 +171,7 @@ export function transferSource(
                 ...(base ? { backingFile: backingFileName(base.backupId, base.artifact.file), backingFormat: 'qcow2' as const } : {}),
                 ...run.sig,
               })
-            : extentsToRawStream(stream, run.sig),
+            : stream, // raw: the extents themselves, so the target keeps zero ranges as holes
         release: async () => {
           run.progress.phase('finalize', disk);
           await transfer.finish(run.signal);

@@ -19,7 +19,7 @@ import type { ImageTransferStrategyOptions } from '../image-transfer.js';
 export interface TransferContext {
   readonly strategy: string;
   readonly client: RhvClient;
-  readonly options: Readonly<ImageTransferStrategyOptions>;
+  readonly options: Readonly<Omit<ImageTransferStrategyOptions, 'client'>>;
   readonly poll: RhvPollOptions;
 }
 

@@ -74,7 +74,7 @@ defineStrategySuite(
     const b = await baseFixture();
     const tree = await HypervisorTree.install(b.sim);
     return {
-      strategy: new SshTransferStrategy(b.rhv, { hosts: { simhost: labSshOptions() }, rhevRoot: tree.root, spoolDir: b.scratch, poll: POLL }),
+      strategy: new SshTransferStrategy({ client: b.rhv, hosts: { simhost: labSshOptions() }, rhevRoot: tree.root, spoolDir: b.scratch, poll: POLL }),
       vm: { name: b.name },
       readDisks: (vm) => readSimDisks(b.sim, b.scratch, vm.name),
       mutate: b.mutate,
@@ -110,7 +110,8 @@ for (const profile of ['4.3', '4.4.2', '4.5'] as const)
       await writeFile(join(conf, 'uuid'), proxy.id);
       await writeFile(join(conf, 'lvm.conf'), 'devices {\n filter = [ "r|.*|" ]\n}\n');
       return {
-        strategy: new DiskAttachStrategy(b.rhv, {
+        strategy: new DiskAttachStrategy({
+          client: b.rhv,
           uuidFile: join(conf, 'uuid'),
           lvmConfPath: join(conf, 'lvm.conf'),
           deviceDiscovery: new ByIdDeviceDiscovery({ folder: proxies.byIdDir }),
@@ -149,7 +150,7 @@ for (const profile of ['3.6', '4.3'] as const)
       const exports = await ExportDomainSimulator.install(b.sim);
       const rhv3 = new RhvClient({ url: b.sim.url, username: 'admin@internal', password: 'secret', ca: b.sim.caPem, poll: POLL, apiVersion: 3 });
       return {
-        strategy: new ExportDomainStrategy(rhv3, { stagingPath: exports.stagingPath, chown: false, poll: POLL }),
+        strategy: new ExportDomainStrategy({ client: rhv3, stagingPath: exports.stagingPath, chown: false, poll: POLL }),
         vm: { name: b.name },
         async readDisks(vm) {
           const imported = exports.state().vms.find((v) => v.name === vm.name && v.kind === 'imported');

@@ -16,8 +16,9 @@ let lvmConf: string;
 const h = { seq: 0 } as EngineHarness;
 const ext = {} as { proxies: ProxyVmSimulator };
 
-function strategy(options: Partial<DiskAttachStrategyOptions> = {}): DiskAttachStrategy {
-  return new DiskAttachStrategy(h.rhv, {
+function strategy(options: Partial<Omit<DiskAttachStrategyOptions, 'client'>> = {}): DiskAttachStrategy {
+  return new DiskAttachStrategy({
+    client: h.rhv,
     uuidFile: join(h.dir, 'product_uuid'),
     deviceDiscovery: new ByIdDeviceDiscovery({ folder: ext.proxies.byIdDir }),
     deviceWaitMs: 2000,

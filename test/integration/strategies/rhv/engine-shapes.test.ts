@@ -15,8 +15,8 @@ import { MB, POLL, twoDisks, useEngineHarness } from '../../../support/engine-ha
 const run = promisify(execFile);
 const h = useEngineHarness('rhv-shapes', { disks: twoDisks('cow', MB) });
 
-function strategy(options: ImageTransferStrategyOptions = {}): ImageTransferStrategy {
-  return new ImageTransferStrategy(h.rhv, { poll: POLL, ...options, imageio: { retries: 1, ...options.imageio } });
+function strategy(options: Omit<ImageTransferStrategyOptions, 'client'> = {}): ImageTransferStrategy {
+  return new ImageTransferStrategy({ client: h.rhv, poll: POLL, ...options, imageio: { retries: 1, ...options.imageio } });
 }
 
 async function identical(a: { path: string; format: string }, b: { path: string; format: string }): Promise<boolean> {

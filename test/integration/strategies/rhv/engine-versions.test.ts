@@ -58,7 +58,7 @@ function captureLogger(): Logger & { lines: string[] } {
 describe('image-transfer per engine version', () => {
   it('3.6 (API v3 only): backup and restore are ERR_UNSUPPORTED naming 3.6 and export-domain, before any change', async () => {
     const { sim, rhv, vm, repo } = await engine('3.6');
-    const s = new ImageTransferStrategy(rhv, { poll: POLL });
+    const s = new ImageTransferStrategy({ client: rhv, poll: POLL });
     await expect(s.backup({ name: vm }, repo)).rejects.toMatchObject({
       code: 'ERR_UNSUPPORTED',
       message: expect.stringMatching(/engine 3\.6\.7.*export-domain/),
@@ -70,11 +70,11 @@ describe('image-transfer per engine version', () => {
 
   it('4.3: backup-api mode is ERR_UNSUPPORTED naming 4.3 and snapshot-chain; snapshot-chain backs up and restores', async () => {
     const { sim, rhv, vm, repo } = await engine('4.3');
-    await expect(new ImageTransferStrategy(rhv, { poll: POLL, incrementalMode: 'backup-api' }).backup({ name: vm }, repo)).rejects.toMatchObject({
+    await expect(new ImageTransferStrategy({ client: rhv, poll: POLL, incrementalMode: 'backup-api' }).backup({ name: vm }, repo)).rejects.toMatchObject({
       code: 'ERR_UNSUPPORTED',
       message: expect.stringMatching(/engine 4\.3\.10.*snapshot-chain/),
     });
-    const s = new ImageTransferStrategy(rhv, { poll: POLL, keepLastSnapshot: false });
+    const s = new ImageTransferStrategy({ client: rhv, poll: POLL, keepLastSnapshot: false });
     const full = await s.backup({ name: vm }, repo);
     expect(full.record.kind).toBe('full');
     const restored = await s.restore(vm, repo, { newName: `${vm}-restored` });
@@ -85,7 +85,7 @@ describe('image-transfer per engine version', () => {
     '%s: a snapshot-chain incremental is a full backup whose reason names the version and the mode to use',
     async (profile) => {
       const { sim, rhv, vm, repo } = await engine(profile);
-      const s = new ImageTransferStrategy(rhv, { poll: POLL });
+      const s = new ImageTransferStrategy({ client: rhv, poll: POLL });
       const full = await s.backup({ name: vm }, repo);
       await sim.writeGuestData(vm, 'root', { offset: 2 * MB, length: 65536, pattern: 0x22 });
       const next = await s.backup({ name: vm }, repo, { kind: 'incremental', parent: full.record });
@@ -99,7 +99,7 @@ describe('image-transfer per engine version', () => {
 
   it('4.4.2: backup-api incrementals work', async () => {
     const { sim, rhv, vm, repo } = await engine('4.4.2');
-    const s = new ImageTransferStrategy(rhv, { poll: POLL, incrementalMode: 'backup-api' });
+    const s = new ImageTransferStrategy({ client: rhv, poll: POLL, incrementalMode: 'backup-api' });
     const full = await s.backup({ name: vm }, repo);
     await sim.writeGuestData(vm, 'root', { offset: 2 * MB, length: 65536, pattern: 0x23 });
     const inc = await s.backup({ name: vm }, repo, { kind: 'incremental', parent: full.record });
@@ -108,7 +108,7 @@ describe('image-transfer per engine version', () => {
 
   it('restore refuses a data domain that is not active in the data center, before creating anything (ERR_RHV_PLACEMENT)', async () => {
     const { sim, rhv, vm, repo } = await engine('4.5');
-    const s = new ImageTransferStrategy(rhv, { poll: POLL, keepLastSnapshot: false });
+    const s = new ImageTransferStrategy({ client: rhv, poll: POLL, keepLastSnapshot: false });
     await s.backup({ name: vm }, repo);
     const disksBefore = sim.state().disks.length;
     sim.setStorageDomainStatus('maintenance');
@@ -116,19 +116,23 @@ describe('image-transfer per engine version', () => {
       code: 'ERR_RHV_PLACEMENT',
       message: expect.stringContaining('simdata: maintenance'),
     });
-    await expect(new ImageTransferStrategy(rhv, { poll: POLL, storageDomain: 'simdata' }).restore(vm, repo, { newName: `${vm}-r` })).rejects.toMatchObject({
+    await expect(
+      new ImageTransferStrategy({ client: rhv, poll: POLL, storageDomain: 'simdata' }).restore(vm, repo, { newName: `${vm}-r` }),
+    ).rejects.toMatchObject({
       code: 'ERR_RHV_PLACEMENT',
     });
-    await expect(new ImageTransferStrategy(rhv, { poll: POLL, storageDomain: 'nope' }).restore(vm, repo, { newName: `${vm}-r` })).rejects.toMatchObject({
-      code: 'ERR_NOT_FOUND',
-    });
+    await expect(new ImageTransferStrategy({ client: rhv, poll: POLL, storageDomain: 'nope' }).restore(vm, repo, { newName: `${vm}-r` })).rejects.toMatchObject(
+      {
+        code: 'ERR_NOT_FOUND',
+      },
+    );
     expect(sim.state().disks).toHaveLength(disksBefore);
     expect(sim.state().vms.some((v) => v.name === `${vm}-r`)).toBe(false);
   });
 
   it('audit events are posted with valid custom ids; a refused post is a warning, never a failed backup', async () => {
     const { sim, rhv, vm, repo } = await engine('4.5');
-    const s = new ImageTransferStrategy(rhv, { poll: POLL, auditEvents: true, keepLastSnapshot: false });
+    const s = new ImageTransferStrategy({ client: rhv, poll: POLL, auditEvents: true, keepLastSnapshot: false });
     const first = await s.backup({ name: vm }, repo);
     const events = await rhv.events.list();
     expect(events.map((e) => e.description)).toEqual([`virtstream: full backup of ${vm} started`, `virtstream: backup ${first.record.id} of ${vm} completed`]);
@@ -144,7 +148,7 @@ describe('the other modes per engine version', () => {
   it('ssh-transfer before 4.4.3 is ERR_UNSUPPORTED naming the version and image-transfer (it needs /disks/{id}/disksnapshots)', async () => {
     for (const profile of ['4.3', '4.4.2'] as const) {
       const { rhv, vm, repo } = await engine(profile);
-      const s = new SshTransferStrategy(rhv, { hosts: {}, poll: POLL });
+      const s = new SshTransferStrategy({ client: rhv, hosts: {}, poll: POLL });
       await expect(s.backup({ name: vm }, repo)).rejects.toMatchObject({
         code: 'ERR_UNSUPPORTED',
         message: expect.stringMatching(/engine 4\.\d\.\d+.*4\.4\.3.*image-transfer/),
@@ -156,7 +160,8 @@ describe('the other modes per engine version', () => {
     const { rhv, vm, repo } = await engine('3.6');
     const conf = join(dir, `conf-${++seq}`);
     await writeFile(conf, 'x');
-    const s = new DiskAttachStrategy(rhv, {
+    const s = new DiskAttachStrategy({
+      client: rhv,
       proxyVmId: '00000000-0000-4000-8000-000000000000',
       lvmConfPath: conf,
       deviceDiscovery: new ByIdDeviceDiscovery({ folder: dir }),
@@ -176,7 +181,7 @@ describe('the other modes per engine version', () => {
       open.push(exports);
       const rhv3 = new RhvClient({ url: sim.url, username: 'admin@internal', password: 'secret', ca: sim.caPem, poll: POLL, apiVersion: 3 });
       open.push(rhv3);
-      const s = new ExportDomainStrategy(rhv3, { stagingPath: exports.stagingPath, chown: false, poll: POLL });
+      const s = new ExportDomainStrategy({ client: rhv3, stagingPath: exports.stagingPath, chown: false, poll: POLL });
       const version = profile === '4.5' ? '4.5.4' : '4.4.0';
       await expect(s.backup({ name: vm }, repo)).rejects.toMatchObject({
         code: 'ERR_UNSUPPORTED',

@@ -15,8 +15,8 @@ import { filesBelow } from '../../../support/temp-dir.js';
 const h = { seq: 0 } as EngineHarness;
 const ext = {} as { exports: ExportDomainSimulator };
 
-function strategy(options: Partial<ExportDomainStrategyOptions> = {}): ExportDomainStrategy {
-  return new ExportDomainStrategy(h.rhv, { stagingPath: ext.exports.stagingPath, layout: 'per-data-center', poll: POLL, ...options });
+function strategy(options: Partial<Omit<ExportDomainStrategyOptions, 'client'>> = {}): ExportDomainStrategy {
+  return new ExportDomainStrategy({ client: h.rhv, stagingPath: ext.exports.stagingPath, layout: 'per-data-center', poll: POLL, ...options });
 }
 
 /** No snapshots, no clones, nothing left in the export domain. */
@@ -159,7 +159,7 @@ describe.each(['3.6', '4.3'] as const)('engine %s', (profile) => {
 
     it('refuses a v4 client, and answers an incremental request with a full backup saying why', async () => {
       const v4 = new RhvClient({ url: h.sim.url, username: 'admin@internal', password: 'secret', ca: h.sim.caPem });
-      expect(() => new ExportDomainStrategy(v4, { stagingPath: '/x' })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARGUMENT' }));
+      expect(() => new ExportDomainStrategy({ client: v4, stagingPath: '/x' })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARGUMENT' }));
       await v4.close();
       const r = await strategy().backup({ name: h.vmName }, h.repo, { kind: 'incremental' });
       expect(r.record.kind).toBe('full');

@@ -61,7 +61,7 @@ function fixture(mode: 'snapshot-chain' | 'backup-api', profile: EngineProfileNa
     // snapshot-chain keeps the snapshot of each successful backup as the base of the next incremental:
     // those are allowed; a snapshot appearing during a failed backup is a leftover
     const kept = new Set<string>();
-    const inner = new ImageTransferStrategy(rhv, { poll: POLL, incrementalMode: mode, imageio: { retries: 1 } });
+    const inner = new ImageTransferStrategy({ client: rhv, poll: POLL, incrementalMode: mode, imageio: { retries: 1 } });
     const strategy: BackupStrategy = {
       id: inner.id,
       capabilities: { ...inner.capabilities, incremental },

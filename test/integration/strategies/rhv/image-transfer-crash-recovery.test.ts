@@ -64,7 +64,7 @@ function engineView(st: SimulatorState): Omit<SimulatorState, 'sessions'> {
 
 describe.each(['snapshot-chain', 'backup-api'] as const)('kill -9 in the middle of an image-transfer backup (%s)', (mode) => {
   it('leaves leftovers; recover({ dryRun }) lists them unchanged; the next backup recovers them and succeeds', async () => {
-    const s = new ImageTransferStrategy(h.rhv, { incrementalMode: mode, poll: POLL });
+    const s = new ImageTransferStrategy({ client: h.rhv, incrementalMode: mode, poll: POLL });
     const vmId = h.sim.vmId(h.vmName);
     const user = await h.rhv.snapshots.create(vmId, { description: 'the user snapshot' });
     await h.rhv.snapshots.waitUntilOk(vmId, user.id);
@@ -124,7 +124,7 @@ describe.each(['snapshot-chain', 'backup-api'] as const)('kill -9 in the middle 
 
 describe('recover without the repository', () => {
   it('leaves tagged snapshots that may be a kept base alone, but still cancels transfers', async () => {
-    const s = new ImageTransferStrategy(h.rhv, { poll: POLL });
+    const s = new ImageTransferStrategy({ client: h.rhv, poll: POLL });
     const base = await s.backup({ name: h.vmName }, h.repo);
     expect(await killedBackup('snapshot-chain', base.record.id)).toBe('SIGKILL');
     const r = await s.recover({ name: h.vmName });

@@ -12,8 +12,8 @@ import type { ImageioServer } from '../../../../src/testing/imageio-server/image
 
 const run = promisify(execFile);
 
-function strategy(options: ImageTransferStrategyOptions = {}): ImageTransferStrategy {
-  return new ImageTransferStrategy(h.rhv, { poll: POLL, incrementalMode: 'backup-api', ...options, imageio: { retries: 1, ...options.imageio } });
+function strategy(options: Omit<ImageTransferStrategyOptions, 'client'> = {}): ImageTransferStrategy {
+  return new ImageTransferStrategy({ client: h.rhv, poll: POLL, incrementalMode: 'backup-api', ...options, imageio: { retries: 1, ...options.imageio } });
 }
 
 function checkpoints(): { id: string; parentId?: string; state: string }[] {

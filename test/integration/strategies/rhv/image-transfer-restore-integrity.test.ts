@@ -18,7 +18,7 @@ const h = useEngineHarness('rhv-integrity', {
 });
 
 function strategy(): ImageTransferStrategy {
-  return new ImageTransferStrategy(h.rhv, { poll: POLL, imageio: { retries: 1 } });
+  return new ImageTransferStrategy({ client: h.rhv, poll: POLL, imageio: { retries: 1 } });
 }
 
 /** What the engine holds that a restore would add to: VMs, disks, transfers. */
@@ -49,7 +49,7 @@ describe('image-transfer restore reads only verified layers', () => {
     }
     // ssh-transfer restores its own backups through the same imageio sink and runRestore; an
     // image-transfer backup is refused as another strategy's, before a layer is read
-    const ssh = new SshTransferStrategy(h.rhv, { hosts: {}, poll: POLL });
+    const ssh = new SshTransferStrategy({ client: h.rhv, hosts: {}, poll: POLL });
     expect(await ssh.restore(h.vmName, h.repo, { newName: `${h.vmName} r2`, backupId: inc.record.id }).catch((e: unknown) => e)).toMatchObject({
       code: 'ERR_UNSUPPORTED',
     });

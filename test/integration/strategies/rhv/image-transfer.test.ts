@@ -16,9 +16,9 @@ import type { ImageioServer } from '../../../../src/testing/imageio-server/image
 
 const run = promisify(execFile);
 
-function strategy(options: ImageTransferStrategyOptions = {}): ImageTransferStrategy {
+function strategy(options: Omit<ImageTransferStrategyOptions, 'client'> = {}): ImageTransferStrategy {
   // few range retries: the fault tests inject persistent 5xx
-  return new ImageTransferStrategy(h.rhv, { poll: POLL, ...options, imageio: { retries: 1, ...options.imageio } });
+  return new ImageTransferStrategy({ client: h.rhv, poll: POLL, ...options, imageio: { retries: 1, ...options.imageio } });
 }
 
 /** Nothing left on the engine side: no tickets, no active transfers, no locked disks, only `kept` snapshots. */

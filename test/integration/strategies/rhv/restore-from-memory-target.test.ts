@@ -51,7 +51,7 @@ describe('image-transfer restore from a MemoryTarget', () => {
       ],
     });
     const target = new MemoryTarget();
-    const s = new ImageTransferStrategy(rhv, { poll: POLL, format, concurrency: 2 });
+    const s = new ImageTransferStrategy({ client: rhv, poll: POLL, format, concurrency: 2 });
     const full = await s.backup({ name }, target);
     await sim.writeGuestData(name, 'root', { offset: 2 * MB, length: 65536, pattern: 0x51 });
     const second = await s.backup({ name }, target, format === 'qcow2' ? { kind: 'incremental', parent: full.record } : {});

@@ -56,7 +56,8 @@ describe('disk-attach restore reads only verified artifacts', () => {
     await sim.addVm({ name: vmName, disks: [{ name: 'root', virtualSize: 4 * MB, format: 'raw', contents: [{ offset: 0, length: MB, pattern: 0x41 }] }] });
     await writeFile(join(dir, 'product_uuid'), `${proxy.id.toUpperCase()}\n`);
     await writeFile(join(dir, 'lvm.conf'), 'devices {\n  filter = [ "a|^/dev/vda2$|", "r|.*|" ]\n}\n');
-    const strategy = new DiskAttachStrategy(rhv, {
+    const strategy = new DiskAttachStrategy({
+      client: rhv,
       uuidFile: join(dir, 'product_uuid'),
       deviceDiscovery: new ByIdDeviceDiscovery({ folder: proxies.byIdDir }),
       deviceWaitMs: 2000,
@@ -95,7 +96,7 @@ describe('export-domain restore reads only verified artifacts, never a backing f
   });
 
   function strategy(): ExportDomainStrategy {
-    return new ExportDomainStrategy(rhv3, { stagingPath: exportsSim.stagingPath, layout: 'per-data-center', poll: POLL });
+    return new ExportDomainStrategy({ client: rhv3, stagingPath: exportsSim.stagingPath, layout: 'per-data-center', poll: POLL });
   }
 
   async function backupOne(vmName: string): Promise<{ id: string; diskId: string; path: string; virtualSize: number }> {

@@ -73,7 +73,13 @@ beforeEach(async () => {
 });
 
 function strategy(): SshTransferStrategy {
-  return new SshTransferStrategy(h.rhv, { hosts: { simhost: labSshOptions() }, spoolDir: h.dir, poll: POLL, connect: (o) => new BlockHost(new SshRunner(o)) });
+  return new SshTransferStrategy({
+    client: h.rhv,
+    hosts: { simhost: labSshOptions() },
+    spoolDir: h.dir,
+    poll: POLL,
+    connect: (o) => new BlockHost(new SshRunner(o)),
+  });
 }
 
 describe('SshTransferStrategy on a block domain', () => {

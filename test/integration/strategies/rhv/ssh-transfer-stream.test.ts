@@ -47,8 +47,9 @@ class Recording implements CommandRunner {
   }
 }
 
-function strategy(options: Partial<SshTransferStrategyOptions> = {}): SshTransferStrategy {
-  return new SshTransferStrategy(h.rhv, {
+function strategy(options: Partial<Omit<SshTransferStrategyOptions, 'client'>> = {}): SshTransferStrategy {
+  return new SshTransferStrategy({
+    client: h.rhv,
     hosts: { simhost: labSshOptions() },
     rhevRoot: ext.tree.root,
     spoolDir: h.dir,

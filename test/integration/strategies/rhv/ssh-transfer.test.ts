@@ -12,8 +12,8 @@ import { labSshOptions } from '../../../support/lab.js';
 import { MB, POLL, twoDisks, useEngineHarness, useExtensions } from '../../../support/engine-harness.js';
 import { compare, freeze } from '../../../support/qemu-tools.js';
 
-function strategy(options: Partial<SshTransferStrategyOptions> = {}): SshTransferStrategy {
-  return new SshTransferStrategy(h.rhv, { hosts: { simhost: labSshOptions() }, rhevRoot: ext.tree.root, spoolDir: h.dir, poll: POLL, ...options });
+function strategy(options: Partial<Omit<SshTransferStrategyOptions, 'client'>> = {}): SshTransferStrategy {
+  return new SshTransferStrategy({ client: h.rhv, hosts: { simhost: labSshOptions() }, rhevRoot: ext.tree.root, spoolDir: h.dir, poll: POLL, ...options });
 }
 
 /** No transfers, tickets or locks; only `kept` snapshots on the VM; no spool files. */

@@ -1,0 +1,125 @@
+import { describe, expect, it } from 'vitest';
+import { LibvirtHost } from '../../../src/libvirt/libvirt-host.js';
+import { RhvClient } from '../../../src/rhv/rhv-client.js';
+import { LvmSnapshotStrategy } from '../../../src/strategies/libvirt/lvm.js';
+import { RbdSnapshotStrategy } from '../../../src/strategies/libvirt/rbd.js';
+import { VirshStrategy } from '../../../src/strategies/libvirt/virsh.js';
+import { DiskAttachStrategy } from '../../../src/strategies/rhv/disk-attach.js';
+import { ExportDomainStrategy } from '../../../src/strategies/rhv/export-domain.js';
+import { ImageTransferStrategy } from '../../../src/strategies/rhv/image-transfer.js';
+import { SshTransferStrategy } from '../../../src/strategies/rhv/ssh-transfer.js';
+import { mswTransport } from '../../support/msw-transport.js';
+import { ScriptedRunner } from '../../support/scripted-runner.js';
+
+const rhv = (apiVersion: 3 | 4 = 4): RhvClient =>
+  new RhvClient({ url: 'https://engine.example/ovirt-engine/api', username: 'admin@internal', password: 'secret', transport: mswTransport([]), apiVersion });
+const host = (): LibvirtHost => new LibvirtHost(new ScriptedRunner());
+
+interface Case {
+  name: string;
+  id: string;
+  field: 'client' | 'host';
+  kind: string;
+  /** The other options the strategy requires besides its handle. */
+  rest: Record<string, unknown>;
+  handle: () => unknown;
+  /** An object of the other platform: a handle of the wrong kind. */
+  wrong: () => unknown;
+  make: (options: unknown) => { id: string };
+}
+
+// one row per strategy: the same check, the same code and message shape for all seven
+const cases: Case[] = [
+  {
+    name: 'ImageTransferStrategy',
+    id: 'image-transfer',
+    field: 'client',
+    kind: 'RhvClient',
+    rest: {},
+    handle: () => rhv(),
+    wrong: host,
+    make: (o) => new ImageTransferStrategy(o as never),
+  },
+  {
+    name: 'DiskAttachStrategy',
+    id: 'disk-attach',
+    field: 'client',
+    kind: 'RhvClient',
+    rest: {},
+    handle: () => rhv(),
+    wrong: host,
+    make: (o) => new DiskAttachStrategy(o as never),
+  },
+  {
+    name: 'ExportDomainStrategy',
+    id: 'export-domain',
+    field: 'client',
+    kind: 'RhvClient',
+    rest: { stagingPath: '/mnt/export' },
+    handle: () => rhv(3),
+    wrong: host,
+    make: (o) => new ExportDomainStrategy(o as never),
+  },
+  {
+    name: 'SshTransferStrategy',
+    id: 'ssh-transfer',
+    field: 'client',
+    kind: 'RhvClient',
+    rest: { hosts: {} },
+    handle: () => rhv(),
+    wrong: host,
+    make: (o) => new SshTransferStrategy(o as never),
+  },
+  {
+    name: 'VirshStrategy',
+    id: 'virsh',
+    field: 'host',
+    kind: 'LibvirtHost',
+    rest: {},
+    handle: host,
+    wrong: () => rhv(),
+    make: (o) => new VirshStrategy(o as never),
+  },
+  {
+    name: 'LvmSnapshotStrategy',
+    id: 'lvm',
+    field: 'host',
+    kind: 'LibvirtHost',
+    rest: {},
+    handle: host,
+    wrong: () => rhv(),
+    make: (o) => new LvmSnapshotStrategy(o as never),
+  },
+  {
+    name: 'RbdSnapshotStrategy',
+    id: 'rbd',
+    field: 'host',
+    kind: 'LibvirtHost',
+    rest: {},
+    handle: host,
+    wrong: () => rhv(),
+    make: (o) => new RbdSnapshotStrategy(o as never),
+  },
+];
+
+const invalid = (message: RegExp) => expect.objectContaining({ code: 'ERR_INVALID_ARGUMENT', message: expect.stringMatching(message) as unknown });
+
+describe.each(cases)('$name constructor', (c) => {
+  it('takes one options object with the platform handle as a named field', () => {
+    expect(c.make({ ...c.rest, [c.field]: c.handle() }).id).toBe(c.id);
+  });
+
+  it('refuses a missing options object with ERR_INVALID_ARGUMENT', () => {
+    expect(() => c.make(undefined)).toThrow(invalid(new RegExp(`^${c.name} needs an options object with ${c.field} \\(an? ${c.kind}\\)`)));
+  });
+
+  it(`refuses options without the handle, naming options.${c.field}`, () => {
+    expect(() => c.make({ ...c.rest })).toThrow(invalid(new RegExp(`^${c.name} needs options\\.${c.field} \\(an? ${c.kind}\\)$`)));
+    expect(() => c.make({ ...c.rest, [c.field]: null })).toThrow(invalid(new RegExp(`needs options\\.${c.field}`)));
+  });
+
+  it('refuses a handle of the other platform or of another type', () => {
+    expect(() => c.make({ ...c.rest, [c.field]: c.wrong() })).toThrow(invalid(new RegExp(`^${c.name}: options\\.${c.field} must be an? ${c.kind}`)));
+    expect(() => c.make({ ...c.rest, [c.field]: 'engine.example' })).toThrow(invalid(/got string$/));
+  });
+});
