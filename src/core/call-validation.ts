@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { throwIfAborted } from './abort.js';
 import { InvalidArgumentError } from './errors.js';
 import type { Logger } from './logger.js';
 import type { VmRef } from './model.js';
@@ -98,4 +99,24 @@ export function validateRestoreCall(vmName: unknown, source: unknown, options: R
   validateCommon(options, 'restore');
   if (options.backupId !== undefined && !isNonEmptyString(options.backupId)) throw new InvalidArgumentError('backupId must be a non-empty string');
   if (options.newName !== undefined && !isNonEmptyString(options.newName)) throw new InvalidArgumentError('newName must be a non-empty string without NUL');
+}
+
+/**
+ * The first step of a pipeline strategy's `backup()` that does platform work before `runBackup`
+ * (recovery, a lock, engine checks): the call checked before anything is touched, and an already
+ * aborted signal refused. Returns a fresh options object marked checked, for `runBackup`.
+ *
+ * @throws `ERR_INVALID_ARGUMENT`, `ERR_ABORTED` @internal
+ */
+export function enterBackup<T extends BackupOptions>(vm: unknown, target: unknown, options: T): T {
+  validateBackupCall(vm, target, options);
+  throwIfAborted(options.signal);
+  return markChecked({ ...options });
+}
+
+/** Like {@link enterBackup}, for `restore()`. @throws `ERR_INVALID_ARGUMENT`, `ERR_ABORTED` @internal */
+export function enterRestore<T extends RestoreOptions>(vmName: unknown, source: unknown, options: T): T {
+  validateRestoreCall(vmName, source, options);
+  throwIfAborted(options.signal);
+  return markChecked({ ...options });
 }

@@ -15,6 +15,7 @@ import { producerOrSinkError } from '../core/exec/command-stream.js';
 import { AbortedError, InvalidArgumentError, isVirtstreamError } from '../core/errors.js';
 import { isExtentStream } from '../core/extent.js';
 import { extentsToRawStream } from '../formats/extents-to-raw-stream.js';
+import { writeQcow2 } from '../formats/qcow2/qcow2-writer.js';
 import type { ExtentStream } from '../core/extent.js';
 import type { Logger } from '../core/logger.js';
 import type { ArtifactFormat, BackupKind } from '../core/model.js';
@@ -74,8 +75,17 @@ export interface DiskRead {
   readonly parentBackupId?: string;
   /** Why an incremental disk was read as full (the source's own reason; the full-only policy adds its own). */
   readonly fallbackReason?: string;
-  /** The artifact's bytes; a `raw` one may be an extent stream (see `BackupSession.writeDisk`). */
+  /**
+   * The disk's data: the artifact's bytes as stored, or an extent stream that the pipeline encodes
+   * into `format` (QCOW2 metadata first, then the data clusters; raw as extents or bytes, as the
+   * target takes them). Sources read extents; bytes are for data that arrives already encoded.
+   */
   readonly stream: AsyncIterable<Uint8Array> | NodeJS.ReadableStream | ExtentStream;
+  /**
+   * For a `qcow2` artifact read as extents: the backing file its header names (an incremental's
+   * parent: `backingFileName` for a target-relative name, or a host path), and that file's format.
+   */
+  readonly backing?: { readonly file: string; readonly format: 'raw' | 'qcow2' };
   /**
    * The source reports this disk's byte progress itself (`run.progress.bytes`), e.g. guest bytes
    * against the disk size when the stored stream's length is unknown; the stored bytes are then not
@@ -144,6 +154,27 @@ export function fullOnlyFallback(spec: BackupPipelineSpec, kind: BackupKind | un
   return `the ${spec.id} strategy makes full backups only${spec.fullOnlyReason ? ` (${spec.fullOnlyReason})` : ''}`;
 }
 
+/**
+ * The stream a session gets for a disk: bytes as the source made them; extents encoded here into the
+ * artifact's format (QCOW2 with the source's backing name, or raw), so no source encodes; a raw
+ * artifact stays extents for a session that takes them (zero ranges kept as holes).
+ */
+function encodedStream(
+  read: DiskRead,
+  session: Pick<BackupSession, 'acceptsExtents'>,
+  sig: { signal?: AbortSignal },
+): AsyncIterable<Uint8Array> | NodeJS.ReadableStream | ExtentStream {
+  if (!isExtentStream(read.stream)) {
+    if (read.backing) throw new InvalidArgumentError('a backing file is named only for a disk read as extents');
+    return read.stream;
+  }
+  if (read.format === 'qcow2') {
+    return writeQcow2(read.stream, { ...(read.backing ? { backingFile: read.backing.file, backingFormat: read.backing.format } : {}), ...sig });
+  }
+  if (read.backing) throw new InvalidArgumentError('a raw artifact has no backing file');
+  return session.acceptsExtents === true ? read.stream : extentsToRawStream(read.stream, sig);
+}
+
 /** Stores one disk: the source's stream into the session, the producer's failure preferred when it says more. */
 async function storeDisk(
   run: BackupRun,
@@ -152,21 +183,26 @@ async function storeDisk(
   read: DiskRead,
   info: Omit<DiskArtifactInfo, 'format' | 'virtualSize' | 'extra'>,
 ): Promise<number> {
+  let stream: ReturnType<typeof encodedStream>;
+  try {
+    stream = encodedStream(read, session, run.sig);
+  } catch (err) {
+    read.producer?.kill(); // a bad backing name: the read must not wait for a reader that never comes
+    throw err;
+  }
   // an abort (the caller's, or a sibling disk's failure) also ends a source that is waiting for data
   const stopSource = (): void => {
     read.producer?.kill();
-    const stream = read.stream as Partial<Readable>;
-    if (typeof stream.destroy === 'function') {
+    for (const s of new Set([stream, read.stream]) as Set<Partial<Readable>>) {
+      if (typeof s.destroy !== 'function') continue;
       // a sink not reading yet (still opening its file) has no 'error' listener: the abort is no uncaught error
-      stream.on?.('error', () => undefined);
-      stream.destroy(new AbortedError(run.signal.reason));
+      s.on?.('error', () => undefined);
+      s.destroy(new AbortedError(run.signal.reason));
     }
   };
   run.signal.addEventListener('abort', stopSource, { once: true });
   let written;
   try {
-    // a session that reads bytes only gets them: extents flattened, zero ranges as zeros
-    const stream = isExtentStream(read.stream) && session.acceptsExtents !== true ? extentsToRawStream(read.stream, run.sig) : read.stream;
     written = await session.writeDisk({ ...info, format: read.format, virtualSize: read.virtualSize, ...(read.extra ? { extra: read.extra } : {}) }, stream, {
       ...run.sig,
       ...(read.expectedBytes !== undefined ? { expectedBytes: read.expectedBytes } : {}),

@@ -6,6 +6,8 @@
  *
  * @module
  */
+import { enterBackup, enterRestore } from '../../core/call-validation.js';
+import { markPipelineBuilt } from '../../core/strategy-contract.js';
 import { randomBytes } from 'node:crypto';
 import { throwIfAborted } from '../../core/abort.js';
 import { InvalidArgumentError, UnsupportedError, VirtstreamError } from '../../core/errors.js';
@@ -128,6 +130,7 @@ export class LvmSnapshotStrategy implements BackupStrategy {
 
   /** @throws InvalidArgumentError `ERR_INVALID_ARGUMENT` without a `host`, or with a bad size policy */
   constructor(options: LvmSnapshotStrategyOptions) {
+    markPipelineBuilt(this); // RuntimeStrategy leaves the checks, progress gate and session unwind to the pipeline
     requireLibvirtHost('LvmSnapshotStrategy', options);
     this.#policy = options.snapshotSize ?? { percent: 20 };
     const p = this.#policy;
@@ -150,8 +153,8 @@ export class LvmSnapshotStrategy implements BackupStrategy {
    * failure every snapshot created is removed and the session aborted.
    */
   async backup(vm: VmRef, target: BackupTarget, options: BackupOptions = {}): Promise<BackupResult> {
+    options = enterBackup(vm, target, options); // checked before any platform work; a fresh object
     const { signal } = options;
-    throwIfAborted(signal);
     const domain = vm.name ?? vm.id;
     if (!domain) throw new InvalidArgumentError('vm needs a name or id');
     const logger = childLogger(redactingLogger(options.logger ?? this.#o.logger ?? silentLogger), { strategy: this.id, vm: domain });
@@ -287,7 +290,8 @@ export class LvmSnapshotStrategy implements BackupStrategy {
    * (an existing LV is too small, lvcreate failed), `ERR_UNSUPPORTED` (not an lvm backup),
    * `ERR_ABORTED`. On failure the LVs created are removed and no domain is defined.
    */
-  restore(vmName: string, source: RestoreSource, options: RestoreOptions = {}): Promise<RestoreResult> {
+  async restore(vmName: string, source: RestoreSource, options: RestoreOptions = {}): Promise<RestoreResult> {
+    options = enterRestore(vmName, source, options);
     const logger = childLogger(redactingLogger(options.logger ?? this.#o.logger ?? silentLogger), { strategy: this.id, vm: vmName });
     return runRestore(this.id, this.#sink(this.#client(logger)), vmName, source, options, logger);
   }

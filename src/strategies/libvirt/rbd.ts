@@ -6,8 +6,9 @@
  *
  * @module
  */
+import { enterBackup, enterRestore } from '../../core/call-validation.js';
+import { markPipelineBuilt } from '../../core/strategy-contract.js';
 import { randomBytes } from 'node:crypto';
-import { throwIfAborted } from '../../core/abort.js';
 import { InvalidArgumentError } from '../../core/errors.js';
 import type { CommandRunner } from '../../core/exec/command-runner.js';
 import type { Logger } from '../../core/logger.js';
@@ -109,6 +110,7 @@ export class RbdSnapshotStrategy implements BackupStrategy {
 
   /** @throws InvalidArgumentError `ERR_INVALID_ARGUMENT` without a `host`, or for an invalid snapshot prefix or hook */
   constructor(options: RbdSnapshotStrategyOptions) {
+    markPipelineBuilt(this); // RuntimeStrategy leaves the checks, progress gate and session unwind to the pipeline
     requireLibvirtHost('RbdSnapshotStrategy', options);
     this.#prefix = options.snapshotPrefix ?? 'virtstream-';
     validateRbdName('snapshot', `${this.#prefix}x`);
@@ -163,8 +165,8 @@ export class RbdSnapshotStrategy implements BackupStrategy {
    * the target's errors. On failure the new snapshots are removed and the session is aborted.
    */
   async backup(vm: VmRef, target: BackupTarget, options: BackupOptions = {}): Promise<BackupResult> {
+    options = enterBackup(vm, target, options); // checked before any platform work; a fresh object
     const { signal } = options;
-    throwIfAborted(signal);
     const domain = vm.name ?? vm.id;
     if (!domain) throw new InvalidArgumentError('vm needs a name or id');
     const logger = childLogger(redactingLogger(options.logger ?? this.#o.logger ?? silentLogger), { strategy: this.id, vm: domain });
@@ -217,7 +219,8 @@ export class RbdSnapshotStrategy implements BackupStrategy {
    * `ERR_REPO_CHAIN` (an incremental's parent is missing), `ERR_SIZE_MISMATCH`, `ERR_RBD`,
    * `ERR_ABORTED`. On failure the images and the domain created so far are removed.
    */
-  restore(vmName: string, source: RestoreSource, options: RestoreOptions = {}): Promise<RestoreResult> {
+  async restore(vmName: string, source: RestoreSource, options: RestoreOptions = {}): Promise<RestoreResult> {
+    options = enterRestore(vmName, source, options);
     const logger = childLogger(redactingLogger(options.logger ?? this.#o.logger ?? silentLogger), { strategy: this.id, vm: vmName });
     const sink = rbdRestoreSink({
       host: this.#o.host,

@@ -1,3 +1,5 @@
+import { enterBackup, enterRestore } from '../../core/call-validation.js';
+import { markPipelineBuilt } from '../../core/strategy-contract.js';
 import { throwIfAborted } from '../../core/abort.js';
 import { InvalidArgumentError, NotFoundError } from '../../core/errors.js';
 import type { Logger } from '../../core/logger.js';
@@ -82,6 +84,7 @@ export class VirshStrategy implements BackupStrategy {
 
   /** @throws InvalidArgumentError `ERR_INVALID_ARGUMENT` without a `host`, or for invalid hooks */
   constructor(options: VirshStrategyOptions) {
+    markPipelineBuilt(this); // RuntimeStrategy leaves the checks, progress gate and session unwind to the pipeline
     this.#host = requireLibvirtHost('VirshStrategy', options);
     this.#logger = redactingLogger(options.logger ?? silentLogger);
     for (const h of [...(options.preHooks ?? []), ...(options.postHooks ?? [])]) validateHook(h);
@@ -122,8 +125,8 @@ export class VirshStrategy implements BackupStrategy {
    * `ERR_LIBVIRT`, `ERR_REMOTE_COMMAND`, `ERR_TIMEOUT`, `ERR_STREAM_STALLED`, `ERR_ABORTED`, and the target's errors.
    */
   async backup(vm: VmRef, target: BackupTarget, options: VirshBackupOptions = {}): Promise<BackupResult> {
+    options = enterBackup(vm, target, options); // checked before any platform work; a fresh object
     const { signal } = options;
-    throwIfAborted(signal);
     const name = await this.#resolveName(vm, signal);
     const runId = newRunId();
     const log = this.#log(options.logger, { vm: name, strategy: this.id, runId });
@@ -179,8 +182,8 @@ export class VirshStrategy implements BackupStrategy {
    * (domain exists without `overwrite`, or is running; another run holds the domain), `ERR_REPO_CHAIN` (broken chain), `ERR_REMOTE_COMMAND`, `ERR_LIBVIRT`, `ERR_ABORTED`.
    */
   async restore(vmName: string, source: RestoreSource, options: VirshRestoreOptions = {}): Promise<RestoreResult> {
+    options = enterRestore(vmName, source, options);
     const { signal } = options;
-    throwIfAborted(signal);
     // the files are created owned by fileOwner: a user or group the host lacks fails before any data moves
     await this.#host.checkFileOwner(signal ? { signal } : {});
     const log = this.#log(options.logger, { vm: vmName, strategy: this.id });

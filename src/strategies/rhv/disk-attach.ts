@@ -4,6 +4,8 @@
  *
  * @module
  */
+import { enterBackup, enterRestore } from '../../core/call-validation.js';
+import { markPipelineBuilt } from '../../core/strategy-contract.js';
 import { createReadStream } from 'node:fs';
 import { throwIfAborted } from '../../core/abort.js';
 import { InvalidArgumentError } from '../../core/errors.js';
@@ -122,6 +124,7 @@ export class DiskAttachStrategy implements BackupStrategy {
    */
   constructor(client: RhvClient, options?: Omit<DiskAttachStrategyOptions, 'client'>);
   constructor(first: DiskAttachStrategyOptions | RhvClient, rest?: Omit<DiskAttachStrategyOptions, 'client'>) {
+    markPipelineBuilt(this); // RuntimeStrategy leaves the checks, progress gate and session unwind to the pipeline
     const { client, ...options } = rhvStrategyOptions<DiskAttachStrategyOptions>('DiskAttachStrategy', first, rest);
     this.#client = client;
     this.#options = Object.freeze(options);
@@ -173,7 +176,8 @@ export class DiskAttachStrategy implements BackupStrategy {
    *
    * @throws `ERR_UNSUPPORTED` (API v3 engine); `ERR_RHV_PROXY_VM`; `ERR_NOT_FOUND` (device never appeared); `ERR_RHV_FAULT`; `ERR_ABORTED`
    */
-  backup(vm: VmRef, target: BackupTarget, options: BackupOptions = {}): Promise<BackupResult> {
+  async backup(vm: VmRef, target: BackupTarget, options: BackupOptions = {}): Promise<BackupResult> {
+    options = enterBackup(vm, target, options); // checked before any platform work; a fresh object
     const log = this.#log(options, { vm: vm.name ?? vm.id });
     return runBackup(this.#spec, this.#source(vm), vm.name ?? vm.id ?? '', target, options, log);
   }
@@ -294,7 +298,7 @@ export class DiskAttachStrategy implements BackupStrategy {
    * @throws `ERR_UNSUPPORTED` (API v3 engine, another strategy's backup); `ERR_NOT_FOUND`; `ERR_CONFLICT` (the VM name is taken: refused before any disk is created); `ERR_RHV_PROXY_VM`; `ERR_RHV_FAULT`; `ERR_TRUNCATED`; `ERR_ABORTED`
    */
   async restore(vmName: string, source: RestoreSource, options: RestoreOptions = {}): Promise<RestoreResult> {
-    throwIfAborted(options.signal);
+    options = enterRestore(vmName, source, options);
     await requireApiV4(this.#client, 'restore', options.signal ? { signal: options.signal } : {});
     const log = this.#log(options, { vm: vmName, op: 'restore' });
     const deps = {

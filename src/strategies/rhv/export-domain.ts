@@ -6,6 +6,8 @@
  *
  * @module
  */
+import { enterBackup, enterRestore } from '../../core/call-validation.js';
+import { markPipelineBuilt } from '../../core/strategy-contract.js';
 import { randomUUID } from 'node:crypto';
 import { throwIfAborted } from '../../core/abort.js';
 import { InvalidArgumentError, VirtstreamError } from '../../core/errors.js';
@@ -25,7 +27,6 @@ import type {
 import type { BackupTarget, RestoreSource } from '../../core/target.js';
 import { extentsWithMap } from '../../formats/disk-image.js';
 import { openDiskImage } from '../../formats/open-disk-image.js';
-import { writeQcow2 } from '../../formats/qcow2/qcow2-writer.js';
 import type { BackupPipelineSpec, BackupPlan, BackupSource, SourceDisk } from '../../pipeline/backup-pipeline.js';
 import { runBackup } from '../../pipeline/backup-pipeline.js';
 import { runRestore } from '../../pipeline/restore-pipeline.js';
@@ -135,6 +136,7 @@ export class ExportDomainStrategy implements BackupStrategy {
    */
   constructor(client: RhvClient, options: Omit<ExportDomainStrategyOptions, 'client'>);
   constructor(first: ExportDomainStrategyOptions | RhvClient, rest?: Omit<ExportDomainStrategyOptions, 'client'>) {
+    markPipelineBuilt(this); // RuntimeStrategy leaves the checks, progress gate and session unwind to the pipeline
     const { client, ...options } = rhvStrategyOptions<ExportDomainStrategyOptions>('ExportDomainStrategy', first, rest);
     if (typeof options.stagingPath !== 'string' || !options.stagingPath.startsWith('/'))
       throw new InvalidArgumentError('export-domain needs an absolute options.stagingPath');
@@ -172,7 +174,8 @@ export class ExportDomainStrategy implements BackupStrategy {
    *
    * @throws `ERR_UNSUPPORTED` (engine without API v3); `ERR_RHV_EXPORT`; `ERR_RHV_FAULT`; `ERR_NOT_FOUND`; `ERR_FORMAT_CORRUPT`; `ERR_ABORTED`
    */
-  backup(vm: VmRef, target: BackupTarget, options: BackupOptions = {}): Promise<BackupResult> {
+  async backup(vm: VmRef, target: BackupTarget, options: BackupOptions = {}): Promise<BackupResult> {
+    options = enterBackup(vm, target, options); // checked before any platform work; a fresh object
     const log = this.#log(options, { vm: vm.name ?? vm.id });
     return runBackup(this.#spec, this.#source(vm), vm.name ?? vm.id ?? '', target, options, log);
   }
@@ -266,7 +269,7 @@ export class ExportDomainStrategy implements BackupStrategy {
             ...(d.diskInterface ? { interface: d.diskInterface } : {}),
             exportedVmId: plan.cloneId!,
           },
-          stream: writeQcow2(await extentsWithMap(image, run.sig), run.sig),
+          stream: await extentsWithMap(image, run.sig),
           release: () => run.undo.runOne(close),
         };
       },
@@ -332,7 +335,7 @@ export class ExportDomainStrategy implements BackupStrategy {
    * @throws `ERR_UNSUPPORTED` for sources without `diskPath`, another strategy's backup, engines without API v3; `ERR_NOT_FOUND`; `ERR_RHV_FAULT`; `ERR_FORMAT_CORRUPT`; `ERR_ABORTED`
    */
   async restore(vmName: string, source: RestoreSource, options: RestoreOptions = {}): Promise<RestoreResult> {
-    throwIfAborted(options.signal);
+    options = enterRestore(vmName, source, options);
     await requireApiV3(this.#client, 'restore', options.signal ? { signal: options.signal } : {});
     const log = this.#log(options, { vm: vmName, op: 'restore' });
     const wait = (signal: AbortSignal | undefined) => this.#wait(signal);

@@ -7,7 +7,9 @@
  *
  * @module
  */
-import { cleanupSignal, throwIfAborted } from '../../core/abort.js';
+import { enterBackup, enterRestore } from '../../core/call-validation.js';
+import { markPipelineBuilt } from '../../core/strategy-contract.js';
+import { cleanupSignal } from '../../core/abort.js';
 import { InvalidArgumentError } from '../../core/errors.js';
 import type { Logger } from '../../core/logger.js';
 import { childLogger, redactingLogger } from '../../core/logger.js';
@@ -126,6 +128,7 @@ export class ImageTransferStrategy implements BackupStrategy {
    */
   constructor(client: RhvClient, options?: Omit<ImageTransferStrategyOptions, 'client'>);
   constructor(first: ImageTransferStrategyOptions | RhvClient, rest?: Omit<ImageTransferStrategyOptions, 'client'>) {
+    markPipelineBuilt(this); // RuntimeStrategy leaves the checks, progress gate and session unwind to the pipeline
     const { client, ...options } = rhvStrategyOptions<ImageTransferStrategyOptions>('ImageTransferStrategy', first, rest);
     this.#client = client;
     const concurrency = options.concurrency ?? 2;
@@ -152,8 +155,8 @@ export class ImageTransferStrategy implements BackupStrategy {
    * @throws `ERR_UNSUPPORTED` on an engine without API v4, or `backup-api` before 4.4; `ERR_RHV_FAULT`, `ERR_RHV_TRANSFER`, `ERR_IMAGEIO`, `ERR_TLS`, `ERR_ABORTED`, `ERR_NOT_FOUND`, `ERR_INVALID_ARGUMENT`
    */
   async backup(vm: VmRef, target: BackupTarget, options: BackupOptions = {}): Promise<BackupResult> {
+    options = enterBackup(vm, target, options); // checked before any platform work; a fresh object
     const signal = options.signal;
-    throwIfAborted(signal);
     const mode = this.#options.incrementalMode ?? 'snapshot-chain';
     const engine = await requireImageTransferEngine(this.#client, 'backup', signal ? { signal } : {});
     if (mode === 'backup-api' && !engine.features.backupApi) {
@@ -236,7 +239,7 @@ export class ImageTransferStrategy implements BackupStrategy {
    * @throws `ERR_UNSUPPORTED` for sources without `diskPath` or an engine without API v4; `ERR_RHV_PLACEMENT` (the storage domain is not active in the cluster's data center); `ERR_NOT_FOUND`; `ERR_CONFLICT` (the VM name is taken: refused before any disk is created); `ERR_RHV_FAULT`; `ERR_ABORTED`
    */
   async restore(vmName: string, source: RestoreSource, options: RestoreOptions = {}): Promise<RestoreResult> {
-    throwIfAborted(options.signal);
+    options = enterRestore(vmName, source, options);
     await requireImageTransferEngine(this.#client, 'restore', options.signal ? { signal: options.signal } : {});
     const logger = this.#log(options, { vm: vmName, op: 'restore' });
     return runRestore(this.id, transferSink(this.#ctx), vmName, source, options, logger);

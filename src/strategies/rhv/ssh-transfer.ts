@@ -9,10 +9,12 @@
  *
  * @module
  */
+import { enterBackup, enterRestore } from '../../core/call-validation.js';
+import { markPipelineBuilt } from '../../core/strategy-contract.js';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { cleanupSignal, throwIfAborted } from '../../core/abort.js';
+import { cleanupSignal } from '../../core/abort.js';
 import { InvalidArgumentError, NotFoundError } from '../../core/errors.js';
 import type { CommandRunner } from '../../core/exec/command-runner.js';
 import type { Logger } from '../../core/logger.js';
@@ -25,7 +27,6 @@ import type { SshRunnerOptions } from '../../core/ssh/ssh-runner.js';
 import type { BackupOptions, BackupResult, BackupStrategy, RecoverResult, RestoreOptions, RestoreResult, StrategyCapabilities } from '../../core/strategy.js';
 import type { BackupTarget, RestoreSource } from '../../core/target.js';
 import { backingFileName } from '../../formats/artifact-names.js';
-import { writeQcow2 } from '../../formats/qcow2/qcow2-writer.js';
 import type { BackupPipelineSpec, BackupPlan, BackupSource, SourceDisk } from '../../pipeline/backup-pipeline.js';
 import { runBackup } from '../../pipeline/backup-pipeline.js';
 import { runRestore } from '../../pipeline/restore-pipeline.js';
@@ -150,6 +151,7 @@ export class SshTransferStrategy implements BackupStrategy {
    */
   constructor(client: RhvClient, options: Omit<SshTransferStrategyOptions, 'client'>);
   constructor(first: SshTransferStrategyOptions | RhvClient, rest?: Omit<SshTransferStrategyOptions, 'client'>) {
+    markPipelineBuilt(this); // RuntimeStrategy leaves the checks, progress gate and session unwind to the pipeline
     const { client, ...options } = rhvStrategyOptions<SshTransferStrategyOptions>('SshTransferStrategy', first, rest);
     if (typeof options.hosts !== 'function' && (typeof options.hosts !== 'object' || options.hosts === null)) {
       throw new InvalidArgumentError('ssh-transfer needs options.hosts (SSH settings per hypervisor)');
@@ -176,7 +178,7 @@ export class SshTransferStrategy implements BackupStrategy {
    * @throws `ERR_RHV_FAULT`, `ERR_SSH_*`, `ERR_REMOTE_COMMAND`, `ERR_NETCAT`, `ERR_FORMAT_CORRUPT`, `ERR_ABORTED`, `ERR_NOT_FOUND`, `ERR_INVALID_ARGUMENT`
    */
   async backup(vm: VmRef, target: BackupTarget, options: BackupOptions = {}): Promise<BackupResult> {
-    throwIfAborted(options.signal);
+    options = enterBackup(vm, target, options); // checked before any platform work; a fresh object
     const log = this.#log(options, { vm: vm.name ?? vm.id });
     return runBackup(this.#spec, this.#source(vm, target), vm.name ?? vm.id ?? '', target, options, log);
   }
@@ -324,10 +326,6 @@ export class SshTransferStrategy implements BackupStrategy {
           stallTimeoutMs: this.#options.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS,
         });
         const closeImages = run.undo.defer(`close the spooled volumes of disk ${p.disk.name}`, () => remote.close());
-        const qcow2 = writeQcow2(remote.stream, {
-          ...(parentArtifact ? { backingFile: backingFileName(p.parentBackupId!, parentArtifact.file), backingFormat: 'qcow2' as const } : {}),
-          ...run.sig,
-        });
         return {
           format: 'qcow2',
           virtualSize: p.disk.provisionedSize,
@@ -342,7 +340,8 @@ export class SshTransferStrategy implements BackupStrategy {
             layers: layers.length,
             ...(keep ? { snapshotId } : {}),
           },
-          stream: qcow2,
+          stream: remote.stream,
+          ...(parentArtifact ? { backing: { file: backingFileName(p.parentBackupId!, parentArtifact.file), format: 'qcow2' as const } } : {}),
           ...(remote.producer ? { producer: remote.producer } : {}),
           release: async () => {
             await run.undo.runOne(closeImages);
@@ -402,7 +401,7 @@ export class SshTransferStrategy implements BackupStrategy {
    * @throws see {@link ImageTransferStrategy.restore}
    */
   async restore(vmName: string, source: RestoreSource, options: RestoreOptions = {}): Promise<RestoreResult> {
-    throwIfAborted(options.signal);
+    options = enterRestore(vmName, source, options);
     await requireImageTransferEngine(this.#client, 'restore', options.signal ? { signal: options.signal } : {});
     const sink = imageioRestoreSink(this.id, this.#client, { ...(this.#options.restore ?? {}), ...(this.#options.poll ? { poll: this.#options.poll } : {}) });
     return runRestore(this.id, sink, vmName, source, options, this.#log(options, { vm: vmName, op: 'restore' }));

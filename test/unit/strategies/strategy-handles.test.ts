@@ -1,4 +1,6 @@
 import { describe, expect, it } from 'vitest';
+import type { BackupStrategy } from '../../../src/core/strategy.js';
+import { isPipelineBuilt } from '../../../src/core/strategy-contract.js';
 import { LibvirtHost } from '../../../src/libvirt/libvirt-host.js';
 import { RhvClient } from '../../../src/rhv/rhv-client.js';
 import { LvmSnapshotStrategy } from '../../../src/strategies/libvirt/lvm.js';
@@ -8,6 +10,7 @@ import { DiskAttachStrategy } from '../../../src/strategies/rhv/disk-attach.js';
 import { ExportDomainStrategy } from '../../../src/strategies/rhv/export-domain.js';
 import { ImageTransferStrategy } from '../../../src/strategies/rhv/image-transfer.js';
 import { SshTransferStrategy } from '../../../src/strategies/rhv/ssh-transfer.js';
+import { MemoryTarget } from '../../../src/testing/memory-target.js';
 import { mswTransport } from '../../support/msw-transport.js';
 import { ScriptedRunner } from '../../support/scripted-runner.js';
 
@@ -121,5 +124,37 @@ describe.each(cases)('$name constructor', (c) => {
   it('refuses a handle of the other platform or of another type', () => {
     expect(() => c.make({ ...c.rest, [c.field]: c.wrong() })).toThrow(invalid(new RegExp(`^${c.name}: options\\.${c.field} must be an? ${c.kind}`)));
     expect(() => c.make({ ...c.rest, [c.field]: 'engine.example' })).toThrow(invalid(/got string$/));
+  });
+});
+
+describe.each(cases)('$name entry checks', (c) => {
+  // the handle records every command (libvirt) or has no routes (RHV): any platform call would show
+  const runner = new ScriptedRunner();
+  const handle = c.field === 'host' ? new LibvirtHost(runner) : c.handle();
+  const strategy = c.make({ ...c.rest, [c.field]: handle }) as unknown as BackupStrategy;
+  const target = new MemoryTarget();
+
+  it('is marked as built on the pipeline, so RuntimeStrategy does not check or guard it twice', () => {
+    expect(isPipelineBuilt(strategy)).toBe(true);
+  });
+
+  it.each([
+    ['a null vm', () => strategy.backup(null as never, target, {})],
+    ['a vm without id or name', () => strategy.backup({} as never, target, {})],
+    ['a target without begin()', () => strategy.backup({ name: 'vm1' }, {} as never, {})],
+    ['an onProgress that is no function', () => strategy.backup({ name: 'vm1' }, target, { onProgress: 'x' as never })],
+    ['a logger that is no logger', () => strategy.backup({ name: 'vm1' }, target, { logger: {} as never })],
+    ['a restore from a source without openDisk()', () => strategy.restore('vm1', {} as never, {})],
+    ['a restore with an empty newName', () => strategy.restore('vm1', target, { newName: '' })],
+  ])('%s: ERR_INVALID_ARGUMENT before any platform call', async (_what, call) => {
+    await expect(call()).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
+    expect(runner.calls).toEqual([]);
+  });
+
+  it('an already aborted signal: ERR_ABORTED before any platform call', async () => {
+    const signal = AbortSignal.abort();
+    await expect(strategy.backup({ name: 'vm1' }, target, { signal })).rejects.toMatchObject({ code: 'ERR_ABORTED' });
+    await expect(strategy.restore('vm1', target, { signal })).rejects.toMatchObject({ code: 'ERR_ABORTED' });
+    expect(runner.calls).toEqual([]);
   });
 });

@@ -10,7 +10,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { cleanupSignal, throwIfAborted } from '../../../core/abort.js';
 import { isVirtstreamError } from '../../../core/errors.js';
-import { writeQcow2 } from '../../../formats/qcow2/qcow2-writer.js';
 import type { DomainInfo } from '../../../libvirt/domain-xml.js';
 import { parseDomainXml } from '../../../libvirt/domain-xml.js';
 import type { DiskFileEdit } from '../../../libvirt/domain-xml-rewrite.js';
@@ -258,11 +257,9 @@ async function readDisk(cfg: VirshSourceConfig, run: BackupRun, plan: VirshBacku
     kind: p.kind,
     ...(p.parentBackupId !== undefined ? { parentBackupId: p.parentBackupId } : {}),
     ...(p.fallbackReason ? { fallbackReason: p.fallbackReason } : {}),
-    // raw goes to the target as extents (it keeps the zero ranges as holes); an incremental keeps the overlay's backing name (a restore rebases each layer onto the one below)
-    stream:
-      format === 'raw'
-        ? remote.stream
-        : writeQcow2(remote.stream, { ...(incremental ? { backingFile: p.base, backingFormat: p.baseFormat } : {}), ...run.sig }),
+    // an incremental keeps the overlay's backing name (a restore rebases each layer onto the one below)
+    stream: remote.stream,
+    ...(format === 'qcow2' && incremental ? { backing: { file: p.base, format: p.baseFormat } } : {}),
     ...(format === 'raw' ? { expectedBytes: p.virtualSize } : {}),
     ...(remote.producer ? { producer: remote.producer } : {}),
     release: () => run.undo.runOne(closeImages),

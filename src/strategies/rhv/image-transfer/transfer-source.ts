@@ -9,7 +9,6 @@
 import { childLogger } from '../../../core/logger.js';
 import type { StoredDiskArtifact } from '../../../core/target.js';
 import { backingFileName } from '../../../formats/artifact-names.js';
-import { writeQcow2 } from '../../../formats/qcow2/qcow2-writer.js';
 import type { BackupPlan, BackupRun, BackupSource, DiskRead } from '../../../pipeline/backup-pipeline.js';
 import { incrementalBase } from '../../../pipeline/incremental-base.js';
 import type { EngineFeatures, EngineVersion } from '../../../rhv/engine-version.js';
@@ -165,13 +164,8 @@ export function transferSource(
         ...(disk.fallbackReason ? { fallbackReason: disk.fallbackReason } : {}),
         extra: artifactExtra,
         reportsBytes: true,
-        stream:
-          format === 'qcow2'
-            ? writeQcow2(stream, {
-                ...(base ? { backingFile: backingFileName(base.backupId, base.artifact.file), backingFormat: 'qcow2' as const } : {}),
-                ...run.sig,
-              })
-            : stream, // raw: the extents themselves, so the target keeps zero ranges as holes
+        stream,
+        ...(format === 'qcow2' && base ? { backing: { file: backingFileName(base.backupId, base.artifact.file), format: 'qcow2' as const } } : {}),
         release: async () => {
           run.progress.phase('finalize', disk);
           await transfer.finish(run.signal);
