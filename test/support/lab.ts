@@ -61,3 +61,16 @@ export async function remoteRunner(overrides: Partial<SshRunnerOptions> = {}): P
   await runner.connect();
   return runner;
 }
+
+/** A bare ssh2 client connected to the lab sshd with the lab key (for tests that inject their own connection). */
+export async function labSsh2Client(): Promise<import('ssh2').Client> {
+  const { Client } = await import('ssh2');
+  const { readFileSync } = await import('node:fs');
+  const o = labSshOptions();
+  const client = new Client();
+  await new Promise<void>((resolve, reject) => {
+    client.once('ready', resolve).once('error', reject);
+    client.connect({ host: o.host, port: o.port, username: o.username, privateKey: readFileSync(o.privateKeyPath!), hostVerifier: () => true });
+  });
+  return client;
+}

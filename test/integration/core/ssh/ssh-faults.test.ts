@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isVirtstreamError } from '../../../../src/core/errors.js';
 import { SshRunner } from '../../../../src/core/ssh/ssh-runner.js';
 import type { SshConnection } from '../../../../src/core/ssh/ssh-runner.js';
-import { labSshOptions, labVar } from '../../../support/lab.js';
+import { labSsh2Client, labSshOptions, labVar } from '../../../support/lab.js';
 import { waitFor } from '../../../../src/core/waiter.js';
 import { pgrep, waitGone } from '../../../support/remote-procs.js';
 
@@ -94,14 +94,8 @@ describe('connection loss', () => {
 
 describe('kill', () => {
   it('a shell stopped before it reported its pid is still killed on the host (found by its token)', async () => {
-    const { Client } = await import('ssh2');
-    const { readFileSync } = await import('node:fs');
     const o = labSshOptions();
-    const client = new Client();
-    await new Promise<void>((resolve, reject) => {
-      client.once('ready', resolve).once('error', reject);
-      client.connect({ host: o.host, port: o.port, username: o.username, privateKey: readFileSync(o.privateKeyPath!), hostVerifier: () => true });
-    });
+    const client = await labSsh2Client();
     // the login shell stops itself before the runner's prelude can print its pid: the window a
     // SIGSTOP (or a slow rc file) hits on a real host
     let token = '';

@@ -10,7 +10,7 @@ import { NetcatRunner } from '../../../../src/core/ssh/netcat-runner.js';
 import { SshRunner } from '../../../../src/core/ssh/ssh-runner.js';
 import type { CommandRunner } from '../../../../src/core/exec/command-runner.js';
 import { waitFor } from '../../../../src/core/waiter.js';
-import { labSshOptions, remoteRunner } from '../../../support/lab.js';
+import { labSsh2Client, labSshOptions, remoteRunner } from '../../../support/lab.js';
 import { listeners, pgrep, waitCount, waitGone } from '../../../support/remote-procs.js';
 
 let ssh: SshRunner;
@@ -275,14 +275,8 @@ describe('channels', () => {
   });
 
   it('uses an injected ssh2 client without closing it', async () => {
-    const { Client } = await import('ssh2');
-    const { readFileSync } = await import('node:fs');
     const o = labSshOptions();
-    const client = new Client();
-    await new Promise<void>((resolve, reject) => {
-      client.once('ready', resolve).once('error', reject);
-      client.connect({ host: o.host, port: o.port, username: o.username, privateKey: readFileSync(o.privateKeyPath!), hostVerifier: () => true });
-    });
+    const client = await labSsh2Client();
     const r = new SshRunner({ host: o.host, port: o.port, username: o.username, client });
     expect((await r.run(['echo', 'inj'])).stdout.toString()).toBe('inj\n');
     await r.close();
