@@ -71,6 +71,16 @@ const U64_MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
 /** Largest guest size accepted (qemu's own limit is 2^61 bytes; JS offsets stop at 2^53). */
 const MAX_VIRTUAL_SIZE = 2 ** 52;
 
+/** Bytes of one L2 entry: extended L2 entries add two 32-bit subcluster bitmaps. */
+export function l2EntryBytes(header: Pick<Qcow2Header, 'extendedL2'>): number {
+  return header.extendedL2 ? 16 : 8;
+}
+
+/** L1 entries the guest size needs: one per L2 table, which maps `clusterSize / l2EntryBytes` clusters. */
+export function l1EntriesNeeded(header: Pick<Qcow2Header, 'size' | 'clusterSize' | 'extendedL2'>): number {
+  return Math.ceil(header.size / header.clusterSize / (header.clusterSize / l2EntryBytes(header)));
+}
+
 function u64(view: DataView, at: number, what: string): number {
   const v = view.getBigUint64(at);
   if (v > U64_MAX_SAFE) throw new FormatError(`${what} ${v} is out of range`, { format: 'qcow2' });
@@ -200,8 +210,7 @@ export function parseQcow2Header(buf: Uint8Array, fileSize: number): Qcow2Header
     if (offset + bytes > fileSize)
       throw new FormatError(`${what} (${bytes} bytes at ${offset}) lies beyond the end of the file (${fileSize} bytes)`, { format: 'qcow2' });
   };
-  const l2Entries = clusterSize / (extendedL2 ? 16 : 8);
-  const needL1 = Math.ceil(size / clusterSize / l2Entries);
+  const needL1 = l1EntriesNeeded({ size, clusterSize, extendedL2 });
   if (l1Size < needL1) throw new FormatError(`l1_size ${l1Size} is too small for ${size} bytes (needs ${needL1})`, { format: 'qcow2' });
   if (l1Size > (32 * 1024 * 1024) / 8) throw new FormatError(`l1_size ${l1Size} is above qemu's limit`, { format: 'qcow2' });
   if (needL1 > 0) checkTable(l1TableOffset, needL1 * 8, 'L1 table');
@@ -235,4 +244,37 @@ export function parseQcow2Header(buf: Uint8Array, fileSize: number): Qcow2Header
   if (backingFormat !== undefined) header.backingFormat = backingFormat;
   if (bitmapsDirectory !== undefined) header.bitmapsDirectory = bitmapsDirectory;
   return header;
+}
+
+/**
+ * Parses the bitmap directory (`nbBitmaps` entries, as the bitmaps extension gives them).
+ *
+ * @throws `ERR_FORMAT_CORRUPT` when the directory is truncated or an entry is malformed.
+ */
+export function parseBitmapDirectory(buf: Buffer, nbBitmaps: number): Qcow2BitmapInfo[] {
+  const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  const out: Qcow2BitmapInfo[] = [];
+  let pos = 0;
+  for (let i = 0; i < nbBitmaps; i++) {
+    if (pos + 24 > buf.length) throw new FormatError('bitmap directory is truncated', { format: 'qcow2' });
+    const tableOffset = Number(view.getBigUint64(pos));
+    const tableSize = view.getUint32(pos + 8);
+    const flags = view.getUint32(pos + 12);
+    const granularityBits = buf[pos + 17]!;
+    const nameSize = view.getUint16(pos + 18);
+    const extra = view.getUint32(pos + 20);
+    const nameAt = pos + 24 + extra;
+    if (nameAt + nameSize > buf.length || granularityBits > 63) throw new FormatError('bitmap directory entry is malformed', { format: 'qcow2' });
+    out.push({
+      name: buf.subarray(nameAt, nameAt + nameSize).toString('utf8'),
+      granularity: 2 ** granularityBits,
+      inUse: (flags & 1) !== 0,
+      auto: (flags & 2) !== 0,
+      bitmapTableOffset: tableOffset,
+      bitmapTableSize: tableSize,
+    });
+    // entries are padded to 8 bytes
+    pos = Math.ceil((nameAt + nameSize) / 8) * 8;
+  }
+  return out;
 }
