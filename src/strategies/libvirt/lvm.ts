@@ -155,8 +155,7 @@ export class LvmSnapshotStrategy implements BackupStrategy {
   async backup(vm: VmRef, target: BackupTarget, options: BackupOptions = {}): Promise<BackupResult> {
     options = enterBackup(vm, target, options); // checked before any platform work; a fresh object
     const { signal } = options;
-    const domain = vm.name ?? vm.id;
-    if (!domain) throw new InvalidArgumentError('vm needs a name or id');
+    const domain = (vm.name ?? vm.id)!; // enterBackup checked that one is set
     const logger = childLogger(redactingLogger(options.logger ?? this.#o.logger ?? silentLogger), { strategy: this.id, vm: domain });
     // one run per domain and host at a time; a killed run's lock ends with its connection
     return withDomainLock(this.#o.host, domain, signal, async () => {
