@@ -5,14 +5,14 @@
  *
  * @module
  */
-import { createHash } from 'node:crypto';
-import type { Hash } from 'node:crypto';
 import { Readable, Transform, Writable } from 'node:stream';
 import type { TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { ReadableStream as WebReadableStream } from 'node:stream/web';
 import { normalizeAbort, throwIfAborted } from './abort.js';
 import { InvalidArgumentError, SizeMismatchError, VirtstreamError } from './errors.js';
+import { createStreamHash } from './stream-hash.js';
+import type { StreamHash } from './stream-hash.js';
 
 /** Any byte source the library accepts: an async iterable of chunks, a Node stream or a web stream. */
 export type ByteSource = AsyncIterable<Uint8Array> | NodeJS.ReadableStream | WebReadableStream<Uint8Array>;
@@ -43,7 +43,7 @@ export interface ByteMeterOptions {
  * @throws (as a stream error) `ERR_SIZE_MISMATCH` / `ERR_TRUNCATED` with `expected`; `ERR_INVALID_ARGUMENT` for a bad `expected`
  */
 export class ByteMeter extends Transform {
-  readonly #hash: Hash | undefined;
+  readonly #hash: StreamHash | undefined;
   readonly #onBytes: ((bytes: number) => void) | undefined;
   readonly #expected: number | undefined;
   readonly #what: string;
@@ -56,7 +56,7 @@ export class ByteMeter extends Transform {
     if (expected !== undefined && (!Number.isSafeInteger(expected) || expected < 0)) {
       throw new InvalidArgumentError(`${what}: expected size ${expected} is not a non-negative integer`);
     }
-    this.#hash = options.sha256 ? createHash('sha256') : undefined;
+    this.#hash = options.sha256 ? createStreamHash() : undefined;
     this.#onBytes = options.onBytes;
     this.#expected = expected;
     this.#what = what;
@@ -79,7 +79,13 @@ export class ByteMeter extends Transform {
       callback(new SizeMismatchError({ what: this.#what, expected: this.#expected, actual: this.#bytes }));
       return;
     }
-    this.#hash?.update(chunk);
+    let room: Promise<void> | undefined;
+    try {
+      room = this.#hash?.update(chunk);
+    } catch (err) {
+      callback(err as Error);
+      return;
+    }
     if (this.#onBytes) {
       try {
         this.#onBytes(this.#bytes);
@@ -87,7 +93,10 @@ export class ByteMeter extends Transform {
         // a progress callback must never break a data path
       }
     }
-    callback(null, chunk);
+    // the chunk goes on at once; the next one waits while the hash worker is behind
+    this.push(chunk);
+    if (room) room.then(() => callback(), callback);
+    else callback();
   }
 
   /** Stream implementation: fails when the input ended short; finalizes the digest. */
@@ -96,8 +105,23 @@ export class ByteMeter extends Transform {
       callback(new SizeMismatchError({ what: this.#what, expected: this.#expected, actual: this.#bytes }));
       return;
     }
-    this.#digest = this.#hash?.digest('hex');
-    callback();
+    if (!this.#hash) {
+      callback();
+      return;
+    }
+    this.#hash.digest().then(
+      (hex) => {
+        this.#digest = hex;
+        callback();
+      },
+      (err: Error) => callback(err),
+    );
+  }
+
+  /** Stream implementation: a stream destroyed before its end drops its hash. */
+  override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {
+    this.#hash?.cancel();
+    callback(err);
   }
 }
 

@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { createStreamHash } from '../core/stream-hash.js';
 import type { ExtentStream } from './extent.js';
 import { orderedChunks } from './extents-to-raw-stream.js';
 
@@ -13,8 +13,6 @@ export interface ExtentDigest {
   zeroBytes: number;
 }
 
-const ZEROS = Buffer.alloc(1024 * 1024);
-
 /**
  * Hashes the guest bytes of an extent stream without writing them anywhere (zero and hole ranges are
  * hashed as zeros): the digest equals `sha256sum` of the raw image, so a restore point can be
@@ -27,17 +25,19 @@ const ZEROS = Buffer.alloc(1024 * 1024);
  * @throws `ERR_INVALID_ARGUMENT` for malformed streams, `ERR_ABORTED`, and the source's errors.
  */
 export async function digestExtents(stream: ExtentStream, options: { signal?: AbortSignal | undefined } = {}): Promise<ExtentDigest> {
-  const hash = createHash('sha256');
+  const hash = createStreamHash();
   let dataBytes = 0;
   let zeroBytes = 0;
-  for await (const c of orderedChunks(stream, options.signal)) {
-    if (c.kind === 'data') {
-      hash.update(c.data);
-      dataBytes += c.length;
-    } else {
-      for (let left = c.length; left > 0; left -= ZEROS.length) hash.update(ZEROS.subarray(0, Math.min(left, ZEROS.length)));
-      zeroBytes += c.length;
+  try {
+    for await (const c of orderedChunks(stream, options.signal)) {
+      if (c.kind === 'data') dataBytes += c.length;
+      else zeroBytes += c.length;
+      const room = c.kind === 'data' ? hash.update(c.data) : hash.updateZeros(c.length);
+      if (room) await room;
     }
+  } catch (err) {
+    hash.cancel();
+    throw err;
   }
-  return { sha256: hash.digest('hex'), size: stream.size, dataBytes, zeroBytes };
+  return { sha256: await hash.digest(), size: stream.size, dataBytes, zeroBytes };
 }

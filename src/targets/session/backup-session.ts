@@ -208,7 +208,7 @@ class CoreBackupSession implements BackupSession {
     await staged.putDiskExtents(file, measured, { signal });
     throwIfAborted(signal);
     if (!measured.drained) throw new VirtstreamError('ERR_INTERNAL', `the target's driver did not read ${what} to its end`);
-    return { bytes: source.size, sha256: measured.digest() };
+    return { bytes: source.size, sha256: await measured.digest() };
   }
 
   /** Streams `source` through the size check and the digest into the driver. */

@@ -4,21 +4,10 @@
  *
  * @module
  */
-import { createHash } from 'node:crypto';
-import type { Hash } from 'node:crypto';
 import type { ExtentChunk, ExtentStream } from '../../core/extent.js';
 import { VirtstreamError } from '../../core/errors.js';
+import { createStreamHash } from '../../core/stream-hash.js';
 import { orderedChunks } from '../../formats/extents-to-raw-stream.js';
-
-/** Zero and hole ranges are hashed from this one buffer, a slice at a time (never a disk-size buffer). */
-const ZERO_SLICE = 1024 * 1024;
-let zeros: Buffer | undefined;
-
-/** Feeds `length` zero bytes to `hash` in bounded slices. */
-export function hashZeros(hash: Hash, length: number): void {
-  zeros ??= Buffer.alloc(ZERO_SLICE);
-  for (let left = length; left > 0; left -= ZERO_SLICE) hash.update(zeros.subarray(0, Math.min(ZERO_SLICE, left)));
-}
 
 /**
  * An extent stream that can be iterated once: checked (`orderedChunks`), hashed as raw bytes, and
@@ -30,7 +19,7 @@ export class MeasuredExtents implements ExtentStream {
   readonly #source: ExtentStream;
   readonly #signal: AbortSignal;
   readonly #onBytes: ((bytes: number) => void) | undefined;
-  readonly #hash = createHash('sha256');
+  readonly #hash = createStreamHash();
   #started = false;
   /** True once the consumer pulled the stream to its end. */
   drained = false;
@@ -44,21 +33,27 @@ export class MeasuredExtents implements ExtentStream {
   }
 
   /** Hex sha256 of the raw bytes; only once {@link MeasuredExtents.drained}. */
-  digest(): string {
+  async digest(): Promise<string> {
     if (!this.drained) throw new VirtstreamError('ERR_INTERNAL', 'the extent stream was not read to its end');
-    return this.#hash.digest('hex');
+    return this.#hash.digest();
   }
 
   async *[Symbol.asyncIterator](): AsyncGenerator<ExtentChunk> {
     // a second pass would hash the disk twice: the driver contract reads it once
     if (this.#started) throw new VirtstreamError('ERR_INTERNAL', 'the extent stream of a disk can be read once');
     this.#started = true;
-    for await (const c of orderedChunks(this.#source, this.#signal)) {
-      if (c.kind === 'data') this.#hash.update(c.data);
-      else hashZeros(this.#hash, c.length);
-      yield c;
-      this.#onBytes?.(c.offset + c.length);
+    try {
+      for await (const c of orderedChunks(this.#source, this.#signal)) {
+        // the hash worker takes its copy while the driver writes the chunk
+        const room = c.kind === 'data' ? this.#hash.update(c.data) : this.#hash.updateZeros(c.length);
+        yield c;
+        if (room) await room;
+        this.#onBytes?.(c.offset + c.length);
+      }
+      this.drained = true;
+    } finally {
+      // a failed or abandoned read drops its hash
+      if (!this.drained) this.#hash.cancel();
     }
-    this.drained = true;
   }
 }
