@@ -9,8 +9,10 @@
  * @module
  */
 import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { constants as fsConstants, createWriteStream } from 'node:fs';
+import type { BigIntStats } from 'node:fs';
+import { mkdtemp, open, rm } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pipeline as pipelineCb } from 'node:stream';
@@ -31,7 +33,7 @@ import type {
   UnreadableBackup,
   VerifiedRestore,
 } from '../core/target.js';
-import { VerifyingStream } from '../core/verifying-stream.js';
+import { VerifyingStream, heldFileCheck } from '../core/verifying-stream.js';
 import { backupParents } from '../formats/manifest.js';
 import { SnapshotChain, restoreDiskPath } from './snapshot-chain.js';
 
@@ -240,16 +242,22 @@ async function spoolLayer(
   input: NodeJS.ReadableStream,
   artifact: StoredDiskArtifact,
   signal: AbortSignal | undefined,
-): Promise<{ path: string; remove(): Promise<void> }> {
+): Promise<{ path: string; fh: FileHandle; verified: BigIntStats; remove(): Promise<void> }> {
   const dir = await mkdtemp(join(tmpdir(), 'virtstream-layer-'));
-  const remove = (): Promise<void> => rm(dir, { recursive: true, force: true });
+  let fh: FileHandle | undefined;
+  const remove = async (): Promise<void> => {
+    await fh?.close().catch(() => undefined);
+    await rm(dir, { recursive: true, force: true });
+  };
   const path = join(dir, 'layer');
   try {
     const digest = new DigestStream();
     await pipeline(input as Readable, digest, createWriteStream(path, { mode: 0o600, flags: 'wx' }), signal ? { signal } : {});
     if (digest.bytes !== artifact.bytes) throw new SizeMismatchError({ what: artifact.file, expected: artifact.bytes, actual: digest.bytes });
     if (digest.sha256 !== artifact.sha256) throw new ChecksumMismatchError({ path: artifact.file, expected: artifact.sha256, actual: digest.sha256 ?? '' });
-    return { path, remove };
+    // the copy was hashed as it was written: reads check it is unchanged instead of hashing it again
+    fh = await open(path, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW);
+    return { path, fh, verified: await fh.stat({ bigint: true }), remove };
   } catch (err) {
     await remove();
     throw normalizeAbort(err, signal);
@@ -277,8 +285,14 @@ function sourceStore(source: RestoreSource, randomAccess: 'qcow2' | 'all'): Rest
         return {
           path: spooled.path,
           async open(options) {
-            const input = createReadStream(spooled.path, options.signal ? { signal: options.signal } : {});
-            return pipelineCb(input, new VerifyingStream(check), () => undefined);
+            const held = await heldFileCheck(spooled.fh, spooled.verified, check);
+            const input = spooled.fh.createReadStream({
+              start: 0,
+              autoClose: false,
+              highWaterMark: 1024 * 1024,
+              ...(options.signal ? { signal: options.signal } : {}),
+            });
+            return pipelineCb(input, new VerifyingStream(held), () => undefined);
           },
           close: spooled.remove,
         };

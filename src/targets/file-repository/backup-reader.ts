@@ -8,7 +8,7 @@
 import { createHash } from 'node:crypto';
 import { addAbortListener } from 'node:events';
 import { constants as fsConstants } from 'node:fs';
-import type { Stats } from 'node:fs';
+import type { BigIntStats, Stats } from 'node:fs';
 import { lstat, open, readdir, readlink, realpath } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { join, relative } from 'node:path';
@@ -21,7 +21,7 @@ import type { Logger } from '../../core/logger.js';
 import { RepositoryError } from '../../core/repository-error.js';
 import { measureStream } from '../../core/streams.js';
 import type { BackupRecord, RepositoryScan, StoredDiskArtifact, UnreadableBackup } from '../../core/target.js';
-import { VerifyingStream } from '../../core/verifying-stream.js';
+import { VerifyingStream, heldFileCheck } from '../../core/verifying-stream.js';
 import type { ExpectedContent } from '../../core/verifying-stream.js';
 import type { PinnedLayer } from '../../snapshot/verified-restore.js';
 import { MANIFEST_FILE, MAX_MANIFEST_BYTES, isValidBackupId, manifestToRecord, parseManifest, partialManifestParents } from '../../formats/manifest.js';
@@ -247,10 +247,13 @@ export class BackupReader {
     if (!stat) throw new NotFoundError(`${artifact.file} of backup ${backupId} is missing`, { what: 'artifact' });
     const fh = await open(path, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW);
     let heldPath = path;
+    let verifiedStat: BigIntStats | undefined;
     try {
       await this.#checkHeld(fh, path, stat);
-      const size = (await fh.stat()).size;
-      if (size !== artifact.bytes) throw new SizeMismatchError({ what: path, expected: artifact.bytes, actual: size });
+      // taken before the hash, so a write while it reads is caught too
+      verifiedStat = await fh.stat({ bigint: true });
+      if (verifiedStat.size !== BigInt(artifact.bytes))
+        throw new SizeMismatchError({ what: path, expected: artifact.bytes, actual: Number(verifiedStat.size) });
       const digest = await measureStream(fh.createReadStream({ start: 0, autoClose: false, highWaterMark: 1024 * 1024 }), signal ? { signal } : {});
       if (digest.bytes !== artifact.bytes) throw new SizeMismatchError({ what: path, expected: artifact.bytes, actual: digest.bytes });
       if (digest.sha256 !== artifact.sha256) throw new ChecksumMismatchError({ path, expected: artifact.sha256, actual: digest.sha256 });
@@ -268,12 +271,14 @@ export class BackupReader {
       throw err;
     }
     let closed = false;
-    const expected = { bytes: artifact.bytes, sha256: artifact.sha256, file: path };
+    const held = verifiedStat!;
+    const expected: ExpectedContent = { bytes: artifact.bytes, sha256: artifact.sha256, file: path };
     return {
       path: heldPath,
       open: async (options) => {
         if (closed) throw new RepositoryError('ERR_REPO_STATE', `the verified restore holding ${path} was closed`, { path });
-        return verifiedStream(fh, expected, options.signal, false);
+        // verified once from this descriptor: a read checks the file did not change since, not its hash again
+        return verifiedStream(fh, await heldFileCheck(fh, held, expected), options.signal, false);
       },
       close: async () => {
         if (closed) return;

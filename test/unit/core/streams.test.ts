@@ -171,11 +171,14 @@ describe('toReadable', () => {
       pause: () => undefined,
       resume: () => undefined,
     });
-    setImmediate(() => {
-      asOld.emit('data', Buffer.from([1, 2]));
-      asOld.emit('data', Buffer.from([3]));
-      asOld.emit('end');
-    });
+    // it starts once someone listens (the sources before it finish asynchronously)
+    asOld.once('newListener', () =>
+      setImmediate(() => {
+        asOld.emit('data', Buffer.from([1, 2]));
+        asOld.emit('data', Buffer.from([3]));
+        asOld.emit('end');
+      }),
+    );
     for (const source of [gen(), web, asOld as unknown as NodeJS.ReadableStream]) {
       const { bytes, sha256 } = await measureStream(toReadable(source));
       expect(bytes).toBe(3);

@@ -1,4 +1,4 @@
-import { lstat, mkdir, readdir, readFile, rename, stat, symlink, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, open, readdir, readFile, rename, stat, symlink, utimes, writeFile } from 'node:fs/promises';
 import { createReadStream, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -29,6 +29,12 @@ async function backup(repo: FileRepository, parentId?: string, seed = 1): Promis
   await s.writeMetadata('domain.xml', `<domain>${seed}</domain>`);
   await s.writeDisk(diskInfo('vda', SIZE, parentId ? { kind: 'incremental', format: 'qcow2' } : {}), pattern(SIZE, seed));
   return (await s.commit()).id;
+}
+
+async function writeBack(path: string, data: Buffer, position: number): Promise<void> {
+  const fh = await open(path, 'r+');
+  await fh.write(data, 0, data.length, position);
+  await fh.close();
 }
 
 async function verifyError(p: Promise<unknown>): Promise<VerifyFailedError> {
@@ -150,6 +156,49 @@ describe('restore and verify agree (issue 11.2)', () => {
     expect(await digestOf(await point.openLayer(full, 'vda'))).toEqual(expected);
     await point.close();
     expect(await codeOf(point.openLayer(full, 'vda'))).toBe('ERR_REPO_STATE');
+  });
+
+  it('a verified layer is not hashed again, but any change to it after verification refuses the read', async () => {
+    const repo = new FileRepository(tmp.path, { fsync: false });
+    const full = await backup(repo);
+    const expected = await digestOf(pattern(SIZE, 1));
+    const stored = await repo.diskPath(VM, full, 'vda');
+    {
+      // untouched: read twice, equal to what was stored
+      await using point = await repo.openRestore(VM, {});
+      expect(await digestOf(await point.openLayer(full, 'vda'))).toEqual(expected);
+      expect(await digestOf(await point.openLayer(full, 'vda'))).toEqual(expected);
+    }
+    // written in place (same inode, same size) after verification
+    {
+      await using point = await repo.openRestore(VM, {});
+      const fh = await open(stored, 'r+');
+      const original = Buffer.alloc(1);
+      await fh.read(original, 0, 1, 1000);
+      await fh.write(Buffer.from([original[0]! ^ 0xff]), 0, 1, 1000);
+      await fh.close();
+      expect(await codeOf(point.openLayer(full, 'vda'))).toBe('ERR_CHECKSUM_MISMATCH');
+      await writeBack(stored, original, 1000);
+    }
+    // changed while a read runs: the end of that read fails
+    {
+      await using point = await repo.openRestore(VM, {});
+      const reading = await point.openLayer(full, 'vda');
+      await utimes(stored, new Date(), new Date(0));
+      expect(await codeOf(digestOf(reading))).toBe('ERR_CHECKSUM_MISMATCH');
+    }
+  });
+
+  it('a spooled layer is not hashed again either, and a changed copy is refused', async () => {
+    const target = new MemoryTarget();
+    const s = await target.begin({ vm: { name: 'm' }, strategy: 'test', kind: 'full' });
+    await s.writeDisk(diskInfo('vda', 5000, { format: 'qcow2' }), pattern(5000, 4));
+    const record = await s.commit();
+    await using point = await openVerifiedRestore(target, 'm', {});
+    const spooled = point.layerPath(record.id, 'vda')!;
+    expect(await digestOf(await point.openLayer(record.id, 'vda'))).toEqual(await digestOf(pattern(5000, 4)));
+    await writeFile(spooled, Buffer.alloc(5000, 9), { flag: 'r+' });
+    expect(await codeOf(point.openLayer(record.id, 'vda'))).toBe('ERR_CHECKSUM_MISMATCH');
   });
 
   it('sources without openRestore are verified through openDisk (MemoryTarget)', async () => {
