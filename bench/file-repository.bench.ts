@@ -28,8 +28,8 @@ function sh(cmd: string, args: string[]): number {
 
 const suite: BenchSuite = {
   name: 'file-repository',
-  async run(): Promise<BenchRow[]> {
-    const size = Number(process.env.BENCH_SIZE_MB ?? 2048) * MiB;
+  async run(ctx): Promise<BenchRow[]> {
+    const size = ctx.sizeMb(2048) * MiB;
     const dir = mkdtempSync(join(tmpdir(), 'vs-bench-repo-'));
     try {
       const src = join(dir, 'source.raw');
@@ -49,6 +49,7 @@ const suite: BenchSuite = {
       const baselineCp = sh('cp', ['--sparse=always', src, join(dir, 'copy.raw')]);
       rows.push({
         case: 'writeDisk (sha256 + sparse + fsync)',
+        goal: { ratio: 0.6 },
         bytes: size,
         virtstreamSeconds: writeSeconds,
         baseline: 'cp --sparse=always',
@@ -81,6 +82,7 @@ const suite: BenchSuite = {
       peak = rss.stop();
       rows.push({
         case: 'openDisk (size + sha256 check)',
+        goal: { ratio: 0.6 },
         bytes: size,
         virtstreamSeconds: readSeconds,
         baseline: 'cat > /dev/null',

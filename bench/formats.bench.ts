@@ -78,6 +78,7 @@ const suite: BenchSuite = {
       const vsQcow2 = seconds(t);
       rows.push({
         case: 'raw -> qcow2 (writeQcow2)',
+        goal: { ratio: 0.8 },
         bytes: size,
         virtstreamSeconds: vsQcow2,
         baseline: 'qemu-img convert -O qcow2',
@@ -114,6 +115,7 @@ const suite: BenchSuite = {
       const vsFlat = seconds(t);
       rows.push({
         case: 'flatten 3-layer qcow2 chain -> raw',
+        goal: { ratio: 0.8 },
         bytes: size,
         virtstreamSeconds: vsFlat,
         baseline: 'qemu-img convert -O raw',

@@ -21,6 +21,23 @@ export interface BenchRow {
   baselineSeconds: number;
   /** Peak RSS of this process while virtstream ran, MiB. */
   peakRssMb?: number;
+  /** The goal of this row: the least speed ratio (virtstream ÷ baseline MB/s), the most peak RSS. */
+  goal?: BenchGoal;
+  /**
+   * A row that measures a quantity rather than a speed (bytes stored per changed byte, say): the
+   * table shows it in the ratio column and judges it against `goal.max`.
+   */
+  quantity?: { label: string; value: number };
+}
+
+/** What a row must reach to be marked met. */
+export interface BenchGoal {
+  /** Least speed ratio (median of the runs). */
+  ratio?: number;
+  /** Most peak RSS in MiB (largest of the runs). */
+  peakRssMb?: number;
+  /** Most value of a quantity row (median of the runs). */
+  max?: number;
 }
 
 /** What `bench/run.ts` hands each suite. */
@@ -29,6 +46,8 @@ export interface BenchContext {
   sizeMb(defaultMb: number): number;
   /** Progress output (stderr). */
   log(message: string): void;
+  /** `--quick`: small sizes and no multi-GiB rows, so a whole run stays under five minutes. */
+  quick: boolean;
 }
 
 /** A group of benchmark rows, default-exported by a `bench/*.bench.ts` file. */
@@ -39,10 +58,11 @@ export interface BenchSuite {
 
 const MiB = 1024 * 1024;
 
-/** `BENCH_SIZE_MB` when set (and positive), else `defaultMb`. */
-export function benchSizeMb(defaultMb: number): number {
+/** `BENCH_SIZE_MB` when set (and positive), else `defaultMb` (at most `quickMb` with `--quick`). */
+export function benchSizeMb(defaultMb: number, quick = false, quickMb = 256): number {
   const v = Number(process.env.BENCH_SIZE_MB);
-  return Number.isFinite(v) && v > 0 ? Math.floor(v) : defaultMb;
+  if (Number.isFinite(v) && v > 0) return Math.floor(v);
+  return quick ? Math.min(defaultMb, quickMb) : defaultMb;
 }
 
 /** Runs `fn` and returns its result with the elapsed wall time in seconds. */
@@ -168,23 +188,113 @@ export function mbps(bytes: number, seconds: number): number {
   return seconds > 0 ? bytes / 1e6 / seconds : 0;
 }
 
-/** Formats rows as an aligned text table. */
-export function formatTable(rows: readonly (BenchRow & { suite: string })[]): string {
-  const header = ['suite', 'case', 'MB/s virtstream', 'baseline', 'MB/s baseline', 'ratio', 'peak RSS MiB'];
+/** One row over all runs of its suite. */
+export interface AggregatedRow {
+  suite: string;
+  case: string;
+  baseline: string;
+  runs: number;
+  /** Median MB/s of each side. */
+  virtstreamMbps: number;
+  baselineMbps: number;
+  /** Speed ratios (or a quantity row's values), smallest, median and largest. */
+  ratio: { min: number; median: number; max: number } | undefined;
+  quantity: string | undefined;
+  /** Largest peak RSS of the runs, MiB. */
+  peakRssMb: number | undefined;
+  goal: BenchGoal | undefined;
+  /** Whether every goal of the row was reached; undefined without one. */
+  met: boolean | undefined;
+}
+
+function median(values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
+
+/** Groups the rows of several runs by suite, case and baseline, in first-seen order. */
+export function aggregateRuns(rows: readonly (BenchRow & { suite: string })[]): AggregatedRow[] {
+  const groups = new Map<string, (BenchRow & { suite: string })[]>();
+  for (const r of rows) {
+    const key = `${r.suite}\0${r.case}\0${r.baseline}`;
+    const list = groups.get(key);
+    if (list) list.push(r);
+    else groups.set(key, [r]);
+  }
+  return [...groups.values()].map((runs) => {
+    const first = runs[0]!;
+    const values = first.quantity
+      ? runs.map((r) => r.quantity?.value ?? Number.NaN)
+      : runs.map((r) => {
+          const base = mbps(r.bytes, r.baselineSeconds);
+          return base > 0 ? mbps(r.bytes, r.virtstreamSeconds) / base : Number.NaN;
+        });
+    const known = values.filter((v) => Number.isFinite(v));
+    const ratio = known.length > 0 ? { min: Math.min(...known), median: median(known), max: Math.max(...known) } : undefined;
+    const rss = runs.map((r) => r.peakRssMb).filter((v): v is number => v !== undefined);
+    const peakRssMb = rss.length > 0 ? Math.max(...rss) : undefined;
+    const goal = first.goal;
+    let met: boolean | undefined;
+    if (goal) {
+      const checks: boolean[] = [];
+      if (goal.ratio !== undefined) checks.push(ratio !== undefined && ratio.median >= goal.ratio);
+      if (goal.max !== undefined) checks.push(ratio !== undefined && ratio.median <= goal.max);
+      if (goal.peakRssMb !== undefined) checks.push(peakRssMb !== undefined && peakRssMb <= goal.peakRssMb);
+      met = checks.length > 0 ? checks.every(Boolean) : undefined;
+    }
+    return {
+      suite: first.suite,
+      case: first.case,
+      baseline: first.baseline,
+      runs: runs.length,
+      virtstreamMbps: median(runs.map((r) => mbps(r.bytes, r.virtstreamSeconds))),
+      baselineMbps: median(runs.map((r) => mbps(r.bytes, r.baselineSeconds))),
+      ratio,
+      quantity: first.quantity?.label,
+      peakRssMb,
+      goal,
+      met,
+    };
+  });
+}
+
+function goalText(goal: BenchGoal | undefined): string {
+  if (!goal) return '-';
+  const parts: string[] = [];
+  if (goal.ratio !== undefined) parts.push(`>= ${goal.ratio}`);
+  if (goal.max !== undefined) parts.push(`<= ${goal.max}`);
+  if (goal.peakRssMb !== undefined) parts.push(`RSS <= ${goal.peakRssMb}`);
+  return parts.join(', ');
+}
+
+/** Formats aggregated rows as an aligned text table: ratio as median (min-max) over the runs. */
+export function formatTable(rows: readonly AggregatedRow[]): string {
+  const header = ['suite', 'case', 'MB/s virtstream', 'baseline', 'MB/s baseline', 'ratio (min-max)', 'peak RSS MiB', 'goal', 'met'];
   const body = rows.map((r) => {
-    const vs = mbps(r.bytes, r.virtstreamSeconds);
-    const base = mbps(r.bytes, r.baselineSeconds);
+    const ratio = r.ratio
+      ? r.runs > 1
+        ? `${r.ratio.median.toFixed(2)} (${r.ratio.min.toFixed(2)}-${r.ratio.max.toFixed(2)})`
+        : r.ratio.median.toFixed(2)
+      : '-';
     return [
       r.suite,
       r.case,
-      vs.toFixed(0),
-      r.baseline,
-      base.toFixed(0),
-      base > 0 ? (vs / base).toFixed(2) : '-',
+      r.quantity ? '-' : r.virtstreamMbps.toFixed(0),
+      r.quantity ? r.quantity : r.baseline,
+      r.quantity ? '-' : r.baselineMbps.toFixed(0),
+      ratio,
       r.peakRssMb === undefined ? '-' : String(r.peakRssMb),
+      goalText(r.goal),
+      r.met === undefined ? '' : r.met ? 'met' : 'NOT MET',
     ];
   });
   const widths = header.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)));
-  const line = (cells: string[]): string => cells.map((c, i) => (i >= 2 && i !== 3 ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join('  ');
+  const numeric = new Set([2, 4, 5, 6]);
+  const line = (cells: string[]): string =>
+    cells
+      .map((c, i) => (numeric.has(i) ? c.padStart(widths[i]!) : c.padEnd(widths[i]!)))
+      .join('  ')
+      .trimEnd();
   return [line(header), widths.map((w) => '-'.repeat(w)).join('  '), ...body.map(line)].join('\n');
 }

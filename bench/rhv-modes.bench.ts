@@ -100,6 +100,7 @@ const suite: BenchSuite = {
         rmSync(out, { force: true });
         rows.push({
           case: `ssh-transfer full of ${sizeMb} MiB over ${channel === 'ssh' ? 'SSH' : 'netcat'} (streamed to QCOW2 in repo)`,
+          goal: { ratio: 0.9 },
           bytes,
           virtstreamSeconds: vs.seconds,
           baseline: channel === 'ssh' ? 'ssh host cat > file' : 'ssh host nc -l + nc > file',
@@ -138,6 +139,7 @@ const suite: BenchSuite = {
         const baseline = await runBaseline(['cp', '--sparse=never', same, join(dir, 'same.copy')]);
         rows.push({
           case: `disk-attach read of ${sizeMb} MiB device into repo`,
+          goal: { ratio: 0.9 },
           bytes,
           virtstreamSeconds: readSeconds,
           baseline: 'cp',
