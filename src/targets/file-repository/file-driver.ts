@@ -137,7 +137,7 @@ class FileStaging implements StagedBackup {
   }
 
   async putDisk(file: string, data: AsyncIterable<Buffer>, options: DriverCallOptions): Promise<void> {
-    await this.#write(file, (fh) => pipeline(data, new FileSink(fh, this.#p.sparse), options.signal ? { signal: options.signal } : {}));
+    await this.#write(file, (fh) => pipeline(data, new FileSink(fh, { sparse: this.#p.sparse }), options.signal ? { signal: options.signal } : {}));
   }
 
   async putDiskExtents(file: string, data: ExtentStream, options: DriverCallOptions): Promise<void> {
