@@ -5,6 +5,7 @@
  */
 import { Writable } from 'node:stream';
 import type { FileHandle } from 'node:fs/promises';
+import type { Writeback } from './writeback.js';
 
 /** The hole granule: an all-zero block of this size, aligned in the file, is never written. */
 const BLOCK = 4096;
@@ -19,6 +20,8 @@ export type SinkHandle = Pick<FileHandle, 'writev' | 'truncate'>;
 export interface FileSinkOptions {
   /** Leave all-zero 4 KiB blocks as holes. */
   readonly sparse: boolean;
+  /** Told every byte written, to sync in the background while the stream runs. */
+  readonly writeback?: Writeback | undefined;
 }
 
 /**
@@ -29,6 +32,7 @@ export interface FileSinkOptions {
 export class FileSink extends Writable {
   readonly #fh: SinkHandle;
   readonly #sparse: boolean;
+  readonly #writeback: Writeback | undefined;
   #position = 0;
   /** The last chunk ended inside a block whose first part was written (so the rest joins it). */
   #tailWritten = false;
@@ -37,6 +41,7 @@ export class FileSink extends Writable {
     super({ highWaterMark: 1024 * 1024 });
     this.#fh = fh;
     this.#sparse = options.sparse;
+    this.#writeback = options.writeback;
   }
 
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (err?: Error | null) => void): void {
@@ -96,6 +101,7 @@ export class FileSink extends Writable {
     while (rest.length > 0) {
       const { bytesWritten } = await this.#fh.writev(rest, at);
       at += bytesWritten;
+      await this.#writeback?.wrote(bytesWritten);
       // drop what was written; a short write continues inside a buffer
       let left = bytesWritten;
       let i = 0;
@@ -106,7 +112,19 @@ export class FileSink extends Writable {
   }
 
   override _final(callback: (err?: Error | null) => void): void {
-    // trailing holes: the file gets its full length
-    this.#fh.truncate(this.#position).then(() => callback(), callback);
+    // trailing holes: the file gets its full length; a failed background sync fails the stream
+    const done = async (): Promise<void> => {
+      await this.#fh.truncate(this.#position);
+      await this.#writeback?.settle();
+    };
+    done().then(() => callback(), callback);
+  }
+
+  override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
+    // the handle is closed after this: let a background sync finish first
+    (this.#writeback?.settle() ?? Promise.resolve()).then(
+      () => callback(err),
+      (syncErr: unknown) => callback(err ?? (syncErr as Error)),
+    );
   }
 }

@@ -1,15 +1,17 @@
 /**
  * The repository's disk writers at the byte level: `FileSink` (4 KiB holes whatever the chunking,
- * data coalesced into few writev calls, exact bytes), and zero blocks inside data extents.
+ * data coalesced into few writev calls, exact bytes) and the background writeback both disk paths
+ * use (datasync while streaming, one at a time, its failure fails the write).
  */
 import { randomBytes } from 'node:crypto';
-import { open, readFile, stat } from 'node:fs/promises';
+import { open, readFile, readdir, stat } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { ExtentChunk, ExtentStream } from '../../../src/core/extent.js';
 import { FileSink } from '../../../src/targets/file-repository/file-sink.js';
+import { Writeback } from '../../../src/targets/file-repository/writeback.js';
 import { FileRepository } from '../../../src/targets/file-repository.js';
 import { diskInfo } from './helpers.js';
 import { useTempDir } from '../../support/temp-dir.js';
@@ -65,15 +67,21 @@ async function allocated(path: string): Promise<number> {
   return (await stat(path)).blocks * 512;
 }
 
-/** A handle that counts writev calls. */
-function counting(fh: FileHandle): { handle: FileHandle; writes: number } {
-  const counts = { handle: fh, writes: 0 };
+/** A handle that counts writev calls and can replace datasync. */
+function counting(fh: FileHandle, datasync?: () => Promise<void>): { handle: FileHandle; writes: number; syncs: number } {
+  const counts = { handle: fh, writes: 0, syncs: 0 };
   counts.handle = new Proxy(fh, {
     get(target, prop) {
       if (prop === 'writev') {
         return (buffers: Buffer[], position: number) => {
           counts.writes++;
           return target.writev(buffers, position);
+        };
+      }
+      if (prop === 'datasync') {
+        return () => {
+          counts.syncs++;
+          return datasync ? datasync() : target.datasync();
         };
       }
       const v = Reflect.get(target, prop, target) as unknown;
@@ -83,11 +91,12 @@ function counting(fh: FileHandle): { handle: FileHandle; writes: number } {
   return counts;
 }
 
-async function sinkInto(path: string, chunks: Iterable<Buffer>, options: { sparse?: boolean } = {}) {
+async function sinkInto(path: string, chunks: Iterable<Buffer>, options: { sparse?: boolean; interval?: number; datasync?: () => Promise<void> } = {}) {
   const fh = await open(path, 'w');
   try {
-    const c = counting(fh);
-    await pipeline(chunks, new FileSink(c.handle, { sparse: options.sparse ?? true }));
+    const c = counting(fh, options.datasync);
+    const writeback = options.interval === undefined ? undefined : new Writeback(c.handle, options.interval);
+    await pipeline(chunks, new FileSink(c.handle, { sparse: options.sparse ?? true, writeback }));
     return c;
   } finally {
     await fh.close();
@@ -148,6 +157,88 @@ describe('FileSink', () => {
     expect((await readFile(path)).equals(data)).toBe(true);
     expect(await allocated(path)).toBeGreaterThanOrEqual(MiB);
   });
+
+  it('syncs in the background while it streams', async () => {
+    const chunk = randomBytes(MiB);
+    const path = join(tmp.path, 'disk');
+    const c = await sinkInto(
+      path,
+      Array.from({ length: 10 }, () => chunk),
+      { interval: MiB },
+    );
+    expect(c.syncs).toBeGreaterThanOrEqual(2);
+    expect(c.syncs).toBeLessThanOrEqual(10);
+  });
+
+  it('fails the stream with the error of a failed background sync', async () => {
+    const chunk = randomBytes(MiB);
+    const err = Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' });
+    const path = join(tmp.path, 'disk');
+    await expect(
+      sinkInto(
+        path,
+        Array.from({ length: 10 }, () => chunk),
+        { interval: MiB, datasync: () => Promise.reject(err) },
+      ),
+    ).rejects.toBe(err);
+    // also when the sync fails after the last byte: the end of the stream waits for it
+    await expect(sinkInto(path, [chunk], { interval: MiB, datasync: () => Promise.reject(err) })).rejects.toBe(err);
+  });
+});
+
+describe('Writeback', () => {
+  /** A datasync whose completion the test controls. */
+  function manualSync(): { handle: { datasync(): Promise<void> }; started: number; finish(err?: Error): void } {
+    const pending: { resolve(): void; reject(e: Error): void }[] = [];
+    const m = {
+      started: 0,
+      handle: {
+        datasync: () =>
+          new Promise<void>((resolve, reject) => {
+            m.started++;
+            pending.push({ resolve, reject });
+          }),
+      },
+      finish(err?: Error) {
+        const p = pending.shift()!;
+        if (err) p.reject(err);
+        else p.resolve();
+      },
+    };
+    return m;
+  }
+
+  it('starts a sync every interval, one at a time, and waits only when two intervals are unsynced', async () => {
+    const m = manualSync();
+    const wb = new Writeback(m.handle, 10);
+    await wb.wrote(9);
+    expect(m.started).toBe(0);
+    await wb.wrote(1);
+    expect(m.started).toBe(1);
+    await wb.wrote(10); // 20 unsynced, sync running: no second one, no wait
+    expect(m.started).toBe(1);
+    let returned = false;
+    const blocked = wb.wrote(1).then(() => {
+      returned = true;
+    }); // 21 > 2 intervals: waits for the running sync
+    await new Promise((r) => setTimeout(r, 10));
+    expect(returned).toBe(false);
+    m.finish();
+    await blocked;
+    expect(m.started).toBe(2); // the bytes written meanwhile get their own sync
+    m.finish();
+    await wb.settle();
+  });
+
+  it('throws a background failure from the next call and from settle, never losing it', async () => {
+    const m = manualSync();
+    const wb = new Writeback(m.handle, 10);
+    await wb.wrote(10);
+    const err = new Error('EIO');
+    m.finish(err);
+    await expect(wb.settle()).rejects.toBe(err);
+    await expect(wb.wrote(1)).rejects.toBe(err);
+  });
 });
 
 describe('FileRepository from extents', () => {
@@ -172,5 +263,83 @@ describe('FileRepository from extents', () => {
     const expected = Buffer.concat([Buffer.alloc(MiB), data, Buffer.alloc(2 * MiB)]);
     expect((await readFile(path)).equals(expected)).toBe(true);
     expect(await allocated(path)).toBe(dataBlocks(expected) * BLOCK);
+  });
+});
+
+describe('FileRepository background writeback', () => {
+  afterEach(() => {
+    vi.restoreAllMocks();
+  });
+
+  /** The FileHandle prototype, to spy on datasync/sync of every handle the repository opens. */
+  async function handleProto(): Promise<FileHandle> {
+    const fh = await open(join(tmp.path, 'proto'), 'w');
+    await fh.close();
+    return Object.getPrototypeOf(fh) as FileHandle;
+  }
+
+  const SIZE = 200 * MiB;
+  async function* bytes(): AsyncGenerator<Buffer> {
+    const chunk = Buffer.alloc(MiB, 0x5c);
+    for (let at = 0; at < SIZE; at += MiB) yield chunk;
+  }
+  /** A zero MiB, then the same bytes as data extents. */
+  function dataExtents(): ExtentStream {
+    return {
+      size: SIZE + MiB,
+      async *[Symbol.asyncIterator](): AsyncGenerator<ExtentChunk> {
+        yield { offset: 0, length: MiB, kind: 'zero' };
+        let at = MiB;
+        for await (const data of bytes()) {
+          yield { offset: at, length: data.length, kind: 'data', data };
+          at += data.length;
+        }
+      },
+    };
+  }
+
+  it('datasyncs a large disk while it streams and still fsyncs it at the end', { timeout: 60_000 }, async () => {
+    const proto = await handleProto();
+    const datasync = vi.spyOn(proto, 'datasync');
+    const sync = vi.spyOn(proto, 'sync');
+    const repo = new FileRepository(tmp.path);
+    const s = await repo.begin({ vm: { name: 'vm' }, strategy: 'test', kind: 'full' });
+    await s.writeDisk(diskInfo('vda', SIZE), bytes(), { expectedBytes: SIZE });
+    expect(datasync.mock.calls.length).toBeGreaterThanOrEqual(1);
+    expect(datasync.mock.calls.length).toBeLessThanOrEqual(3);
+    expect(sync).toHaveBeenCalled();
+    await s.commit();
+  });
+
+  it('datasyncs a large disk written from extents', { timeout: 60_000 }, async () => {
+    const proto = await handleProto();
+    const datasync = vi.spyOn(proto, 'datasync');
+    const repo = new FileRepository(tmp.path);
+    const s = await repo.begin({ vm: { name: 'vm' }, strategy: 'test', kind: 'full' });
+    await s.writeDisk(diskInfo('vda', SIZE + MiB), dataExtents(), { expectedBytes: SIZE + MiB });
+    expect(datasync.mock.calls.length).toBeGreaterThanOrEqual(1);
+    await s.commit();
+  });
+
+  it('does not sync in the background when fsync is off', async () => {
+    const proto = await handleProto();
+    const datasync = vi.spyOn(proto, 'datasync');
+    const repo = new FileRepository(tmp.path, { fsync: false });
+    const s = await repo.begin({ vm: { name: 'vm' }, strategy: 'test', kind: 'full' });
+    await s.writeDisk(diskInfo('vda', SIZE), bytes(), { expectedBytes: SIZE });
+    expect(datasync).not.toHaveBeenCalled();
+    await s.abort();
+  });
+
+  it('fails writeDisk with the error of a failed background sync and leaves no file', { timeout: 60_000 }, async () => {
+    const proto = await handleProto();
+    const err = Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' });
+    vi.spyOn(proto, 'datasync').mockRejectedValue(err);
+    const repo = new FileRepository(tmp.path);
+    const s = await repo.begin({ vm: { name: 'vm' }, strategy: 'test', kind: 'full' });
+    await expect(s.writeDisk(diskInfo('vda', SIZE), bytes(), { expectedBytes: SIZE })).rejects.toBe(err);
+    await expect(s.writeDisk(diskInfo('vdb', SIZE + MiB), dataExtents(), { expectedBytes: SIZE + MiB })).rejects.toBe(err);
+    expect(await readdir(join(tmp.path, FileRepository.vmFolderName('vm'), '.staging', s.backupId, 'disks'))).toEqual([]);
+    await s.abort();
   });
 });
