@@ -14,8 +14,8 @@ const ZEROS = Buffer.alloc(SCAN);
 /** True when `b[from, to)` is all zeros (a native compare: this runs over every scanned byte). */
 function allZero(b: Uint8Array, from: number, to: number): boolean {
   for (let at = from; at < to; at += SCAN) {
-    const n = Math.min(SCAN, to - at);
-    if (Buffer.compare(ZEROS.subarray(0, n), b.subarray(at, at + n)) !== 0) return false;
+    // compare with offsets: no subarray per block
+    if (ZEROS.compare(b, at, Math.min(to, at + SCAN), 0, Math.min(SCAN, to - at)) !== 0) return false;
   }
   return true;
 }

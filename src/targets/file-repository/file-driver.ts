@@ -1,7 +1,9 @@
 /**
  * The driver of a `FileRepository` under the core session: the VM-folder lock (with the sweep of
  * dead writers' leftovers), a staging folder per backup, artifact files written through the sparse
- * `FileSink` (or, for extents, with their zero ranges left as holes) with exact modes and fsync, and the commit as one rename of the staging folder.
+ * `FileSink` (or, for extents, with their zero ranges left as holes) with exact modes and fsync (disks
+ * are also synced in the background while they stream, see `Writeback`), and the commit as one rename
+ * of the staging folder.
  *
  * @module
  */
@@ -25,6 +27,7 @@ import { STAGING_DIR, checkBackupId } from './layout.js';
 import type { RepositoryLocks } from './lock.js';
 import { createFile, ensureDir, fsyncPath } from './safe-fs.js';
 import { sweepLeftovers } from './sweep.js';
+import { Writeback } from './writeback.js';
 
 /** What the driver needs of its repository. */
 export interface FileDriverParts {
@@ -136,8 +139,18 @@ class FileStaging implements StagedBackup {
     }
   }
 
+  /**
+   * With fsync on, a disk is synced in the background while it streams, so the fsync at the end finds
+   * little left to write; without it nothing is synced, as before.
+   */
+  #writeback(fh: FileHandle): Writeback | undefined {
+    return this.#p.fsync ? new Writeback(fh) : undefined;
+  }
+
   async putDisk(file: string, data: AsyncIterable<Buffer>, options: DriverCallOptions): Promise<void> {
-    await this.#write(file, (fh) => pipeline(data, new FileSink(fh, this.#p.sparse), options.signal ? { signal: options.signal } : {}));
+    await this.#write(file, (fh) =>
+      pipeline(data, new FileSink(fh, { sparse: this.#p.sparse, writeback: this.#writeback(fh) }), options.signal ? { signal: options.signal } : {}),
+    );
   }
 
   async putDiskExtents(file: string, data: ExtentStream, options: DriverCallOptions): Promise<void> {
@@ -151,9 +164,15 @@ class FileStaging implements StagedBackup {
       // since sources report their allocation, not their contents (an allocated run of zeros)
       await fh.truncate(data.size);
       const writer = new SparseFileWriter(fh, path, 0, options.signal);
+      const writeback = this.#writeback(fh);
       for await (const c of data) {
-        if (c.kind === 'data' && c.length > 0) await writer.data(c.offset, c.data);
+        if (c.kind !== 'data' || c.length === 0) continue;
+        const before = writer.written;
+        await writer.data(c.offset, c.data);
+        await writeback?.wrote(writer.written - before);
       }
+      // a sync still running is waited for (its failure fails the disk); the final fsync follows
+      await writeback?.settle();
     });
   }
 

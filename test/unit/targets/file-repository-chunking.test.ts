@@ -1,6 +1,6 @@
 /**
  * The write path of `writeDisk` across chunk boundaries: odd chunk sizes (1 byte, primes, exactly
- * 4 MiB, larger than 8 MiB) against 64 KiB hole detection, exact bytes and sha256, early overflow,
+ * 4 MiB, larger than 8 MiB) against 4 KiB hole detection, exact bytes and sha256, early overflow,
  * a short source, and abort in the middle of a large write.
  */
 import { createHash } from 'node:crypto';
