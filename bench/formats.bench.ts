@@ -2,13 +2,20 @@
  * Formats data paths (default 2 GiB virtual size; `BENCH_SIZE_MB` shrinks it):
  * - flatten a 3-layer QCOW2 chain (raw-free: qcow2 base + 2 qcow2 deltas) to a raw file through
  *   `SnapshotChain.flatten` + `writeExtentsToFile`, versus `qemu-img convert -O raw` of the top image;
- * - write a QCOW2 from a raw image with `writeQcow2`, versus `qemu-img convert -O qcow2`.
+ * - write a QCOW2 from a raw image with `writeQcow2`, versus `qemu-img convert -O qcow2`;
+ * - read a compressed QCOW2 (`qemu-img convert -c`, zstd and zlib) to a raw file, versus
+ *   `qemu-img convert -O raw`. Its source is compressible text and at most 512 MiB, since
+ *   qemu-img compresses on one core. The zstd row names the decoder this Node uses (zlib's zstd
+ *   from Node 22.15, else fzstd).
  */
 import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { createWriteStream, mkdtempSync, rmSync } from 'node:fs';
+import { open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
+import * as zlib from 'node:zlib';
 import type { BackupRecord } from '../src/core/target.js';
 import { openDiskImage } from '../src/formats/open-disk-image.js';
 import { writeQcow2 } from '../src/formats/qcow2/qcow2-writer.js';
@@ -52,6 +59,47 @@ function record(id: string, minute: number, parentId: string | undefined, size: 
     ],
     metadata: [],
     labels: {},
+  };
+}
+
+/** A raw file of `size` bytes of base64 text (random bytes, so it compresses to about 3/4 and no better). */
+async function createTextRaw(path: string, size: number): Promise<void> {
+  const fh = await open(path, 'w');
+  try {
+    for (let off = 0; off < size; off += MiB) {
+      const text = Buffer.from(randomBytes((MiB * 3) / 4).toString('base64'));
+      await fh.write(text, 0, Math.min(MiB, size - off), off);
+    }
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Reads a compressed QCOW2 to raw with virtstream and with qemu-img, and checks both agree. */
+async function compressedRow(dir: string, raw: string, size: number, type: 'zstd' | 'zlib'): Promise<BenchRow> {
+  const image = join(dir, `${type}.qcow2`);
+  sh('qemu-img', ['convert', '-c', '-O', 'qcow2', '-o', `compression_type=${type}`, raw, image]);
+  let t = process.hrtime.bigint();
+  sh('qemu-img', ['convert', '-O', 'raw', image, join(dir, `qemu-${type}.raw`)]);
+  const base = seconds(t);
+  const rss = sampleRss();
+  t = process.hrtime.bigint();
+  {
+    await using img = await openDiskImage(image);
+    await writeExtentsToFile(img.extents(), join(dir, `vs-${type}.raw`));
+  }
+  const vs = seconds(t);
+  sh('cmp', ['-s', join(dir, `qemu-${type}.raw`), join(dir, `vs-${type}.raw`)]);
+  const decoder = type === 'zlib' ? 'zlib' : 'zstdDecompressSync' in zlib ? 'zlib zstd' : 'fzstd';
+  rmSync(join(dir, `qemu-${type}.raw`));
+  rmSync(join(dir, `vs-${type}.raw`));
+  return {
+    case: `${type}-compressed qcow2 -> raw (${decoder})`,
+    bytes: size,
+    virtstreamSeconds: vs,
+    baseline: 'qemu-img convert -O raw',
+    baselineSeconds: base,
+    peakRssMb: rss.stop(),
   };
 }
 
@@ -123,6 +171,13 @@ const suite: BenchSuite = {
         peakRssMb: rss.stop(),
       });
       sh('cmp', ['-s', join(dir, 'qemu-flat.raw'), join(dir, 'vs-flat.raw')]);
+
+      // 3. compressed QCOW2 (zstd, zlib) -> raw
+      const textSize = Math.min(size, 512 * MiB);
+      const text = join(dir, 'text.raw');
+      await createTextRaw(text, textSize);
+      rows.push(await compressedRow(dir, text, textSize, 'zstd'));
+      rows.push(await compressedRow(dir, text, textSize, 'zlib'));
       return rows;
     } finally {
       rmSync(dir, { recursive: true, force: true });

@@ -1,19 +1,9 @@
-import { spawn } from 'node:child_process';
 import * as zlib from 'node:zlib';
+import { Decompress } from 'fzstd';
 import { FormatError } from '../../core/errors.js';
 
 /** A decompressor of one QCOW2 cluster: returns exactly `clusterSize` bytes. */
 export type ClusterDecompressor = (compressed: Buffer, clusterSize: number) => Promise<Buffer>;
-
-/** How zstd-compressed clusters are decoded. */
-export interface ZstdOptions {
-  /**
-   * Command used when this Node has no built-in zstd (`zlib.zstdDecompressSync` arrived in Node 22.15):
-   * a `zstd` binary run as `zstd -d -c`. `false` disables the fallback.
-   * @defaultValue 'zstd'
-   */
-  zstdCommand?: string | false;
-}
 
 /** Decodes a raw-deflate (qemu "zlib" type) cluster. Trailing bytes after the deflate stream are ignored. */
 export const inflateCluster: ClusterDecompressor = async (compressed, clusterSize) => {
@@ -30,13 +20,25 @@ export const inflateCluster: ClusterDecompressor = async (compressed, clusterSiz
   return out;
 };
 
-/**
- * Length of the zstd frame at the start of `buf` (frame header + blocks + checksum), so trailing
- * bytes of the last sector can be cut off.
- *
- * @throws `ERR_FORMAT_CORRUPT` when `buf` does not start with a complete zstd frame.
- */
-export function zstdFrameLength(buf: Uint8Array): number {
+/** Largest block of any zstd frame: Block_Maximum_Size is min(Window_Size, 128 KiB) (RFC 8878, 3.1.1.2.4). */
+const ZSTD_MAX_BLOCK = 128 * 1024;
+
+/** Slices in which a frame is handed to the in-process decoder, so that a bomb is stopped early. */
+const PUSH_SLICE = 64 * 1024;
+
+/** What the frame header says, and where the frame ends (RFC 8878, 3.1.1). */
+interface ZstdFrame {
+  /** Frame header + blocks + checksum. */
+  length: number;
+  /** Frame_Content_Size, when the header has it. */
+  contentSize: number | undefined;
+  /** Dictionary_ID (0: none). */
+  dictionaryId: number;
+  /** Window_Size from the Window_Descriptor; undefined for single-segment frames (window = content size). */
+  windowSize: number | undefined;
+}
+
+function parseZstdFrame(buf: Uint8Array): ZstdFrame {
   const bad = (why: string): FormatError => new FormatError(`compressed cluster is not a zstd frame: ${why}`, { format: 'qcow2' });
   if (buf.length < 6) throw bad('too short');
   const magic = buf[0]! | (buf[1]! << 8) | (buf[2]! << 16) | (buf[3]! << 24);
@@ -45,8 +47,21 @@ export function zstdFrameLength(buf: Uint8Array): number {
   const fcsFlag = fhd >> 6;
   const single = (fhd >> 5) & 1;
   const checksum = (fhd >> 2) & 1;
-  const didFlag = fhd & 3;
-  let pos = 5 + (single ? 0 : 1) + [0, 1, 2, 4][didFlag]! + [single ? 1 : 0, 2, 4, 8][fcsFlag]!;
+  if (fhd & 8) throw bad('reserved header bit set');
+  let pos = 5;
+  let windowSize: number | undefined;
+  if (!single) {
+    const wd = buf[pos++]!;
+    const base = 2 ** (10 + (wd >> 3));
+    windowSize = base + (base / 8) * (wd & 7);
+  }
+  const didBytes = [0, 1, 2, 4][fhd & 3]!;
+  const fcsBytes = [single ? 1 : 0, 2, 4, 8][fcsFlag]!;
+  if (pos + didBytes + fcsBytes > buf.length) throw bad('truncated header');
+  const dictionaryId = littleEndian(buf, pos, didBytes);
+  pos += didBytes;
+  const contentSize = fcsBytes === 0 ? undefined : littleEndian(buf, pos, fcsBytes) + (fcsBytes === 2 ? 256 : 0);
+  pos += fcsBytes;
   for (let blocks = 0; ; blocks++) {
     if (pos + 3 > buf.length) throw bad('truncated block header');
     const bh = buf[pos]! | (buf[pos + 1]! << 8) | (buf[pos + 2]! << 16);
@@ -54,6 +69,7 @@ export function zstdFrameLength(buf: Uint8Array): number {
     const type = (bh >> 1) & 3;
     const size = bh >> 3;
     if (type === 3) throw bad('reserved block type');
+    if (size > ZSTD_MAX_BLOCK) throw bad(`block of ${size} bytes (the limit is 128 KiB)`);
     pos += 3 + (type === 1 ? 1 : size);
     if (pos > buf.length) throw bad('truncated block');
     if (last) break;
@@ -61,73 +77,118 @@ export function zstdFrameLength(buf: Uint8Array): number {
   }
   pos += checksum ? 4 : 0;
   if (pos > buf.length) throw bad('truncated checksum');
-  return pos;
+  return { length: pos, contentSize, dictionaryId, windowSize };
+}
+
+/** Unsigned little-endian integer of `n` (0 to 8) bytes; exact up to 2^53, which is enough to compare sizes. */
+function littleEndian(buf: Uint8Array, at: number, n: number): number {
+  let v = 0;
+  for (let i = n - 1; i >= 0; i--) v = v * 256 + buf[at + i]!;
+  return v;
+}
+
+/**
+ * Length of the zstd frame at the start of `buf` (frame header + blocks + checksum), so trailing
+ * bytes of the last sector can be cut off.
+ *
+ * @throws `ERR_FORMAT_CORRUPT` when `buf` does not start with a complete zstd frame.
+ */
+export function zstdFrameLength(buf: Uint8Array): number {
+  return parseZstdFrame(buf).length;
+}
+
+/**
+ * The frame at the start of a compressed cluster, after the checks both decoders share: no
+ * dictionary, and a declared content size (when there is one) of exactly one cluster, so a frame
+ * that announces 128 MiB is refused before anything is allocated for it.
+ */
+function clusterFrame(compressed: Buffer, clusterSize: number): { frame: Buffer; info: ZstdFrame } {
+  const info = parseZstdFrame(compressed);
+  if (info.dictionaryId !== 0) throw new FormatError(`compressed cluster needs zstd dictionary ${info.dictionaryId}`, { format: 'qcow2' });
+  if (info.contentSize !== undefined && info.contentSize > clusterSize) {
+    throw new FormatError(`compressed cluster decodes to more than one cluster (its frame declares ${info.contentSize} bytes)`, { format: 'qcow2' });
+  }
+  if (info.contentSize !== undefined && info.contentSize < clusterSize) {
+    throw new FormatError(`compressed cluster decodes to ${info.contentSize} bytes, not ${clusterSize}`, { format: 'qcow2' });
+  }
+  return { frame: compressed.subarray(0, info.length), info };
+}
+
+/** Thrown from fzstd's `ondata` to stop it once the output passes one cluster; never leaves this module. */
+class TooLarge extends Error {}
+
+/**
+ * Decodes a zstd-compressed cluster in pure JavaScript (fzstd): the path used when Node has no
+ * built-in zstd. The frame is pushed in 64 KiB slices and decoding stops as soon as the output
+ * passes `clusterSize`, so memory stays within about two clusters (the output and the decoder's
+ * window) plus one 128 KiB block whatever the frame claims. The optional content checksum is
+ * skipped, not verified. Trailing bytes after the frame are ignored. Known limit: fzstd does not
+ * bound the work of a corrupt compressed block (match lengths past the block's end are looped over,
+ * not refused), so a crafted frame of a few bytes can keep it busy for minutes; zlib's zstd has no
+ * such gap.
+ *
+ * @internal exported so that tests can run this path on a Node that has built-in zstd.
+ * @throws `ERR_FORMAT_CORRUPT` when the data is not one zstd frame that decodes to exactly `clusterSize` bytes.
+ */
+export function decodeZstdInProcess(compressed: Buffer, clusterSize: number): Buffer {
+  const { frame, info } = clusterFrame(compressed, clusterSize);
+  const out = Buffer.allocUnsafe(clusterSize);
+  let written = 0;
+  let ended = false;
+  const decoder = new Decompress((chunk, final) => {
+    if (written + chunk.length > clusterSize) throw new TooLarge();
+    out.set(chunk, written);
+    written += chunk.length;
+    if (final) ended = true;
+  });
+  try {
+    for (let at = 0; at < frame.length; at += PUSH_SLICE) {
+      let slice: Uint8Array = frame.subarray(at, at + PUSH_SLICE);
+      // fzstd allocates the window the header declares (up to 2 GiB); no valid reference reaches
+      // further back than one cluster, so a larger declared window is lowered to that
+      if (at === 0 && info.windowSize !== undefined && info.windowSize > windowFor(clusterSize)) {
+        slice = Uint8Array.from(slice);
+        slice[5] = (Math.log2(windowFor(clusterSize)) - 10) << 3;
+      }
+      decoder.push(slice, at + PUSH_SLICE >= frame.length);
+    }
+  } catch (err) {
+    if (err instanceof TooLarge) throw new FormatError('compressed cluster decodes to more than one cluster', { format: 'qcow2' });
+    throw new FormatError('compressed cluster is not valid zstd data', { format: 'qcow2', cause: err });
+  }
+  if (!ended) throw new FormatError('compressed cluster is not valid zstd data: the frame did not end', { format: 'qcow2' });
+  if (written !== clusterSize) throw new FormatError(`compressed cluster decodes to ${written} bytes, not ${clusterSize}`, { format: 'qcow2' });
+  return out;
+}
+
+/** Smallest power-of-two window of at least `clusterSize` bytes (and at least the 1 KiB minimum). */
+function windowFor(clusterSize: number): number {
+  let w = 1024;
+  while (w < clusterSize) w *= 2;
+  return w;
 }
 
 type ZstdSync = (buf: Uint8Array, options?: { maxOutputLength?: number }) => Buffer;
 
-/** Builds the zstd cluster decompressor: built-in zlib zstd when present, else the CLI, else a typed error. */
-export function zstdDecompressor(options: ZstdOptions = {}): ClusterDecompressor {
+/**
+ * Builds the zstd cluster decompressor: Node's zlib zstd when present (Node >= 22.15), else
+ * {@link decodeZstdInProcess}. Both run in this process; no command is spawned.
+ */
+export function zstdDecompressor(): ClusterDecompressor {
   const builtin = (zlib as unknown as { zstdDecompressSync?: ZstdSync }).zstdDecompressSync;
-  const command = options.zstdCommand ?? 'zstd';
+  if (!builtin) return async (compressed, clusterSize) => decodeZstdInProcess(compressed, clusterSize);
   return async (compressed, clusterSize) => {
-    const frame = compressed.subarray(0, zstdFrameLength(compressed));
+    const { frame } = clusterFrame(compressed, clusterSize);
     let out: Buffer;
-    if (builtin) {
-      try {
-        out = builtin(frame, { maxOutputLength: clusterSize });
-      } catch (err) {
-        throw new FormatError('compressed cluster is not valid zstd data', { format: 'qcow2', cause: err });
+    try {
+      out = builtin(frame, { maxOutputLength: clusterSize });
+    } catch (err) {
+      if ((err as { code?: unknown }).code === 'ERR_BUFFER_TOO_LARGE') {
+        throw new FormatError('compressed cluster decodes to more than one cluster', { format: 'qcow2', cause: err });
       }
-    } else if (command !== false) {
-      out = await runZstd(command, frame, clusterSize);
-    } else {
-      throw new FormatError(`zstd-compressed clusters need Node >= 22.15 (zlib zstd) or a zstd command; this Node ${process.version} has neither enabled`, {
-        format: 'qcow2',
-        unsupported: true,
-      });
+      throw new FormatError('compressed cluster is not valid zstd data', { format: 'qcow2', cause: err });
     }
     if (out.length !== clusterSize) throw new FormatError(`compressed cluster decodes to ${out.length} bytes, not ${clusterSize}`, { format: 'qcow2' });
     return out;
   };
-}
-
-function runZstd(command: string, frame: Buffer, clusterSize: number): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(command, ['-d', '-c', '-q'], { stdio: ['pipe', 'pipe', 'pipe'] });
-    const chunks: Buffer[] = [];
-    let total = 0;
-    let stderr = '';
-    let failed = false;
-    child.on('error', (err) => {
-      failed = true;
-      reject(
-        new FormatError(`zstd-compressed clusters need Node >= 22.15 or the ${command} command, which could not run`, {
-          format: 'qcow2',
-          unsupported: true,
-          cause: err,
-        }),
-      );
-    });
-    child.stdout.on('data', (c: Buffer) => {
-      total += c.length;
-      if (total > clusterSize) {
-        failed = true;
-        child.kill();
-        reject(new FormatError('compressed cluster decodes to more than one cluster', { format: 'qcow2' }));
-        return;
-      }
-      chunks.push(c);
-    });
-    child.stderr.on('data', (c: Buffer) => {
-      if (stderr.length < 4096) stderr += c.toString();
-    });
-    child.stdin.on('error', () => undefined);
-    child.on('close', (code) => {
-      if (failed) return;
-      if (code !== 0) reject(new FormatError(`compressed cluster is not valid zstd data: ${stderr.trim()}`, { format: 'qcow2' }));
-      else resolve(Buffer.concat(chunks, total));
-    });
-    child.stdin.end(frame);
-  });
 }

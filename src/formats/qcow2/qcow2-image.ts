@@ -44,7 +44,11 @@ export interface Qcow2ImageOptions {
    * stream then has no `map`). `0` never keeps a map. @defaultValue 8 MiB
    */
   mapCacheBytes?: number;
-  /** zstd fallback command when Node has no built-in zstd; `false` to disable. @defaultValue 'zstd' */
+  /**
+   * Formerly the `zstd` command run per cluster when Node had no built-in zstd.
+   * @deprecated ignored: zstd is decoded in-process (Node's zlib zstd from Node 22.15, else the
+   * fzstd decoder). Kept so that existing callers still compile.
+   */
   zstdCommand?: string | false;
   /** Map mode of raw backing files. @defaultValue 'scan' */
   rawMap?: RawMapMode;
@@ -101,7 +105,7 @@ export class Qcow2Image implements DiskImage {
     this.virtualSize = header.size;
     this.#clusters = new ClusterLookup(file, this.header, l1, options.l2CacheBytes ?? 16 * 1024 * 1024);
     this.#mapMaxExtents = Math.max(0, Math.floor((options.mapCacheBytes ?? 8 * 1024 * 1024) / EXTENT_BYTES));
-    this.#decompress = header.compressionType === 1 ? zstdDecompressor(options) : inflateCluster;
+    this.#decompress = header.compressionType === 1 ? zstdDecompressor() : inflateCluster;
     this.backing = backing;
     this.backingPath = backingPath;
   }
@@ -168,8 +172,8 @@ export class Qcow2Image implements DiskImage {
   /**
    * Guest bytes of `[offset, offset + length)`. With `shallow`, unallocated ranges read as zeros.
    *
-   * @throws `ERR_INVALID_ARGUMENT` for ranges outside the image; `ERR_FORMAT_CORRUPT`; `ERR_FORMAT_UNSUPPORTED`
-   * for zstd clusters without a codec.
+   * @throws `ERR_INVALID_ARGUMENT` for ranges outside the image; `ERR_FORMAT_CORRUPT` (also for a
+   * compressed cluster that does not decode to exactly one cluster).
    */
   async read(offset: number, length: number, options: ImageReadOptions = {}): Promise<Buffer> {
     checkRange(offset, length, this.virtualSize);
