@@ -15,6 +15,8 @@ export default defineConfig({
   // The lowest Node line in `engines` (>=20.19), on purpose: what builds for 20 runs on 22 and 24.
   target: 'node20',
   splitting: true,
+  // import.meta.url in the CommonJS build (from __filename): the zstd worker resolves fzstd from it
+  shims: true,
   // No source maps: dist is unminified, so stack traces already point at readable code, and maps
   // would either embed every source (55% of the tarball) or point at src/ files that are not shipped.
   sourcemap: false,

@@ -280,14 +280,9 @@ function pickWorker(): HashWorker | undefined {
 }
 
 /**
- * A sha256 of a stream, hashed on a worker thread when one is available.
+ * A sha256 of a stream, hashed on a worker thread when one is available. Feed it in order, waiting
+ * on what `update` returns, then `await digest()`.
  *
- * @example
- * ```ts
- * const hash = createStreamHash();
- * for await (const chunk of source) await hash.update(chunk);
- * const hex = await hash.digest();
- * ```
  * @internal Used by the library's byte meters and extent measurers.
  */
 export function createStreamHash(): StreamHash {

@@ -1,6 +1,8 @@
 import * as zlib from 'node:zlib';
 import { Decompress } from 'fzstd';
 import { FormatError } from '../../core/errors.js';
+import { ZSTD_CLUSTER_TIME_LIMIT_MS, decodeOnWorker } from './zstd-worker.js';
+import type { DecodedCluster } from './zstd-worker.js';
 
 /** A decompressor of one QCOW2 cluster: returns exactly `clusterSize` bytes. */
 export type ClusterDecompressor = (compressed: Buffer, clusterSize: number) => Promise<Buffer>;
@@ -118,21 +120,43 @@ function clusterFrame(compressed: Buffer, clusterSize: number): { frame: Buffer;
 class TooLarge extends Error {}
 
 /**
- * Decodes a zstd-compressed cluster in pure JavaScript (fzstd): the path used when Node has no
- * built-in zstd. The frame is pushed in 64 KiB slices and decoding stops as soon as the output
- * passes `clusterSize`, so memory stays within about two clusters (the output and the decoder's
- * window) plus one 128 KiB block whatever the frame claims. The optional content checksum is
- * skipped, not verified. Trailing bytes after the frame are ignored. Known limit: fzstd does not
- * bound the work of a corrupt compressed block (match lengths past the block's end are looped over,
- * not refused), so a crafted frame of a few bytes can keep it busy for minutes; zlib's zstd has no
- * such gap.
+ * The frame fzstd is given: fzstd allocates the window the header declares (up to 2 GiB), and no
+ * valid reference reaches further back than one cluster, so a larger declared window is lowered to
+ * that (on a copy).
+ */
+function fzstdFrame(compressed: Buffer, clusterSize: number): Uint8Array {
+  const { frame, info } = clusterFrame(compressed, clusterSize);
+  if (info.windowSize === undefined || info.windowSize <= windowFor(clusterSize)) return frame;
+  const lowered = Uint8Array.from(frame);
+  lowered[5] = (Math.log2(windowFor(clusterSize)) - 10) << 3;
+  return lowered;
+}
+
+/** The checks on what fzstd produced, shared by the in-thread and the worker path. */
+function checkDecoded(result: DecodedCluster, clusterSize: number): Buffer {
+  if ('error' in result) {
+    if (result.error === 'too-large') throw new FormatError('compressed cluster decodes to more than one cluster', { format: 'qcow2' });
+    throw new FormatError(`compressed cluster is not valid zstd data: ${result.error}`, { format: 'qcow2' });
+  }
+  if (!result.ended) throw new FormatError('compressed cluster is not valid zstd data: the frame did not end', { format: 'qcow2' });
+  if (result.written !== clusterSize) throw new FormatError(`compressed cluster decodes to ${result.written} bytes, not ${clusterSize}`, { format: 'qcow2' });
+  return Buffer.from(result.out.buffer, result.out.byteOffset, result.out.byteLength);
+}
+
+/**
+ * Decodes a zstd-compressed cluster in pure JavaScript (fzstd) on the calling thread. The frame is
+ * pushed in 64 KiB slices and decoding stops as soon as the output passes `clusterSize`, so memory
+ * stays within about two clusters (the output and the decoder's window) plus one 128 KiB block
+ * whatever the frame claims. The optional content checksum is skipped, not verified. Trailing bytes
+ * after the frame are ignored. Time is not bounded here (a crafted block can keep fzstd busy for
+ * minutes): the reader uses {@link decodeZstdFallback}, which runs this on a worker with a limit.
  *
  * @internal exported so that tests can run this path on a Node that has built-in zstd.
  * @throws `ERR_FORMAT_CORRUPT` when the data is not one zstd frame that decodes to exactly `clusterSize` bytes.
  */
 export function decodeZstdInProcess(compressed: Buffer, clusterSize: number): Buffer {
-  const { frame, info } = clusterFrame(compressed, clusterSize);
-  const out = Buffer.allocUnsafe(clusterSize);
+  const frame = fzstdFrame(compressed, clusterSize);
+  const out = new Uint8Array(clusterSize);
   let written = 0;
   let ended = false;
   const decoder = new Decompress((chunk, final) => {
@@ -142,23 +166,23 @@ export function decodeZstdInProcess(compressed: Buffer, clusterSize: number): Bu
     if (final) ended = true;
   });
   try {
-    for (let at = 0; at < frame.length; at += PUSH_SLICE) {
-      let slice: Uint8Array = frame.subarray(at, at + PUSH_SLICE);
-      // fzstd allocates the window the header declares (up to 2 GiB); no valid reference reaches
-      // further back than one cluster, so a larger declared window is lowered to that
-      if (at === 0 && info.windowSize !== undefined && info.windowSize > windowFor(clusterSize)) {
-        slice = Uint8Array.from(slice);
-        slice[5] = (Math.log2(windowFor(clusterSize)) - 10) << 3;
-      }
-      decoder.push(slice, at + PUSH_SLICE >= frame.length);
-    }
+    for (let at = 0; at < frame.length; at += PUSH_SLICE) decoder.push(frame.subarray(at, at + PUSH_SLICE), at + PUSH_SLICE >= frame.length);
   } catch (err) {
-    if (err instanceof TooLarge) throw new FormatError('compressed cluster decodes to more than one cluster', { format: 'qcow2' });
+    if (err instanceof TooLarge) return checkDecoded({ error: 'too-large' }, clusterSize);
     throw new FormatError('compressed cluster is not valid zstd data', { format: 'qcow2', cause: err });
   }
-  if (!ended) throw new FormatError('compressed cluster is not valid zstd data: the frame did not end', { format: 'qcow2' });
-  if (written !== clusterSize) throw new FormatError(`compressed cluster decodes to ${written} bytes, not ${clusterSize}`, { format: 'qcow2' });
-  return out;
+  return checkDecoded({ written, ended, out }, clusterSize);
+}
+
+/**
+ * The same decode on a shared worker thread, refused after `limitMs`: the path of Nodes without
+ * built-in zstd, so a crafted frame costs at most the limit, never the main thread.
+ *
+ * @internal exported so that tests can run this path on a Node that has built-in zstd.
+ * @throws `ERR_FORMAT_CORRUPT` as {@link decodeZstdInProcess}, and when decoding takes longer than `limitMs`.
+ */
+export async function decodeZstdFallback(compressed: Buffer, clusterSize: number, limitMs: number = ZSTD_CLUSTER_TIME_LIMIT_MS): Promise<Buffer> {
+  return checkDecoded(await decodeOnWorker(fzstdFrame(compressed, clusterSize), clusterSize, limitMs), clusterSize);
 }
 
 /** Smallest power-of-two window of at least `clusterSize` bytes (and at least the 1 KiB minimum). */
@@ -172,11 +196,11 @@ type ZstdSync = (buf: Uint8Array, options?: { maxOutputLength?: number }) => Buf
 
 /**
  * Builds the zstd cluster decompressor: Node's zlib zstd when present (Node >= 22.15), else
- * {@link decodeZstdInProcess}. Both run in this process; no command is spawned.
+ * {@link decodeZstdFallback} (fzstd on a worker thread, time-limited). No command is spawned.
  */
 export function zstdDecompressor(): ClusterDecompressor {
   const builtin = (zlib as unknown as { zstdDecompressSync?: ZstdSync }).zstdDecompressSync;
-  if (!builtin) return async (compressed, clusterSize) => decodeZstdInProcess(compressed, clusterSize);
+  if (!builtin) return (compressed, clusterSize) => decodeZstdFallback(compressed, clusterSize);
   return async (compressed, clusterSize) => {
     const { frame } = clusterFrame(compressed, clusterSize);
     let out: Buffer;

@@ -10,7 +10,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import * as zlib from 'node:zlib';
 import { describe, expect, it } from 'vitest';
 import { isVirtstreamError } from '../../../../src/core/errors.js';
-import { decodeZstdInProcess, zstdDecompressor, zstdFrameLength } from '../../../../src/formats/qcow2/qcow2-decompress.js';
+import { decodeZstdFallback, decodeZstdInProcess, zstdDecompressor, zstdFrameLength } from '../../../../src/formats/qcow2/qcow2-decompress.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -65,12 +65,13 @@ interface Decoder {
 /** The decoders under test: the in-process one always, the zlib one where this Node has it. */
 const decoders: Decoder[] = [
   { name: 'fzstd (decodeZstdInProcess)', inProcess: true, decode: async (c, cs) => decodeZstdInProcess(c, cs) },
+  { name: 'fzstd on a worker (decodeZstdFallback)', inProcess: true, decode: (c, cs) => decodeZstdFallback(c, cs) },
   ...(builtinDecompress ? [{ name: 'zlib zstd (zstdDecompressor)', inProcess: false, decode: zstdDecompressor() }] : []),
 ];
 
 it('zstdDecompressor uses the built-in zstd exactly when this Node has it', () => {
   // no other way to tell: the two give the same bytes. Node 20 and early 22 lines have none.
-  expect(decoders.length).toBe(builtinDecompress ? 2 : 1);
+  expect(decoders.length).toBe(builtinDecompress ? 3 : 2);
 });
 
 async function corrupt(p: Promise<unknown>): Promise<Error> {
@@ -237,4 +238,26 @@ describe.runIf(compress)('real compressed frames', () => {
       });
     }
   }
+});
+
+describe('a frame that keeps fzstd busy', () => {
+  // one compressed block of 9 bytes: raw literals, 98,047 sequences from RLE tables whose match
+  // lengths run far past the block; fzstd loops over them for minutes instead of refusing them
+  const body = Buffer.from([0x00, 0xff, 0xff, 0xff, 0x54, 0, 2, 52, 0x01]);
+  const header = Buffer.from([0x28, 0xb5, 0x2f, 0xfd, 0xe0, 0, 0, 1, 0, 0, 0, 0, 0]);
+  const blockHeader = 1 | (2 << 1) | (body.length << 3);
+  const busy = Buffer.concat([header, Buffer.from([blockHeader & 255, (blockHeader >> 8) & 255, blockHeader >> 16]), body]);
+
+  it('is refused on the worker at the time limit, and the next cluster decodes', async () => {
+    // were it decoded on the main thread, this test would run out of its time
+    const err = await corrupt(decodeZstdFallback(busy, 64 * KiB, 300));
+    expect(err.message).toMatch(/did not end within 300 ms/);
+    const cluster = randomBytes(64 * KiB);
+    const ok = frame({ contentSize: 64 * KiB, blocks: [{ type: 'raw', data: cluster }] });
+    expect((await decodeZstdFallback(ok, 64 * KiB, 300)).equals(cluster)).toBe(true);
+  });
+
+  it.runIf(builtinDecompress)('is refused at once by zlib zstd', async () => {
+    await corrupt(zstdDecompressor()(busy, 64 * KiB));
+  });
 });
