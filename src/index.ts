@@ -13,6 +13,7 @@ export type { CleanupStackOptions, CleanupStep } from './core/cleanup-stack.js';
 export { AbortedError, ChecksumMismatchError, DependencyMissingError, FormatError, HostKeyMismatchError, InvalidArgumentError } from './core/errors.js';
 export { isRetryable, isVirtstreamError, NotFoundError, RemoteCommandError, SizeMismatchError, TimeoutError, UnknownHostError } from './core/errors.js';
 export { UnsupportedError, VerifyFailedError, VirtstreamError } from './core/errors.js';
+export { ByteBudget, type BudgetLease } from './core/byte-budget.js';
 export type { ErrorCode, IntegrityProblem, VirtstreamErrorOptions } from './core/errors.js';
 export { BoundedRunner, type CommandBounds, DEFAULT_COMMAND_TIMEOUT_MS, DEFAULT_STALL_TIMEOUT_MS } from './core/exec/bounded-runner.js';
 export type { CommandArg, CommandExit, CommandProcess, CommandRunner, RunOptions, RunResult, SpawnOptions } from './core/exec/command-runner.js';

@@ -2,6 +2,7 @@
  * Internal: the parallel, ordered download behind `ImageioClient.download`.
  */
 import type { Dispatcher } from 'undici';
+import type { BudgetLease, ByteBudget } from '../../core/byte-budget.js';
 import { AbortedError } from '../../core/errors.js';
 import type { ThrottledProgressListener } from '../../core/progress.js';
 import type { Extent, ExtentChunk, ExtentStream } from '../../formats/extent.js';
@@ -16,6 +17,8 @@ export interface DownloadPlan {
   workers: number;
   /** Finished ranges waiting for the consumer, beyond those in flight. */
   window: number;
+  /** Bytes in memory shared with the operation's other disks: taken before a range is requested. */
+  budget: ByteBudget | undefined;
   openDispatcher(): Dispatcher;
   closeDispatcher(d: Dispatcher): Promise<void>;
   /** Reads exactly `length` bytes at `offset`, with per-range retries. */
@@ -46,7 +49,7 @@ async function* iterate(plan: DownloadPlan): AsyncGenerator<ExtentChunk, void, u
   ac.signal.addEventListener('abort', () => note.notify(), { once: true });
 
   const data = plan.pieces.filter((p) => p.kind === 'data');
-  const results = new Map<number, Buffer>();
+  const results = new Map<number, { buf: Buffer; lease: BudgetLease | undefined }>();
   let claimed = 0;
   let consumed = 0;
   let failure: { error: unknown } | undefined;
@@ -60,8 +63,16 @@ async function* iterate(plan: DownloadPlan): AsyncGenerator<ExtentChunk, void, u
         const i = claimed++;
         const piece = data[i];
         if (!piece) return;
-        const buf = await plan.readRange(d, piece.offset, piece.length, ac.signal);
-        results.set(i, buf);
+        // ranges are claimed in order and the budget serves in order: the one the consumer needs next is never starved
+        const lease = plan.budget ? await plan.budget.acquire(piece.length, ac.signal) : undefined;
+        let buf: Buffer;
+        try {
+          buf = await plan.readRange(d, piece.offset, piece.length, ac.signal);
+        } catch (err) {
+          lease?.release();
+          throw err;
+        }
+        results.set(i, { buf, lease });
         note.notify();
       }
     } catch (error) {
@@ -84,8 +95,8 @@ async function* iterate(plan: DownloadPlan): AsyncGenerator<ExtentChunk, void, u
         if (failure) throw failure.error;
         yield { offset: piece.offset, length: piece.length, kind: piece.kind };
       } else {
-        let buf: Buffer | undefined;
-        while ((buf = results.get(di)) === undefined) {
+        let ready: { buf: Buffer; lease: BudgetLease | undefined } | undefined;
+        while ((ready = results.get(di)) === undefined) {
           if (outer?.aborted) throw new AbortedError(outer.reason);
           if (failure) throw failure.error;
           await note.wait();
@@ -94,7 +105,12 @@ async function* iterate(plan: DownloadPlan): AsyncGenerator<ExtentChunk, void, u
         di++;
         consumed++;
         note.notify();
-        yield { offset: piece.offset, length: piece.length, kind: 'data', data: buf };
+        try {
+          yield { offset: piece.offset, length: piece.length, kind: 'data', data: ready.buf };
+        } finally {
+          // the consumer has taken the range (or stopped)
+          ready.lease?.release();
+        }
       }
       plan.progress({ type: 'bytes', disk: plan.disk, transferred: piece.offset + piece.length, total: plan.size });
     }
@@ -102,6 +118,7 @@ async function* iterate(plan: DownloadPlan): AsyncGenerator<ExtentChunk, void, u
     ac.abort();
     note.notify();
     await Promise.allSettled(workers);
+    for (const r of results.values()) r.lease?.release();
     results.clear();
     plan.progress.flush();
     outer?.removeEventListener('abort', onOuterAbort);

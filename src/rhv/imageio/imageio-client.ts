@@ -309,7 +309,8 @@ export class ImageioClient implements AsyncDisposable {
    * Downloads the whole disk as an ordered {@link ExtentStream} whose `map` is filled from the
    * extents call before any data moves. Data ranges are fetched by up to `concurrency` connections
    * (bounded by `max_readers`), each range retried on its own; zero ranges are never transferred and
-   * holes are reported as holes. Memory stays below (2 × connections) × `requestSize`.
+   * holes are reported as holes. Memory stays below (2 × connections) × `requestSize`, and within
+   * `budget` when one is given (shared with the other disks of an operation).
    * Nothing is transferred until the stream is iterated; breaking out of the iteration stops the
    * workers and closes their connections.
    *
@@ -343,6 +344,7 @@ export class ImageioClient implements AsyncDisposable {
       pieces,
       workers,
       window: workers,
+      budget: options.budget,
       openDispatcher: () => this.#openWorker(ep),
       closeDispatcher: (d) => this.#closeWorker(d, dispatcher),
       readRange: (d, offset, length, s) => this.#retry(() => this.#get(d, ep, offset, length, s), s),

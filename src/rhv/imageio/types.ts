@@ -1,3 +1,4 @@
+import type { ByteBudget } from '../../core/byte-budget.js';
 import type { Dispatcher } from 'undici';
 import type { Logger } from '../../core/logger.js';
 import type { ProgressListener } from '../../core/progress.js';
@@ -129,6 +130,12 @@ export interface ImageioDownloadOptions extends ImageioRequestOptions {
   concurrency?: number;
   /** Bytes per ranged GET (at most 128 MiB), and so the largest data chunk emitted. Rounded down to 4 KiB. @defaultValue 8 MiB */
   requestSize?: number;
+  /**
+   * Bytes of downloaded ranges held at once, shared with other downloads given the same budget
+   * (the disks of one backup): a range is requested only once its bytes fit. Without one, each
+   * download holds up to (2 × connections) × `requestSize`.
+   */
+  budget?: ByteBudget;
   /** Progress events (`bytes`, throttled, position in the disk). */
   onProgress?: ProgressListener;
   /** Disk label used in progress events. @defaultValue 'imageio' */

@@ -10,6 +10,7 @@
 import { enterBackup, enterRestore } from '../../core/call-validation.js';
 import { markPipelineBuilt } from '../../core/strategy-contract.js';
 import { cleanupSignal } from '../../core/abort.js';
+import { ByteBudget } from '../../core/byte-budget.js';
 import { InvalidArgumentError } from '../../core/errors.js';
 import type { Logger } from '../../core/logger.js';
 import { childLogger, redactingLogger } from '../../core/logger.js';
@@ -73,6 +74,12 @@ export interface ImageTransferStrategyOptions {
     connections?: number;
     /** Bytes per ranged request. @defaultValue 8 MiB */
     requestSize?: number;
+    /**
+     * Bytes of downloaded ranges one backup holds at once, across all its disks: a number gives each
+     * backup its own budget, a {@link ByteBudget} is shared by every backup given it.
+     * @defaultValue 48 MiB per backup
+     */
+    memoryBudget?: number | ByteBudget;
     /** Attempts after the first for a failed range (5xx, dropped connection). @defaultValue 4 */
     retries?: number;
   };
@@ -133,6 +140,8 @@ export class ImageTransferStrategy implements BackupStrategy {
     this.#client = client;
     const concurrency = options.concurrency ?? 2;
     if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 64) throw new InvalidArgumentError(`concurrency must be 1..64, got ${concurrency}`);
+    const memoryBudget = options.imageio?.memoryBudget;
+    if (memoryBudget !== undefined && !(memoryBudget instanceof ByteBudget)) new ByteBudget(memoryBudget);
     const keepCheckpoints = options.keepCheckpoints ?? 1;
     if (keepCheckpoints !== Number.POSITIVE_INFINITY && (!Number.isSafeInteger(keepCheckpoints) || keepCheckpoints < 1)) {
       throw new InvalidArgumentError(`keepCheckpoints must be a positive integer or Infinity, got ${keepCheckpoints}`);

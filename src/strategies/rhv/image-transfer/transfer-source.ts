@@ -6,6 +6,7 @@
  *
  * @module
  */
+import { ByteBudget } from '../../../core/byte-budget.js';
 import { childLogger } from '../../../core/logger.js';
 import type { StoredDiskArtifact } from '../../../core/target.js';
 import { backingFileName } from '../../../formats/artifact-names.js';
@@ -18,6 +19,9 @@ import { attachedDisks } from '../disk-plan.js';
 import { describeDiskLock } from '../recovery.js';
 import type { TransferContext, TransferInit } from './transfers.js';
 import { OVF_NAME, openTransfer } from './transfers.js';
+
+/** Downloaded bytes one backup holds at once across its disks, unless `imageio.memoryBudget` says otherwise. */
+const DEFAULT_MEMORY_BUDGET = 48 * 1024 * 1024;
 
 /** A disk of the VM as this strategy backs it up: the RHV disk id is the stable id. */
 export interface TransferDisk extends RhvDiskPlan {
@@ -97,6 +101,9 @@ export function transferSource(
 ): BackupSource<TransferPlan> {
   const format = ctx.options.format ?? 'qcow2';
   const client = ctx.client;
+  // one budget per backup, shared by its disks (or the caller's, shared wider)
+  const given = ctx.options.imageio?.memoryBudget;
+  const budget = given instanceof ByteBudget ? given : new ByteBudget(given ?? DEFAULT_MEMORY_BUDGET);
   return {
     inspect: async (run) => {
       const rhvVm = await client.vms.resolve({ name: run.vm }, run.sig);
@@ -142,6 +149,7 @@ export function transferSource(
         size: disk.disk.provisionedSize,
         ...(ctx.options.imageio?.connections ? { concurrency: ctx.options.imageio.connections } : {}),
         ...(ctx.options.imageio?.requestSize ? { requestSize: ctx.options.imageio.requestSize } : {}),
+        budget,
         disk: disk.name,
         // guest bytes against the disk size (the stored QCOW2's length is known only at its end), throttled once, by the gate
         onProgress: run.progress.bytesOf(disk),

@@ -1,6 +1,7 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { beforeEach, describe, expect, it } from 'vitest';
+import { ByteBudget } from '../../../../src/core/byte-budget.js';
 import { openDiskImage } from '../../../../src/formats/open-disk-image.js';
 import { BlockHash } from '../../../../src/rhv/imageio/block-hash.js';
 import { ImageioClient } from '../../../../src/rhv/imageio/imageio-client.js';
@@ -223,5 +224,22 @@ describe('imageio proxy role in the simulator', () => {
     const st = h.sim.state();
     expect(st.tickets).toEqual([]);
     expect(st.lockedDisks).toEqual([]);
+  });
+});
+
+describe('memory budget', () => {
+  it('two disks in parallel under one shared 1 MiB budget: stored byte-exact, and the budget is given back', async () => {
+    const budget = new ByteBudget(MB);
+    const s = strategy({ concurrency: 2, imageio: { memoryBudget: budget, requestSize: 256 * 1024 } });
+    const r = await s.backup({ name: h.vmName }, h.repo);
+    expect(r.disks).toHaveLength(2);
+    for (const d of r.record.disks) await identical(d.diskId, await h.repo.diskPath(h.vmName, r.record.id, d.diskId));
+    expect(budget.held).toBe(0);
+  });
+
+  it('a budget that is not a positive number of bytes is refused when the strategy is made', () => {
+    for (const memoryBudget of [0, -1, 1.5]) {
+      expect(() => strategy({ imageio: { memoryBudget } })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARGUMENT' }));
+    }
   });
 });

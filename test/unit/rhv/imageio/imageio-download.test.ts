@@ -2,6 +2,7 @@ import { execFileSync } from 'node:child_process';
 import { closeSync, openSync, readFileSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { ByteBudget } from '../../../../src/core/byte-budget.js';
 import { ImageioClient } from '../../../../src/rhv/imageio/imageio-client.js';
 import type { ProgressEvent } from '../../../../src/core/progress.js';
 import { collect, makeRawImage, useImageioServer, waitNoConnections } from '../../../support/imageio.js';
@@ -48,6 +49,47 @@ describe('ImageioClient.download', () => {
     expect(events.at(-1)).toEqual({ type: 'bytes', disk: 'd1', transferred: size, total: size });
     await c.close();
     expect(await waitNoConnections(io.server, 'disk')).toBe(0);
+  });
+
+  it('two downloads sharing a byte budget stay within it, byte-exact, and give all of it back', async () => {
+    await using c1 = client();
+    await using c2 = client();
+    const requestSize = MiB;
+    const budget = new ByteBudget(3 * MiB);
+    let peak = 0;
+    const watch = setInterval(() => {
+      peak = Math.max(peak, budget.held);
+    }, 1);
+    try {
+      const [a, b] = await Promise.all([c1.download({ concurrency: 4, requestSize, budget }), c2.download({ concurrency: 4, requestSize, budget })]);
+      // a slow consumer: ranges pile up until the budget stops the workers
+      const slow = async (stream: typeof a): Promise<Buffer> => {
+        const parts: Buffer[] = [];
+        for await (const ch of stream) {
+          peak = Math.max(peak, budget.held);
+          parts.push(ch.kind === 'data' ? Buffer.from(ch.data) : Buffer.alloc(ch.length));
+          await new Promise((r) => setTimeout(r, 2));
+        }
+        return Buffer.concat(parts);
+      };
+      const [da, db] = await Promise.all([slow(a), slow(b)]);
+      expect(da.equals(readFileSync(rawPath))).toBe(true);
+      expect(db.equals(readFileSync(rawPath))).toBe(true);
+    } finally {
+      clearInterval(watch);
+    }
+    expect(peak).toBeGreaterThan(0);
+    expect(peak).toBeLessThanOrEqual(3 * MiB);
+    expect(budget.held).toBe(0);
+  });
+
+  it('a download stopped early gives its budget back', async () => {
+    await using c = client();
+    const budget = new ByteBudget(2 * MiB);
+    for await (const ch of await c.download({ concurrency: 4, requestSize: MiB, budget })) {
+      if (ch.kind === 'data') break;
+    }
+    expect(budget.held).toBe(0);
   });
 
   it('downloads with one connection and tiny odd requests', async () => {
