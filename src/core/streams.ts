@@ -194,21 +194,18 @@ export type ChunkTransform<T = Uint8Array> = (source: AsyncIterable<T>) => Async
 export function stallGuard<T = Uint8Array>(idleMs: number, what = 'stream'): ChunkTransform<T> {
   return async function* guard(source) {
     const iterator = source[Symbol.asyncIterator]();
-    let waiting = false;
-    let fire: ((err: Error) => void) | undefined;
-    const stalled = new Promise<never>((_, reject) => {
-      fire = reject;
-    });
-    stalled.catch(() => undefined);
-    const timer = setTimeout(() => {
-      if (waiting) fire?.(new StreamStalledError({ what, idleMs }));
-    }, idleMs);
+    // one timer, re-armed per wait; each wait gets its own promise: racing every read against one
+    // long-lived promise would keep every chunk reachable from it until the stream ends
+    let failWait: ((err: Error) => void) | undefined;
+    const timer = setTimeout(() => failWait?.(new StreamStalledError({ what, idleMs })), idleMs);
     try {
       for (;;) {
-        waiting = true;
         timer.refresh();
-        const next = await Promise.race([iterator.next(), stalled]);
-        waiting = false;
+        const next = await new Promise<IteratorResult<T>>((resolve, reject) => {
+          failWait = reject;
+          iterator.next().then(resolve, reject);
+        });
+        failWait = undefined;
         if (next.done) return;
         yield next.value;
       }
@@ -217,6 +214,7 @@ export function stallGuard<T = Uint8Array>(idleMs: number, what = 'stream'): Chu
       void Promise.resolve(iterator.return?.()).catch(() => undefined);
       throw err;
     } finally {
+      failWait = undefined;
       clearTimeout(timer);
     }
   };

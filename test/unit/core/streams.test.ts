@@ -3,6 +3,8 @@ import { EventEmitter } from 'node:events';
 import { PassThrough, Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { ReadableStream } from 'node:stream/web';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { describe, expect, it } from 'vitest';
 import { isVirtstreamError } from '../../../src/core/errors.js';
 import { DigestStream, ExactSizeStream, StreamStalledError, measureStream, stallGuard, toReadable } from '../../../src/core/streams.js';
@@ -139,6 +141,37 @@ describe('stallGuard', () => {
       }
     });
     expect(got).toEqual([0, 1, 2, 3]);
+  });
+
+  it('keeps no chunk it passed on reachable while the stream runs (memory stays bounded)', async () => {
+    // the race of every read against one long-lived timeout promise kept each chunk alive until the end
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    const refs: WeakRef<Buffer>[] = [];
+    let resolveRelease!: () => void;
+    const released = new Promise<void>((r) => {
+      resolveRelease = r;
+    });
+    async function* source(): AsyncGenerator<Buffer> {
+      for (let i = 0; i < 200; i++) {
+        const chunk = Buffer.alloc(64 * 1024, i);
+        refs.push(new WeakRef(chunk));
+        yield chunk;
+      }
+      // the stream stays open while the chunks passed on are checked
+      await released;
+    }
+    const guard = stallGuard<Buffer>(60_000)(source());
+    for (let i = 0; i < 200; i++) await guard.next();
+    const pending = guard.next();
+    for (let i = 0; i < 3; i++) {
+      await new Promise((r) => setImmediate(r));
+      gc();
+    }
+    const alive = refs.filter((r) => r.deref() !== undefined).length;
+    resolveRelease();
+    await pending;
+    expect(alive).toBeLessThan(5);
   });
 
   it('passes chunks through untouched and ends with the source', async () => {
