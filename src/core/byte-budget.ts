@@ -8,7 +8,9 @@ import { AbortedError, InvalidArgumentError } from './errors.js';
 
 /** Room taken from a {@link ByteBudget}; `release()` gives it back (once; later calls do nothing). */
 export interface BudgetLease {
+  /** The bytes this lease holds. */
   readonly bytes: number;
+  /** Gives the bytes back to the budget; later calls do nothing. */
   release(): void;
 }
 
