@@ -1,5 +1,4 @@
 import * as zlib from 'node:zlib';
-import { Decompress } from 'fzstd';
 import { FormatError } from '../../core/errors.js';
 import { ZSTD_CLUSTER_TIME_LIMIT_MS, decodeOnWorker } from './zstd-worker.js';
 import type { DecodedCluster } from './zstd-worker.js';
@@ -24,9 +23,6 @@ export const inflateCluster: ClusterDecompressor = async (compressed, clusterSiz
 
 /** Largest block of any zstd frame: Block_Maximum_Size is min(Window_Size, 128 KiB) (RFC 8878, 3.1.1.2.4). */
 const ZSTD_MAX_BLOCK = 128 * 1024;
-
-/** Slices in which a frame is handed to the in-process decoder, so that a bomb is stopped early. */
-const PUSH_SLICE = 64 * 1024;
 
 /** What the frame header says, and where the frame ends (RFC 8878, 3.1.1). */
 interface ZstdFrame {
@@ -116,9 +112,6 @@ function clusterFrame(compressed: Buffer, clusterSize: number): { frame: Buffer;
   return { frame: compressed.subarray(0, info.length), info };
 }
 
-/** Thrown from fzstd's `ondata` to stop it once the output passes one cluster; never leaves this module. */
-class TooLarge extends Error {}
-
 /**
  * The frame fzstd is given: fzstd allocates the window the header declares (up to 2 GiB), and no
  * valid reference reaches further back than one cluster, so a larger declared window is lowered to
@@ -132,7 +125,7 @@ function fzstdFrame(compressed: Buffer, clusterSize: number): Uint8Array {
   return lowered;
 }
 
-/** The checks on what fzstd produced, shared by the in-thread and the worker path. */
+/** The checks on what fzstd produced on the worker. */
 function checkDecoded(result: DecodedCluster, clusterSize: number): Buffer {
   if ('error' in result) {
     if (result.error === 'too-large') throw new FormatError('compressed cluster decodes to more than one cluster', { format: 'qcow2' });
@@ -144,42 +137,17 @@ function checkDecoded(result: DecodedCluster, clusterSize: number): Buffer {
 }
 
 /**
- * Decodes a zstd-compressed cluster in pure JavaScript (fzstd) on the calling thread. The frame is
- * pushed in 64 KiB slices and decoding stops as soon as the output passes `clusterSize`, so memory
- * stays within about two clusters (the output and the decoder's window) plus one 128 KiB block
- * whatever the frame claims. The optional content checksum is skipped, not verified. Trailing bytes
- * after the frame are ignored. Time is not bounded here (a crafted block can keep fzstd busy for
- * minutes): the reader uses {@link decodeZstdFallback}, which runs this on a worker with a limit.
+ * Decodes a zstd-compressed cluster with fzstd (pure JavaScript) on a shared worker thread, refused
+ * after `limitMs`: the path of Nodes without built-in zstd, so a crafted frame (fzstd does not bound
+ * the work of a corrupt block) costs at most the limit, never the main thread. The frame is pushed in
+ * 64 KiB slices and decoding stops as soon as the output passes `clusterSize`, so memory stays within
+ * about two clusters (the output and the decoder's window) plus one 128 KiB block whatever the frame
+ * claims. The optional content checksum is skipped, not verified. Trailing bytes after the frame are
+ * ignored.
  *
  * @internal exported so that tests can run this path on a Node that has built-in zstd.
- * @throws `ERR_FORMAT_CORRUPT` when the data is not one zstd frame that decodes to exactly `clusterSize` bytes.
- */
-export function decodeZstdInProcess(compressed: Buffer, clusterSize: number): Buffer {
-  const frame = fzstdFrame(compressed, clusterSize);
-  const out = new Uint8Array(clusterSize);
-  let written = 0;
-  let ended = false;
-  const decoder = new Decompress((chunk, final) => {
-    if (written + chunk.length > clusterSize) throw new TooLarge();
-    out.set(chunk, written);
-    written += chunk.length;
-    if (final) ended = true;
-  });
-  try {
-    for (let at = 0; at < frame.length; at += PUSH_SLICE) decoder.push(frame.subarray(at, at + PUSH_SLICE), at + PUSH_SLICE >= frame.length);
-  } catch (err) {
-    if (err instanceof TooLarge) return checkDecoded({ error: 'too-large' }, clusterSize);
-    throw new FormatError('compressed cluster is not valid zstd data', { format: 'qcow2', cause: err });
-  }
-  return checkDecoded({ written, ended, out }, clusterSize);
-}
-
-/**
- * The same decode on a shared worker thread, refused after `limitMs`: the path of Nodes without
- * built-in zstd, so a crafted frame costs at most the limit, never the main thread.
- *
- * @internal exported so that tests can run this path on a Node that has built-in zstd.
- * @throws `ERR_FORMAT_CORRUPT` as {@link decodeZstdInProcess}, and when decoding takes longer than `limitMs`.
+ * @throws `ERR_FORMAT_CORRUPT` when the data is not one zstd frame that decodes to exactly
+ * `clusterSize` bytes, and when decoding takes longer than `limitMs`.
  */
 export async function decodeZstdFallback(compressed: Buffer, clusterSize: number, limitMs: number = ZSTD_CLUSTER_TIME_LIMIT_MS): Promise<Buffer> {
   return checkDecoded(await decodeOnWorker(fzstdFrame(compressed, clusterSize), clusterSize, limitMs), clusterSize);

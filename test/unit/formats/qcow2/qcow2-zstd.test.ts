@@ -1,7 +1,7 @@
 /**
  * zstd-compressed QCOW2 clusters decode in-process: through Node's zlib zstd when this Node has it
- * (22.15+), and always through `decodeZstdInProcess` (fzstd), so that the path a Node 20 user
- * takes is tested on every Node line. Frames are built by hand after RFC 8878 (raw and RLE blocks),
+ * (22.15+), and always through `decodeZstdFallback` (fzstd on its worker), so that the path a
+ * Node 20 user takes is tested on every Node line. Frames are built by hand after RFC 8878 (raw and RLE blocks),
  * plus real compressed frames where this machine can make them. Bombs are checked for memory,
  * never for time.
  */
@@ -10,7 +10,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import * as zlib from 'node:zlib';
 import { describe, expect, it } from 'vitest';
 import { isVirtstreamError } from '../../../../src/core/errors.js';
-import { decodeZstdFallback, decodeZstdInProcess, zstdDecompressor, zstdFrameLength } from '../../../../src/formats/qcow2/qcow2-decompress.js';
+import { decodeZstdFallback, zstdDecompressor, zstdFrameLength } from '../../../../src/formats/qcow2/qcow2-decompress.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -58,20 +58,19 @@ const builtinCompress = (zlib as unknown as { zstdCompressSync?: (b: Buffer, o?:
 
 interface Decoder {
   name: string;
-  inProcess: boolean;
+  fzstd: boolean;
   decode: (compressed: Buffer, clusterSize: number) => Promise<Buffer>;
 }
 
-/** The decoders under test: the in-process one always, the zlib one where this Node has it. */
+/** The decoders under test: fzstd on its worker always, the zlib one where this Node has it. */
 const decoders: Decoder[] = [
-  { name: 'fzstd (decodeZstdInProcess)', inProcess: true, decode: async (c, cs) => decodeZstdInProcess(c, cs) },
-  { name: 'fzstd on a worker (decodeZstdFallback)', inProcess: true, decode: (c, cs) => decodeZstdFallback(c, cs) },
-  ...(builtinDecompress ? [{ name: 'zlib zstd (zstdDecompressor)', inProcess: false, decode: zstdDecompressor() }] : []),
+  { name: 'fzstd on a worker (decodeZstdFallback)', fzstd: true, decode: (c, cs) => decodeZstdFallback(c, cs) },
+  ...(builtinDecompress ? [{ name: 'zlib zstd (zstdDecompressor)', fzstd: false, decode: zstdDecompressor() }] : []),
 ];
 
 it('zstdDecompressor uses the built-in zstd exactly when this Node has it', () => {
   // no other way to tell: the two give the same bytes. Node 20 and early 22 lines have none.
-  expect(decoders.length).toBe(builtinDecompress ? 3 : 2);
+  expect(decoders.length).toBe(builtinDecompress ? 2 : 1);
 });
 
 async function corrupt(p: Promise<unknown>): Promise<Error> {
@@ -109,7 +108,7 @@ async function rssGrowthMb(fn: () => Promise<void>): Promise<number> {
   return (Math.max(peak, process.memoryUsage().rss) - before) / MiB;
 }
 
-describe.each(decoders)('$name', ({ inProcess, decode }) => {
+describe.each(decoders)('$name', ({ fzstd, decode }) => {
   const cluster = randomBytes(64 * KiB);
 
   it('decodes a single-segment frame of raw blocks to the exact cluster', async () => {
@@ -143,7 +142,7 @@ describe.each(decoders)('$name', ({ inProcess, decode }) => {
 
   it('decodes a frame that declares a 1 GiB window without allocating it', async () => {
     // fzstd would allocate (and shift, per block) the declared window; one cluster is all that a
-    // reference inside one cluster can reach, so the in-process path lowers it
+    // reference inside one cluster can reach, so the fzstd path lowers it
     const blocks: Block[] = Array.from({ length: 16 }, (_, i) => ({ type: 'raw', data: cluster.subarray(i * 4 * KiB, (i + 1) * 4 * KiB) }));
     const f = frame({ windowLog: 30, blocks });
     let result: unknown;
@@ -151,7 +150,7 @@ describe.each(decoders)('$name', ({ inProcess, decode }) => {
       result = await decode(f, cluster.length).catch((err: unknown) => err);
     });
     // zlib's zstd refuses windows over 128 MiB (ZSTD_d_windowLogMax 27): a typed error, no allocation
-    if (inProcess || Buffer.isBuffer(result)) expect(Buffer.isBuffer(result) && result.equals(cluster)).toBe(true);
+    if (fzstd || Buffer.isBuffer(result)) expect(Buffer.isBuffer(result) && result.equals(cluster)).toBe(true);
     else expect(isVirtstreamError(result, 'ERR_FORMAT_CORRUPT')).toBe(true);
     expect(growth).toBeLessThan(256);
   });
