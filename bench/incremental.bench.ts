@@ -67,8 +67,11 @@ function scatteredOffsets(size: number): number[] {
   return [...picked].map((c) => c * BLOCK);
 }
 
-/** The incremental's stored disk artifact: allocated and logical bytes; throws when a disk fell back to full. */
-async function storedBytes(ctx: BenchContext, what: string, repo: FileRepository, vmName: string, inc: BackupResult): Promise<number> {
+/**
+ * The row of an incremental: its stored disk artifacts' allocated bytes per changed byte (allocated
+ * and logical sizes are logged); throws when a disk fell back to full.
+ */
+async function incrementalRow(ctx: BenchContext, what: string, caseText: string, repo: FileRepository, vmName: string, inc: BackupResult): Promise<BenchRow> {
   let allocated = 0;
   for (const d of inc.disks) {
     if (d.kind !== 'incremental') throw new Error(`${what}: disk ${d.diskId} was backed up ${d.kind}: ${d.fallbackReason ?? 'no reason given'}`);
@@ -77,7 +80,15 @@ async function storedBytes(ctx: BenchContext, what: string, repo: FileRepository
     allocated += st.blocks * 512;
     ctx.log(`incremental: ${what}: ${path}: ${st.blocks * 512} bytes allocated, ${st.size} bytes logical, ${d.bytes} bytes reported, for ${CHANGED} changed`);
   }
-  return allocated;
+  return {
+    case: caseText,
+    goal: GOAL,
+    bytes: CHANGED,
+    virtstreamSeconds: 0,
+    baseline: '-',
+    baselineSeconds: 0,
+    quantity: { label: LABEL, value: allocated / CHANGED },
+  };
 }
 
 async function virsh(ctx: BenchContext, sizeMb: number): Promise<BenchRow> {
@@ -114,16 +125,7 @@ async function virsh(ctx: BenchContext, sizeMb: number): Promise<BenchRow> {
     await host.exec(['qemu-io', '-f', 'qcow2', ...writes, '--', top]);
 
     const inc = await strategy.backup({ name }, repo, { kind: 'incremental', parent: full.record });
-    const stored = await storedBytes(ctx, 'virsh', repo, name, inc);
-    return {
-      case: `virsh incremental of ${BLOCKS} x 64 KiB changes (${sizeMb} MiB qcow2, stopped)`,
-      goal: GOAL,
-      bytes: CHANGED,
-      virtstreamSeconds: 0,
-      baseline: '-',
-      baselineSeconds: 0,
-      quantity: { label: LABEL, value: stored / CHANGED },
-    };
+    return await incrementalRow(ctx, 'virsh', `virsh incremental of ${BLOCKS} x 64 KiB changes (${sizeMb} MiB qcow2, stopped)`, repo, name, inc);
   } finally {
     await host.undefine(name).catch(() => undefined);
     await host.exec(['rm', '-rf', '--', imgDir]).catch(() => undefined);
@@ -149,16 +151,14 @@ async function imageTransfer(ctx: BenchContext, sizeMb: number, mode: 'snapshot-
     const full = await strategy.backup({ name }, repo);
     for (const offset of scatteredOffsets(size)) await sim.writeGuestData(name, 'root', { offset, data: randomBytes(BLOCK) });
     const inc = await strategy.backup({ name }, repo, { kind: 'incremental', parent: full.record });
-    const stored = await storedBytes(ctx, `image-transfer (${mode})`, repo, name, inc);
-    return {
-      case: `image-transfer (${mode}) incremental of ${BLOCKS} x 64 KiB changes (${sizeMb} MiB qcow2)`,
-      goal: GOAL,
-      bytes: CHANGED,
-      virtstreamSeconds: 0,
-      baseline: '-',
-      baselineSeconds: 0,
-      quantity: { label: LABEL, value: stored / CHANGED },
-    };
+    return await incrementalRow(
+      ctx,
+      `image-transfer (${mode})`,
+      `image-transfer (${mode}) incremental of ${BLOCKS} x 64 KiB changes (${sizeMb} MiB qcow2)`,
+      repo,
+      name,
+      inc,
+    );
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
