@@ -160,6 +160,33 @@ export function labEnv(components: readonly string[] = []): { vars: Record<strin
   };
 }
 
+/** SSH settings of the lab sshd, for the strategies and for the `ssh` argv of the baselines. */
+export function labSsh(): { options: { host: string; port: number; username: string; privateKeyPath: string; knownHostsPath: string }; argv: string[] } {
+  const { get } = labEnv();
+  const options = {
+    host: get('VS_SSH_HOST'),
+    port: Number(get('VS_SSH_PORT')),
+    username: get('VS_SSH_USER'),
+    privateKeyPath: get('VS_SSH_KEY'),
+    knownHostsPath: get('VS_SSH_KNOWN_HOSTS'),
+  };
+  const argv = [
+    'ssh',
+    '-p',
+    String(options.port),
+    '-i',
+    options.privateKeyPath,
+    '-o',
+    `UserKnownHostsFile=${options.knownHostsPath}`,
+    '-o',
+    'StrictHostKeyChecking=yes',
+    '-o',
+    'BatchMode=yes',
+    `${options.username}@${options.host}`,
+  ];
+  return { options, argv };
+}
+
 function parseExports(text: string): Record<string, string> {
   const env: Record<string, string> = {};
   for (const line of text.split('\n')) {

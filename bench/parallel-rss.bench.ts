@@ -40,7 +40,7 @@ import type { SimulatorVmInfo } from '../src/testing/engine-simulator/engine-sim
 import type { SimulatorImageioServer, SimulatorTicket } from '../src/testing/engine-simulator/imageio-seam.js';
 import { HypervisorTree, SIMULATOR_STORAGE_DOMAIN_ID } from '../src/testing/engine-simulator/hypervisor-tree.js';
 import type { BenchContext, BenchRow, BenchSuite } from './lib.js';
-import { createHalfDataRaw, labEnv, runBaseline, sampleRss, timed } from './lib.js';
+import { createHalfDataRaw, labEnv, labSsh, runBaseline, sampleRss, timed } from './lib.js';
 
 const MiB = 1024 * 1024;
 const DISKS = 4;
@@ -91,33 +91,6 @@ async function rowInChild(name: StrategyName, sizeMb: number): Promise<BenchRow>
   });
   if (code !== 0) throw new Error(`the row's process exited with ${code}`);
   return JSON.parse(out) as BenchRow;
-}
-
-/** SSH settings of the lab sshd, for the strategies and for the `ssh` argv of the baselines. */
-function labSsh(): { options: { host: string; port: number; username: string; privateKeyPath: string; knownHostsPath: string }; argv: string[] } {
-  const { get } = labEnv();
-  const options = {
-    host: get('VS_SSH_HOST'),
-    port: Number(get('VS_SSH_PORT')),
-    username: get('VS_SSH_USER'),
-    privateKeyPath: get('VS_SSH_KEY'),
-    knownHostsPath: get('VS_SSH_KNOWN_HOSTS'),
-  };
-  const argv = [
-    'ssh',
-    '-p',
-    String(options.port),
-    '-i',
-    options.privateKeyPath,
-    '-o',
-    `UserKnownHostsFile=${options.knownHostsPath}`,
-    '-o',
-    'StrictHostKeyChecking=yes',
-    '-o',
-    'BatchMode=yes',
-    `${options.username}@${options.host}`,
-  ];
-  return { options, argv };
 }
 
 /** `argv` with its stdout into `out`, as a baseline. */

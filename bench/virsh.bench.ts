@@ -18,7 +18,7 @@ import { LibvirtHost } from '../src/libvirt/libvirt-host.js';
 import { VirshStrategy } from '../src/strategies/libvirt/virsh.js';
 import { FileRepository } from '../src/targets/file-repository.js';
 import type { BenchContext, BenchRow, BenchSuite } from './lib.js';
-import { createTestFile, labEnv, runBaseline, sampleRss, timed } from './lib.js';
+import { createTestFile, labEnv, labSsh, runBaseline, sampleRss, timed } from './lib.js';
 
 const suite: BenchSuite = {
   name: 'virsh',
@@ -38,13 +38,7 @@ async function measureDisk(ctx: BenchContext, sizeMb: number): Promise<BenchRow[
   const img = posix.join(imgDir, 'disk.qcow2');
   const name = `vs-bench-virsh-${process.pid}`;
   const local = new LibvirtHost(new LocalRunner(), { uri: env.VS_LIBVIRT_URI ?? 'qemu:///system', fileOwner: 'root:root' });
-  const sshOptions = {
-    host: env.VS_SSH_HOST!,
-    port: Number(env.VS_SSH_PORT),
-    username: env.VS_SSH_USER!,
-    privateKeyPath: env.VS_SSH_KEY!,
-    knownHostsPath: env.VS_SSH_KNOWN_HOSTS!,
-  };
+  const { options: sshOptions, argv: sshArgv } = labSsh();
   const repoDir = mkdtempSync(join(tmpdir(), 'vs-bench-virsh-'));
   const ssh = new SshRunner(sshOptions);
   const rows: BenchRow[] = [];
@@ -62,27 +56,7 @@ async function measureDisk(ctx: BenchContext, sizeMb: number): Promise<BenchRow[
     const bytes = await local.fileSize(img);
     // the baseline writes into a local file too (virtstream writes into a FileRepository)
     const catOut = join(repoDir, 'ssh-cat.out');
-    const sshCat = await runBaseline([
-      'sh',
-      '-c',
-      'f=$1; shift; exec "$@" > "$f"',
-      'sh',
-      catOut,
-      'ssh',
-      '-p',
-      String(sshOptions.port),
-      '-i',
-      sshOptions.privateKeyPath,
-      '-o',
-      `UserKnownHostsFile=${sshOptions.knownHostsPath}`,
-      '-o',
-      'StrictHostKeyChecking=yes',
-      '-o',
-      'BatchMode=yes',
-      `${sshOptions.username}@${sshOptions.host}`,
-      'cat',
-      img,
-    ]);
+    const sshCat = await runBaseline(['sh', '-c', 'f=$1; shift; exec "$@" > "$f"', 'sh', catOut, ...sshArgv, 'cat', img]);
     rmSync(catOut, { force: true });
 
     const overSsh = async (host: LibvirtHost): Promise<{ seconds: number; peak: number }> => {
